@@ -1,0 +1,3 @@
+from photocap.cli import app
+
+app(prog_name="photocap")

@@ -1,0 +1,27 @@
+"""Small error classes. The library raises these; only the CLI turns them into messages."""
+
+from __future__ import annotations
+
+
+class PhotocapError(Exception):
+    """Base class of every error photocap raises on purpose. ``str(err)`` is one clear line."""
+
+
+class ImageError(PhotocapError):
+    """A photo could not be read or decoded (truncated, not an image, too large, ...)."""
+
+
+class ModelError(PhotocapError):
+    """A model file is missing, corrupt, of an unknown format version, or unsafe."""
+
+
+class DatasetError(PhotocapError):
+    """A training/evaluation data folder is missing, incomplete or of an unknown layout."""
+
+
+class WriteError(PhotocapError):
+    """A caption could not be written (read-only file, failed verification, ...)."""
+
+
+class IndexError_(PhotocapError):
+    """The SQLite index could not be opened or migrated."""
