@@ -23,5 +23,5 @@ class WriteError(PhotocapError):
     """A caption could not be written (read-only file, failed verification, ...)."""
 
 
-class IndexError_(PhotocapError):
+class IndexDbError(PhotocapError):
     """The SQLite index could not be opened or migrated."""

@@ -1,0 +1,112 @@
+"""One writer interface, many outputs: ``--write xmp,exif,index``.
+
+Every output photocap writes a caption to (an XMP sidecar, EXIF inside the file, the SQLite
+index) is a :class:`Writer`, chosen by name through :func:`get_writers`. The pipeline hands each
+writer one :class:`CaptionRecord` per photo and gets back a :class:`WriteOutcome`; a writer
+never prints and never raises for a single photo's failure (it returns ``status="failed"``),
+so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from photocap.errors import PhotocapError
+
+WriteStatus = Literal["written", "unchanged", "kept_human", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """What every writer receives for one captioned photo."""
+
+    path: Path  # absolute path of the photo
+    caption: str  # the sentence shown to users, e.g. "A dog runs through the grass."
+    score: float  # mean log-probability per word of the caption (higher is better)
+    alternatives: tuple[str, ...]  # the other beam hypotheses, best first
+    model_id: str  # identifies the model that produced the caption
+    captioned_at: datetime  # timezone-aware UTC
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one writer did with one record."""
+
+    writer: str
+    path: Path
+    status: WriteStatus
+    message: str = ""  # one line: the reason for failed/skipped/kept_human, else empty
+
+
+@dataclass
+class WriteOptions:
+    """Options shared by the writers (from the CLI flags)."""
+
+    sidecar_name: Literal["full", "stem"] = "full"  # photo.jpg.xmp (default) or photo.xmp
+    overwrite_human: bool = False
+    touch: bool = False  # update the photo's mtime on in-file writes (default: preserve it)
+    dry_run: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Writer(Protocol):
+    """An output for captions. Implementations live in their domain modules (xmp, exif, index)."""
+
+    name: str
+
+    def write(self, record: CaptionRecord) -> WriteOutcome:
+        """Write one caption. Must not raise for a per-photo failure: return status 'failed'."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources (commit, close files). Called once at the end of a run."""
+        ...
+
+
+WriterFactory = Callable[[WriteOptions], Writer]
+_REGISTRY: dict[str, WriterFactory] = {}
+
+
+def register_writer(name: str, factory: WriterFactory) -> None:
+    """Make a writer available to ``--write NAME``."""
+    _REGISTRY[name] = factory
+
+
+def available_writers() -> list[str]:
+    _load_builtin_writers()
+    return sorted(_REGISTRY)
+
+
+def parse_writer_names(spec: str | Iterable[str]) -> list[str]:
+    """``"xmp,index"`` -> ``["xmp", "index"]``; unknown names raise :class:`PhotocapError`."""
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    known = available_writers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PhotocapError(
+            f"unknown writer {', '.join(unknown)!s}; choose from {', '.join(known)}"
+        )
+    return list(dict.fromkeys(names))  # de-duplicated, order kept
+
+
+def get_writers(names: Sequence[str], options: WriteOptions) -> list[Writer]:
+    """Build the named writers (file writers; the index writer is made by the pipeline)."""
+    _load_builtin_writers()
+    return [_REGISTRY[n](options) for n in names]
+
+
+def _load_builtin_writers() -> None:
+    # Imported lazily so that `photocap --help` stays instant and optional deps stay optional.
+    import importlib
+
+    for module in ("photocap.xmp", "photocap.exif"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # module not written yet / optional dep missing
+            if err.name != module:
+                raise
