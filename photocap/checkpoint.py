@@ -1,0 +1,186 @@
+"""Model files: one self-contained safetensors file per model, loaded by one function.
+
+A photocap model file holds everything needed to caption, nothing executable:
+
+- the weights (encoder included), as safetensors tensors (fp16 for shipping, fp32 while
+  training);
+- in the safetensors header metadata (strings only): ``format`` / ``format_version``, the
+  architecture (:class:`~photocap.model.ModelConfig`), the image preset, the vocabulary, and
+  free-form ``info`` (training data and split, dev scores, training commands).
+
+safetensors never unpickles, so loading a model file cannot run code. Training state for
+``--resume`` (optimizer, epoch) lives in a separate ``.state.pt`` beside the checkpoint, read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from photocap.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from photocap.model import Captioner
+
+FORMAT = "photocap-checkpoint"
+FORMAT_VERSION = 1
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
+
+
+def default_model_path() -> Path:
+    """The shipped model: ``$PHOTOCAP_MODEL``, else ``models/`` in the source tree or package."""
+    env = os.environ.get("PHOTOCAP_MODEL")
+    if env:
+        return Path(env).expanduser()
+    for folder in (MODELS_DIR, Path(__file__).resolve().parent / "models"):
+        candidate = folder / DEFAULT_MODEL_NAME
+        if candidate.exists():
+            return candidate
+    return MODELS_DIR / DEFAULT_MODEL_NAME
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Unknown or unavailable devices raise."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def save_captioner(
+    captioner: Captioner, path: Path, *, half: bool = False, info: dict[str, Any] | None = None
+) -> Path:
+    """Write ``captioner`` to ``path`` atomically (temp file + rename). Returns ``path``."""
+    from safetensors.torch import save_file
+
+    meta_info = {**captioner.metadata, **(info or {})}
+    tensors = {}
+    for name, tensor in captioner.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue  # BatchNorm bookkeeping, not needed to caption
+        t = tensor.detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.half()
+        tensors[name] = t.contiguous()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(captioner.config.to_dict()),
+        "preset": json.dumps(captioner.preset.to_dict()),
+        "vocab": json.dumps(list(captioner.vocab.words)),
+        "info": json.dumps(meta_info),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a model file, without loading any tensor."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ModelError(f"not a photocap model file: {path} ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"not a photocap model file: {path}")
+    version = int(meta.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"{path} is format version {version}; this photocap reads up to {FORMAT_VERSION}: "
+            "upgrade photocap"
+        )
+    return meta
+
+
+def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
+    """Load a model file (default: the shipped model) onto ``device``, ready to caption."""
+    import torch
+    from safetensors.torch import load_file
+
+    from photocap.model import Captioner, ModelConfig
+    from photocap.preset import Preset
+    from photocap.vocab import Vocab
+
+    path = Path(path) if path is not None else default_model_path()
+    if not path.exists():
+        raise ModelError(
+            f"model file not found: {path} (train one with `photocap train`, or pass --model)"
+        )
+    meta = read_metadata(path)
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        preset = Preset.from_dict(json.loads(meta["preset"]))
+        vocab = Vocab(tuple(json.loads(meta["vocab"])))
+        info = json.loads(meta.get("info", "{}"))
+        state = load_file(str(path), device="cpu")
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelError(f"corrupt model file {path}: {err}") from None
+    captioner = Captioner(config, vocab, preset)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = captioner.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ModelError(
+            f"model file {path} does not match its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    captioner.metadata = info
+    captioner.model_id = f"{info.get('name', path.stem)}@{file_digest(path)[:12]}"
+    captioner.to(resolve_device(device)).eval()
+    if captioner.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return captioner
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (model ids change whenever the weights change)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_random_captioner(device: str = "cpu", seed: int = 0) -> Captioner:
+    """A tiny, randomly initialised captioner: for tests and smoke runs, fast on a CPU."""
+    import torch
+
+    from photocap.encoder import EncoderConfig
+    from photocap.model import Captioner, ModelConfig
+    from photocap.preset import Preset
+    from photocap.vocab import SPECIALS, Vocab
+
+    torch.manual_seed(seed)
+    words = "a dog cat man woman child runs sits on the grass beach water in red blue ball".split()
+    config = ModelConfig(
+        encoder=EncoderConfig(name="tiny", stem_channels=8, head_channels=32),
+        embed_dim=16, hidden_dim=16, attention_dim=16, dropout=0.0, max_words=8,
+    )
+    captioner = Captioner(config, Vocab(SPECIALS + tuple(words)), Preset(size=64))
+    captioner.model_id = f"random-tiny-seed{seed}"
+    captioner.metadata = {"name": "random-tiny", "training_data": "none (random weights)"}
+    return captioner.to(resolve_device(device)).eval()

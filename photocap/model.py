@@ -1,0 +1,346 @@
+"""The captioning model: CNN encoder + LSTM decoder with soft visual attention.
+
+Read top to bottom:
+
+1. :class:`ModelConfig`   - every architecture number, stored in each checkpoint.
+2. :class:`Decoder`       - Show, Attend and Tell (Xu et al. 2015): at each word the LSTM state
+                            attends over the encoder's grid, a sigmoid gate scales the context,
+                            and a "deep output" layer predicts the next word.
+3. :class:`Captioner`     - encoder + decoder + vocabulary + preset: pixels in, sentences out,
+                            with a batched beam search (length normalisation, no stuttering,
+                            no repeated trigrams) and greedy decoding.
+
+Shapes: B photos, K beams, L = grid locations (49 at 224 px), D = feature channels (1280),
+E = embedding, H = LSTM hidden, A = attention size, V = vocabulary, T = caption tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from photocap.encoder import Encoder, EncoderConfig
+from photocap.preset import Preset
+from photocap.vocab import Vocab, to_sentence
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the whole captioner (saved in the checkpoint)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    embed_dim: int = 512  # E
+    hidden_dim: int = 512  # H
+    attention_dim: int = 512  # A
+    dropout: float = 0.5
+    max_words: int = 20  # longest caption generated (Flickr8k: 95 % of captions <= 20 words)
+    length_penalty: float = 0.7  # beam ranking: sum log p / words ** length_penalty
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        encoder = EncoderConfig(**data.pop("encoder"))
+        return cls(encoder=encoder, **data)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One photo's caption: the sentence, its score and the runner-up sentences."""
+
+    text: str  # "A dog runs through the grass."
+    score: float  # mean log-probability per token (<end> included); closer to 0 = surer
+    alternatives: tuple[str, ...] = ()  # other beam hypotheses, best first
+
+
+class Decoder(nn.Module):
+    """LSTM with soft attention over the image grid, one word per step."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, feature_dim: int) -> None:
+        super().__init__()
+        E, H, A, D, V = (config.embed_dim, config.hidden_dim, config.attention_dim,
+                         feature_dim, vocab_size)
+        self.embed = nn.Embedding(V, E)
+        self.init_h = nn.Linear(D, H)  # initial state from the mean feature (SAT eq. 5)
+        self.init_c = nn.Linear(D, H)
+        self.att_feat = nn.Linear(D, A)  # computed once per photo (see attend_features)
+        self.att_hidden = nn.Linear(H, A)
+        self.att_score = nn.Linear(A, 1)
+        self.gate = nn.Linear(H, D)  # beta: how much the word should look at the image
+        self.lstm = nn.LSTMCell(E + D, H)
+        self.out_hidden = nn.Linear(H, E)  # deep output: L_o(E y + L_h h + L_z z)
+        self.out_context = nn.Linear(D, E)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(E, V)
+
+    def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = features.mean(dim=1)  # (N, D)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (N, H) each
+
+    def attend_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The image half of the attention MLP; cached for the whole caption."""
+        return self.att_feat(features)  # (N, L, A)
+
+    def step(
+        self,
+        words: torch.Tensor,  # (N,) previous word ids
+        state: tuple[torch.Tensor, torch.Tensor],  # (N, H), (N, H)
+        features: torch.Tensor,  # (N, L, D)
+        att_features: torch.Tensor,  # (N, L, A)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """One word: returns logits (N, V), the new state, and attention weights (N, L)."""
+        h, c = state
+        scores = self.att_score(torch.tanh(att_features + self.att_hidden(h)[:, None]))  # (N, L, 1)
+        alpha = scores.squeeze(-1).softmax(dim=-1)  # (N, L)
+        context = torch.bmm(alpha[:, None].to(features.dtype), features).squeeze(1)  # (N, D)
+        context = torch.sigmoid(self.gate(h)) * context  # (N, D)
+        embedded = self.embed(words)  # (N, E)
+        h, c = self.lstm(torch.cat([embedded, context], dim=-1), (h, c))  # (N, H), (N, H)
+        deep = embedded + self.out_hidden(h) + self.out_context(context)  # (N, E)
+        logits = self.out(self.dropout(deep))  # (N, V)
+        return logits, (h, c), alpha
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing. features (N, L, D), tokens (N, T) = <start> w1 .. <end> <pad>..
+
+        Returns logits (N, T-1, V) predicting tokens[:, 1:], and attention (N, T-1, L).
+        """
+        state = self.init_state(features)  # (N, H) x2
+        att_features = self.attend_features(features)  # (N, L, A)
+        logits, alphas = [], []
+        for t in range(tokens.shape[1] - 1):
+            step_logits, state, alpha = self.step(tokens[:, t], state, features, att_features)
+            logits.append(step_logits)  # (N, V)
+            alphas.append(alpha)  # (N, L)
+        return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)  # (N, T-1, V), (N, T-1, L)
+
+
+class Captioner(nn.Module):
+    """Everything needed to caption: preset, encoder, decoder, vocabulary."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocab, preset: Preset | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.preset = preset or Preset()
+        self.encoder = Encoder(config.encoder)
+        self.decoder = Decoder(config, len(vocab), self.encoder.feature_dim)
+        self.model_id = "untrained"
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def info(self) -> dict[str, Any]:
+        """Name, training data, scores, size: what ``photocap info`` shows."""
+        return {
+            "model_id": self.model_id,
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "vocabulary": len(self.vocab),
+            "image_size": self.preset.size,
+            "encoder": self.config.encoder.name,
+            **self.metadata,
+        }
+
+    def _autocast(self) -> Any:
+        # bf16 on the GPU: the encoder is the heavy part and is happy in bf16; CPU stays fp32.
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (B, 3, S, S) on any device -> features (B, L, D) float32 on self.device."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with self._autocast():
+            features = self.encoder(self.preset.normalize(pixels))  # (B, L, D)
+        return features.float()
+
+    @torch.inference_mode()
+    def caption_batch(self, pixels: torch.Tensor, beam_size: int = 3) -> list[Caption]:
+        """Caption a batch of photos given as uint8 (B, 3, S, S) tensors from the preset."""
+        self.eval()
+        features = self.encode(pixels)  # (B, L, D)
+        return self.caption_features(features, beam_size)
+
+    @torch.inference_mode()
+    def caption_features(self, features: torch.Tensor, beam_size: int = 3) -> list[Caption]:
+        """Caption precomputed features (B, L, D); used by evaluation on a feature cache."""
+        self.eval()
+        features = features.to(self.device).float()
+        if features.shape[0] == 0:
+            return []
+        if beam_size <= 1:
+            tokens, logps = self.greedy(features)
+            return [self._caption([(t, s)]) for t, s in zip(tokens, logps, strict=True)]
+        return [self._caption(h) for h in self.beam_search(features, beam_size)]
+
+    def _caption(self, hypotheses: list[tuple[list[int], float]]) -> Caption:
+        sentences = [to_sentence(self.vocab.decode(ids)) for ids, _ in hypotheses]
+        unique = list(dict.fromkeys(s for s in sentences if s))
+        text = unique[0] if unique else ""
+        return Caption(text=text, score=float(hypotheses[0][1]), alternatives=tuple(unique[1:]))
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _banned(self, logp: torch.Tensor, history: torch.Tensor, t: int) -> torch.Tensor:
+        """Mask words a caption must not take next. logp (N, V), history (N, t) -> (N, V).
+
+        Never <pad>/<start>/<unk>; no <end> before the first word; never the previous word
+        again ("a a"); no trigram that already occurred in this caption.
+        """
+        v = self.vocab
+        logp[:, [v.pad_id, v.start_id, v.unk_id]] = -math.inf
+        if t == 0:
+            logp[:, v.end_id] = -math.inf
+            return logp
+        logp.scatter_(1, history[:, -1:], -math.inf)  # no immediate repeat
+        if t >= 3:
+            last2 = history[:, t - 2 :]  # (N, 2) the bigram just generated
+            seen = (history[:, : t - 2] == last2[:, :1]) & (history[:, 1 : t - 1] == last2[:, 1:])
+            follow = history[:, 2:t]  # (N, t-2): the word that followed bigram i
+            banned = torch.where(seen, follow, torch.full_like(follow, v.pad_id))  # (N, t-2)
+            logp.scatter_(1, banned, -math.inf)
+        return logp
+
+    def greedy(self, features: torch.Tensor) -> tuple[list[list[int]], list[float]]:
+        """Most likely word at each step. features (B, L, D) -> token lists and mean log p."""
+        B = features.shape[0]
+        dec, v = self.decoder, self.vocab
+        with self._autocast():
+            state = dec.init_state(features)  # (B, H) x2
+            att = dec.attend_features(features)  # (B, L, A)
+        words = torch.full((B,), v.start_id, dtype=torch.long, device=features.device)  # (B,)
+        history = torch.zeros((B, 0), dtype=torch.long, device=features.device)  # (B, t)
+        total = torch.zeros(B, device=features.device)  # (B,)
+        length = torch.zeros(B, device=features.device)  # (B,)
+        done = torch.zeros(B, dtype=torch.bool, device=features.device)  # (B,)
+        for t in range(self.config.max_words + 1):
+            with self._autocast():
+                logits, state, _ = dec.step(words, state, features, att)  # (B, V)
+            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (B, V)
+            if t == self.config.max_words:  # out of room: only <end> may follow
+                keep_end = logp[:, v.end_id].clone()
+                logp.fill_(-math.inf)
+                logp[:, v.end_id] = keep_end
+            best, words = logp.max(dim=-1)  # (B,), (B,)
+            total += torch.where(done, 0.0, best)
+            length += (~done).float()
+            words = torch.where(done, v.pad_id, words)  # (B,)
+            history = torch.cat([history, words[:, None]], dim=1)  # (B, t+1)
+            done |= words == v.end_id
+            if bool(done.all()):
+                break
+        means = (total / length.clamp(min=1)).tolist()
+        return history.tolist(), means
+
+    def beam_search(
+        self, features: torch.Tensor, beam_size: int
+    ) -> list[list[tuple[list[int], float]]]:
+        """Batched beam search over B photos at once.
+
+        Returns, per photo, up to ``beam_size`` hypotheses ``(token ids, mean log p)`` ranked by
+        ``sum log p / words ** length_penalty``. All B*K beams advance together on the device;
+        only finished hypotheses (a handful per step) go through Python.
+        """
+        B, L, D = features.shape
+        K = beam_size
+        dec, v = self.decoder, self.vocab
+        dev = features.device
+        with self._autocast():
+            att = dec.attend_features(features)  # (B, L, A), once per photo
+            state = dec.init_state(features)  # (B, H) x2
+        # Every beam of a photo shares its features: expand views, no copies until indexed.
+        feats_k = features[:, None].expand(B, K, L, D).reshape(B * K, L, D)  # (BK, L, D)
+        att_k = att[:, None].expand(B, K, L, att.shape[-1]).reshape(B * K, L, -1)  # (BK, L, A)
+        state = tuple(s[:, None].expand(B, K, -1).reshape(B * K, -1) for s in state)  # (BK, H)
+        words = torch.full((B * K,), v.start_id, dtype=torch.long, device=dev)  # (BK,)
+        history = torch.zeros((B * K, 0), dtype=torch.long, device=dev)  # (BK, t)
+        scores = torch.full((B, K), -math.inf, device=dev)  # (B, K) summed log p
+        scores[:, 0] = 0.0  # at t=0 all beams are the same: keep one
+        finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]
+        offsets = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
+        alpha = self.config.length_penalty
+        for t in range(self.config.max_words + 1):
+            with self._autocast():
+                logits, state, _ = dec.step(words, state, feats_k, att_k)  # (BK, V)
+            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (BK, V)
+            V = logp.shape[1]
+            if t == self.config.max_words:  # out of room: only <end> may follow
+                keep_end = logp[:, v.end_id].clone()
+                logp.fill_(-math.inf)
+                logp[:, v.end_id] = keep_end
+            cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)  # (B, K*V)
+            top_scores, top_idx = cand.topk(2 * K, dim=1)  # (B, 2K)
+            top_beam, top_word = top_idx // V, top_idx % V  # (B, 2K) each
+            is_end = top_word == v.end_id  # (B, 2K)
+            # Finished hypotheses: an <end> among the best K candidates (as fairseq does).
+            accept = is_end & (torch.arange(2 * K, device=dev) < K) & top_scores.isfinite()
+            if bool(accept.any()):
+                for b, j in accept.nonzero().tolist():
+                    if len(finished[b]) >= K:
+                        continue
+                    beam = int(top_beam[b, j]) + b * K
+                    ids = history[beam].tolist()
+                    total = float(top_scores[b, j])
+                    n_words = len(ids)
+                    finished[b].append((total / max(n_words, 1) ** alpha, ids, total / (n_words + 1)))
+            # Next beams: the best K candidates that did not end.
+            alive = top_scores.masked_fill(is_end, -math.inf)  # (B, 2K)
+            scores, pick = alive.topk(K, dim=1)  # (B, K), (B, K)
+            beam_idx = (top_beam.gather(1, pick) + offsets).view(-1)  # (BK,) flat source beams
+            words = top_word.gather(1, pick).view(-1)  # (BK,)
+            state = (state[0][beam_idx], state[1][beam_idx])  # (BK, H) x2
+            history = torch.cat([history[beam_idx], words[:, None]], dim=1)  # (BK, t+1)
+            if all(len(f) >= K for f in finished):
+                break
+        results = []
+        for b in range(B):
+            hyps = sorted(finished[b], key=lambda h: h[0], reverse=True)[:K]
+            if not hyps:  # cannot happen with max_words >= 1, but never return nothing
+                ids = history[b * K].tolist()
+                hyps = [(0.0, ids, float(scores[b, 0]) / (len(ids) + 1))]
+            results.append([(ids, mean) for _, ids, mean in hyps])
+        return results
+
+    def sample(
+        self, features: torch.Tensor, n: int, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample ``n`` captions per photo with gradients, for self-critical training.
+
+        features (B, L, D) -> tokens (B*n, T), log p of each sampled token (B*n, T), and a mask
+        (B*n, T) that is 1 up to and including <end>.
+        """
+        B = features.shape[0]
+        dec, v = self.decoder, self.vocab
+        feats = features.repeat_interleave(n, dim=0)  # (Bn, L, D)
+        with self._autocast():
+            state = dec.init_state(feats)  # (Bn, H) x2
+            att = dec.attend_features(feats)  # (Bn, L, A)
+        words = torch.full((B * n,), v.start_id, dtype=torch.long, device=feats.device)  # (Bn,)
+        history = torch.zeros((B * n, 0), dtype=torch.long, device=feats.device)  # (Bn, t)
+        logps, masks = [], []
+        done = torch.zeros(B * n, dtype=torch.bool, device=feats.device)  # (Bn,)
+        for t in range(self.config.max_words + 1):
+            with self._autocast():
+                logits, state, _ = dec.step(words, state, feats, att)  # (Bn, V)
+            logp = logits.float().log_softmax(-1)  # (Bn, V)
+            with torch.no_grad():
+                allowed = self._banned(logp.detach().clone(), history, t)  # (Bn, V)
+                if t == self.config.max_words:
+                    allowed[:, : v.end_id] = -math.inf
+                    allowed[:, v.end_id + 1 :] = -math.inf
+                words = torch.multinomial((allowed / temperature).softmax(-1), 1).squeeze(1)  # (Bn,)
+                words = torch.where(done, v.pad_id, words)
+            logps.append(logp.gather(1, words[:, None]).squeeze(1))  # (Bn,)
+            masks.append((~done).float())  # (Bn,)
+            history = torch.cat([history, words[:, None]], dim=1)  # (Bn, t+1)
+            done = done | (words == v.end_id)
+            if bool(done.all()):
+                break
+        return history, torch.stack(logps, 1), torch.stack(masks, 1)  # (Bn, T) x3
