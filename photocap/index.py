@@ -1,0 +1,523 @@
+"""The caption index: one SQLite file (via sqlite-utils) with one row per photo, searchable.
+
+Table ``photos`` (primary key ``path``, absolute) holds the caption shown to users plus what an
+incremental run needs (size, mtime_ns, content hash, model id) and what a user searches by
+(date taken, camera). Full-text search is configured the sqlite-utils way
+(``enable_fts(["caption"], tokenize="porter unicode61", create_triggers=True)``), so
+``datasette photocap.db`` offers search with no setup.
+
+The schema evolves through named migrations recorded in ``_migrations`` (each runs once). The
+database runs in WAL mode with a busy timeout and every batch is written in one
+``BEGIN IMMEDIATE`` transaction, so two runs on one index wait for each other instead of
+failing, and an interrupted run leaves a consistent index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from photocap.errors import IndexDbError
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
+
+BUSY_TIMEOUT_MS = 60_000
+PHOTOS = "photos"
+
+# Column order of the photos table; also the keys of a row dict.
+PHOTO_COLUMNS: dict[str, type] = {
+    "path": str,  # absolute path, primary key
+    "caption": str,  # the sentence shown to users; NULL while failed / not captioned
+    "score": float,  # mean log-probability per word (higher is better)
+    "alternatives": str,  # JSON list of the other beam hypotheses
+    "model_id": str,
+    "captioned_at": str,  # ISO 8601 UTC
+    "outputs": str,  # comma-separated writers that hold this caption, e.g. "index,xmp"
+    "size": int,  # bytes
+    "mtime": str,  # ISO 8601 UTC, for people
+    "mtime_ns": int,  # for change detection
+    "content_hash": str,  # blake2b-256 hex of the file bytes
+    "width": int,  # as displayed (EXIF orientation applied)
+    "height": int,
+    "format": str,  # JPEG, PNG, HEIF, ...
+    "date_taken": str,  # EXIF DateTimeOriginal, ISO 8601 local time
+    "camera": str,  # EXIF Make + Model
+    "error": str,  # one-line reason of the last failure, NULL when fine
+    "updated_at": str,  # ISO 8601 UTC of the last change of this row
+}
+
+
+@dataclass(frozen=True)
+class PhotoRow:
+    """One row of ``photos`` as the pipeline needs it."""
+
+    path: str
+    caption: str | None
+    score: float | None
+    alternatives: tuple[str, ...]
+    model_id: str | None
+    captioned_at: str | None
+    outputs: frozenset[str]
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+    error: str | None
+
+    @property
+    def is_captioned(self) -> bool:
+        return bool(self.caption) and self.error is None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the caption split into (text, is_match) segments for highlighting."""
+
+    path: str
+    caption: str
+    segments: tuple[tuple[str, bool], ...]
+    rank: float  # bm25; lower is better
+    date_taken: str | None = None
+    camera: str | None = None
+
+    @property
+    def matched(self) -> list[str]:
+        return [text for text, hit in self.segments if hit]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Counts for ``photocap status`` / ``photocap info``."""
+
+    path: str
+    photos: int
+    captioned: int
+    failed: int
+    models: dict[str, int]
+    last_captioned_at: str | None
+    file_size: int
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error), first N
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+def _m001_create_photos(db: sqlite_utils.Database) -> None:
+    db[PHOTOS].create(PHOTO_COLUMNS, pk="path", not_null={"path"}, if_not_exists=True)  # type: ignore[union-attr]
+
+
+def _m002_enable_fts(db: sqlite_utils.Database) -> None:
+    db.table(PHOTOS).enable_fts(["caption"], tokenize="porter unicode61", create_triggers=True)
+
+
+def _m003_index_hash(db: sqlite_utils.Database) -> None:
+    db.table(PHOTOS).create_index(["content_hash"], if_not_exists=True)
+    db.table(PHOTOS).create_index(["error"], if_not_exists=True)
+
+
+# Append only; never rename or reorder: the names are recorded in existing databases.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_create_photos", _m001_create_photos),
+    ("002_enable_fts_caption", _m002_enable_fts),
+    ("003_index_content_hash_error", _m003_index_hash),
+]
+
+
+class PhotoIndex:
+    """An open caption index. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        memory = os.fspath(path) == ":memory:"
+        if not memory:
+            if not create and not self.path.exists():
+                raise IndexDbError(f"no index at {self.path} (run `photocap caption` first)")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise IndexDbError(
+                    f"cannot create folder {self.path.parent}: {err.strerror}"
+                ) from None
+        try:
+            conn = sqlite3.connect(
+                os.fspath(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not memory:
+                self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise IndexDbError(f"cannot open index {self.path}: {err}") from None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> PhotoIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.conn.in_transaction:
+                self.db.conn.rollback()
+            self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction. ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up
+        to the busy timeout), so concurrent runs serialise instead of failing mid-transaction."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def _migrate(self) -> None:
+        if self._pending_migrations():
+            with _file_lock(self.path):  # only one process migrates; the others wait, then see none
+                for name, migrate in MIGRATIONS:
+                    if name in self._applied_migrations():
+                        continue
+                    migrate(self.db)
+                    self.db.commit()
+                    self.db.table("_migrations").insert(
+                        {"name": name, "applied_at": _utcnow()}, pk="name", replace=True
+                    )
+                    self.db.commit()
+
+    def _applied_migrations(self) -> set[str]:
+        if not self.db.table("_migrations").exists():
+            return set()
+        return {row[0] for row in self.db.execute("SELECT name FROM _migrations").fetchall()}
+
+    def _pending_migrations(self) -> list[str]:
+        applied = self._applied_migrations()
+        return [name for name, _ in MIGRATIONS if name not in applied]
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations recorded in this database, in order applied."""
+        return [row[0] for row in self.db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, path: str | os.PathLike[str]) -> PhotoRow | None:
+        """The row for ``path`` (absolute), or None."""
+        cur = self.db.execute(f"SELECT {_ROW_SQL} FROM photos WHERE path = ?", [os.fspath(path)])
+        row = cur.fetchone()
+        return _to_row(row) if row else None
+
+    def get_dict(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The full row for ``path`` as a dict (all columns), or None."""
+        rows = list(self.db.query("SELECT * FROM photos WHERE path = ?", [os.fspath(path)]))
+        return rows[0] if rows else None
+
+    def find_moved(self, content_hash: str, new_path: str | os.PathLike[str]) -> PhotoRow | None:
+        """A captioned row with this content whose file is gone: the photo was moved/renamed."""
+        cur = self.db.execute(
+            f"SELECT {_ROW_SQL} FROM photos WHERE content_hash = ? AND path != ? "
+            "AND caption IS NOT NULL AND error IS NULL ORDER BY captioned_at DESC",
+            [content_hash, os.fspath(new_path)],
+        )
+        for row in cur.fetchall():
+            if not os.path.lexists(row[0]):
+                return _to_row(row)
+        return None
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM photos").fetchone()[0])
+
+    def iter_paths(self) -> Iterator[str]:
+        for (path,) in self.db.execute("SELECT path FROM photos ORDER BY path"):
+            yield path
+
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+        """Full-text search over captions, best first (bm25), with matches highlighted.
+
+        Every word of ``query`` must match (porter stemming: "dogs running" finds "A dog runs").
+        Words are quoted, so FTS syntax in user input (quotes, hyphens, AND/OR/NOT, ``:``) is
+        taken literally and never raises; a trailing ``*`` keeps its prefix meaning.
+        """
+        fts = build_fts_query(query)
+        if not fts:
+            return []
+        sql = (
+            "SELECT photos.path, photos.caption, "
+            "highlight(photos_fts, 0, char(2), char(3)), bm25(photos_fts), "
+            "photos.date_taken, photos.camera "
+            "FROM photos_fts JOIN photos ON photos.rowid = photos_fts.rowid "
+            "WHERE photos_fts MATCH ? AND photos.error IS NULL "
+            "ORDER BY bm25(photos_fts), photos.path LIMIT ?"
+        )
+        try:
+            rows = self.db.execute(sql, [fts, int(limit)]).fetchall()
+        except sqlite3.OperationalError as err:
+            raise IndexDbError(f"search failed: {err}") from None
+        return [
+            SearchHit(
+                path=r[0], caption=r[1], segments=_segments(r[2]), rank=float(r[3]),
+                date_taken=r[4], camera=r[5],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def stats(self, failures_limit: int = 50) -> IndexStats:
+        """Counts of photos, captioned, failed, per model; the first failures with reasons."""
+        one = self.db.execute(
+            "SELECT count(*), "
+            "sum(caption IS NOT NULL AND error IS NULL), sum(error IS NOT NULL), "
+            "max(captioned_at) FROM photos"
+        ).fetchone()
+        models = dict(
+            self.db.execute(
+                "SELECT model_id, count(*) FROM photos WHERE caption IS NOT NULL AND error IS NULL "
+                "GROUP BY model_id ORDER BY count(*) DESC"
+            ).fetchall()
+        )
+        failures = [
+            (p, e)
+            for p, e in self.db.execute(
+                "SELECT path, error FROM photos WHERE error IS NOT NULL ORDER BY path LIMIT ?",
+                [failures_limit],
+            )
+        ]
+        file_size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                file_size += os.path.getsize(os.fspath(self.path) + suffix)
+        return IndexStats(
+            path=os.fspath(self.path), photos=int(one[0] or 0), captioned=int(one[1] or 0),
+            failed=int(one[2] or 0), models=models, last_captioned_at=one[3],
+            file_size=file_size, failures=failures,
+        )  # fmt: skip
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert_photos(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or update full/partial rows (keys from :data:`PHOTO_COLUMNS`) in one transaction.
+
+        Only the given columns change, so a failure row keeps nothing stale by passing NULLs
+        explicitly, and a carried-over row keeps its caption.
+        """
+        if not rows:
+            return
+        with self.transaction():
+            for row in rows:
+                cols = [c for c in row if c in PHOTO_COLUMNS]
+                values = [_sql_value(row[c]) for c in cols]
+                updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c != "path")
+                self.db.execute(
+                    f"INSERT INTO photos ({', '.join(f'[{c}]' for c in cols)}) "
+                    f"VALUES ({', '.join('?' for _ in cols)}) "
+                    f"ON CONFLICT(path) DO UPDATE SET {updates}",
+                    values,
+                )
+
+    def move_photo(self, old_path: str, new_path: str) -> None:
+        """Give a row a new path (moved/renamed photo); replaces any row already at new_path."""
+        with self.transaction():
+            self.db.execute("DELETE FROM photos WHERE path = ?", [new_path])
+            self.db.execute("UPDATE photos SET path = ? WHERE path = ?", [new_path, old_path])
+
+    def prune(
+        self, under: Iterable[str | os.PathLike[str]] | None = None, dry_run: bool = False
+    ) -> list[str]:
+        """Delete rows whose file no longer exists (optionally only below the ``under`` folders)."""
+        prefixes = [os.path.abspath(os.fspath(p)) for p in under or []]
+        gone = []
+        for path in self.iter_paths():
+            if prefixes and not any(
+                path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes
+            ):
+                continue
+            if not os.path.lexists(path):
+                gone.append(path)
+        if gone and not dry_run:
+            with self.transaction():
+                self.db.conn.executemany("DELETE FROM photos WHERE path = ?", [(p,) for p in gone])
+        return gone
+
+
+class IndexWriter:
+    """The ``index`` writer: records captions (and failures) in the :class:`PhotoIndex`.
+
+    Rows are buffered and written in one transaction per :meth:`flush` (the pipeline flushes once
+    per batch), so the index is committed batch by batch. :meth:`note_photo` adds the photo's
+    facts (size, hash, EXIF...) that a :class:`CaptionRecord` does not carry.
+    """
+
+    name = "index"
+
+    def __init__(self, index: PhotoIndex, options: WriteOptions | None = None) -> None:
+        self.index = index
+        self.options = options or WriteOptions()
+        self._facts: dict[str, dict[str, Any]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._moves: list[tuple[str, str]] = []
+
+    def note_photo(self, path: str | os.PathLike[str], **facts: Any) -> None:
+        """Facts about a photo to store with its next record (size, mtime_ns, content_hash, ...)."""
+        self._facts.setdefault(os.fspath(path), {}).update(facts)
+
+    def note_move(self, old_path: str, new_path: str) -> None:
+        """The photo at ``new_path`` is the row at ``old_path`` moved; applied before the rows."""
+        self._moves.append((old_path, new_path))
+
+    def write(self, record: CaptionRecord) -> WriteOutcome:
+        if self.options.dry_run:
+            return WriteOutcome(self.name, record.path, "skipped", "dry run")
+        key = os.fspath(record.path)
+        row = {
+            "path": key,
+            "caption": record.caption,
+            "score": record.score,
+            "alternatives": json.dumps(list(record.alternatives), ensure_ascii=False),
+            "model_id": record.model_id,
+            "captioned_at": record.captioned_at.astimezone(timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "error": None,
+            "updated_at": _utcnow(),
+        }
+        row.update(self._facts.pop(key, {}))
+        self._pending.append(row)
+        return WriteOutcome(self.name, record.path, "written")
+
+    def write_failure(self, path: str | os.PathLike[str], error: str) -> None:
+        """Record that a photo failed: caption cleared, reason in ``error``."""
+        if self.options.dry_run:
+            return
+        key = os.fspath(path)
+        row: dict[str, Any] = {
+            "path": key, "caption": None, "score": None, "alternatives": None,
+            "model_id": None, "captioned_at": None, "outputs": None, "error": error,
+            "updated_at": _utcnow(),
+        }  # fmt: skip
+        row.update(self._facts.pop(key, {}))
+        self._pending.append(row)
+
+    def flush(self) -> None:
+        """Write everything buffered in one transaction."""
+        if not (self._pending or self._moves):
+            return
+        rows, moves = self._pending, self._moves
+        self._pending, self._moves = [], []
+        try:
+            with self.index.transaction():
+                for old, new in moves:
+                    self.index.move_photo(old, new)
+                self.index.upsert_photos(rows)
+        except sqlite3.Error as err:
+            raise IndexDbError(f"cannot write to index {self.index.path}: {err}") from None
+
+    def close(self) -> None:
+        self.flush()
+
+
+def build_fts_query(query: str) -> str:
+    """User words -> a safe FTS5 query: each word a quoted string, all words required."""
+    terms = []
+    for word in query.split():
+        prefix = word.endswith("*")
+        word = word.rstrip("*")
+        if not any(ch.isalnum() for ch in word):
+            continue  # a lone "-" or '"' is not a word
+        if word.upper() in ("AND", "OR", "NOT", "NEAR"):
+            continue  # operators typed in plain English carry no meaning for captions
+        quoted = '"' + word.replace('"', '""') + '"'
+        terms.append(quoted + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+def mtime_iso(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+_ROW_SQL = (
+    "path, caption, score, alternatives, model_id, captioned_at, outputs, size, mtime_ns, "
+    "content_hash, error"
+)
+
+
+def _to_row(r: Sequence[Any]) -> PhotoRow:
+    try:
+        alternatives = tuple(json.loads(r[3])) if r[3] else ()
+    except (ValueError, TypeError):
+        alternatives = ()
+    return PhotoRow(
+        path=r[0], caption=r[1], score=r[2], alternatives=alternatives, model_id=r[4],
+        captioned_at=r[5], outputs=frozenset(x for x in (r[6] or "").split(",") if x),
+        size=r[7], mtime_ns=r[8], content_hash=r[9], error=r[10],
+    )  # fmt: skip
+
+
+def _segments(highlighted: str | None) -> tuple[tuple[str, bool], ...]:
+    """Split FTS highlight() output (matches wrapped in \\x02 ... \\x03) into segments."""
+    out: list[tuple[str, bool]] = []
+    for i, chunk in enumerate((highlighted or "").split("\x02")):
+        if i == 0:
+            if chunk:
+                out.append((chunk, False))
+            continue
+        hit, _, rest = chunk.partition("\x03")
+        out.append((hit, True))
+        if rest:
+            out.append((rest, False))
+    return tuple(out)
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, (frozenset, set, list, tuple)):
+        return (
+            ",".join(sorted(value))
+            if isinstance(value, (set, frozenset))
+            else json.dumps(list(value))
+        )
+    if isinstance(value, Path):
+        return os.fspath(value)
+    return value
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _file_lock(db_path: Path) -> Iterator[None]:
+    """An exclusive lock next to the database, held while migrating (POSIX; no-op elsewhere).
+
+    Not on the database file itself: closing any descriptor of it would drop SQLite's own locks.
+    """
+    if os.fspath(db_path) == ":memory:":
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: migrations are idempotent enough
+        yield
+        return
+    with open(os.fspath(db_path) + ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,121 @@
+"""Find the photos in a library: a recursive, deterministic, streaming walk.
+
+:func:`discover_photos` yields one :class:`PhotoFile` per photo (path + stat, never pixels) in
+sorted order, so 50,000 photos cost a few MB. Hidden files and folders (``.name``) and sidecars
+are skipped; symlinks are followed without looping; photos are recognised by their content
+(magic bytes), and a file with a photo extension that is not a readable photo is still yielded
+so that the run reports why it failed. An unreadable folder becomes a :class:`DiscoveryFailure`
+and the walk goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from photocap.image import has_image_extension, sniff_file
+
+# Files next to photos that are never photos themselves.
+SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm", ".pp3", ".dop", ".json"})
+
+
+@dataclass(frozen=True)
+class PhotoFile:
+    """A photo found on disk (absolute path, not resolved through symlinks) and its stat."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class DiscoveryFailure:
+    """A folder or path that could not be walked, with a one-line reason."""
+
+    path: Path
+    error: str
+
+
+def discover_photos(
+    roots: Iterable[str | os.PathLike[str]],
+) -> Iterator[PhotoFile | DiscoveryFailure]:
+    """Yield the photos under ``roots`` (files or folders), recursively, in sorted order.
+
+    A root given explicitly is used even if hidden. Each folder is visited once even when
+    symlinks point back up the tree (visited folders are tracked by (st_dev, st_ino)).
+    """
+    visited: set[tuple[int, int]] = set()
+    for root in roots:
+        path = Path(os.path.abspath(os.fspath(root)))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            yield DiscoveryFailure(path, "no such file or folder")
+            continue
+        except OSError as err:
+            yield DiscoveryFailure(path, f"cannot access: {err.strerror or err}")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(path, st, visited)
+        elif stat.S_ISREG(st.st_mode):
+            found = _photo_file(path, st, explicit=True)
+            if found is not None:
+                yield found
+            else:
+                yield DiscoveryFailure(path, "not an image (unrecognised file content)")
+
+
+def _walk(
+    folder: Path, folder_st: os.stat_result, visited: set[tuple[int, int]]
+) -> Iterator[PhotoFile | DiscoveryFailure]:
+    key = (folder_st.st_dev, folder_st.st_ino)
+    if key in visited:
+        return  # symlink loop or a folder reachable twice
+    visited.add(key)
+    try:
+        with os.scandir(folder) as it:
+            names = sorted(entry.name for entry in it)
+    except PermissionError:
+        yield DiscoveryFailure(folder, "cannot read folder: permission denied")
+        return
+    except OSError as err:
+        yield DiscoveryFailure(folder, f"cannot read folder: {err.strerror or err}")
+        return
+    for name in names:
+        if name.startswith("."):
+            continue  # hidden files and folders (.thumbnails, .git, ._AppleDouble, ...)
+        path = folder / name
+        try:
+            st = os.stat(path)  # follows symlinks
+        except OSError:
+            continue  # broken symlink or vanished since listing: nothing to caption
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(path, st, visited)
+        elif stat.S_ISREG(st.st_mode):
+            found = _photo_file(path, st, explicit=False)
+            if found is not None:
+                yield found
+
+
+def _photo_file(path: Path, st: os.stat_result, explicit: bool) -> PhotoFile | None:
+    """A PhotoFile if ``path`` is (or claims to be) a photo, else None."""
+    ext = path.suffix.lower()
+    if ext in SIDECAR_EXTENSIONS and not explicit:
+        return None
+    try:
+        kind = sniff_file(path)
+    except OSError:
+        kind = None  # unreadable: keep it if it claims to be a photo, the decode reports why
+    if kind is not None or has_image_extension(path):
+        return PhotoFile(path, st.st_size, st.st_mtime_ns)
+    return None
+
+
+def iter_photo_files(roots: Iterable[str | os.PathLike[str]]) -> Iterator[PhotoFile]:
+    """Like :func:`discover_photos` but only the photos (failures dropped)."""
+    for item in discover_photos(roots):
+        if isinstance(item, PhotoFile):
+            yield item

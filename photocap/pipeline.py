@@ -1,0 +1,527 @@
+"""The caption run: discover -> plan -> decode (worker processes) -> caption (batches) -> write.
+
+:func:`caption_library` is a generator of events (:class:`PhotoResult` per photo,
+:class:`Progress`, one final :class:`RunSummary`); it never prints, the CLI renders.
+
+How it stays fast and flat on a 50,000-photo library:
+
+* Planning stats every photo (no reading) and skips those whose size and mtime match a row
+  captioned by the same model into the same outputs. Only paths are kept in memory.
+* Decoding runs in a process pool that works ahead of the model through a bounded queue of
+  futures, so memory holds at most a few batches of 3x224x224 uint8 arrays. Each worker reads a
+  file once, hashing and decoding it.
+* A photo whose content hash matches its old row (touched, copied back) or a row whose file is
+  gone (moved, renamed) keeps its caption: no model call.
+* Each batch goes through ``captioner.caption_batch`` and is written by every writer; the index
+  commits once per batch, so stopping at any point leaves a consistent, resumable index.
+
+Stopping: set the ``stop`` event (the CLI does on Ctrl-C) and the run ends after the current
+batch; a KeyboardInterrupt drops the current batch. Either way the pool is shut down, finished
+batches stay committed and a final :class:`RunSummary` (``interrupted=True``) is yielded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
+from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
+from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from photocap.model import Captioner
+    from photocap.preset import Preset
+
+PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]
+# Writers that only add files next to the photo; any other writer may change the photo's bytes.
+SIDECAR_WRITERS = frozenset({"xmp", "index"})
+# Write outcomes that mean "this output holds the caption".
+_HELD = frozenset({"written", "unchanged", "kept_human"})
+
+
+@dataclass
+class CaptionOptions:
+    """Options of one run (the ``photocap caption`` flags)."""
+
+    writers: Sequence[str] = ("xmp", "index")
+    write_options: WriteOptions = field(default_factory=WriteOptions)
+    force: bool = False  # re-caption everything
+    limit: int | None = None  # at most this many photos decoded/captioned (skips don't count)
+    batch_size: int = 16
+    workers: int | None = None  # decode processes; None = number of cores; 0 = in this process
+    beam_size: int = 3
+    max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's default
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """What happened to one photo."""
+
+    path: Path
+    status: PhotoStatus  # captioned | carried (caption kept, no model) | skipped | failed
+    caption: str | None = None
+    score: float | None = None
+    alternatives: tuple[str, ...] = ()
+    error: str | None = None  # one line, for failed
+    reason: str = ""  # why skipped/carried: "unchanged", "moved from ...", "content unchanged"
+    outputs: tuple[WriteOutcome, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "photo",
+            "path": os.fspath(self.path),
+            "status": self.status,
+            "caption": self.caption,
+            "score": self.score,
+            "alternatives": list(self.alternatives),
+            "error": self.error,
+            "reason": self.reason or None,
+            "outputs": {o.writer: o.status for o in self.outputs},
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Emitted after each batch (and while scanning, with ``phase="scan"``)."""
+
+    phase: Literal["scan", "caption"]
+    done: int  # photos finished in this phase
+    total: int | None  # photos to process (None while scanning)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The final event of a run."""
+
+    captioned: int
+    carried: int
+    skipped: int
+    failed: int
+    elapsed_s: float
+    interrupted: bool
+    model_id: str
+    dry_run: bool
+    failures: tuple[tuple[str, str], ...]  # (path, error)
+
+    @property
+    def photos_per_s(self) -> float:
+        return self.captioned / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "summary",
+            "captioned": self.captioned,
+            "carried": self.carried,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "photos_per_s": round(self.photos_per_s, 2),
+            "interrupted": self.interrupted,
+            "model_id": self.model_id,
+            "dry_run": self.dry_run,
+        }
+
+
+CaptionEvent = PhotoResult | Progress | RunSummary
+
+
+@dataclass
+class _Work:
+    """A photo that needs decoding (and maybe captioning)."""
+
+    photo: PhotoFile
+    row: PhotoRow | None
+
+
+@dataclass
+class _Ready:
+    """A decoded photo waiting for the model."""
+
+    photo: PhotoFile
+    row: PhotoRow | None
+    decoded: DecodedPhoto
+
+
+def caption_library(
+    paths: Iterable[str | os.PathLike[str]],
+    captioner: Captioner,
+    index: PhotoIndex,
+    options: CaptionOptions | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[CaptionEvent]:
+    """Caption every photo under ``paths`` that needs it; yield events, end with a RunSummary."""
+    run = _Run(captioner, index, options or CaptionOptions(), stop or threading.Event())
+    yield from run.events(paths)
+
+
+class _Run:
+    def __init__(
+        self,
+        captioner: Captioner,
+        index: PhotoIndex,
+        options: CaptionOptions,
+        stop: threading.Event,
+    ) -> None:
+        self.captioner = captioner
+        self.index = index
+        self.options = options
+        self.stop = stop
+        self.model_id: str = captioner.model_id
+        self.preset: Preset = captioner.preset
+        self.wanted = frozenset(options.writers)
+        self.index_writer = IndexWriter(index, options.write_options)
+        file_writer_names = [n for n in options.writers if n != "index"]
+        self.file_writers: list[Writer] = get_writers(file_writer_names, options.write_options)
+        self.counts = {"captioned": 0, "carried": 0, "skipped": 0, "failed": 0}
+        self.failures: list[tuple[str, str]] = []
+        self.done = 0
+        self.total = 0
+
+    # -------------------------------------------------------------- top level
+
+    def events(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[CaptionEvent]:
+        started = time.monotonic()
+        interrupted = False
+        try:
+            work: list[_Work] = []
+            yield from self._plan(paths, work)
+            self.total = len(work)
+            yield Progress("caption", 0, self.total)
+            yield from self._process(work)
+            interrupted = self.stop.is_set() and self.done < self.total
+        except KeyboardInterrupt:
+            interrupted = True  # current batch dropped; finished batches are committed
+        finally:
+            self._close_writers()
+        yield RunSummary(
+            captioned=self.counts["captioned"], carried=self.counts["carried"],
+            skipped=self.counts["skipped"], failed=self.counts["failed"],
+            elapsed_s=time.monotonic() - started, interrupted=interrupted,
+            model_id=self.model_id, dry_run=self.options.write_options.dry_run,
+            failures=tuple(self.failures),
+        )  # fmt: skip
+
+    def _close_writers(self) -> None:
+        for writer in [*self.file_writers, self.index_writer]:
+            try:
+                writer.close()
+            except KeyboardInterrupt:
+                continue
+            except Exception as err:  # closing one writer must not hide the others' work
+                self.failures.append((writer.name, f"closing {writer.name} writer failed: {err}"))
+
+    # -------------------------------------------------------------- planning
+
+    def _plan(
+        self, paths: Iterable[str | os.PathLike[str]], work: list[_Work]
+    ) -> Iterator[CaptionEvent]:
+        """Walk the library; skip or complete what needs no decoding; collect the rest."""
+        limit = self.options.limit
+        scanned = 0
+        completions: list[tuple[PhotoFile, PhotoRow]] = []
+        for item in discover_photos(paths):
+            if self.stop.is_set():
+                return
+            if isinstance(item, DiscoveryFailure):
+                yield self._fail_event(item.path, item.error, record=False)
+                continue
+            scanned += 1
+            if scanned % 500 == 0:
+                yield Progress("scan", scanned, None)
+            row = self.index.get(item.path)
+            captioned_as_is = (
+                not self.options.force
+                and row is not None
+                and _same_stat(row, item)
+                and row.is_captioned
+                and row.model_id == self.model_id
+            )
+            if captioned_as_is and row is not None:
+                if self.wanted <= row.outputs:
+                    self.counts["skipped"] += 1
+                    yield PhotoResult(item.path, "skipped", row.caption, row.score,
+                                      row.alternatives, reason="unchanged")  # fmt: skip
+                elif limit is None or len(work) + len(completions) < limit:
+                    completions.append((item, row))  # caption known; outputs missing
+                continue
+            if limit is None or len(work) + len(completions) < limit:
+                work.append(_Work(item, row))
+        # Photos that only need their missing outputs written: no decode, no model.
+        for start in range(0, len(completions), max(1, self.options.batch_size)):
+            if self.stop.is_set():
+                return
+            chunk = completions[start : start + self.options.batch_size]
+            for photo, row in chunk:
+                yield self._carry(photo, row, reason="unchanged, outputs added")
+            self.index_writer.flush()
+
+    # -------------------------------------------------------------- decode + caption
+
+    def _process(self, work: list[_Work]) -> Iterator[CaptionEvent]:
+        if not work or self.stop.is_set():
+            return
+        batch_size = max(1, self.options.batch_size)
+        workers = (
+            self.options.workers if self.options.workers is not None else (os.cpu_count() or 1)
+        )
+        # Enough in flight to keep every worker busy while the model works on the next batch,
+        # few enough that memory stays flat (~150 KB per decoded photo).
+        max_in_flight = 2 * batch_size + 2 * max(workers, 1)
+        pool = _make_pool(workers) if workers > 0 else None
+        try:
+            pending: deque[tuple[_Work, Future[DecodedPhoto | DecodeFailure]]] = deque()
+            queue = iter(work)
+            batch: list[_Ready] = []
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < max_in_flight:
+                    item = next(queue, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    pending.append((item, self._submit(pool, item.photo.path)))
+                if not pending and not batch:
+                    break
+                if pending and len(batch) < batch_size:
+                    item, future = pending.popleft()
+                    result = future.result()
+                    yield from self._on_decoded(item, result, batch)
+                    if len(batch) < batch_size and pending:
+                        continue
+                if batch:
+                    if self.stop.is_set():
+                        return
+                    yield from self._caption_batch(batch)
+                    batch = []
+                    yield Progress("caption", self.done, self.total)
+                if self.stop.is_set():
+                    return
+            self.index_writer.flush()
+            yield Progress("caption", self.done, self.total)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(
+        self, pool: ProcessPoolExecutor | None, path: Path
+    ) -> Future[DecodedPhoto | DecodeFailure]:
+        args = (os.fspath(path), self.preset, self.options.max_pixels)
+        if pool is not None:
+            return pool.submit(decode_photo, *args)
+        future: Future[DecodedPhoto | DecodeFailure] = Future()
+        future.set_result(decode_photo(*args))
+        return future
+
+    def _on_decoded(
+        self, item: _Work, result: DecodedPhoto | DecodeFailure, batch: list[_Ready]
+    ) -> Iterator[CaptionEvent]:
+        if isinstance(result, DecodeFailure):
+            if result.size is not None:
+                self.index_writer.note_photo(
+                    item.photo.path, size=result.size, mtime_ns=result.mtime_ns,
+                    mtime=mtime_iso(result.mtime_ns or 0),
+                )  # fmt: skip
+            self.done += 1
+            yield self._fail_event(item.photo.path, result.error, record=True)
+            return
+        self._note_facts(item.photo.path, result)
+        if not self.options.force:
+            row = item.row
+            if (row is not None and row.is_captioned and row.content_hash == result.content_hash
+                    and row.model_id == self.model_id):  # fmt: skip
+                self.done += 1
+                yield self._carry(item.photo, row, reason="content unchanged")
+                return
+            moved = self.index.find_moved(result.content_hash, item.photo.path)
+            if moved is not None and moved.model_id == self.model_id:
+                self.index_writer.note_move(moved.path, os.fspath(item.photo.path))
+                self.done += 1
+                yield self._carry(
+                    item.photo, moved, reason=f"moved from {describe_path(moved.path)}"
+                )
+                return
+        batch.append(_Ready(item.photo, item.row, result))
+
+    def _caption_batch(self, batch: list[_Ready]) -> Iterator[CaptionEvent]:
+        import numpy as np
+        import torch
+
+        pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in batch]))  # (B, 3, S, S) uint8
+        try:
+            captions = self.captioner.caption_batch(pixels, beam_size=self.options.beam_size)
+        except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
+            message = f"captioning failed: {' '.join(str(err).split())[:200]}"
+            for ready in batch:
+                self.done += 1
+                yield self._fail_event(ready.photo.path, message, record=True)
+            self.index_writer.flush()
+            return
+        now = datetime.now(timezone.utc)
+        results = []
+        for ready, caption in zip(batch, captions, strict=True):
+            record = CaptionRecord(
+                path=ready.photo.path, caption=caption.text, score=float(caption.score),
+                alternatives=tuple(caption.alternatives), model_id=self.model_id, captioned_at=now,
+            )  # fmt: skip
+            results.append(self._write(record, "captioned", reason=""))
+        self.index_writer.flush()  # one transaction per batch
+        for result in results:
+            self.done += 1
+            yield result
+
+    # -------------------------------------------------------------- writing
+
+    def _carry(self, photo: PhotoFile, row: PhotoRow, reason: str) -> PhotoResult:
+        """Keep an existing caption for ``photo`` (no model call), writing any missing outputs."""
+        record = CaptionRecord(
+            path=photo.path, caption=row.caption or "", score=float(row.score or 0.0),
+            alternatives=row.alternatives, model_id=row.model_id or self.model_id,
+            captioned_at=_parse_time(row.captioned_at),
+        )  # fmt: skip
+        self.index_writer.note_photo(photo.path, size=photo.size, mtime_ns=photo.mtime_ns,
+                                     mtime=mtime_iso(photo.mtime_ns))  # fmt: skip
+        skip = row.outputs if not reason.startswith("moved") else frozenset()
+        return self._write(record, "carried", reason, already=skip)
+
+    def _write(
+        self,
+        record: CaptionRecord,
+        status: PhotoStatus,
+        reason: str,
+        already: frozenset[str] = frozenset(),
+    ) -> PhotoResult:
+        """Run the file writers, then the index writer; count and return the result."""
+        outcomes: list[WriteOutcome] = []
+        changed_bytes = False
+        for writer in self.file_writers:
+            if writer.name in already:
+                continue
+            outcome = _safe_write(writer, record)
+            outcomes.append(outcome)
+            if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
+                changed_bytes = True
+        held = {o.writer for o in outcomes if o.status in _HELD} | (already & self.wanted)
+        if "index" in self.wanted:
+            held.add("index")
+        if changed_bytes:
+            self._refresh_facts(record.path)  # EXIF written into the photo: new size/hash
+        self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
+        if "index" in self.wanted or self.options.write_options.dry_run:
+            outcomes.append(self.index_writer.write(record))
+        else:
+            # Not asked to write the index, but it still remembers what was captioned (without
+            # claiming the "index" output) so the next run can skip these photos.
+            self.index_writer.write(record)
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:
+            error = "; ".join(f"{o.writer}: {o.message}" for o in failed)
+            self.counts["failed"] += 1
+            self.failures.append((os.fspath(record.path), error))
+            return PhotoResult(record.path, "failed", record.caption, record.score,
+                               record.alternatives, error=error, reason=reason,
+                               outputs=tuple(outcomes))  # fmt: skip
+        self.counts[status] += 1
+        return PhotoResult(record.path, status, record.caption, record.score, record.alternatives,
+                           reason=reason, outputs=tuple(outcomes))  # fmt: skip
+
+    def _note_facts(self, path: Path, d: DecodedPhoto) -> None:
+        self.index_writer.note_photo(
+            path, size=d.size, mtime_ns=d.mtime_ns, mtime=mtime_iso(d.mtime_ns),
+            content_hash=d.content_hash, width=d.width, height=d.height, format=d.format,
+            date_taken=d.date_taken, camera=d.camera,
+        )  # fmt: skip
+
+    def _refresh_facts(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            self.index_writer.note_photo(
+                path, size=st.st_size, mtime_ns=st.st_mtime_ns, mtime=mtime_iso(st.st_mtime_ns),
+                content_hash=hash_file(path),
+            )  # fmt: skip
+
+    def _fail_event(self, path: Path, error: str, record: bool) -> PhotoResult:
+        self.counts["failed"] += 1
+        self.failures.append((os.fspath(path), error))
+        if record:
+            self.index_writer.write_failure(path, error)
+        return PhotoResult(path, "failed", error=error)
+
+
+def _safe_write(writer: Writer, record: CaptionRecord) -> WriteOutcome:
+    """A writer must not raise for one photo; if one does anyway, it is that photo's failure."""
+    try:
+        return writer.write(record)
+    except Exception as err:
+        return WriteOutcome(writer.name, record.path, "failed", " ".join(str(err).split())[:200])
+
+
+def _same_stat(row: PhotoRow, photo: PhotoFile) -> bool:
+    return row.size == photo.size and row.mtime_ns == photo.mtime_ns
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text:
+        try:
+            parsed = datetime.fromisoformat(text)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return datetime.now(timezone.utc)
+
+
+def _make_pool(workers: int) -> ProcessPoolExecutor:
+    # fork where available: workers start instantly and do not re-import the CLI's __main__.
+    # They never touch torch, so forking after torch was imported is safe.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+    )
+
+
+def _init_worker() -> None:
+    # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
+    # finish their current photo instead of dying with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(5)  # decoding in the background should not make the desktop sluggish
+
+
+def plan_status(
+    paths: Iterable[str | os.PathLike[str]], index: PhotoIndex
+) -> Iterator[tuple[Path, str]]:
+    """For ``photocap status PATH``: yield (path, state) for photos not captioned as they are now.
+
+    state is "new" (no row), "changed" (size/mtime differ), "failed" (last run failed) or a
+    discovery error.
+    """
+    for item in discover_photos(paths):
+        if isinstance(item, DiscoveryFailure):
+            yield item.path, f"error: {item.error}"
+            continue
+        row = index.get(item.path)
+        if row is None:
+            yield item.path, "new"
+        elif row.error is not None:
+            yield item.path, f"failed: {row.error}"
+        elif not _same_stat(row, item):
+            yield item.path, "changed"
