@@ -1,0 +1,548 @@
+"""EXIF captions inside JPEG files, written losslessly.
+
+``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
+(UTF-16LE, the "Comments" field of Windows Explorer). Only JPEG is written in-file; every other
+format returns ``skipped`` (WebP would need RIFF chunk surgery and VP8X flag updates that few
+tools agree on, so the caption stays in the sidecar).
+
+How the file stays intact:
+
+* **Segment surgery, not re-encoding.** The JPEG is split into its marker segments up to SOS;
+  only the Exif APP1 segment is replaced (or inserted after SOI/JFIF APP0 when there is none).
+  Every other byte - JFIF APP0, XMP APP1, ICC APP2, COM, tables, the entropy-coded scan and
+  anything after EOI - is copied byte for byte, so decoded pixels are identical. (piexif.insert
+  is not used: it drops JFIF APP0 and can add a second Exif block.)
+* **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
+  moves maker notes, breaking their internal offsets. Instead the original TIFF block is kept
+  byte for byte and a *new IFD0* (old entries plus ours) is appended at its end, with the header
+  pointing to it. Every existing offset (Exif IFD, GPS, maker note, thumbnail) stays valid. On a
+  re-caption, an IFD0 that photocap appended is replaced rather than stacked when nothing else
+  points into it.
+* **Verified before it replaces anything.** The new file is parsed again: our text is there,
+  every other segment and the scan data are identical, exactly one Exif block, piexif reads the
+  same tags as before, Pillow opens and decodes it. Only then does the atomic rename happen
+  (see :mod:`photocap.safeio`); the photo's mtime and permissions are kept.
+
+Provenance (what photocap wrote, what it replaced) lives in the photo's XMP sidecar, in the
+photocap namespace, so a later run never overwrites a description a person wrote.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from photocap.errors import WriteError
+from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
+from photocap.xmp import (
+    load_or_new,
+    one_line,
+    read_provenance,
+    save_sidecar,
+    sidecar_for_write,
+    stamp,
+    write_provenance,
+)
+
+TAG_IMAGE_DESCRIPTION = 0x010E
+TAG_XP_COMMENT = 0x9C9C
+TYPE_BYTE, TYPE_ASCII, TYPE_LONG, TYPE_IFD = 1, 2, 4, 13
+TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+SUB_IFD_TAGS = {0x8769, 0x8825, 0xA005, 0x014A}  # Exif, GPS, Interop, SubIFDs
+
+TYPE_SHORT, TYPE_RATIONAL = 3, 5
+NEW_IFD0_DEFAULTS: dict[int, tuple[int, bytes] | None] = {
+    0x011A: (TYPE_RATIONAL, struct.pack("<II", 72, 1)),  # XResolution
+    0x011B: (TYPE_RATIONAL, struct.pack("<II", 72, 1)),  # YResolution
+    0x0128: (TYPE_SHORT, struct.pack("<H", 2)),  # ResolutionUnit: inches
+    0x0213: (TYPE_SHORT, struct.pack("<H", 1)),  # YCbCrPositioning: centered
+}
+
+EXIF_HEADER = b"Exif\x00\x00"
+MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
+MAX_PHOTO_BYTES = 2 * 1024**3
+
+SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
+
+
+# --------------------------------------------------------------------------- format sniffing
+
+
+def detect_format(head: bytes) -> str:
+    """A short format name from a file's first bytes (not its extension)."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "AVIF" if brand in (b"avif", b"avis") else "HEIC"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    return "this file type"
+
+
+# --------------------------------------------------------------------------- JPEG segments
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One marker segment before SOS: ``data[start:end]`` is FF, marker, length, payload."""
+
+    marker: int
+    start: int
+    end: int
+
+
+def parse_jpeg(data: bytes) -> tuple[list[Segment], int]:
+    """(segments between SOI and SOS, offset of the SOS marker). Raises WriteError."""
+    if data[:2] != b"\xff\xd8":
+        raise WriteError("not a JPEG (no SOI marker)")
+    pos, segments = 2, list[Segment]()
+    while True:
+        if pos >= len(data) or data[pos] != 0xFF:
+            raise WriteError(f"corrupt JPEG: no marker at byte {pos}")
+        start = pos
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes are allowed before a marker
+            pos += 1
+        if pos >= len(data):
+            raise WriteError("corrupt JPEG: truncated before image data")
+        marker = data[pos]
+        pos += 1
+        if marker == SOS:
+            return segments, start
+        if marker in (0x01, *range(0xD0, 0xD8)):  # TEM / RSTn: no length
+            segments.append(Segment(marker, start, pos))
+            continue
+        if marker in (SOI, 0xD9, 0x00):
+            raise WriteError(f"corrupt JPEG: unexpected marker FF{marker:02X} at byte {start}")
+        if pos + 2 > len(data):
+            raise WriteError("corrupt JPEG: truncated segment")
+        (length,) = struct.unpack(">H", data[pos : pos + 2])
+        if length < 2 or pos + length > len(data):
+            raise WriteError(f"corrupt JPEG: bad segment length at byte {start}")
+        pos += length
+        segments.append(Segment(marker, start, pos))
+
+
+def is_exif_segment(data: bytes, seg: Segment) -> bool:
+    return seg.marker == APP1 and data[seg.start + 4 : seg.start + 10] == EXIF_HEADER
+
+
+def exif_tiff(data: bytes, segments: list[Segment]) -> tuple[int | None, bytes | None]:
+    """(index of the first Exif APP1 segment, its TIFF block) or (None, None)."""
+    for i, seg in enumerate(segments):
+        if is_exif_segment(data, seg):
+            return i, data[seg.start + 10 : seg.end]
+    return None, None
+
+
+# --------------------------------------------------------------------------- TIFF / IFDs
+
+
+@dataclass(frozen=True)
+class Entry:
+    tag: int
+    type: int
+    count: int
+    raw: bytes  # the 4-byte value/offset field, as stored
+
+    def size(self) -> int:
+        return TYPE_SIZES.get(self.type, 1) * self.count
+
+
+class Tiff:
+    """Read-only view of an EXIF TIFF block (either byte order), bounds-checked."""
+
+    def __init__(self, data: bytes) -> None:
+        if data[:4] == b"II*\x00":
+            self.end = "<"
+        elif data[:4] == b"MM\x00*":
+            self.end = ">"
+        else:
+            raise WriteError("corrupt EXIF: bad TIFF header")
+        self.data = data
+        self.ifd0 = self.u32(4)
+
+    def u16(self, off: int) -> int:
+        if off + 2 > len(self.data):
+            raise WriteError("corrupt EXIF: offset out of range")
+        return int(struct.unpack(self.end + "H", self.data[off : off + 2])[0])
+
+    def u32(self, off: int) -> int:
+        if off + 4 > len(self.data):
+            raise WriteError("corrupt EXIF: offset out of range")
+        return int(struct.unpack(self.end + "I", self.data[off : off + 4])[0])
+
+    def read_ifd(self, off: int) -> tuple[list[Entry], int]:
+        """(entries, offset of the next IFD or 0)."""
+        n = self.u16(off)
+        if off + 2 + 12 * n + 4 > len(self.data):
+            raise WriteError("corrupt EXIF: IFD runs past the end")
+        entries = []
+        for i in range(n):
+            p = off + 2 + 12 * i
+            tag, typ, count = struct.unpack(self.end + "HHI", self.data[p : p + 8])
+            entries.append(Entry(tag, typ, count, self.data[p + 8 : p + 12]))
+        return entries, self.u32(off + 2 + 12 * n)
+
+    def value(self, entry: Entry) -> bytes:
+        size = entry.size()
+        if size <= 4:
+            return entry.raw[:size]
+        off = int(struct.unpack(self.end + "I", entry.raw)[0])
+        if off + size > len(self.data):
+            raise WriteError("corrupt EXIF: value out of range")
+        return self.data[off : off + size]
+
+    def longs(self, entry: Entry) -> list[int]:
+        raw = self.value(entry)
+        return [int(v) for v in struct.unpack(f"{self.end}{len(raw) // 4}I", raw)]
+
+    def ifd0_entries(self) -> list[Entry]:
+        return self.read_ifd(self.ifd0)[0] if self.ifd0 else []
+
+    def references(self, skip_ifd0_tags: set[int]) -> list[tuple[int, int]]:
+        """(start, end) of everything in the block something points to, except IFD0 itself
+        and the out-of-line data of ``skip_ifd0_tags``. LONG values that might be pointers
+        to unknown structures count as zero-length references (conservative)."""
+        refs: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        queue = [(self.ifd0, True)] if self.ifd0 else []
+        while queue:
+            off, is_ifd0 = queue.pop()
+            if off in seen or off == 0 or len(seen) > 64:
+                continue
+            seen.add(off)
+            entries, nxt = self.read_ifd(off)
+            if not is_ifd0:
+                refs.append((off, off + 2 + 12 * len(entries) + 4))
+            for e in entries:
+                if is_ifd0 and e.tag in skip_ifd0_tags:
+                    continue
+                if e.size() > 4:
+                    start = int(struct.unpack(self.end + "I", e.raw)[0])
+                    refs.append((start, start + e.size()))
+                if e.type in (TYPE_LONG, TYPE_IFD) and e.count <= 4096:
+                    values = self.longs(e)
+                    refs.extend((v, v) for v in values)
+                    if e.tag in SUB_IFD_TAGS:
+                        queue.extend((v, False) for v in values)
+            if nxt and is_ifd0:  # IFD1 (thumbnail). Sub-IFD "next" fields are often junk.
+                refs.append((nxt, nxt))
+                queue.append((nxt, False))
+        return refs
+
+
+def read_tag(tiff: bytes | None, tag: int) -> bytes | None:
+    """The raw value of an IFD0 tag, or None."""
+    if not tiff:
+        return None
+    t = Tiff(tiff)
+    for e in t.ifd0_entries():
+        if e.tag == tag:
+            return t.value(e)
+    return None
+
+
+def decode_ascii(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace").strip()
+
+
+def decode_xp(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) % 2:
+        raw = raw[:-1]
+    return raw.decode("utf-16-le", errors="replace").split("\x00", 1)[0].strip()
+
+
+def encode_ascii(text: str) -> tuple[int, bytes]:
+    return TYPE_ASCII, text.encode("utf-8") + b"\x00"
+
+
+def encode_xp(text: str) -> tuple[int, bytes]:
+    return TYPE_BYTE, text.encode("utf-16-le") + b"\x00\x00"
+
+
+def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
+    """A new TIFF block: the old one byte for byte plus a new IFD0 with ``updates`` applied.
+
+    ``updates`` maps tag -> (type, value bytes), or None to remove the tag. Old IFD0 entries are
+    copied verbatim (their offsets still point into the unchanged old bytes).
+    """
+    if tiff is None:
+        tiff = b"II*\x00\x00\x00\x00\x00"  # empty little-endian TIFF, IFD0 comes next
+    t = Tiff(tiff)
+    entries, next_ifd = t.read_ifd(t.ifd0) if t.ifd0 else ([], 0)
+    base = tiff
+    # If the old IFD0 is at the very end and nothing else points into it (photocap appended
+    # it last time), cut it off instead of leaving it behind as dead bytes.
+    if t.ifd0 >= 8:
+        try:
+            refs = t.references(skip_ifd0_tags=set(updates))
+        except WriteError:  # something odd in other IFDs: do not risk cutting anything
+            refs = [(len(tiff), len(tiff))]
+        own_kept = [e for e in entries if e.tag not in updates and e.size() > 4]
+        if all(s < t.ifd0 and end <= t.ifd0 for s, end in refs) and not any(
+            int(struct.unpack(t.end + "I", e.raw)[0]) >= t.ifd0 for e in own_kept
+        ):
+            base = tiff[: t.ifd0]
+    e_ = t.end
+    kept = [e for e in entries if e.tag not in updates]
+    new_values = {tag: v for tag, v in updates.items() if v is not None}
+    count = len(kept) + len(new_values)
+    out = bytearray(base)
+    if len(out) % 2:
+        out += b"\x00"  # TIFF offsets are word-aligned
+    ifd_off = len(out)
+    data_off = ifd_off + 2 + 12 * count + 4
+    table: list[tuple[int, bytes]] = [
+        (e.tag, struct.pack(e_ + "HHI", e.tag, e.type, e.count) + e.raw) for e in kept
+    ]
+    blobs = bytearray()
+    for tag, (typ, value) in sorted(new_values.items()):
+        n = len(value) // TYPE_SIZES[typ]
+        if len(value) <= 4:
+            field = value.ljust(4, b"\x00")
+        else:
+            field = struct.pack(e_ + "I", data_off + len(blobs))
+            blobs += value
+            if len(blobs) % 2:
+                blobs += b"\x00"
+        table.append((tag, struct.pack(e_ + "HHI", tag, typ, n) + field))
+    table.sort(key=lambda item: item[0])  # TIFF: entries in ascending tag order
+    out += struct.pack(e_ + "H", count)
+    for _, raw in table:
+        out += raw
+    out += struct.pack(e_ + "I", next_ifd)
+    out += blobs
+    out[4:8] = struct.pack(e_ + "I", ifd_off)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- rewrite + verify
+
+
+def _load_piexif(tiff: bytes | None) -> dict[str, object] | None:
+    """piexif's view of an EXIF block (an independent parser used as a cross-check)."""
+    if tiff is None:
+        return None
+    import piexif
+
+    try:
+        loaded: dict[str, object] = piexif.load(EXIF_HEADER + tiff)
+    except Exception:  # piexif raises many types on odd data; the check is advisory then
+        return None
+    return loaded
+
+
+def _same_tags(before: dict[str, object], after: dict[str, object], ours: set[int]) -> bool:
+    for ifd in ("0th", "Exif", "GPS", "Interop", "1st"):
+        old = dict(before.get(ifd) or {})  # type: ignore[call-overload]
+        new = dict(after.get(ifd) or {})  # type: ignore[call-overload]
+        if ifd == "0th":
+            old = {k: v for k, v in old.items() if k not in ours}
+            new = {k: v for k, v in new.items() if k not in ours}
+        if old != new:
+            return False
+    return before.get("thumbnail") == after.get("thumbnail")
+
+
+def rebuild_jpeg(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
+    """The JPEG ``data`` with IFD0 ``updates`` applied to its Exif block; verified in memory."""
+    segments, _ = parse_jpeg(data)
+    index, tiff = exif_tiff(data, segments)
+    if tiff is None:
+        # A new EXIF block gets the IFD0 tags EXIF requires, as exiftool adds them.
+        updates = {**NEW_IFD0_DEFAULTS, **updates}
+    new_tiff = set_ifd0_tags(tiff, updates)
+    length = 2 + len(EXIF_HEADER) + len(new_tiff)
+    if length > MAX_SEGMENT:
+        raise WriteError(f"EXIF block would exceed 64 KB ({length} bytes); not written")
+    app1 = b"\xff\xe1" + struct.pack(">H", length) + EXIF_HEADER + new_tiff
+    if index is not None:
+        seg = segments[index]
+        new = data[: seg.start] + app1 + data[seg.end :]
+    else:
+        # Exif goes right after SOI, or after a leading JFIF/JFXX APP0 (both specs agree).
+        at = 2
+        for seg in segments:
+            if seg.marker != APP0:
+                break
+            at = seg.end
+        new = data[:at] + app1 + data[at:]
+    verify_jpeg(data, new, updates)
+    return new
+
+
+def verify_jpeg(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | None]) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only in the intended EXIF tags."""
+    old_segs, old_sos = parse_jpeg(old)
+    new_segs, new_sos = parse_jpeg(new)
+    if old[old_sos:] != new[new_sos:]:
+        raise WriteError("verification failed: image data changed")
+    old_index, old_tiff = exif_tiff(old, old_segs)
+    new_index, new_tiff = exif_tiff(new, new_segs)
+    if new_index is None or new_tiff is None:
+        raise WriteError("verification failed: EXIF block missing")
+    old_other = [old[s.start : s.end] for i, s in enumerate(old_segs) if i != old_index]
+    new_other = [new[s.start : s.end] for i, s in enumerate(new_segs) if i != new_index]
+    if old_other != new_other:
+        raise WriteError("verification failed: other JPEG segments changed")
+    for tag, want in updates.items():
+        got = read_tag(new_tiff, tag)
+        if (want is None and got is not None) or (want is not None and got != want[1]):
+            raise WriteError(f"verification failed: EXIF tag 0x{tag:04X} not as written")
+    before, after = _load_piexif(old_tiff), _load_piexif(new_tiff)
+    if before is not None and (after is None or not _same_tags(before, after, set(updates))):
+        raise WriteError("verification failed: existing EXIF tags changed")
+
+
+def verify_decodes(path: Path) -> None:
+    """Pillow must open and fully decode the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as err:  # any decoder error means we must not install this file
+        raise WriteError(f"verification failed: written file does not decode ({err})") from None
+
+
+def rewrite_photo(
+    photo: Path,
+    updates: Callable[[bytes | None], dict[int, tuple[int, bytes] | None] | None],
+    *,
+    touch: bool = False,
+    dry_run: bool = False,
+) -> bool:
+    """Apply ``updates(current TIFF block)`` to a JPEG in place, safely. False: nothing to do.
+
+    ``updates`` sees the current EXIF TIFF block (or None) and returns the IFD0 changes, or
+    None to leave the file alone.
+    """
+    data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
+    segments, _ = parse_jpeg(data)
+    _, tiff = exif_tiff(data, segments)
+    changes = updates(tiff)
+    if not changes:
+        return False
+    new = rebuild_jpeg(data, changes)
+    if not dry_run:
+        atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
+    return True
+
+
+def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
+    """(ImageDescription, XPComment) of a JPEG; (None, None) for other formats."""
+    data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
+    if detect_format(data[:16]) != "JPEG":
+        return None, None
+    segments, _ = parse_jpeg(data)
+    _, tiff = exif_tiff(data, segments)
+    return (
+        decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION)),
+        decode_xp(read_tag(tiff, TAG_XP_COMMENT)),
+    )
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(16)
+
+
+class ExifWriter:
+    """``--write exif``: ImageDescription + XPComment inside JPEG files."""
+
+    name = "exif"
+
+    def __init__(self, options: WriteOptions) -> None:
+        self.options = options
+
+    def write(self, record: CaptionRecord) -> WriteOutcome:
+        photo = record.path
+        try:
+            fmt = detect_format(_head(photo))
+            if fmt != "JPEG":
+                return WriteOutcome(
+                    self.name, photo, "skipped", f"exif not supported for {fmt}; caption in sidecar"
+                )
+            if not self.options.dry_run:
+                check_writable(photo, in_place=True)
+            # Provenance is checked (and a bad sidecar refused) before the photo is touched.
+            sidecar = sidecar_for_write(photo, self.options.sidecar_name)
+            doc, existed = load_or_new(sidecar)
+            prov = read_provenance(doc)
+            caption = " ".join(record.caption.split())
+            state: dict[str, object] = {}
+
+            def updates(tiff: bytes | None) -> dict[int, tuple[int, bytes] | None] | None:
+                desc = decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION))
+                comment = decode_xp(read_tag(tiff, TAG_XP_COMMENT))
+                ours = desc is not None and desc == prov.exif_description
+                human = bool(desc) and not ours
+                state["human"] = human
+                if human and not self.options.overwrite_human:
+                    return None
+                changes: dict[int, tuple[int, bytes] | None] = {}
+                if desc != caption:
+                    changes[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
+                comment_ours = comment is not None and comment == prov.exif_description
+                if comment != caption and (
+                    not comment or comment_ours or self.options.overwrite_human
+                ):
+                    changes[TAG_XP_COMMENT] = encode_xp(caption)
+                if not ours:  # first write over someone else's (or no) text: remember it
+                    prov.exif_previous_description = desc
+                    prov.exif_previous_comment = None if comment_ours else comment
+                state["claim"] = prov.exif_description != caption
+                return changes or None
+
+            changed = rewrite_photo(
+                photo, updates, touch=self.options.touch, dry_run=self.options.dry_run
+            )
+            if state.get("human") and not self.options.overwrite_human:
+                return WriteOutcome(self.name, photo, "kept_human", "kept human caption")
+            if not changed and not state.get("claim"):
+                return WriteOutcome(self.name, photo, "unchanged")
+            prov.exif_description = caption
+            if not existed:
+                prov.created_sidecar = True
+            stamp(prov, record)
+            write_provenance(doc, prov)
+            if not self.options.dry_run:
+                try:
+                    save_sidecar(sidecar, doc)
+                except WriteError as err:
+                    return WriteOutcome(
+                        self.name,
+                        photo,
+                        "failed",
+                        f"caption written to EXIF but provenance not saved: {one_line(err)}",
+                    )
+        except WriteError as err:
+            return WriteOutcome(self.name, photo, "failed", one_line(err))
+        except OSError as err:
+            return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
+        return WriteOutcome(self.name, photo, "written")
+
+    def close(self) -> None:
+        """Nothing buffered: each photo is rewritten (atomically) in :meth:`write`."""
+
+
+register_writer("exif", ExifWriter)
