@@ -1,0 +1,196 @@
+"""``photocap revert``: take back what photocap wrote, restoring what was there before.
+
+Everything photocap writes is recorded in the photo's XMP sidecar (photocap namespace): the
+exact texts it wrote and the values they replaced. Reverting therefore only touches files with
+that provenance and only values that are still photocap's own - a caption a person edited after
+photocap wrote it is left alone. Per sidecar:
+
+* ``exif``: the photo's ImageDescription / XPComment get their earlier values back (or are
+  removed), with the same lossless, verified, atomic rewrite the writer uses.
+* ``xmp``: ``dc:description`` / ``AltTextAccessibility`` x-default entries get their earlier
+  values back (or are removed); every other field stays as it is.
+* The photocap fields go; a sidecar photocap created from nothing that is now empty is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from photocap.errors import WriteError
+from photocap.exif import (
+    TAG_IMAGE_DESCRIPTION,
+    TAG_XP_COMMENT,
+    decode_ascii,
+    decode_xp,
+    detect_format,
+    encode_ascii,
+    encode_xp,
+    read_tag,
+    rewrite_photo,
+)
+from photocap.safeio import atomic_delete, describe_os_error, is_temp_file
+from photocap.xmp import (
+    NS_DC,
+    NS_IPTC,
+    NS_PHOTOCAP,
+    Provenance,
+    XmpDocument,
+    find_sidecars,
+    one_line,
+    photos_for_sidecar,
+    read_provenance,
+    save_sidecar,
+    write_provenance,
+)
+
+RevertStatus = Literal["reverted", "deleted", "unchanged", "failed"]
+
+
+@dataclass(frozen=True)
+class RevertOutcome:
+    """What revert did with one sidecar (and the photo it belongs to)."""
+
+    path: Path  # the sidecar
+    status: RevertStatus
+    message: str = ""  # one line: why it failed / what was left alone
+
+
+def find_photocap_sidecars(paths: Iterable[Path]) -> list[Path]:
+    """Sidecars named by ``paths``: folders are searched recursively, photos map to theirs."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    p = Path(root) / name
+                    if name.lower().endswith(".xmp") and not is_temp_file(p):
+                        found[p] = None
+        elif path.suffix.lower() == ".xmp":
+            found[path] = None
+        else:
+            for sidecar in find_sidecars(path):
+                found[sidecar] = None
+    return list(found)
+
+
+def revert_paths(
+    paths: Iterable[Path],
+    writers: Iterable[str] = ("xmp", "exif"),
+    *,
+    touch: bool = False,
+    dry_run: bool = False,
+) -> Iterator[RevertOutcome]:
+    """Revert every sidecar (and photo) with photocap provenance under ``paths``.
+
+    Yields one outcome per sidecar that carries photocap's namespace; files without it are not
+    reported. Never raises for one file's failure.
+    """
+    chosen = set(writers)
+    for sidecar in find_photocap_sidecars(paths):
+        outcome = revert_sidecar(sidecar, chosen, touch=touch, dry_run=dry_run)
+        if outcome is not None:
+            yield outcome
+
+
+def revert_sidecar(
+    sidecar: Path, writers: set[str], *, touch: bool = False, dry_run: bool = False
+) -> RevertOutcome | None:
+    """Revert one sidecar; None when it holds nothing of photocap's."""
+    try:
+        doc = XmpDocument.load(sidecar)
+    except WriteError as err:
+        # Only a sidecar that mentions photocap is ours to complain about.
+        try:
+            mentions = NS_PHOTOCAP.encode() in sidecar.read_bytes()[: 16 * 1024 * 1024]
+        except OSError:
+            mentions = False
+        return RevertOutcome(sidecar, "failed", one_line(err)) if mentions else None
+    if not doc.has_namespace(NS_PHOTOCAP):
+        return None
+    prov = read_provenance(doc)
+    created = prov.created_sidecar
+    notes: list[str] = []
+    changed = False
+    try:
+        if "exif" in writers and prov.exif_description is not None:
+            _revert_exif(sidecar, prov, notes, touch=touch, dry_run=dry_run)
+            changed = True
+        if "xmp" in writers and (prov.description is not None or prov.alt_text is not None):
+            _revert_xmp(doc, prov, notes)
+            changed = True
+    except WriteError as err:
+        return RevertOutcome(sidecar, "failed", one_line(err))
+    except OSError as err:
+        return RevertOutcome(sidecar, "failed", describe_os_error(err, sidecar))
+    if not changed:
+        return RevertOutcome(sidecar, "unchanged", "nothing of the chosen writers to revert")
+    write_provenance(doc, prov)
+    message = "; ".join(notes)
+    try:
+        if created and not doc.has_namespace(NS_PHOTOCAP) and doc.is_empty():
+            if not dry_run:
+                atomic_delete(sidecar)
+            return RevertOutcome(sidecar, "deleted", message)
+        if not dry_run:
+            save_sidecar(sidecar, doc)
+    except WriteError as err:
+        return RevertOutcome(sidecar, "failed", one_line(err))
+    return RevertOutcome(sidecar, "reverted", message)
+
+
+def _revert_xmp(doc: XmpDocument, prov: Provenance, notes: list[str]) -> None:
+    fields = (
+        (NS_DC, "description", prov.description, prov.previous_description, "description"),
+        (NS_IPTC, "AltTextAccessibility", prov.alt_text, prov.previous_alt_text, "alt text"),
+    )
+    for ns, name, written, previous, label in fields:
+        if written is None:
+            continue
+        if doc.get_default(ns, name) != written:
+            notes.append(f"{label} was edited after photocap wrote it; left as is")
+            continue
+        if previous is None:
+            doc.remove_default(ns, name)
+        else:
+            doc.set_default(ns, name, previous)
+    prov.description = prov.alt_text = None
+    prov.previous_description = prov.previous_alt_text = None
+
+
+def _revert_exif(
+    sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
+) -> None:
+    photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
+    jpegs = []
+    for p in photos:
+        with open(p, "rb") as fh:
+            if detect_format(fh.read(16)) == "JPEG":
+                jpegs.append(p)
+    if len(jpegs) != 1:
+        raise WriteError(
+            f"cannot tell which photo {sidecar.name} belongs to"
+            if jpegs
+            else f"photo for {sidecar.name} not found"
+        )
+    written = prov.exif_description
+
+    def updates(tiff: bytes | None) -> dict[int, tuple[int, bytes] | None] | None:
+        changes: dict[int, tuple[int, bytes] | None] = {}
+        if decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION)) == written:
+            before = prov.exif_previous_description
+            changes[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
+        else:
+            notes.append("EXIF description was edited after photocap wrote it; left as is")
+        if decode_xp(read_tag(tiff, TAG_XP_COMMENT)) == written:
+            before = prov.exif_previous_comment
+            changes[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
+        return changes or None
+
+    rewrite_photo(jpegs[0], updates, touch=touch, dry_run=dry_run)
+    prov.exif_description = None
+    prov.exif_previous_description = prov.exif_previous_comment = None
