@@ -1,0 +1,185 @@
+"""Atomic writes: replace or create, keep permissions and mtime, survive a crash."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from metadata_helpers import make_jpeg
+from PIL import Image
+
+from photocap.errors import WriteError
+from photocap.safeio import (
+    CRASH_ENV,
+    atomic_write,
+    check_writable,
+    is_temp_file,
+    read_capped,
+    temp_path_for,
+)
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Path:
+    """A photo folder of its own (tmp_path also holds the isolated HOME from conftest)."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    return folder
+
+
+def test_replace_keeps_mode_and_mtime(lib: Path) -> None:
+    target = lib / "photo.jpg"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    os.utime(target, ns=(1_000_000_000_000_000_000, 1_100_000_000_000_000_000))
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    st = target.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_mtime_ns == 1_100_000_000_000_000_000
+    assert [p.name for p in lib.iterdir()] == ["photo.jpg"]
+
+
+def test_touch_updates_mtime(lib: Path) -> None:
+    target = lib / "photo.jpg"
+    target.write_bytes(b"old")
+    os.utime(target, (1_000_000, 1_000_000))
+    atomic_write(target, b"new", preserve_mtime=False)
+    assert target.stat().st_mtime > 1_000_000 + 1000
+
+
+def test_creates_new_file(lib: Path) -> None:
+    target = lib / "photo.jpg.xmp"
+    atomic_write(target, b"<x/>")
+    assert target.read_bytes() == b"<x/>"
+
+
+def test_failed_verification_leaves_original(lib: Path) -> None:
+    target = lib / "photo.jpg"
+    target.write_bytes(b"original")
+
+    def verify(tmp: Path) -> None:
+        assert tmp.read_bytes() == b"broken"  # the temp file is what we asked to write
+        raise WriteError("verification failed: test")
+
+    with pytest.raises(WriteError, match="verification failed"):
+        atomic_write(target, b"broken", verify=verify)
+    assert target.read_bytes() == b"original"
+    assert [p.name for p in lib.iterdir()] == ["photo.jpg"]
+
+
+def test_symlink_target_is_replaced_link_kept(lib: Path) -> None:
+    real = lib / "real.jpg"
+    real.write_bytes(b"old")
+    link = lib / "link.jpg"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert link.is_symlink()
+    assert real.read_bytes() == b"new"
+
+
+def test_temp_names_are_hidden_and_recognised(lib: Path) -> None:
+    tmp = temp_path_for(lib / "photo.jpg")
+    assert tmp.parent == lib
+    assert tmp.name.startswith(".photo.jpg.photocap-tmp-")
+    assert is_temp_file(tmp)
+    assert not is_temp_file(lib / "photo.jpg")
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from photocap.exif import ExifWriter
+    from photocap.writers import WriteOptions
+    sys.path.insert(0, sys.argv[2])
+    from metadata_helpers import record
+    print(ExifWriter(WriteOptions()).write(record(Path(sys.argv[1]))))
+    """
+)
+
+
+def test_crash_before_rename_leaves_photo_intact(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg")
+    before = photo.read_bytes()
+    env = {**os.environ, CRASH_ENV: "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(photo), str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 70, proc.stderr  # died at the injected crash point
+    assert photo.read_bytes() == before
+    with Image.open(photo) as img:
+        img.load()
+    leftovers = [p for p in lib.iterdir() if p != photo]
+    assert leftovers, "the crash should have left the finished temp file behind"
+    assert all(is_temp_file(p) for p in leftovers)
+    # The leftover is hidden, so photo discovery skips it.
+    library = pytest.importorskip("photocap.library")
+    found = [getattr(p, "path", p) for p in library.discover_photos([lib])]
+    assert [Path(str(p)).name for p in found] == ["photo.jpg"]
+
+
+def test_read_capped_refuses_folder_and_large(lib: Path) -> None:
+    (lib / "dir.xmp").mkdir()
+    with pytest.raises(WriteError, match="is a folder"):
+        read_capped(lib / "dir.xmp", 100, "sidecar")
+    big = lib / "big.xmp"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(WriteError, match="too large"):
+        read_capped(big, 100, "sidecar")
+    assert read_capped(big, 200) == b"x" * 101
+
+
+def _permissions_apply(path: Path) -> bool:
+    return not os.access(path, os.W_OK)
+
+
+def test_read_only_photo_is_refused(lib: Path) -> None:
+    photo = lib / "photo.jpg"
+    photo.write_bytes(b"old")
+    photo.chmod(0o444)
+    try:
+        if not _permissions_apply(photo):
+            pytest.skip("running as root: file permissions are not enforced")
+        with pytest.raises(WriteError, match="read-only"):
+            atomic_write(photo, b"new")
+        assert photo.read_bytes() == b"old"
+    finally:
+        photo.chmod(0o644)
+
+
+def test_read_only_folder_is_refused(lib: Path) -> None:
+    folder = lib / "ro"
+    folder.mkdir()
+    (folder / "photo.jpg").write_bytes(b"old")
+    folder.chmod(0o555)
+    try:
+        if not _permissions_apply(folder):
+            pytest.skip("running as root: folder permissions are not enforced")
+        with pytest.raises(WriteError, match="not writable"):
+            atomic_write(folder / "photo.jpg", b"new")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_read_only_messages_when_access_denied(lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root ignores permission bits, so the refusal path is also exercised by making
+    # os.access report what it reports for an ordinary user on a read-only file/folder.
+    photo = lib / "photo.jpg"
+    photo.write_bytes(b"old")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) != photo and real_access(p, m))
+    with pytest.raises(WriteError, match=r"file is read-only: .*photo\.jpg"):
+        check_writable(photo, in_place=True)
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) != lib and real_access(p, m))
+    with pytest.raises(WriteError, match="folder is not writable"):
+        atomic_write(photo, b"new")
+    assert photo.read_bytes() == b"old"
