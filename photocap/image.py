@@ -119,7 +119,9 @@ def decode_photo(
     except ImageError as err:
         return DecodeFailure(path, str(err))
     try:
-        return _decode_bytes(path, data, size, mtime_ns, preset, max_pixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" etc.: we report failures ourselves
+            return _decode_bytes(path, data, size, mtime_ns, preset, max_pixels)
     except ImageError as err:
         return DecodeFailure(path, str(err), size, mtime_ns)
     except MemoryError:

@@ -194,6 +194,7 @@ class _Run:
         self.failures: list[tuple[str, str]] = []
         self.done = 0
         self.total = 0
+        self.finished = False  # every planned photo was processed (not stopped early)
 
     # -------------------------------------------------------------- top level
 
@@ -206,7 +207,7 @@ class _Run:
             self.total = len(work)
             yield Progress("caption", 0, self.total)
             yield from self._process(work)
-            interrupted = self.stop.is_set() and self.done < self.total
+            interrupted = not self.finished
         except KeyboardInterrupt:
             interrupted = True  # current batch dropped; finished batches are committed
         finally:
@@ -276,7 +277,10 @@ class _Run:
     # -------------------------------------------------------------- decode + caption
 
     def _process(self, work: list[_Work]) -> Iterator[CaptionEvent]:
-        if not work or self.stop.is_set():
+        if self.stop.is_set():
+            return
+        if not work:
+            self.finished = True
             return
         batch_size = max(1, self.options.batch_size)
         workers = (
@@ -312,9 +316,10 @@ class _Run:
                     yield from self._caption_batch(batch)
                     batch = []
                     yield Progress("caption", self.done, self.total)
-                if self.stop.is_set():
+                if self.stop.is_set() and (pending or not exhausted):
                     return
             self.index_writer.flush()
+            self.finished = True
             yield Progress("caption", self.done, self.total)
         finally:
             if pool is not None:

@@ -1,0 +1,157 @@
+"""Decoding photos of every format and every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_bad_photos, make_good_photos
+from PIL import Image
+
+from photocap.errors import ImageError
+from photocap.image import (
+    DecodedPhoto,
+    DecodeFailure,
+    decode_photo,
+    describe_path,
+    hash_file,
+    open_image,
+    sniff_format,
+)
+from photocap.preset import Preset
+
+PRESET = Preset(size=32)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Path]]:
+    root = tmp_path_factory.mktemp("img")
+    return make_good_photos(root / "good"), make_bad_photos(root / "bad")
+
+
+def test_every_good_photo_decodes_to_preset_pixels(photos) -> None:
+    good, _ = photos
+    for name, path in good.items():
+        result = decode_photo(str(path), PRESET)
+        assert isinstance(result, DecodedPhoto), (name, result)
+        assert result.pixels.shape == (3, 32, 32) and result.pixels.dtype == np.uint8, name
+        assert len(result.content_hash) == 64
+        assert result.size == path.stat().st_size
+
+
+def test_pixels_match_preset_to_uint8(photos) -> None:
+    path = photos[0]["plain.png"]
+    decoded = decode_photo(str(path), PRESET)
+    assert isinstance(decoded, DecodedPhoto)
+    expected = PRESET.to_uint8(Image.open(path)).numpy()
+    assert np.array_equal(decoded.pixels, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("truncated.jpg", "JPEG"),
+        ("empty.jpg", "empty file"),
+        ("text.jpg", "not an image"),
+        ("bomb.png", "image too large (10,000,000,000 pixels)"),
+    ],
+)
+def test_bad_photo_is_one_line_failure(photos, name: str, reason: str) -> None:
+    result = decode_photo(str(photos[1][name]), PRESET)
+    assert isinstance(result, DecodeFailure)
+    assert reason in result.error
+    assert "\n" not in result.error and "Traceback" not in result.error
+
+
+def test_max_pixels_limit(photos) -> None:
+    result = decode_photo(str(photos[0]["panorama.png"]), PRESET, max_pixels=1_000_000)
+    assert isinstance(result, DecodeFailure)
+    assert result.error == "image too large (4,000,000 pixels; limit 1,000,000)"
+
+
+def test_exif_orientation_date_and_camera(photos) -> None:
+    result = decode_photo(str(photos[0]["jpeg_exif_rotated.jpg"]), PRESET)
+    assert isinstance(result, DecodedPhoto)
+    assert (result.width, result.height) == (32, 48)  # stored 48x32, orientation 6 -> portrait
+    assert result.date_taken == "2021-07-14T09:30:00"
+    assert result.camera == "Canon EOS 5D"
+    assert open_image(photos[0]["jpeg_exif_rotated.jpg"]).size == (32, 48)
+
+
+def test_corrupt_exif_still_decodes(photos) -> None:
+    result = decode_photo(str(photos[0]["corrupt_exif.jpg"]), PRESET)
+    assert isinstance(result, DecodedPhoto)
+    assert result.date_taken is None
+
+
+def test_transparency_is_composited_on_white(photos) -> None:
+    img = open_image(photos[0]["palette_alpha.png"])
+    assert img.mode == "RGB"
+    assert img.getpixel((0, 0)) == (255, 255, 255)  # transparent index -> white
+    assert img.getpixel((15, 10)) == (0, 0, 255)
+
+
+def test_16_bit_png_keeps_its_range(photos) -> None:
+    img = open_image(photos[0]["deep16.png"])
+    values = np.asarray(img)
+    assert values.max() > 200 and values.min() < 50  # scaled, not clipped to white
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    gone = decode_photo(str(tmp_path / "gone.jpg"), PRESET)
+    assert isinstance(gone, DecodeFailure) and "file not found" in gone.error
+    locked = tmp_path / "locked.jpg"
+    Image.new("RGB", (8, 8)).save(locked)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not block reads")
+        result = decode_photo(str(locked), PRESET)
+        assert isinstance(result, DecodeFailure) and result.error == "permission denied"
+    finally:
+        locked.chmod(0o644)
+
+
+def test_open_image_raises_image_error(photos) -> None:
+    with pytest.raises(ImageError, match="not an image"):
+        open_image(photos[1]["text.jpg"])
+
+
+def test_sniff_format_by_content() -> None:
+    assert sniff_format(b"\xff\xd8\xff\xe0") == "JPEG"
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "WEBP"
+    assert sniff_format(b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic") == "HEIF"
+    assert sniff_format(b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00avifmif1") == "AVIF"
+    assert sniff_format(b"hello world") is None
+
+
+def test_jpeg_draft_decodes_large_photo_fast(tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, quality=90)  # 12 MP
+    started = time.perf_counter()
+    result = decode_photo(str(big), Preset(size=224))
+    elapsed = time.perf_counter() - started
+    assert isinstance(result, DecodedPhoto) and (result.width, result.height) == (4000, 3000)
+    assert elapsed < 1.0  # ~0.1 s drafted (incl. hashing) vs ~0.3 s full decode on 2 cores
+
+
+def test_hash_file_matches_decode(photos) -> None:
+    path = photos[0]["plain.png"]
+    result = decode_photo(str(path), PRESET)
+    assert isinstance(result, DecodedPhoto) and result.content_hash == hash_file(path)
+
+
+def test_describe_path_escapes_newlines() -> None:
+    assert describe_path("/a/line\nbreak.jpg") == "/a/line\\nbreak.jpg"
+    assert describe_path("/a/été.jpg") == "/a/été.jpg"
+
+
+def test_bytes_source() -> None:
+    buf = io.BytesIO()
+    Image.new("LA", (4, 4), (0, 0)).save(buf, format="PNG")
+    assert open_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)

@@ -1,0 +1,152 @@
+"""The SQLite index: schema, migrations, search, failures, prune, concurrency."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from photocap.index import MIGRATIONS, IndexWriter, PhotoIndex, build_fts_query
+from photocap.writers import CaptionRecord, WriteOptions
+
+CAPTIONS = {
+    "/p/dog.jpg": "A brown dog runs through the grass.",
+    "/p/dogs.jpg": "Two dogs are running on the beach.",
+    "/p/girl.jpg": "A girl in a pink dress climbs the stairs.",
+    "/p/bike.jpg": "A man rides a bike down a dirt road.",
+}
+
+
+def _record(path: str, caption: str) -> CaptionRecord:
+    return CaptionRecord(
+        path=Path(path), caption=caption, score=-0.5, alternatives=("Alt one.", "Alt two."),
+        model_id="m@1", captioned_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> PhotoIndex:
+    idx = PhotoIndex(tmp_path / "sub" / "index.db")
+    writer = IndexWriter(idx)
+    for path, caption in CAPTIONS.items():
+        writer.note_photo(path, size=10, mtime_ns=1, content_hash="h" + path, width=4, height=3)
+        writer.write(_record(path, caption))
+    writer.write_failure("/p/broken.jpg", "truncated JPEG")
+    writer.close()
+    yield idx
+    idx.close()
+
+
+def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
+    db = index.db
+    assert db.journal_mode == "wal"
+    columns = set(db["photos"].columns_dict)
+    for col in ("path", "caption", "size", "mtime_ns", "content_hash", "width", "height",
+                "date_taken", "camera", "score", "alternatives", "model_id", "captioned_at",
+                "error"):  # fmt: skip
+        assert col in columns
+    assert db["photos"].pks == ["path"]
+    assert db["photos"].detect_fts() == "photos_fts"  # what datasette uses for search
+    assert "porter" in db["photos_fts"].schema
+    assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_row_contents(index: PhotoIndex) -> None:
+    row = index.get_dict("/p/dog.jpg")
+    assert row is not None
+    assert row["caption"] == CAPTIONS["/p/dog.jpg"]
+    assert json.loads(row["alternatives"]) == ["Alt one.", "Alt two."]
+    assert row["captioned_at"] == "2024-01-02T03:04:05+00:00"
+    assert (row["width"], row["height"], row["error"]) == (4, 3, None)
+    broken = index.get("/p/broken.jpg")
+    assert broken is not None and broken.error == "truncated JPEG" and not broken.is_captioned
+
+
+def test_reopen_runs_no_migration_twice(tmp_path: Path, index: PhotoIndex) -> None:
+    again = PhotoIndex(index.path)
+    assert again.applied_migrations() == index.applied_migrations()
+    assert again.count() == 5
+    again.close()
+
+
+def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
+    hits = index.search("dog running")
+    assert {h.path for h in hits} == {"/p/dog.jpg", "/p/dogs.jpg"}
+    hit = next(h for h in hits if h.path == "/p/dog.jpg")
+    assert hit.matched == ["dog", "runs"]
+    assert "".join(text for text, _ in hit.segments) == CAPTIONS["/p/dog.jpg"]
+    assert index.search("girl")[0].path == "/p/girl.jpg"
+    assert index.search("nothing-like-this") == []
+
+
+@pytest.mark.parametrize(
+    "query", ['"', "dog's", "dirt-road", "AND", "dog AND", "NOT girl", "a:b", "(", "*", "-", "NEAR("]
+)
+def test_odd_queries_never_crash(index: PhotoIndex, query: str) -> None:
+    index.search(query)
+
+
+def test_fts_query_quoting() -> None:
+    assert build_fts_query('dog "big" -x') == '"dog" """big""" "-x"'  # quotes kept literal
+    assert build_fts_query("bik*") == '"bik"*'
+    assert build_fts_query(" AND - ") == ""
+
+
+def test_stats_and_prune(tmp_path: Path) -> None:
+    idx = PhotoIndex(tmp_path / "i.db")
+    real = tmp_path / "real.jpg"
+    real.write_bytes(b"x")
+    writer = IndexWriter(idx)
+    writer.write(_record(str(real), "A cat sleeps."))
+    writer.write(_record(str(tmp_path / "gone.jpg"), "A cat runs."))
+    writer.write_failure(str(tmp_path / "gone2.jpg"), "boom")
+    writer.close()
+    stats = idx.stats()
+    assert (stats.photos, stats.captioned, stats.failed) == (3, 2, 1)
+    assert stats.models == {"m@1": 2}
+    assert stats.failures == [(str(tmp_path / "gone2.jpg"), "boom")]
+    assert idx.prune(dry_run=True) == sorted([str(tmp_path / "gone.jpg"), str(tmp_path / "gone2.jpg")])
+    assert idx.count() == 3
+    idx.prune()
+    assert list(idx.iter_paths()) == [str(real)]
+    assert [h.path for h in idx.search("cat")] == [str(real)]  # FTS kept in sync by triggers
+    assert idx.integrity_ok()
+    idx.close()
+
+
+def test_dry_run_writer_writes_nothing(tmp_path: Path) -> None:
+    idx = PhotoIndex(tmp_path / "i.db")
+    writer = IndexWriter(idx, WriteOptions(dry_run=True))
+    assert writer.write(_record("/x.jpg", "A cat.")).status == "skipped"
+    writer.close()
+    assert idx.count() == 0
+
+
+def test_move_photo_keeps_caption_and_search(index: PhotoIndex) -> None:
+    index.move_photo("/p/girl.jpg", "/q/girl-renamed.jpg")
+    assert index.get("/p/girl.jpg") is None
+    assert index.search("stairs")[0].path == "/q/girl-renamed.jpg"
+
+
+def test_not_an_index_is_a_clear_error(tmp_path: Path) -> None:
+    from photocap.errors import IndexDbError
+
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("hello, I am not SQLite" * 100)
+    with pytest.raises(IndexDbError, match="cannot open index"):
+        PhotoIndex(bogus)
+    with pytest.raises(IndexDbError, match="no index"):
+        PhotoIndex(tmp_path / "missing.db", create=False)
+
+
+def test_second_connection_waits_for_the_writer(index: PhotoIndex) -> None:
+    other = PhotoIndex(index.path)
+    with other.transaction():
+        other.db.execute("UPDATE photos SET score = 1 WHERE path = '/p/dog.jpg'")
+        # Readers are not blocked by a writer in WAL mode.
+        assert index.get("/p/dog.jpg") is not None
+    other.close()
+    assert sqlite3.connect(index.path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

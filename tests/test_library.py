@@ -1,0 +1,63 @@
+"""Discovery: recursive, sorted, by content, hidden/sidecar skipping, symlink loops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
+
+
+def test_finds_every_photo_once_in_sorted_order(sample_photos) -> None:
+    items = list(discover_photos([sample_photos.root]))
+    found = [i.path for i in items if isinstance(i, PhotoFile)]
+    expected = {*sample_photos.good.values(), *sample_photos.bad.values()}
+    assert set(found) == expected
+    assert len(found) == len(expected)  # the symlink loop did not visit anything twice
+    assert found == sorted(found, key=lambda p: p.parts)
+    for ignored in sample_photos.ignored.values():
+        assert ignored not in found
+    assert list(discover_photos([sample_photos.root])) == items  # deterministic
+
+
+def test_stat_is_recorded(sample_photos) -> None:
+    item = next(iter(discover_photos([sample_photos.good["plain.png"]])))
+    assert isinstance(item, PhotoFile)
+    st = sample_photos.good["plain.png"].stat()
+    assert (item.size, item.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_explicit_paths_and_missing_roots(tmp_path: Path, sample_photos) -> None:
+    items = list(discover_photos([tmp_path / "nope", sample_photos.ignored["text"]]))
+    assert all(isinstance(i, DiscoveryFailure) for i in items)
+    assert items[0].error == "no such file or folder"
+    assert "not an image" in items[1].error
+
+
+def test_symlinked_folder_is_followed(tmp_path: Path, sample_photos) -> None:
+    link = tmp_path / "link"
+    os.symlink(sample_photos.root / "good", link)
+    found = [i.path for i in discover_photos([link]) if isinstance(i, PhotoFile)]
+    assert link / "plain.png" in found
+
+
+def test_unreadable_folder_is_a_failure_and_walk_goes_on(tmp_path: Path) -> None:
+    from conftest import make_tiny_jpegs
+
+    make_tiny_jpegs(tmp_path / "a", 2)
+    locked = tmp_path / "b"
+    make_tiny_jpegs(locked, 1)
+    make_tiny_jpegs(tmp_path / "c", 2)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not block reads")
+        items = list(discover_photos([tmp_path]))
+        failures = [i for i in items if isinstance(i, DiscoveryFailure)]
+        assert [f.path for f in failures] == [locked]
+        assert "permission denied" in failures[0].error
+        assert sum(isinstance(i, PhotoFile) for i in items) == 4
+    finally:
+        locked.chmod(0o755)

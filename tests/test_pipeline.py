@@ -1,0 +1,163 @@
+"""The caption run end to end with the tiny random model and real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_tiny_jpegs
+
+from photocap.index import PhotoIndex
+from photocap.pipeline import CaptionOptions, PhotoResult, Progress, RunSummary, caption_library
+
+
+def run(paths: list[Path], captioner: Any, db: Path, **kw: Any) -> tuple[list[PhotoResult], RunSummary]:
+    stop = kw.pop("stop", None)
+    options = CaptionOptions(writers=kw.pop("writers", ["index"]), batch_size=4, workers=kw.pop("workers", 1), **kw)
+    with PhotoIndex(db) as index:
+        events = list(caption_library(paths, captioner, index, options, stop=stop))
+    results = [e for e in events if isinstance(e, PhotoResult)]
+    summary = events[-1]
+    assert isinstance(summary, RunSummary)
+    assert all(isinstance(e, (PhotoResult, Progress)) for e in events[:-1])
+    return results, summary
+
+
+def rows(db: Path) -> list[dict[str, Any]]:
+    with PhotoIndex(db) as index:
+        return list(index.db.query("SELECT * FROM photos ORDER BY path"))
+
+
+def test_every_format_and_bad_input(sample_photos, captioner, tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    results, summary = run([sample_photos.root], captioner, db, workers=2)
+    by_path = {r.path: r for r in results}
+    for name, path in sample_photos.good.items():
+        assert by_path[path].status == "captioned", (name, by_path[path].error)
+        assert by_path[path].caption and by_path[path].caption.endswith(".")
+        assert len(by_path[path].alternatives) >= 1
+    for path in sample_photos.bad.values():
+        assert by_path[path].status == "failed" and by_path[path].error
+    assert summary.captioned == len(sample_photos.good)
+    assert summary.failed == len(sample_photos.bad)
+    table = {r["path"]: r for r in rows(db)}
+    assert table[str(sample_photos.bad["bomb.png"])]["error"].startswith("image too large")
+    assert table[str(sample_photos.good["jpeg_exif_rotated.jpg"])]["camera"] == "Canon EOS 5D"
+    assert table[str(sample_photos.good["panorama.png"])]["width"] == 20000
+
+
+def test_rerun_skips_and_leaves_rows_identical(tmp_path: Path, captioner) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 6)
+    db = tmp_path / "i.db"
+    _, first = run([tmp_path / "lib"], captioner, db)
+    before = rows(db)
+    results, second = run([tmp_path / "lib"], captioner, db)
+    assert (first.captioned, second.captioned, second.skipped) == (6, 0, 6)
+    assert {r.status for r in results} == {"skipped"}
+    assert rows(db) == before
+    _, forced = run([tmp_path / "lib"], captioner, db, force=True)
+    assert forced.captioned == 6
+
+
+def test_touched_photo_is_not_recaptioned(tmp_path: Path, captioner) -> None:
+    (path,) = make_tiny_jpegs(tmp_path / "lib", 1)
+    db = tmp_path / "i.db"
+    run([path], captioner, db)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    results, summary = run([path], captioner, db)
+    assert (summary.captioned, summary.carried) == (0, 1)
+    assert results[0].reason == "content unchanged"
+    assert rows(db)[0]["mtime_ns"] == 1_000_000_000
+
+
+def test_changed_content_and_new_model_recaption(tmp_path: Path, captioner) -> None:
+    from photocap.checkpoint import build_random_captioner
+
+    paths = make_tiny_jpegs(tmp_path / "lib", 2)
+    db = tmp_path / "i.db"
+    run(paths, captioner, db)
+    shutil.copy(paths[1], paths[0])  # new content at paths[0]
+    _, summary = run(paths, captioner, db)
+    assert (summary.captioned, summary.skipped) == (1, 1)
+    other = build_random_captioner(seed=1)
+    _, summary = run(paths, other, db)
+    assert summary.captioned == 2
+    assert {r["model_id"] for r in rows(db)} == {other.model_id}
+
+
+def test_renamed_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:
+    paths = make_tiny_jpegs(tmp_path / "lib", 3)
+    db = tmp_path / "i.db"
+    run([tmp_path / "lib"], captioner, db)
+    old = {r["path"]: r for r in rows(db)}[str(paths[0])]
+    new_path = tmp_path / "lib" / "moved" / "renamed.jpg"
+    new_path.parent.mkdir()
+    paths[0].rename(new_path)
+    results, summary = run([tmp_path / "lib"], captioner, db)
+    assert (summary.captioned, summary.carried, summary.skipped) == (0, 1, 2)
+    moved = next(r for r in results if r.path == new_path)
+    assert moved.reason.startswith("moved from")
+    table = {r["path"]: r for r in rows(db)}
+    assert str(paths[0]) not in table
+    assert table[str(new_path)]["caption"] == old["caption"]
+    assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
+
+
+def test_limit_dry_run_and_stop(tmp_path: Path, captioner) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 10)
+    db = tmp_path / "i.db"
+    _, summary = run([tmp_path / "lib"], captioner, db, limit=3)
+    assert summary.captioned == 3 and len(rows(db)) == 3
+    from photocap.writers import WriteOptions
+
+    _, summary = run([tmp_path / "lib"], captioner, db, write_options=WriteOptions(dry_run=True))
+    assert summary.captioned == 7 and summary.dry_run and len(rows(db)) == 3
+    stop = threading.Event()
+    stop.set()
+    _, summary = run([tmp_path / "lib"], captioner, db, stop=stop)
+    assert summary.interrupted and summary.captioned == 0
+
+
+def test_stop_mid_run_commits_finished_batches(tmp_path: Path, captioner) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 12)
+    db = tmp_path / "i.db"
+    stop = threading.Event()
+    options = CaptionOptions(writers=["index"], batch_size=4, workers=1)
+    with PhotoIndex(db) as index:
+        events = caption_library([tmp_path / "lib"], captioner, index, options, stop=stop)
+        for event in events:
+            if isinstance(event, PhotoResult):
+                stop.set()  # as the CLI's Ctrl-C handler does
+            if isinstance(event, RunSummary):
+                summary = event
+    assert summary.interrupted and summary.captioned == 4
+    assert len(rows(db)) == 4
+    _, rest = run([tmp_path / "lib"], captioner, db)
+    assert (rest.captioned, rest.skipped) == (8, 4)
+
+
+def test_deleted_during_run_is_a_failure(tmp_path: Path, captioner) -> None:
+    paths = make_tiny_jpegs(tmp_path / "lib", 6)
+    db = tmp_path / "i.db"
+    options = CaptionOptions(writers=["index"], batch_size=2, workers=0)
+    with PhotoIndex(db) as index:
+        events = caption_library([tmp_path / "lib"], captioner, index, options)
+        for event in events:
+            if isinstance(event, Progress) and event.phase == "caption" and event.done == 0:
+                paths[5].unlink()  # planned, not yet decoded
+            if isinstance(event, RunSummary):
+                summary = event
+    assert (summary.captioned, summary.failed) == (5, 1)
+    assert "file not found" in summary.failures[0][1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_give_same_captions(tmp_path: Path, captioner, workers: int) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 5)
+    results, _ = run([tmp_path / "lib"], captioner, tmp_path / f"{workers}.db", workers=workers)
+    reference, _ = run([tmp_path / "lib"], captioner, tmp_path / "ref.db", workers=1)
+    assert [(r.path, r.caption) for r in results] == [(r.path, r.caption) for r in reference]
