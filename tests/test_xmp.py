@@ -1,0 +1,374 @@
+"""XMP sidecars: naming, merge without clobbering, human captions kept, bad sidecars refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from metadata_helpers import EXIFTOOL, EXIV2, exiftool_json, exiftool_warnings, exiv2, record
+
+from photocap.writers import WriteOptions, get_writers
+from photocap.xmp import (
+    NS_DC,
+    XmpDocument,
+    XmpWriter,
+    alt_text_for,
+    read_caption,
+    read_provenance,
+)
+
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
+needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
+
+RICH_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:darktable="http://darktable.sf.net/"
+    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"
+    xmlns:acme="http://example.com/acme/1.0/"
+    xmp:Rating="5"
+    darktable:history_end="2"
+    crs:Exposure2012="+0.35"
+    acme:Secret="keep me">
+   <dc:subject>
+    <rdf:Bag>
+     <rdf:li>dog</rdf:li>
+     <rdf:li>park</rdf:li>
+    </rdf:Bag>
+   </dc:subject>
+   <dc:description>
+    <rdf:Alt>
+     <rdf:li xml:lang="de-DE">Ein Hund im Park</rdf:li>
+    </rdf:Alt>
+   </dc:description>
+   <darktable:history>
+    <rdf:Seq>
+     <rdf:li darktable:operation="exposure" darktable:enabled="1"
+       darktable:params="0000000000000000"/>
+     <rdf:li darktable:operation="colorin" darktable:enabled="1"
+       darktable:params="gz48eJxjZBgFo2AU0AsAAANwAAE="/>
+    </rdf:Seq>
+   </darktable:history>
+   <acme:Nested>
+    <rdf:Bag><rdf:li>one</rdf:li><rdf:li>two</rdf:li></rdf:Bag>
+   </acme:Nested>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>
+"""
+
+HUMAN_SIDECAR = """<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF
+ xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about=""
+ xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+ xmp:Rating="3"><dc:description><rdf:Alt><rdf:li xml:lang="x-default">Grandma's 80th birthday
+</rdf:li></rdf:Alt></dc:description></rdf:Description></rdf:RDF></x:xmpmeta>"""
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol4;</x:xmpmeta>"""
+
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">&e;</x:xmpmeta>"""
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Path:
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    return folder
+
+
+def photo_in(folder: Path, name: str = "photo.jpg") -> Path:
+    path = folder / name
+    path.write_bytes(b"\xff\xd8\xff\xe0 not decoded by the xmp writer")
+    return path
+
+
+def write(photo: Path, caption: str = "A dog runs through the grass.", **opts: object):  # type: ignore[no-untyped-def]
+    return XmpWriter(WriteOptions(**opts)).write(record(photo, caption))  # type: ignore[arg-type]
+
+
+def test_registered_under_its_name() -> None:
+    writers = get_writers(["xmp", "exif"], WriteOptions())
+    assert [w.name for w in writers] == ["xmp", "exif"]
+
+
+def test_new_sidecar_full_name(lib: Path) -> None:
+    photo = photo_in(lib)
+    outcome = write(photo)
+    assert (outcome.status, outcome.message) == ("written", "")
+    sidecar = lib / "photo.jpg.xmp"
+    assert sidecar.exists() and not (lib / "photo.xmp").exists()
+    doc = XmpDocument.load(sidecar)
+    assert doc.get_lang_alt(NS_DC, "description") == [
+        ("x-default", "A dog runs through the grass.")
+    ]
+    prov = read_provenance(doc)
+    assert prov.model == "photocap-test-1" and prov.score == "-1.2500"
+    assert prov.date == "2024-05-01T12:00:00+00:00" and prov.created_sidecar
+    assert read_caption(photo) == "A dog runs through the grass."
+    assert sorted(p.name for p in lib.iterdir()) == ["photo.jpg", "photo.jpg.xmp"]
+
+
+def test_stem_naming_and_reading_both_forms(lib: Path) -> None:
+    photo = photo_in(lib)
+    assert write(photo, sidecar_name="stem").status == "written"
+    assert (lib / "photo.xmp").exists() and not (lib / "photo.jpg.xmp").exists()
+    assert read_caption(photo) == "A dog runs through the grass."
+
+
+def test_stem_naming_refuses_shared_sidecar(lib: Path) -> None:
+    jpg = photo_in(lib, "x.jpg")
+    photo_in(lib, "x.png")
+    outcome = write(jpg, sidecar_name="stem")
+    assert outcome.status == "failed"
+    assert "x.xmp would be shared by x.jpg and x.png" in outcome.message
+    assert "\n" not in outcome.message
+    assert not (lib / "x.xmp").exists()
+
+
+def test_dry_run_writes_nothing(lib: Path) -> None:
+    photo = photo_in(lib)
+    assert write(photo, dry_run=True).status == "written"
+    assert not (lib / "photo.jpg.xmp").exists()
+
+
+def test_alt_text_rules() -> None:
+    assert alt_text_for("An image of a dog on a beach.") == "A dog on a beach."
+    assert alt_text_for("photo of  two  cats") == "Two cats"
+    long = alt_text_for("A dog " + "and a very happy cat " * 30)
+    assert len(long) <= 250 and long.endswith("…")
+
+
+def test_recaption_updates_own_caption(lib: Path) -> None:
+    photo = photo_in(lib)
+    write(photo, "First caption.")
+    assert write(photo, "First caption.").status == "unchanged"
+    outcome = write(photo, "Second caption.")
+    assert outcome.status == "written"
+    doc = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert doc.get_default(NS_DC, "description") == "Second caption."
+    assert read_provenance(doc).previous_description is None  # nothing was there before
+
+
+def test_merge_keeps_every_other_field(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(RICH_SIDECAR, encoding="utf-8")
+    outcome = write(photo)
+    assert outcome.status == "written"
+    doc = XmpDocument.load(sidecar)
+    assert doc.get_lang_alt(NS_DC, "description") == [
+        ("x-default", "A dog runs through the grass."),
+        ("de-DE", "Ein Hund im Park"),
+    ]
+    text = sidecar.read_text(encoding="utf-8")
+    for kept in (
+        'xmp:Rating="5"',
+        'crs:Exposure2012="+0.35"',
+        'acme:Secret="keep me"',
+        'xmlns:acme="http://example.com/acme/1.0/"',
+        "<rdf:li>dog</rdf:li>",
+        "<rdf:li>park</rdf:li>",
+        'darktable:operation="colorin"',
+        'darktable:params="gz48eJxjZBgFo2AU0AsAAANwAAE="',
+        'darktable:history_end="2"',
+        "<rdf:li>two</rdf:li>",
+    ):
+        assert kept in text
+    assert not read_provenance(doc).created_sidecar
+
+
+@needs_exiftool
+def test_merge_seen_by_exiftool(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(RICH_SIDECAR, encoding="utf-8")
+    before = exiftool_json(sidecar, "-XMP:all", "-struct")
+    warnings_before = exiftool_warnings(sidecar)
+    write(photo)
+    after = exiftool_json(sidecar, "-XMP:all", "-struct")
+    assert after["Description"] == "A dog runs through the grass."
+    assert after["AltTextAccessibility"] == "A dog runs through the grass."
+    for key, value in before.items():
+        if key not in ("SourceFile", "Description"):
+            assert after[key] == value, key
+    assert after["Description-de-DE"] == "Ein Hund im Park"
+    assert exiftool_warnings(sidecar) <= warnings_before
+
+
+def test_human_description_kept_alt_text_added(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(HUMAN_SIDECAR, encoding="utf-8")
+    outcome = write(photo)
+    assert (outcome.status, outcome.message) == ("kept_human", "kept human caption")
+    doc = XmpDocument.load(sidecar)
+    assert doc.get_default(NS_DC, "description") == "Grandma's 80th birthday\n"
+    assert doc.get_text("http://ns.adobe.com/xap/1.0/", "Rating") == "3"
+    assert doc.get_default(
+        "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/", "AltTextAccessibility"
+    ) == ("A dog runs through the grass.")
+    # A second run changes nothing more.
+    mtime = sidecar.stat().st_mtime_ns
+    assert write(photo).status == "kept_human"
+    assert sidecar.stat().st_mtime_ns == mtime
+
+
+def test_overwrite_human_records_previous(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(HUMAN_SIDECAR, encoding="utf-8")
+    assert write(photo, overwrite_human=True).status == "written"
+    doc = XmpDocument.load(sidecar)
+    assert doc.get_default(NS_DC, "description") == "A dog runs through the grass."
+    assert read_provenance(doc).previous_description == "Grandma's 80th birthday\n"
+
+
+def test_caption_edited_by_a_person_is_then_kept(lib: Path) -> None:
+    photo = photo_in(lib)
+    write(photo, "First caption.")
+    sidecar = lib / "photo.jpg.xmp"
+    doc = XmpDocument.load(sidecar)
+    doc.set_default(NS_DC, "description", "My dog Rex.")
+    sidecar.write_bytes(doc.serialize())
+    assert write(photo, "Second caption.").status == "kept_human"
+    assert XmpDocument.load(sidecar).get_default(NS_DC, "description") == "My dog Rex."
+
+
+def test_attribute_form_description(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        'rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" dc:description="Old"/>'
+        "</rdf:RDF></x:xmpmeta>",
+        encoding="utf-8",
+    )
+    assert write(photo).status == "kept_human"
+    assert write(photo, overwrite_human=True).status == "written"
+    doc = XmpDocument.load(sidecar)
+    assert doc.get_lang_alt(NS_DC, "description") == [
+        ("x-default", "A dog runs through the grass.")
+    ]
+    assert read_provenance(doc).previous_description == "Old"
+
+
+def test_human_caption_in_other_naming_form_is_respected(lib: Path) -> None:
+    photo = photo_in(lib)
+    (lib / "photo.xmp").write_text(HUMAN_SIDECAR, encoding="utf-8")  # Lightroom's sidecar
+    assert write(photo).status == "kept_human"
+    doc = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert doc.get_default(NS_DC, "description") is None
+
+
+def _assert_untouched(sidecar: Path, before: bytes, mtime: int) -> None:
+    assert sidecar.read_bytes() == before
+    assert sidecar.stat().st_mtime_ns == mtime
+    assert [p.name for p in sidecar.parent.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF", "malformed XML"),
+        (BILLION_LAUGHS, "unsafe XML refused"),
+        (EXTERNAL_ENTITY, "unsafe XML refused"),
+        ("<html><body>not xmp</body></html>", "not an XMP sidecar"),
+    ],
+)
+def test_bad_sidecar_fails_and_is_untouched(lib: Path, content: str, reason: str) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(content, encoding="utf-8")
+    before, mtime = sidecar.read_bytes(), sidecar.stat().st_mtime_ns
+    outcome = write(photo)
+    assert outcome.status == "failed"
+    assert reason in outcome.message and "\n" not in outcome.message
+    _assert_untouched(sidecar, before, mtime)
+
+
+def test_huge_sidecar_refused(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    with open(sidecar, "wb") as fh:
+        fh.write(b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>")
+        fh.write(b" " * (50 * 1024 * 1024))
+        fh.write(b"</x:xmpmeta>")
+    mtime = sidecar.stat().st_mtime_ns
+    outcome = write(photo)
+    assert outcome.status == "failed" and "too large (50 MB > 10 MB)" in outcome.message
+    assert sidecar.stat().st_size > 50 * 1024 * 1024
+    assert sidecar.stat().st_mtime_ns == mtime
+
+
+def test_sidecar_path_is_a_folder(lib: Path) -> None:
+    photo = photo_in(lib)
+    (lib / "photo.jpg.xmp").mkdir()
+    outcome = write(photo)
+    assert outcome.status == "failed" and "folder" in outcome.message
+    assert (lib / "photo.jpg.xmp").is_dir()
+
+
+def test_read_only_sidecar(lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = photo_in(lib)
+    write(photo, "First caption.")
+    sidecar = lib / "photo.jpg.xmp"
+    before = sidecar.read_bytes()
+    sidecar.chmod(0o444)
+    if os.access(sidecar, os.W_OK):  # root: emulate what an ordinary user gets
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: Path(p) != sidecar and real(p, m))
+    outcome = write(photo, "Second caption.")
+    assert outcome.status == "failed" and "read-only" in outcome.message
+    assert sidecar.read_bytes() == before
+
+
+def test_prefixes_and_namespaces_survive(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(RICH_SIDECAR, encoding="utf-8")
+    write(photo)
+    text = sidecar.read_text(encoding="utf-8")
+    assert "ns0:" not in text and "ns1:" not in text
+    assert 'xmlns:photocap="https://github.com/photocap/ns/1.0/"' in text
+    assert text.startswith('<?xpacket begin="\ufeff"')
+    XmpDocument.parse(text.encode())  # re-parses
+
+
+@needs_exiftool
+def test_exiftool_reads_new_sidecar(lib: Path) -> None:
+    photo = photo_in(lib)
+    write(photo, 'Ein Café in Köln, with "quotes" & <brackets>.')
+    sidecar = lib / "photo.jpg.xmp"
+    data = exiftool_json(
+        sidecar, "-XMP-dc:Description", "-XMP-iptcCore:AltTextAccessibility", "-XMP-photocap:all"
+    )
+    assert data["Description"] == 'Ein Café in Köln, with "quotes" & <brackets>.'
+    assert data["AltTextAccessibility"] == data["Description"]
+    assert data["CaptionModel"] == "photocap-test-1"
+    assert not [w for w in exiftool_warnings(sidecar) if "Warning" in w]
+
+
+@needs_exiv2
+def test_exiv2_reads_new_sidecar(lib: Path) -> None:
+    photo = photo_in(lib)
+    write(photo)
+    out = exiv2(lib / "photo.jpg.xmp", "-px")
+    assert (
+        'Xmp.dc.description                           LangAlt     1  lang="x-default" A dog' in out
+    )
+    assert "Xmp.iptc.AltTextAccessibility" in out
+    assert "Xmp.photocap.captionModel" in out
