@@ -175,10 +175,14 @@ def build_random_captioner(device: str = "cpu", seed: int = 0) -> Captioner:
     from photocap.vocab import SPECIALS, Vocab
 
     torch.manual_seed(seed)
-    words = "a dog cat man woman child runs sits on the grass beach water in red blue ball".split()
+    words = ["a", "dog", "cat", "man", "woman", "child", "runs", "sits", "on", "the", "grass", "beach", "water", "in", "red", "blue", "ball"]
     config = ModelConfig(
         encoder=EncoderConfig(name="tiny", stem_channels=8, head_channels=32),
-        embed_dim=16, hidden_dim=16, attention_dim=16, dropout=0.0, max_words=8,
+        embed_dim=16,
+        hidden_dim=16,
+        attention_dim=16,
+        dropout=0.0,
+        max_words=8,
     )
     captioner = Captioner(config, Vocab(SPECIALS + tuple(words)), Preset(size=64))
     captioner.model_id = f"random-tiny-seed{seed}"

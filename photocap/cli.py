@@ -11,8 +11,13 @@ Exit codes: 0 every photo succeeded; 1 at least one photo failed; 2 usage or set
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
+import time
 from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -46,6 +51,495 @@ def cli_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- train / evaluate ----------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def train(
+    data: Path = typer.Option(..., "--data", help="Flickr8k folder (Kaggle or original layout)."),
+    out: Path = typer.Option(
+        Path("models/photocap-flickr8k.safetensors"), "--out", help="Model file to write."
+    ),
+    epochs: int = typer.Option(20, "--epochs", help="Stage 1: decoder on cached features."),
+    fine_tune_encoder: bool = typer.Option(
+        False, "--fine-tune-encoder", help="Stage 2: also train the CNN (--fine-tune-epochs)."
+    ),
+    fine_tune_epochs: int = typer.Option(5, "--fine-tune-epochs"),
+    scst_epochs: int = typer.Option(
+        0, "--scst-epochs", help="Stage 3: self-critical training with a CIDEr-D reward."
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", help="Caption pairs per step."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of --out."),
+    seed: int = typer.Option(42, "--seed"),
+    encoder: str = typer.Option(
+        "efficientnet_lite2", "--encoder", help="efficientnet_lite0/1/2, or tiny (tests)."
+    ),
+    min_count: int = typer.Option(5, "--min-count", help="Vocabulary: minimum word count."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N train photos."),
+    workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Encoder feature cache."),
+    hidden_dim: int = typer.Option(512, "--hidden-dim", help="LSTM/embedding/attention size."),
+) -> None:
+    """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
+    from rich.console import Console
+
+    from photocap.train import TrainConfig, iter_train
+
+    config = TrainConfig(
+        data=data, out=out, encoder=encoder, epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs if fine_tune_encoder else 0, scst_epochs=scst_epochs,
+        batch_size=batch_size, device=device, resume=resume, seed=seed, min_count=min_count,
+        limit=limit, workers=workers, cache_dir=cache_dir, embed_dim=hidden_dim,
+        hidden_dim=hidden_dim, attention_dim=hidden_dim,
+    )
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        for event in iter_train(config):
+            if event.kind == "step":
+                status.update(
+                    f"{event.stage} epoch {event.epoch}/{event.epochs} "
+                    f"step {event.step}/{event.steps} loss {event.loss:.3f} "
+                    f"{event.images_per_s:.0f} samples/s"
+                )
+            elif event.kind == "epoch":
+                dev = event.dev
+                console.print(
+                    f"{event.stage} epoch {event.epoch}/{event.epochs}: loss {event.loss:.3f}, "
+                    f"{event.images_per_s:.0f} samples/s, dev CIDEr-D {dev['cider']:.3f} "
+                    f"BLEU-4 {dev['bleu4']:.3f}{'  (best)' if event.best else ''}"
+                )
+            elif event.kind == "done":
+                console.print(f"[bold]{event.message}[/]")
+            else:
+                console.print(event.message)
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Flickr8k folder (Kaggle or original layout)."),
+    split: str = typer.Option("dev", "--split", help="dev or test."),
+    model: Path | None = typer.Option(None, "--model", help="Model file (default: shipped)."),
+    beam_size: int = typer.Option(3, "--beam-size", min=1, max=20),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N photos."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Score a model with BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from photocap.evaluate import METRICS, evaluate_model
+
+    console = Console(stderr=True)
+    with console.status("captioning") as status:
+        report = evaluate_model(
+            data, split, model, beam_size, device, batch_size, limit,
+            progress=lambda done, total: status.update(f"captioning {done}/{total}"),
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    table = Table(title=f"{report.split}: {report.photos} photos, beam {report.beam_size}")
+    for name in METRICS:
+        table.add_column(name, justify="right")
+    table.add_row(*("-" if report.scores[m] is None else f"{report.scores[m]:.3f}" for m in METRICS))
+    out = Console()
+    out.print(table)
+    for example in report.examples:
+        out.print(f"[bold]{example['image']}[/]: {example['caption']}")
+        for ref in example["references"]:
+            out.print(f"    [dim]{ref}[/]")
+    for note in report.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+# ----------------------------------------------------------------------------- caption & search
+# Only the standard library, typer and photocap's light modules are imported at the top of this
+# file; torch, Pillow, sqlite-utils and rich are imported inside the commands that need them.
+
+MODEL_HELP = "Model file [default: the shipped model]."
+DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
+EXIT_CODES = (
+    "Exit status: 0 every photo succeeded, 1 at least one photo failed, "
+    "2 usage or setup error, 130 interrupted."
+)
+
+
+class SidecarName(str, Enum):
+    full = "full"
+    stem = "stem"
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    # soft_wrap: never break long paths across lines when piped; highlight off: no random colours.
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+@app.command(epilog=EXIT_CODES)
+@cli_errors
+def caption(
+    paths: list[Path] = typer.Argument(..., help="Photos and/or folders (searched recursively)."),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    write: str = typer.Option(
+        "xmp,index", "--write", help="Outputs, comma-separated: xmp, exif, index."
+    ),
+    force: bool = typer.Option(False, "--force", help="Re-caption photos already captioned."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Caption and show, but write nothing."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Caption at most N photos (skipped ones don't count)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per model batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Decode processes [default: number of cores; 0 = none]."
+    ),
+    beam_size: int = typer.Option(
+        3, "--beam-size", min=1, max=20, help="Beam width of the caption search."
+    ),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
+    json_out: bool = typer.Option(
+        False, "--json", help="One JSON object per photo, then a summary object."
+    ),
+    sidecar_name: SidecarName = typer.Option(
+        SidecarName.full, "--sidecar-name", help="XMP sidecar: photo.jpg.xmp (full) or photo.xmp."
+    ),
+    overwrite_human: bool = typer.Option(
+        False, "--overwrite-human", help="Replace captions written by a person."
+    ),
+    touch: bool = typer.Option(
+        False, "--touch", help="Update the photo's mtime on in-file (EXIF) writes."
+    ),
+) -> None:
+    """Caption photos and write the captions to XMP sidecars, EXIF and the search index.
+
+    Re-runs are incremental: unchanged photos already captioned by the same model are skipped,
+    moved or renamed photos keep their caption. Ctrl-C stops after the current batch; the next
+    run resumes.
+    """
+    import signal
+    import threading
+
+    from photocap.checkpoint import load_captioner
+    from photocap.index import PhotoIndex  # also registers the "index" writer
+    from photocap.paths import resolve_db_path
+    from photocap.pipeline import CaptionOptions, caption_library
+    from photocap.writers import WriteOptions, parse_writer_names
+
+    writers = parse_writer_names(write)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise typer.BadParameter(f"{device!r}: use auto, cpu or cuda", param_hint="--device")
+    options = CaptionOptions(
+        writers=writers,
+        write_options=WriteOptions(
+            sidecar_name=sidecar_name.value, overwrite_human=overwrite_human, touch=touch,
+            dry_run=dry_run,
+        ),
+        force=force, limit=limit, batch_size=batch_size, workers=workers, beam_size=beam_size,
+    )  # fmt: skip
+    db_path = resolve_db_path(db)
+    captioner = load_captioner(model, device=device)
+    # A dry run never creates an index: it reads the existing one, if any.
+    index = PhotoIndex(":memory:" if dry_run and not db_path.exists() else db_path)
+
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        typer.echo("Stopping after the current batch (Ctrl-C again to stop now)...", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with index:
+            events = caption_library(paths, captioner, index, options, stop=stop)
+            summary = _render_caption_events(events, json_out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+def _render_caption_events(events: Any, json_out: bool) -> Any:
+    """Print a caption run's events: JSON lines, or lines + a progress bar on a terminal."""
+    from photocap.image import describe_path
+    from photocap.pipeline import PhotoResult, Progress, RunSummary
+
+    out, err = _console(), _console(stderr=True)
+    show_bar = not json_out and err.is_terminal
+    bar = task = None
+    if show_bar:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )  # fmt: skip
+        from rich.progress import (
+            Progress as Bar,
+        )
+
+        bar = Bar(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} photos/s"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        bar.start()
+        task = bar.add_task("Scanning", total=None, rate=0.0)
+    started = time.monotonic()
+    summary = None
+    try:
+        for event in events:
+            if isinstance(event, PhotoResult):
+                if json_out:
+                    _emit_json(event.to_dict())
+                elif event.status == "failed":
+                    where = _esc(describe_path(event.path))
+                    err.print(f"[red]failed[/red]  {where}: {_esc(event.error or '')}")
+                elif event.status in ("captioned", "carried"):
+                    note = f" [dim]({_esc(event.reason)})[/dim]" if event.reason else ""
+                    where = _esc(describe_path(event.path))
+                    out.print(f"{where}: {_esc(event.caption or '')}{note}")
+            elif isinstance(event, Progress) and bar is not None and task is not None:
+                if event.phase == "scan":
+                    bar.update(task, description=f"Scanning ({event.done} found)")
+                else:
+                    rate = event.done / max(time.monotonic() - started, 1e-6)
+                    bar.update(task, description="Captioning", total=event.total,
+                               completed=event.done, rate=rate)  # fmt: skip
+            elif isinstance(event, RunSummary):
+                summary = event
+    finally:
+        if bar is not None:
+            bar.stop()
+    assert summary is not None  # caption_library always ends with a RunSummary
+    if json_out:
+        _emit_json(summary.to_dict())
+    else:
+        what = "Would caption" if summary.dry_run else "Captioned"
+        line = (
+            f"{what} {summary.captioned}, kept {summary.carried} (moved/unchanged), "
+            f"skipped {summary.skipped} unchanged, failed {summary.failed} "
+            f"in {summary.elapsed_s:.1f} s ({summary.photos_per_s:.1f} photos/s)."
+        )
+        if summary.interrupted:
+            line += " Interrupted: run again to continue."
+        err.print(line)
+    return summary
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+@cli_errors
+def search(
+    query: str = typer.Argument(..., help="Words to find in captions (all must match; stemmed)."),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    limit: int = typer.Option(20, "--limit", min=1, help="Show at most N photos."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per photo."),
+) -> None:
+    """Search captions: best matches first, matching words highlighted."""
+    from photocap.index import PhotoIndex
+    from photocap.paths import resolve_db_path
+
+    with PhotoIndex(resolve_db_path(db), create=False) as index:
+        hits = index.search(query, limit=limit)
+    if json_out:
+        for hit in hits:
+            _emit_json({
+                "path": hit.path, "caption": hit.caption, "rank": round(hit.rank, 4),
+                "matched": hit.matched, "date_taken": hit.date_taken, "camera": hit.camera,
+            })  # fmt: skip
+        return
+    from rich.text import Text
+
+    from photocap.image import describe_path
+
+    out = _console()
+    for hit in hits:
+        line = Text(describe_path(hit.path), style="cyan")
+        line.append("  ")
+        for text, matched in hit.segments:
+            line.append(text, style="bold yellow" if matched else "")
+        out.print(line)
+    if not hits:
+        typer.echo("No photos match.", err=True)
+
+
+@app.command()
+@cli_errors
+def status(
+    paths: list[Path] | None = typer.Argument(
+        None, help="Also list photos here that are new or changed since captioned."
+    ),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    limit: int = typer.Option(50, "--limit", min=1, help="List at most N failed/pending photos."),
+    json_out: bool = typer.Option(
+        False, "--json", help="JSON lines: failed/pending photos, then counts."
+    ),
+) -> None:
+    """Show what is captioned, what failed (with the reason) and what is still to do."""
+    from photocap.image import describe_path
+    from photocap.index import PhotoIndex
+    from photocap.paths import resolve_db_path
+    from photocap.pipeline import plan_status
+
+    with PhotoIndex(resolve_db_path(db), create=False) as index:
+        stats = index.stats(failures_limit=limit)
+        pending = [(os.fspath(p), state) for p, state in plan_status(paths or [], index)]
+    counts = {
+        "index": stats.path, "photos": stats.photos, "captioned": stats.captioned,
+        "failed": stats.failed, "pending": len(pending), "models": stats.models,
+    }  # fmt: skip
+    if json_out:
+        for path, error in stats.failures:
+            _emit_json({"path": path, "state": "failed", "error": error})
+        for path, state in pending[:limit]:
+            _emit_json({"path": path, "state": state})
+        _emit_json({"event": "summary", **counts})
+        return
+    out = _console()
+    out.print(f"Index: {_esc(stats.path)}")
+    out.print(f"Photos: {stats.photos}  captioned: {stats.captioned}  failed: {stats.failed}"
+              + (f"  not captioned yet: {len(pending)}" if paths else ""))  # fmt: skip
+    for model_id, count in stats.models.items():
+        out.print(f"  {count} by {_esc(model_id)}")
+    if stats.failures:
+        out.print("Failed:")
+        for path, error in stats.failures:
+            out.print(f"  {_esc(describe_path(path))}: {_esc(error)}")
+        if stats.failed > len(stats.failures):
+            out.print(f"  ... and {stats.failed - len(stats.failures)} more (--limit)")
+    if pending:
+        out.print("Not captioned yet:")
+        for path, state in pending[:limit]:
+            out.print(f"  {_esc(describe_path(path))} ({_esc(state)})")
+        if len(pending) > limit:
+            out.print(f"  ... and {len(pending) - limit} more (--limit)")
+
+
+@app.command()
+@cli_errors
+def info(
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Show the model (name, training data, scores, size) and index statistics."""
+    from photocap.errors import ModelError
+    from photocap.index import PhotoIndex
+    from photocap.paths import resolve_db_path
+
+    result: dict[str, Any] = {}
+    try:
+        from photocap.checkpoint import load_captioner
+
+        result["model"] = load_captioner(model, device="cpu").info()
+    except ModelError as err:
+        result["model"] = {"error": str(err)}
+    db_path = resolve_db_path(db)
+    if db_path.exists():
+        with PhotoIndex(db_path, create=False) as index:
+            stats = index.stats(failures_limit=0)
+            result["index"] = {
+                "path": stats.path, "photos": stats.photos, "captioned": stats.captioned,
+                "failed": stats.failed, "models": stats.models,
+                "last_captioned_at": stats.last_captioned_at, "file_size": stats.file_size,
+                "migrations": index.applied_migrations(),
+            }  # fmt: skip
+    else:
+        result["index"] = {"path": os.fspath(db_path), "error": "no index yet"}
+    if json_out:
+        _emit_json(result)
+        return
+    out = _console()
+    for section, values in result.items():
+        out.print(f"[bold]{section.capitalize()}[/bold]")
+        for key, value in values.items():
+            out.print(f"  {key}: {_esc(str(value))}")
+
+
+@app.command()
+@cli_errors
+def prune(
+    paths: list[Path] | None = typer.Argument(None, help="Only prune below these folders."),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per removed row."),
+) -> None:
+    """Remove index rows of photos that no longer exist on disk."""
+    from photocap.image import describe_path
+    from photocap.index import PhotoIndex
+    from photocap.paths import resolve_db_path
+
+    with PhotoIndex(resolve_db_path(db), create=False) as index:
+        gone = index.prune(paths or None, dry_run=dry_run)
+    for path in gone:
+        if json_out:
+            _emit_json({"path": path, "removed": not dry_run})
+        else:
+            typer.echo(describe_path(path))
+    if not json_out:
+        verb = "Would remove" if dry_run else "Removed"
+        typer.echo(f"{verb} {len(gone)} row(s) of missing photos.", err=True)
+
+
+@app.command()
+@cli_errors
+def revert(
+    paths: list[Path] = typer.Argument(..., help="Photos, sidecars or folders (recursed)."),
+    write: str = typer.Option(
+        "xmp,exif", "--write", help="What to revert: xmp (sidecar captions), exif (in-file)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change."),
+    touch: bool = typer.Option(False, "--touch", help="Update photo mtimes on EXIF reverts."),
+) -> None:
+    """Remove what photocap wrote and restore the earlier values it recorded.
+
+    Only files with photocap provenance are touched, and only values still photocap's own.
+    Exit code 0 when everything reverted, 1 when any file failed.
+    """
+    from photocap.revert import revert_paths
+
+    names = [n.strip() for n in write.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"xmp", "exif"})
+    if unknown or not names:
+        raise PhotocapError(f"--write: unknown {', '.join(unknown) or 'empty'}; use xmp,exif")
+    counts = {"reverted": 0, "deleted": 0, "unchanged": 0, "failed": 0}
+    for outcome in revert_paths(paths, names, touch=touch, dry_run=dry_run):
+        counts[outcome.status] += 1
+        if outcome.status == "failed":
+            typer.echo(f"failed: {outcome.path}: {outcome.message}", err=True)
+        elif outcome.message:
+            typer.echo(f"{outcome.status}: {outcome.path}: {outcome.message}", err=True)
+    prefix = "Dry run: would have " if dry_run else ""
+    typer.echo(
+        f"{prefix}reverted {counts['reverted']} sidecar(s), deleted {counts['deleted']}, "
+        f"{counts['unchanged']} unchanged, {counts['failed']} failed.",
+        err=True,
+    )
+    if counts["failed"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry point

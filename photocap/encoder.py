@@ -130,7 +130,11 @@ class Encoder(nn.Module):
             if config.name == "tiny":
                 n = 1
             for j in range(n):
-                blocks.append(MBConvBlock(cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand))
+                blocks.append(
+                    MBConvBlock(
+                        cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(cout, config.head_channels, 1, bias=False)
         self._bn1 = _bn(config.head_channels)

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from photocap.encoder import Encoder, EncoderConfig
@@ -65,8 +64,13 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ModelConfig, vocab_size: int, feature_dim: int) -> None:
         super().__init__()
-        E, H, A, D, V = (config.embed_dim, config.hidden_dim, config.attention_dim,
-                         feature_dim, vocab_size)
+        E, H, A, D, V = (
+            config.embed_dim,
+            config.hidden_dim,
+            config.attention_dim,
+            feature_dim,
+            vocab_size,
+        )
         self.embed = nn.Embedding(V, E)
         self.init_h = nn.Linear(D, H)  # initial state from the mean feature (SAT eq. 5)
         self.init_c = nn.Linear(D, H)
@@ -107,7 +111,9 @@ class Decoder(nn.Module):
         logits = self.out(self.dropout(deep))  # (N, V)
         return logits, (h, c), alpha
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing. features (N, L, D), tokens (N, T) = <start> w1 .. <end> <pad>..
 
         Returns logits (N, T-1, V) predicting tokens[:, 1:], and attention (N, T-1, L).
@@ -289,7 +295,9 @@ class Captioner(nn.Module):
                     ids = history[beam].tolist()
                     total = float(top_scores[b, j])
                     n_words = len(ids)
-                    finished[b].append((total / max(n_words, 1) ** alpha, ids, total / (n_words + 1)))
+                    finished[b].append(
+                        (total / max(n_words, 1) ** alpha, ids, total / (n_words + 1))
+                    )
             # Next beams: the best K candidates that did not end.
             alive = top_scores.masked_fill(is_end, -math.inf)  # (B, 2K)
             scores, pick = alive.topk(K, dim=1)  # (B, K), (B, K)
@@ -335,7 +343,10 @@ class Captioner(nn.Module):
                 if t == self.config.max_words:
                     allowed[:, : v.end_id] = -math.inf
                     allowed[:, v.end_id + 1 :] = -math.inf
-                words = torch.multinomial((allowed / temperature).softmax(-1), 1).squeeze(1)  # (Bn,)
+                allowed[done] = 0.0  # finished captions only emit <pad>; keep softmax finite
+                words = torch.multinomial((allowed / temperature).softmax(-1), 1).squeeze(
+                    1
+                )  # (Bn,)
                 words = torch.where(done, v.pad_id, words)
             logps.append(logp.gather(1, words[:, None]).squeeze(1))  # (Bn,)
             masks.append((~done).float())  # (Bn,)

@@ -34,7 +34,9 @@ class Preset:
         if image.mode != "RGB":
             image = image.convert("RGB")
         if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), PILImage.Resampling.BILINEAR, reducing_gap=None)
+            image = image.resize(
+                (self.size, self.size), PILImage.Resampling.BILINEAR, reducing_gap=None
+            )
         return image
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:

@@ -46,7 +46,9 @@ class Vocab:
     def build(cls, captions: Iterable[str], min_count: int = 5) -> Vocab:
         """Words seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
         counts = Counter(w for c in captions for w in tokenize(c))
-        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls(SPECIALS + tuple(kept))
 
     def id(self, word: str) -> int:

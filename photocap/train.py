@@ -1,0 +1,576 @@
+"""``photocap train``: fit the captioner on Flickr8k in up to three stages.
+
+1. **xe**   - cross-entropy on a cache of encoder features (the encoder frozen): extract once,
+              then every epoch is cheap. The cache is keyed by image content and encoder
+              weights, and reused across runs.
+2. **finetune** (``--fine-tune-epochs``) - cross-entropy with the encoder unfrozen, on pixels.
+3. **scst** (``--scst-epochs``) - self-critical sequence training (Rennie et al. 2017): sample
+              captions, reward each by its CIDEr-D against the photo's five references, baseline
+              = mean reward of the other samples of the same photo (Luo 2020).
+
+Each epoch is scored on the dev split (greedy decoding, CIDEr-D and BLEU-4 from
+:mod:`photocap.cider`); the best epoch is what ``--out`` holds. A checkpoint of the last epoch
+and the optimiser state are written every epoch so ``--resume`` continues an interrupted run.
+
+The library never prints: :func:`iter_train` yields :class:`TrainEvent` s for the CLI to render.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from photocap.checkpoint import load_captioner, resolve_device, save_captioner
+from photocap.cider import CiderD, corpus_bleu4, corpus_cider
+from photocap.dataset import load_flickr8k
+from photocap.encoder import EncoderConfig, load_imagenet_weights
+from photocap.errors import DatasetError, ModelError
+from photocap.model import Captioner, ModelConfig
+from photocap.preset import Preset
+from photocap.vocab import Vocab, tokenize
+
+STAGES = ("xe", "finetune", "scst")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (saved into the model file's info)."""
+
+    data: Path
+    out: Path = Path("models/photocap-flickr8k.safetensors")
+    encoder: str = "efficientnet_lite2"  # or "tiny" (random weights, for tests)
+    image_size: int = 224
+    epochs: int = 20  # stage 1 (xe)
+    fine_tune_epochs: int = 0  # stage 2; 0 = skip
+    scst_epochs: int = 0  # stage 3; 0 = skip
+    batch_size: int = 128  # caption pairs per step (xe); photos * 5 in the other stages
+    lr: float = 4e-4
+    fine_tune_lr: float = 1e-4
+    encoder_lr: float = 5e-5
+    scst_lr: float = 5e-5
+    scst_batch: int = 50  # photos per self-critical step (x scst_samples captions)
+    scst_samples: int = 5
+    lr_decay: float = 0.8  # xe: lr *= decay every lr_decay_every epochs
+    lr_decay_every: int = 3
+    attention_reg: float = 1.0  # doubly stochastic attention (SAT eq. 14)
+    grad_clip: float = 5.0
+    min_count: int = 5
+    max_words: int = 20
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    seed: int = 42
+    device: str = "auto"
+    workers: int = -1  # image decoding processes; -1 = all cores (max 8)
+    limit: int | None = None  # use only the first N train photos (and N//5 dev): smoke runs
+    cache_dir: Path | None = None
+    resume: bool = False
+    patience: int = 6  # stop a stage after this many epochs without a better dev score
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainEvent:
+    """Progress of a training run. ``kind``: start, step, epoch, stage, done, info."""
+
+    kind: str
+    stage: str = ""
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float = 0.0
+    images_per_s: float = 0.0
+    dev: dict[str, float] = field(default_factory=dict)
+    best: bool = False
+    message: str = ""
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+class _PhotoFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, paths: Sequence[Path], preset: Preset) -> None:
+        self.paths, self.preset = list(paths), preset
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.preset.to_uint8(image)  # (3, S, S) uint8
+
+
+def load_pixels(paths: Sequence[Path], preset: Preset, workers: int) -> torch.Tensor:
+    """Decode photos in worker processes -> uint8 (N, 3, S, S) in memory (Flickr8k: ~1 GB)."""
+    loader = torch.utils.data.DataLoader(
+        _PhotoFiles(paths, preset), batch_size=64, num_workers=workers, shuffle=False
+    )
+    return (
+        torch.cat(list(loader))
+        if len(paths)
+        else torch.zeros(0, 3, preset.size, preset.size, dtype=torch.uint8)
+    )
+
+
+def _content_key(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _encoder_digest(captioner: Captioner) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(captioner.encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    h.update(json.dumps(captioner.preset.to_dict()).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def extract_features(
+    captioner: Captioner, pixels: torch.Tensor, batch_size: int = 128
+) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> fp16 features (N, L, D) on the captioner's device."""
+    captioner.encoder.eval()
+    out = [
+        captioner.encode(pixels[i : i + batch_size]).half()  # (b, L, D)
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return torch.cat(out)  # (N, L, D)
+
+
+def cached_features(
+    captioner: Captioner, paths: Sequence[Path], pixels: torch.Tensor, cache_dir: Path | None
+) -> torch.Tensor:
+    """Features of ``paths`` from the cache (by content + encoder), extracting what is missing."""
+    if cache_dir is None:
+        return extract_features(captioner, pixels)
+    from safetensors.torch import load_file, save_file
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"features-{_encoder_digest(captioner)}.safetensors"
+    keys = [_content_key(p) for p in paths]
+    stored: dict[str, torch.Tensor] = load_file(str(cache)) if cache.exists() else {}
+    todo = [i for i, k in enumerate(keys) if k not in stored]
+    if todo:
+        fresh = extract_features(captioner, pixels[todo]).cpu()  # (n, L, D)
+        stored.update({keys[i]: fresh[j] for j, i in enumerate(todo)})
+        tmp = cache.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
+        os.replace(tmp, cache)
+    return torch.stack([stored[k] for k in keys]).to(captioner.device)  # (N, L, D)
+
+
+def _encode_captions(vocab: Vocab, captions: Sequence[str], max_words: int) -> torch.Tensor:
+    rows = [vocab.encode(c, max_words) for c in captions]
+    tokens = torch.full((len(rows), max_words + 2), vocab.pad_id, dtype=torch.long)  # (P, T)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    return tokens
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def score_dev(
+    captioner: Captioner, features: torch.Tensor, refs: list[list[list[str]]], beam_size: int = 1
+) -> dict[str, float]:
+    """Caption dev features and score them (CIDEr-D, BLEU-4 in-process)."""
+    captions = []
+    for i in range(0, len(features), 250):
+        captions += captioner.caption_features(features[i : i + 250].float(), beam_size)
+    hyps = [tokenize(c.text) for c in captions]
+    return {"cider": corpus_cider(hyps, refs), "bleu4": corpus_bleu4(hyps, refs)}
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _xe_loss(
+    captioner: Captioner, features: torch.Tensor, tokens: torch.Tensor, reg: float
+) -> torch.Tensor:
+    """Cross-entropy + doubly stochastic attention. features (N, L, D), tokens (N, T)."""
+    length = int((tokens != captioner.vocab.pad_id).sum(1).max())
+    tokens = tokens[:, :length]  # (N, T) trimmed to the longest caption in the batch
+    logits, alphas = captioner.decoder(features, tokens)  # (N, T-1, V), (N, T-1, L)
+    targets = tokens[:, 1:]  # (N, T-1)
+    mask = (targets != captioner.vocab.pad_id).float()  # (N, T-1)
+    loss = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=captioner.vocab.pad_id
+    )
+    # Each location should be attended to about once over the caption.
+    coverage = (alphas.float() * mask[:, :, None]).sum(1)  # (N, L)
+    return loss + reg * ((1.0 - coverage) ** 2).mean()
+
+
+def _autocast(device: torch.device) -> Any:
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state.pt")
+
+
+def _last_path(out: Path) -> Path:
+    return out.with_name(out.name + ".last.safetensors")
+
+
+def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
+    """Run the training stages, yielding progress; ``config.out`` ends up holding the best model."""
+    device = resolve_device(config.device)
+    _set_seed(config.seed)
+    data = load_flickr8k(config.data)
+    train_names = data.split("train", config.limit)
+    dev_limit = None if config.limit is None else max(config.limit // 5, 2)
+    dev_names = data.split("dev", dev_limit)
+    workers = config.workers if config.workers >= 0 else min(os.cpu_count() or 1, 8)
+    cache_dir = (
+        config.cache_dir
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "photocap"
+    )
+
+    # Resume: the last epoch's model and the stage/epoch/optimiser it stopped at.
+    resume_state: dict[str, Any] | None = None
+    if config.resume:
+        state_file = _state_path(config.out)
+        if not state_file.exists() or not _last_path(config.out).exists():
+            raise ModelError(f"nothing to resume: {state_file} not found")
+        resume_state = torch.load(state_file, map_location="cpu", weights_only=True)
+        captioner = load_captioner(_last_path(config.out), str(device))
+        vocab = captioner.vocab
+        yield TrainEvent(
+            "info", message=f"resuming {resume_state['stage']} after epoch {resume_state['epoch']}"
+        )
+    else:
+        vocab = Vocab.build((c for n in train_names for c in data.captions[n]), config.min_count)
+        model_config = ModelConfig(
+            encoder=_encoder_config(config.encoder),
+            embed_dim=config.embed_dim,
+            hidden_dim=config.hidden_dim,
+            attention_dim=config.attention_dim,
+            dropout=config.dropout,
+            max_words=config.max_words,
+        )
+        captioner = Captioner(model_config, vocab, Preset(size=config.image_size))
+        if config.encoder != "tiny":
+            load_imagenet_weights(captioner.encoder)
+        captioner.to(device)
+    captioner.metadata = {
+        "name": f"photocap-{config.encoder.replace('_', '')}-lstm",
+        "training_data": "Flickr8k official train split "
+        f"({len(train_names)} photos x 5 captions), selected on dev",
+        "train_config": config.to_json(),
+    }
+    yield TrainEvent(
+        "start",
+        message=f"{len(train_names)} train / {len(dev_names)} dev photos, "
+        f"vocabulary {len(vocab)}, device {device}",
+    )
+
+    t0 = time.time()
+    train_paths = [data.image_path(n) for n in train_names]
+    dev_paths = [data.image_path(n) for n in dev_names]
+    train_pixels = load_pixels(train_paths, captioner.preset, workers)  # (Ntr, 3, S, S) uint8
+    dev_pixels = load_pixels(dev_paths, captioner.preset, workers)  # (Ndev, 3, S, S) uint8
+    yield TrainEvent(
+        "info",
+        message=f"decoded {len(train_paths) + len(dev_paths)} photos in {time.time() - t0:.1f}s",
+    )
+    dev_refs = [[tokenize(c) for c in data.captions[n]] for n in dev_names]
+    train_refs = [[tokenize(c) for c in data.captions[n]] for n in train_names]
+    # One row per (photo, caption) pair for the cross-entropy stages.
+    pair_image = torch.tensor([i for i, n in enumerate(train_names) for _ in data.captions[n]])
+    pair_tokens = _encode_captions(
+        vocab, [c for n in train_names for c in data.captions[n]], config.max_words
+    )  # (P, T)
+
+    best = {"cider": -1.0} if resume_state is None else dict(resume_state["best"])
+    start_stage = resume_state["stage"] if resume_state else STAGES[0]
+    start_epoch = resume_state["epoch"] if resume_state else 0
+    stage_epochs = {
+        "xe": config.epochs,
+        "finetune": config.fine_tune_epochs,
+        "scst": config.scst_epochs,
+    }
+    for stage in STAGES[STAGES.index(start_stage) :]:
+        epochs = stage_epochs[stage]
+        first = start_epoch + 1 if stage == start_stage else 1
+        if epochs == 0 or first > epochs:
+            continue
+        if stage != start_stage or resume_state is None:
+            opt_state = None
+        else:
+            opt_state = resume_state.get("optimizer")
+        if first > 1 or stage != STAGES[0]:
+            # Each later stage starts from the best model so far, not the last epoch.
+            if config.out.exists() and not (resume_state and stage == start_stage):
+                best_model = load_captioner(config.out, str(device))
+                captioner.load_state_dict(best_model.state_dict())
+        yield TrainEvent("stage", stage=stage, epochs=epochs, message=f"stage {stage}")
+        yield from _run_stage(
+            stage,
+            captioner,
+            config,
+            device,
+            first,
+            epochs,
+            opt_state,
+            best,
+            train_paths,
+            train_pixels,
+            dev_paths,
+            dev_pixels,
+            train_refs,
+            dev_refs,
+            pair_image,
+            pair_tokens,
+            cache_dir,
+        )
+    if not config.out.exists():
+        raise ModelError("training produced no model (no epoch was run)")
+    yield TrainEvent("done", dev=best, message=f"best model: {config.out}")
+
+
+def _encoder_config(name: str) -> EncoderConfig:
+    if name == "tiny":
+        return EncoderConfig(name="tiny", stem_channels=8, head_channels=64)
+    if name not in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        raise DatasetError(f"unknown encoder {name!r}")
+    return EncoderConfig(name=name)
+
+
+def _run_stage(
+    stage: str,
+    captioner: Captioner,
+    config: TrainConfig,
+    device: torch.device,
+    first: int,
+    epochs: int,
+    opt_state: Any,
+    best: dict[str, float],
+    train_paths: list[Path],
+    train_pixels: torch.Tensor,
+    dev_paths: list[Path],
+    dev_pixels: torch.Tensor,
+    train_refs: list[list[list[str]]],
+    dev_refs: list[list[list[str]]],
+    pair_image: torch.Tensor,
+    pair_tokens: torch.Tensor,
+    cache_dir: Path,
+) -> Iterator[TrainEvent]:
+    enc_params = list(captioner.encoder.parameters())
+    dec_params = list(captioner.decoder.parameters())
+    fine_tune = stage == "finetune"
+    for p in enc_params:
+        p.requires_grad_(fine_tune)
+    if stage == "xe":
+        optimizer = torch.optim.Adam(dec_params, lr=config.lr)
+    elif stage == "finetune":
+        optimizer = torch.optim.Adam(
+            [
+                {"params": dec_params, "lr": config.fine_tune_lr},
+                {"params": enc_params, "lr": config.encoder_lr},
+            ]
+        )
+    else:
+        optimizer = torch.optim.Adam(dec_params, lr=config.scst_lr)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+
+    if fine_tune:
+        train_feats = dev_feats = None
+    else:
+        t0 = time.time()
+        train_feats = cached_features(captioner, train_paths, train_pixels, cache_dir)  # (N,L,D)
+        dev_feats = cached_features(captioner, dev_paths, dev_pixels, cache_dir)  # (Nd, L, D)
+        yield TrainEvent(
+            "info", stage=stage, message=f"encoder features ready in {time.time() - t0:.1f}s"
+        )
+    scorer = CiderD(train_refs) if stage == "scst" else None
+    since_best = 0
+    for epoch in range(first, epochs + 1):
+        if stage == "xe":
+            decay = config.lr_decay ** ((epoch - 1) // config.lr_decay_every)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * decay
+        captioner.train()
+        captioner.encoder.eval()  # BatchNorm statistics stay ImageNet's (small batches)
+        if fine_tune:
+            captioner.encoder.train()
+            for m in captioner.encoder.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+        t0, seen, total, n_steps = time.time(), 0, 0.0, 0
+        if stage == "xe":
+            order = torch.randperm(len(pair_image))
+            batches = [
+                order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+            ]
+        else:  # photos per step: each brings 5 captions (finetune) or scst_samples samples
+            per = config.scst_batch if stage == "scst" else max(1, config.batch_size // 5)
+            order = torch.randperm(len(train_paths))
+            batches = [order[i : i + per] for i in range(0, len(order), per)]
+        for step, idx in enumerate(batches, 1):
+            with _autocast(device):
+                if stage == "xe":
+                    assert train_feats is not None
+                    feats = train_feats[pair_image[idx].to(device)].float()  # (b, L, D)
+                    loss = _xe_loss(
+                        captioner, feats, pair_tokens[idx].to(device), config.attention_reg
+                    )
+                    seen += len(idx)
+                elif stage == "finetune":
+                    loss = _finetune_loss(
+                        captioner, train_pixels[idx], idx, pair_image, pair_tokens, config, device
+                    )
+                    seen += len(idx)
+                else:
+                    assert train_feats is not None and scorer is not None
+                    loss = _scst_loss(
+                        captioner,
+                        train_feats[idx.to(device)].float(),
+                        [train_refs[i] for i in idx.tolist()],
+                        scorer,
+                        config,
+                    )
+                    seen += len(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip
+            )
+            optimizer.step()
+            total += loss.item()
+            n_steps += 1
+            if step % 20 == 0 or step == len(batches):
+                yield TrainEvent(
+                    "step",
+                    stage=stage,
+                    epoch=epoch,
+                    epochs=epochs,
+                    step=step,
+                    steps=len(batches),
+                    loss=total / n_steps,
+                    images_per_s=seen / max(time.time() - t0, 1e-9),
+                )
+        # -- score on dev, keep the best, checkpoint for --resume
+        if fine_tune:
+            dev_feats_now = extract_features(captioner, dev_pixels)
+        else:
+            assert dev_feats is not None
+            dev_feats_now = dev_feats
+        dev = score_dev(captioner, dev_feats_now, dev_refs, beam_size=1)
+        improved = dev["cider"] > best["cider"]
+        if improved:
+            best.clear()
+            best.update(dev, stage=STAGES.index(stage), epoch=epoch)
+            captioner.metadata = {
+                **captioner.metadata,
+                "dev_greedy": dict(dev),
+                "best_stage": stage,
+                "best_epoch": epoch,
+            }
+            save_captioner(captioner, config.out)
+            since_best = 0
+        else:
+            since_best += 1
+        save_captioner(captioner, _last_path(config.out))
+        torch.save(
+            {"stage": stage, "epoch": epoch, "best": best, "optimizer": optimizer.state_dict()},
+            _state_path(config.out),
+        )
+        yield TrainEvent(
+            "epoch",
+            stage=stage,
+            epoch=epoch,
+            epochs=epochs,
+            loss=total / max(n_steps, 1),
+            images_per_s=seen / max(time.time() - t0, 1e-9),
+            dev=dev,
+            best=improved,
+        )
+        if since_best >= config.patience:
+            yield TrainEvent(
+                "info",
+                stage=stage,
+                message=f"no better dev score for {since_best} epochs: next stage",
+            )
+            break
+
+
+def _finetune_loss(
+    captioner: Captioner,
+    pixels: torch.Tensor,
+    photo_idx: torch.Tensor,
+    pair_image: torch.Tensor,
+    pair_tokens: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """Encoder + decoder on pixels: each photo of the batch with all of its captions."""
+    pixels = pixels.to(device, non_blocking=True)  # (b, 3, S, S) uint8
+    flip = torch.rand(len(pixels), device=device) < 0.5  # (b,) mirror half the photos
+    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+    features = captioner.encoder(captioner.preset.normalize(pixels))  # (b, L, D)
+    # Pairs of these photos: row -> position in the batch.
+    where = {int(p): i for i, p in enumerate(photo_idx.tolist())}
+    rows = torch.nonzero(torch.isin(pair_image, photo_idx)).squeeze(1)  # (b*5,) pair rows
+    slot = torch.tensor([where[int(i)] for i in pair_image[rows].tolist()], device=device)
+    return _xe_loss(captioner, features[slot], pair_tokens[rows].to(device), config.attention_reg)
+
+
+def _scst_loss(
+    captioner: Captioner,
+    features: torch.Tensor,
+    refs: list[list[list[str]]],
+    scorer: CiderD,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Self-critical policy gradient with the mean of the other samples as baseline."""
+    n = config.scst_samples
+    tokens, logp, mask = captioner.sample(features, n)  # (B*n, T) x3
+    words = [captioner.vocab.decode(row) for row in tokens.tolist()]
+    rewards = torch.tensor(
+        scorer.score(words, [refs[i // n] for i in range(len(words))]), device=features.device
+    ).view(-1, n)  # (B, n)
+    baseline = (rewards.sum(1, keepdim=True) - rewards) / max(n - 1, 1)  # (B, n)
+    advantage = (rewards - baseline).view(-1, 1)  # (B*n, 1)
+    return -(advantage * logp * mask).sum() / mask.sum()
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    """Run :func:`iter_train` to the end; returns the best dev scores."""
+    result: dict[str, float] = {}
+    for event in iter_train(config):
+        if event.kind == "done":
+            result = event.dev
+    return result
+
+
+def finalize_model(path: Path, out: Path, info: dict[str, Any]) -> Path:
+    """Write the shipping copy of a trained model: fp16 weights, extra info merged."""
+    captioner = load_captioner(path, "cpu")
+    return save_captioner(captioner, out, half=True, info=info)
