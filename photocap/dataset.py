@@ -43,6 +43,8 @@ class Flickr8k:
             )
         names = [line.strip() for line in self.split_files[name].read_text().splitlines()]
         names = [n for n in names if n]
+        if limit is not None:
+            names = names[:limit]
         missing = [n for n in names if n not in self.captions]
         if missing:
             raise DatasetError(
@@ -54,8 +56,6 @@ class Flickr8k:
                 f"{len(absent)} photos of the {name} split are missing from {self.image_dir} "
                 f"(first: {absent[0]})"
             )
-        if limit is not None:
-            names = names[:limit]
         if not names:
             raise DatasetError(f"the {name} split of {self.root} is empty")
         return names
