@@ -1,0 +1,124 @@
+"""photocap revert: restore what was there before, delete what photocap created from nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import piexif
+import pytest
+from metadata_helpers import camera_exif, is_exif, make_jpeg, pixels, record, segments
+from test_xmp import HUMAN_SIDECAR, RICH_SIDECAR
+from typer.testing import CliRunner
+
+from photocap.cli import app
+from photocap.exif import ExifWriter, read_exif_caption
+from photocap.revert import revert_paths
+from photocap.writers import WriteOptions
+from photocap.xmp import NS_DC, NS_PHOTOCAP, XmpDocument, XmpWriter
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Path:
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    return folder
+
+
+def caption_all(photo: Path, caption: str = "A dog runs.", **opts: object) -> None:
+    options = WriteOptions(**opts)  # type: ignore[arg-type]
+    for writer in (XmpWriter(options), ExifWriter(options)):
+        assert writer.write(record(photo, caption)).status in ("written", "skipped")
+
+
+def test_created_sidecar_is_deleted_and_exif_removed(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    before = photo.read_bytes()
+    old_exif = piexif.load(before)
+    old_pixels = pixels(photo)
+    caption_all(photo)
+    outcomes = list(revert_paths([lib]))
+    assert [(o.path.name, o.status) for o in outcomes] == [("photo.jpg.xmp", "deleted")]
+    assert not (lib / "photo.jpg.xmp").exists()
+    assert read_exif_caption(photo) == (None, None)
+    assert piexif.load(str(photo)) == old_exif
+    after = photo.read_bytes()
+    assert [s for s in segments(after) if not is_exif(s)] == [
+        s for s in segments(before) if not is_exif(s)
+    ]
+    assert pixels(photo) == old_pixels
+
+
+def test_merged_sidecar_gets_its_fields_back(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg")
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(RICH_SIDECAR, encoding="utf-8")
+    original = XmpDocument.load(sidecar).serialize()
+    XmpWriter(WriteOptions()).write(record(photo))
+    assert XmpDocument.load(sidecar).serialize() != original
+    [outcome] = list(revert_paths([photo], ["xmp"]))
+    assert outcome.status == "reverted"
+    assert XmpDocument.load(sidecar).serialize() == original
+    assert NS_PHOTOCAP not in sidecar.read_text(encoding="utf-8")
+
+
+def test_overwritten_human_values_are_restored(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description="Holiday in Rome"))
+    (lib / "photo.jpg.xmp").write_text(HUMAN_SIDECAR, encoding="utf-8")
+    caption_all(photo, overwrite_human=True)
+    assert read_exif_caption(photo)[0] == "A dog runs."
+    [outcome] = list(revert_paths([lib / "photo.jpg.xmp"]))
+    assert outcome.status == "reverted"
+    doc = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert doc.get_default(NS_DC, "description") == "Grandma's 80th birthday\n"
+    assert not doc.has_namespace(NS_PHOTOCAP)
+    assert read_exif_caption(photo) == ("Holiday in Rome", None)
+
+
+def test_edited_caption_is_left_alone(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg")
+    XmpWriter(WriteOptions()).write(record(photo))
+    sidecar = lib / "photo.jpg.xmp"
+    doc = XmpDocument.load(sidecar)
+    doc.set_default(NS_DC, "description", "Rex, edited by hand")
+    sidecar.write_bytes(doc.serialize())
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "reverted" and "edited after photocap" in outcome.message
+    assert XmpDocument.load(sidecar).get_default(NS_DC, "description") == "Rex, edited by hand"
+
+
+def test_files_without_provenance_are_not_touched(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description="Mine"))
+    (lib / "photo.jpg.xmp").write_text(HUMAN_SIDECAR, encoding="utf-8")
+    (lib / "other.xmp").write_text("<broken", encoding="utf-8")
+    before = photo.read_bytes(), (lib / "photo.jpg.xmp").read_bytes()
+    assert list(revert_paths([lib])) == []
+    assert (photo.read_bytes(), (lib / "photo.jpg.xmp").read_bytes()) == before
+
+
+def test_dry_run(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption_all(photo)
+    files = {p.name: p.read_bytes() for p in lib.iterdir()}
+    [outcome] = list(revert_paths([lib], dry_run=True))
+    assert outcome.status == "deleted"
+    assert {p.name: p.read_bytes() for p in lib.iterdir()} == files
+
+
+def test_cli_revert_exit_codes(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption_all(photo)
+    runner = CliRunner()
+    result = runner.invoke(app, ["revert", str(lib), "--write", "exif"])
+    assert result.exit_code == 0, result.output
+    assert "reverted 1 sidecar(s), deleted 0, 0 unchanged, 0 failed." in result.output
+    assert read_exif_caption(photo) == (None, None)
+    result = runner.invoke(app, ["revert", str(lib)])
+    assert result.exit_code == 0 and "deleted 1" in result.output
+    assert not (lib / "photo.jpg.xmp").exists()
+
+    # A sidecar that names photocap but cannot be parsed: reported, exit code 1.
+    (lib / "bad.jpg.xmp").write_text(f"<x xmlns:p='{NS_PHOTOCAP}'>", encoding="utf-8")
+    result = runner.invoke(app, ["revert", str(lib)])
+    assert result.exit_code == 1
+    assert "failed: " in result.output and "malformed XML" in result.output
+    assert runner.invoke(app, ["revert", str(lib), "--write", "index"]).exit_code == 2
