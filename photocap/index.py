@@ -27,7 +27,7 @@ from typing import Any
 import sqlite_utils
 
 from photocap.errors import IndexDbError
-from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
 
 BUSY_TIMEOUT_MS = 60_000
 PHOTOS = "photos"
@@ -433,17 +433,29 @@ class IndexWriter:
         self.flush()
 
 
+def _default_index_writer(options: WriteOptions) -> IndexWriter:
+    """``get_writers(["index"])`` outside a caption run: the default index."""
+    from photocap.paths import resolve_db_path
+
+    return IndexWriter(PhotoIndex(resolve_db_path(None)), options)
+
+
+# The pipeline builds its IndexWriter itself (on the run's index); registering the name makes
+# ``--write index`` a known output for parse_writer_names.
+register_writer("index", _default_index_writer)
+
+
 def build_fts_query(query: str) -> str:
     """User words -> a safe FTS5 query: each word a quoted string, all words required."""
     terms = []
     for word in query.split():
         prefix = word.endswith("*")
-        word = word.rstrip("*")
+        word = word.replace('"', "").rstrip("*")  # quotes carry no meaning in a caption word
         if not any(ch.isalnum() for ch in word):
             continue  # a lone "-" or '"' is not a word
         if word.upper() in ("AND", "OR", "NOT", "NEAR"):
             continue  # operators typed in plain English carry no meaning for captions
-        quoted = '"' + word.replace('"', '""') + '"'
+        quoted = f'"{word}"'
         terms.append(quoted + ("*" if prefix else ""))
     return " ".join(terms)
 

@@ -1,0 +1,160 @@
+"""`photocap caption / search / status / info / prune` through the real CLI and real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_jpegs
+from typer.testing import CliRunner
+
+from photocap.cli import app
+
+runner = CliRunner()
+
+
+def caption(*args: str | Path) -> object:
+    return runner.invoke(app, ["caption", *map(str, args)])
+
+
+def test_import_cli_does_not_import_torch() -> None:
+    code = "import sys, photocap.cli; print(sorted(m for m in ('torch', 'PIL', 'sqlite_utils', 'rich') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_documents_exit_codes() -> None:
+    result = runner.invoke(app, ["caption", "--help"])
+    assert result.exit_code == 0
+    assert "Exit status: 0 every photo succeeded, 1" in " ".join(result.output.split())
+
+
+def test_caption_json_then_search(tmp_path: Path, sample_photos, model_file: Path) -> None:
+    db = tmp_path / "cli.db"
+    result = caption(sample_photos.root, "--db", db, "--model", model_file, "--write", "index",
+                     "--workers", "1", "--batch-size", "8", "--json")  # fmt: skip
+    assert result.exit_code == 1, result.output  # the bad samples failed
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    photos, summary = lines[:-1], lines[-1]
+    assert summary["event"] == "summary"
+    assert summary["captioned"] == len(sample_photos.good)
+    assert summary["failed"] == len(sample_photos.bad)
+    failed = {p["path"]: p["error"] for p in photos if p["status"] == "failed"}
+    assert failed[str(sample_photos.bad["empty.jpg"])] == "empty file (0 bytes)"
+    ok = next(p for p in photos if p["status"] == "captioned")
+    assert ok["caption"] and isinstance(ok["alternatives"], list) and ok["outputs"] == {"index": "written"}
+
+    word = ok["caption"].split()[1].strip(".").lower()
+    found = runner.invoke(app, ["search", word, "--db", str(db), "--json"])
+    assert found.exit_code == 0, found.output
+    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    assert hits and all(word in " ".join(h["matched"]).lower() for h in hits)
+    plain = runner.invoke(app, ["search", f'{word} "AND -', "--db", str(db)])
+    assert plain.exit_code == 0 and str(sample_photos.root) in plain.stdout
+
+    again = caption(sample_photos.root, "--db", db, "--model", model_file, "--write", "index", "--workers", "1")
+    assert "skipped " + str(len(sample_photos.good)) in again.stderr
+    status = runner.invoke(app, ["status", "--db", str(db), "--json"])
+    counts = json.loads(status.stdout.splitlines()[-1])
+    assert (counts["captioned"], counts["failed"]) == (len(sample_photos.good), len(sample_photos.bad))
+
+
+def test_default_db_from_env_and_exit_zero(tmp_path: Path, photocap_env, model_file: Path) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 3)
+    result = caption(tmp_path / "lib", "--model", model_file, "--write", "index", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert photocap_env["PHOTOCAP_DB"].exists()
+    assert result.stdout.count("\n") == 3  # one line per captioned photo
+    assert "Captioned 3" in result.stderr
+    info = runner.invoke(app, ["info", "--model", str(model_file), "--json"])
+    data = json.loads(info.stdout)
+    assert data["index"]["captioned"] == 3 and data["model"]["model_id"]
+
+
+def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -> None:
+    bad_writer = caption(tmp_path, "--write", "index,nope", "--model", model_file)
+    assert bad_writer.exit_code == 2 and "unknown writer nope" in bad_writer.stderr
+    no_model = caption(tmp_path, "--model", tmp_path / "missing.safetensors")
+    assert no_model.exit_code == 2 and "Traceback" not in no_model.output
+    assert len(no_model.stderr.strip().splitlines()) == 1
+    no_index = runner.invoke(app, ["search", "dog", "--db", str(tmp_path / "none.db")])
+    assert no_index.exit_code == 2 and "no index" in no_index.stderr
+    bad_flag = caption(tmp_path, "--batch-size", "0")
+    assert bad_flag.exit_code == 2
+
+
+def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
+    paths = make_tiny_jpegs(tmp_path / "lib", 3)
+    db = str(tmp_path / "p.db")
+    assert caption(tmp_path / "lib", "--db", db, "--model", model_file, "--write", "index",
+                   "--workers", "0").exit_code == 0  # fmt: skip
+    paths[0].unlink()
+    make_tiny_jpegs(tmp_path / "lib2", 1)
+    status = runner.invoke(app, ["status", str(tmp_path / "lib2"), "--db", db])
+    assert "not captioned yet: 1" in status.stdout
+    pruned = runner.invoke(app, ["prune", "--db", db])
+    assert pruned.exit_code == 0 and pruned.stdout.strip() == str(paths[0])
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
+
+
+def _caption_cmd(lib: Path, db: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "photocap", "caption", str(lib), "--db", str(db), "--model",
+            str(model), "--write", "index", "--workers", "1", "--batch-size", "4", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ctrl_c_commits_and_next_run_resumes(tmp_path: Path, model_file: Path) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 300)
+    db = tmp_path / "c.db"
+    proc = subprocess.Popen(_caption_cmd(tmp_path / "lib", db, model_file, "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += json.loads(line).get("event") == "photo"
+        if seen == 20:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["interrupted"] and 20 <= summary["captioned"] < 300
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM photos").fetchone()[0] == summary["captioned"]
+    conn.close()
+    rest = subprocess.run(_caption_cmd(tmp_path / "lib", db, model_file, "--json"),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert rest.returncode == 0, rest.stderr
+    final = json.loads(rest.stdout.splitlines()[-1])
+    assert final["skipped"] == summary["captioned"]
+    assert final["captioned"] == 300 - summary["captioned"]
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_share_one_index(tmp_path: Path, model_file: Path) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 80)
+    db = tmp_path / "both.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen(_caption_cmd(tmp_path / "lib", db, model_file, "--json"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]  # fmt: skip
+    started = time.monotonic()
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["failed"] == 0
+    assert time.monotonic() - started < 180
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM photos WHERE error IS NULL").fetchone()[0] == 80
+    assert conn.execute("SELECT count(*) FROM photos_fts").fetchone()[0] == 80
