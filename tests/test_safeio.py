@@ -183,3 +183,70 @@ def test_read_only_messages_when_access_denied(lib: Path, monkeypatch: pytest.Mo
     with pytest.raises(WriteError, match="folder is not writable"):
         atomic_write(photo, b"new")
     assert photo.read_bytes() == b"old"
+
+
+NOBODY_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from metadata_helpers import record
+    from photocap.exif import ExifWriter
+    from photocap.writers import WriteOptions
+    from photocap.xmp import XmpWriter
+    for writer in (ExifWriter(WriteOptions()), XmpWriter(WriteOptions())):
+        outcome = writer.write(record(Path(sys.argv[1])))
+        print(outcome.writer, outcome.status, outcome.message)
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
+def test_real_permissions_as_unprivileged_user(tmp_path: Path) -> None:
+    # Root ignores permission bits; run the writers as "nobody" to see the real refusal.
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="photocap-perm-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        ro_folder, rw_folder = base / "ro", base / "rw"
+        ro_folder.mkdir(mode=0o755)  # owned by root: not writable for nobody
+        rw_folder.mkdir()
+        os.chown(rw_folder, nobody, nobody)
+        photo_in_ro = make_jpeg(ro_folder / "photo.jpg")
+        photo_in_ro.chmod(0o644)
+        ro_photo = make_jpeg(rw_folder / "photo.jpg")
+        os.chown(ro_photo, nobody, nobody)
+        ro_photo.chmod(0o444)
+        before = {p: p.read_bytes() for p in (photo_in_ro, ro_photo)}
+
+        def run_as_nobody(photo: Path) -> str:
+            try:
+                proc = _run_as_nobody(photo)
+            except PermissionError:
+                pytest.skip("this Python is not reachable for an unprivileged user")
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+
+        def _run_as_nobody(photo: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-c", NOBODY_SCRIPT, str(photo), str(Path(__file__).parent)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                preexec_fn=lambda: (os.setgid(nobody), os.setuid(nobody)),  # type: ignore[func-returns-value]
+            )
+
+        out = run_as_nobody(photo_in_ro)
+        assert "exif failed folder is not writable" in out
+        assert "xmp failed folder is not writable" in out
+        out = run_as_nobody(ro_photo)
+        assert "exif failed file is read-only" in out
+        assert "xmp written" in out  # the sidecar goes next to it; the photo is not touched
+        for path, data in before.items():
+            assert path.read_bytes() == data
+        assert not [p for p in ro_folder.iterdir() if p.name != "photo.jpg"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
