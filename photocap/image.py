@@ -120,7 +120,9 @@ def decode_photo(
         return DecodeFailure(path, str(err))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data" etc.: we report failures ourselves
+            warnings.simplefilter(
+                "ignore"
+            )  # "Corrupt EXIF data" etc.: we report failures ourselves
             return _decode_bytes(path, data, size, mtime_ns, preset, max_pixels)
     except ImageError as err:
         return DecodeFailure(path, str(err), size, mtime_ns)

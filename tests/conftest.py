@@ -74,7 +74,9 @@ def _png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
@@ -117,7 +119,14 @@ def make_good_photos(folder: Path) -> dict[str, Path]:
     save("iphone.heic", _scene((32, 24), 6), format="HEIF")
     save("modern.avif", _scene((32, 24), 7), format="AVIF")
     save("cmyk.jpg", _scene((40, 30), 8).convert("CMYK"), quality=85)
-    save("deep16.png", Image.linear_gradient("L").resize((40, 30)).convert("I").point(lambda v: v * 256).convert("I;16"))
+    save(
+        "deep16.png",
+        Image.linear_gradient("L")
+        .resize((40, 30))
+        .convert("I")
+        .point(lambda v: v * 256)
+        .convert("I;16"),
+    )
     palette = Image.new("P", (30, 20), 0)
     palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     palette.paste(1, (10, 5, 20, 15))

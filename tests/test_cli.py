@@ -25,7 +25,8 @@ def caption(*args: str | Path) -> object:
 
 
 def test_import_cli_does_not_import_torch() -> None:
-    code = "import sys, photocap.cli; print(sorted(m for m in ('torch', 'PIL', 'sqlite_utils', 'rich') if m in sys.modules))"
+    heavy = "('torch', 'PIL', 'sqlite_utils', 'rich')"
+    code = f"import sys, photocap.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -49,7 +50,11 @@ def test_caption_json_then_search(tmp_path: Path, sample_photos, model_file: Pat
     failed = {p["path"]: p["error"] for p in photos if p["status"] == "failed"}
     assert failed[str(sample_photos.bad["empty.jpg"])] == "empty file (0 bytes)"
     ok = next(p for p in photos if p["status"] == "captioned")
-    assert ok["caption"] and isinstance(ok["alternatives"], list) and ok["outputs"] == {"index": "written"}
+    assert (
+        ok["caption"]
+        and isinstance(ok["alternatives"], list)
+        and ok["outputs"] == {"index": "written"}
+    )
 
     word = ok["caption"].split()[1].strip(".").lower()
     found = runner.invoke(app, ["search", word, "--db", str(db), "--json"])
@@ -59,11 +64,16 @@ def test_caption_json_then_search(tmp_path: Path, sample_photos, model_file: Pat
     plain = runner.invoke(app, ["search", f'{word} "AND -', "--db", str(db)])
     assert plain.exit_code == 0 and str(sample_photos.root) in plain.stdout
 
-    again = caption(sample_photos.root, "--db", db, "--model", model_file, "--write", "index", "--workers", "1")
+    again = caption(
+        sample_photos.root, "--db", db, "--model", model_file, "--write", "index", "--workers", "1"
+    )
     assert "skipped " + str(len(sample_photos.good)) in again.stderr
     status = runner.invoke(app, ["status", "--db", str(db), "--json"])
     counts = json.loads(status.stdout.splitlines()[-1])
-    assert (counts["captioned"], counts["failed"]) == (len(sample_photos.good), len(sample_photos.bad))
+    assert (counts["captioned"], counts["failed"]) == (
+        len(sample_photos.good),
+        len(sample_photos.bad),
+    )
 
 
 def test_default_db_from_env_and_exit_zero(tmp_path: Path, photocap_env, model_file: Path) -> None:
@@ -105,8 +115,10 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
 
 
 def _caption_cmd(lib: Path, db: Path, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "photocap", "caption", str(lib), "--db", str(db), "--model",
-            str(model), "--write", "index", "--workers", "1", "--batch-size", "4", *extra]  # fmt: skip
+    return [
+        sys.executable, "-m", "photocap", "caption", str(lib), "--db", str(db),
+        "--model", str(model), "--write", "index", "--workers", "1", "--batch-size", "4", *extra,
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

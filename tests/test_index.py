@@ -83,7 +83,8 @@ def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ['"', "dog's", "dirt-road", "AND", "dog AND", "NOT girl", "a:b", "(", "*", "-", "NEAR("]
+    "query",
+    ['"', "dog's", "dirt-road", "AND", "dog AND", "NOT girl", "a:b", "(", "*", "-", "NEAR("],
 )
 def test_odd_queries_never_crash(index: PhotoIndex, query: str) -> None:
     index.search(query)
@@ -108,7 +109,9 @@ def test_stats_and_prune(tmp_path: Path) -> None:
     assert (stats.photos, stats.captioned, stats.failed) == (3, 2, 1)
     assert stats.models == {"m@1": 2}
     assert stats.failures == [(str(tmp_path / "gone2.jpg"), "boom")]
-    assert idx.prune(dry_run=True) == sorted([str(tmp_path / "gone.jpg"), str(tmp_path / "gone2.jpg")])
+    assert idx.prune(dry_run=True) == sorted(
+        [str(tmp_path / "gone.jpg"), str(tmp_path / "gone2.jpg")]
+    )
     assert idx.count() == 3
     idx.prune()
     assert list(idx.iter_paths()) == [str(real)]

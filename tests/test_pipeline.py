@@ -15,9 +15,13 @@ from photocap.index import PhotoIndex
 from photocap.pipeline import CaptionOptions, PhotoResult, Progress, RunSummary, caption_library
 
 
-def run(paths: list[Path], captioner: Any, db: Path, **kw: Any) -> tuple[list[PhotoResult], RunSummary]:
+def run(
+    paths: list[Path], captioner: Any, db: Path, **kw: Any
+) -> tuple[list[PhotoResult], RunSummary]:
     stop = kw.pop("stop", None)
-    options = CaptionOptions(writers=kw.pop("writers", ["index"]), batch_size=4, workers=kw.pop("workers", 1), **kw)
+    options = CaptionOptions(
+        writers=kw.pop("writers", ["index"]), batch_size=4, workers=kw.pop("workers", 1), **kw
+    )
     with PhotoIndex(db) as index:
         events = list(caption_library(paths, captioner, index, options, stop=stop))
     results = [e for e in events if isinstance(e, PhotoResult)]
