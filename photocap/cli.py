@@ -83,6 +83,9 @@ def train(
     workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Encoder feature cache."),
     hidden_dim: int = typer.Option(512, "--hidden-dim", help="LSTM/embedding/attention size."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this model file (e.g. --epochs 0 --scst-epochs 10)."
+    ),
 ) -> None:
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
@@ -94,7 +97,7 @@ def train(
         fine_tune_epochs=fine_tune_epochs if fine_tune_encoder else 0, scst_epochs=scst_epochs,
         batch_size=batch_size, device=device, resume=resume, seed=seed, min_count=min_count,
         limit=limit, workers=workers, cache_dir=cache_dir, embed_dim=hidden_dim,
-        hidden_dim=hidden_dim, attention_dim=hidden_dim,
+        hidden_dim=hidden_dim, attention_dim=hidden_dim, init=init,
     )
     console = Console(stderr=True)
     with console.status("starting") as status:

@@ -337,16 +337,19 @@ class Captioner(nn.Module):
         for t in range(self.config.max_words + 1):
             with self._autocast():
                 logits, state, _ = dec.step(words, state, feats, att)  # (Bn, V)
-            logp = logits.float().log_softmax(-1)  # (Bn, V)
             with torch.no_grad():
-                allowed = self._banned(logp.detach().clone(), history, t)  # (Bn, V)
+                # The policy is the distribution over the words decoding may take: the banned
+                # ones are masked out *before* the softmax, so the gradient never moves
+                # probability onto words that are never sampled (that drifts and collapses).
+                allowed = self._banned(torch.zeros_like(logits, dtype=torch.float), history, t)
                 if t == self.config.max_words:
                     allowed[:, : v.end_id] = -math.inf
                     allowed[:, v.end_id + 1 :] = -math.inf
                 allowed[done] = 0.0  # finished captions only emit <pad>; keep softmax finite
-                words = torch.multinomial((allowed / temperature).softmax(-1), 1).squeeze(
-                    1
-                )  # (Bn,)
+            logp = (logits.float() + allowed).log_softmax(-1)  # (Bn, V)
+            with torch.no_grad():
+                probs = (logp.detach() / temperature).softmax(-1)  # (Bn, V)
+                words = torch.multinomial(probs, 1).squeeze(1)  # (Bn,)
                 words = torch.where(done, v.pad_id, words)
             logps.append(logp.gather(1, words[:, None]).squeeze(1))  # (Bn,)
             masks.append((~done).float())  # (Bn,)

@@ -75,6 +75,7 @@ class TrainConfig:
     limit: int | None = None  # use only the first N train photos (and N//5 dev): smoke runs
     cache_dir: Path | None = None
     resume: bool = False
+    init: Path | None = None  # start from this model file (weights + vocabulary)
     patience: int = 6  # stop a stage after this many epochs without a better dev score
 
     def to_json(self) -> dict[str, Any]:
@@ -264,6 +265,10 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         yield TrainEvent(
             "info", message=f"resuming {resume_state['stage']} after epoch {resume_state['epoch']}"
         )
+    elif config.init is not None:
+        captioner = load_captioner(config.init, str(device))
+        vocab = captioner.vocab
+        yield TrainEvent("info", message=f"starting from {config.init}")
     else:
         vocab = Vocab.build((c for n in train_names for c in data.captions[n]), config.min_count)
         model_config = ModelConfig(
@@ -308,6 +313,14 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     )  # (P, T)
 
     best = {"cider": -1.0} if resume_state is None else dict(resume_state["best"])
+    if config.init is not None and resume_state is None:
+        # The starting model is the one to beat: score it and keep it as the best so far.
+        init_feats = extract_features(captioner, dev_pixels)
+        best.update(score_dev(captioner, init_feats, dev_refs), stage=-1, epoch=0)
+        captioner.metadata = {**captioner.metadata, "dev_greedy": dict(best)}
+        save_captioner(captioner, config.out)
+        yield TrainEvent("info", dev=dict(best), message=f"starting model: dev CIDEr-D "
+                                                         f"{best['cider']:.3f}")
     start_stage = resume_state["stage"] if resume_state else STAGES[0]
     start_epoch = resume_state["epoch"] if resume_state else 0
     stage_epochs = {
