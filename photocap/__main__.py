@@ -1,3 +1,6 @@
+"""``python -m photocap``. Guarded so that spawned decode workers never re-run the CLI."""
+
 from photocap.cli import app
 
-app(prog_name="photocap")
+if __name__ == "__main__":
+    app(prog_name="photocap")

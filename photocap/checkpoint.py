@@ -39,7 +39,10 @@ def default_model_path() -> Path:
     env = os.environ.get("PHOTOCAP_MODEL")
     if env:
         return Path(env).expanduser()
-    for folder in (MODELS_DIR, Path(__file__).resolve().parent / "models"):
+    import sys
+
+    installed = Path(sys.prefix) / "share" / "photocap" / "models"  # pip install (data-files)
+    for folder in (MODELS_DIR, installed):
         candidate = folder / DEFAULT_MODEL_NAME
         if candidate.exists():
             return candidate
