@@ -193,3 +193,46 @@ def one_torch_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@dataclass
+class TinyRun:
+    """A finished tiny training run (xe 2 + finetune 1 + scst 1) on a fake Kaggle Flickr8k."""
+
+    fake: FakeFlickr
+    config: Any
+    events: list[Any]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+_RUNS: dict[str, TinyRun] = {}
+
+
+@pytest.fixture(scope="session", name="tiny_run")
+def tiny_run_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """Train once per session, shared by the train and evaluate tests."""
+    if "main" not in _RUNS:
+        import torch
+
+        from photocap.train import iter_train
+
+        base = tmp_path_factory.mktemp("tiny_run")
+        fake = make_fake_flickr(base / "f8k", "kaggle", n_train=12, n_dev=4)
+        config = tiny_train_config(
+            fake.root,
+            base / "model.safetensors",
+            base / "cache",
+            epochs=2,
+            fine_tune_epochs=1,
+            scst_epochs=1,
+        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _RUNS["main"] = TinyRun(fake, config, list(iter_train(config)))
+        finally:
+            torch.set_num_threads(threads)
+    return _RUNS["main"]

@@ -1,0 +1,316 @@
+"""Training end to end on a tiny fake Flickr8k (CPU, seconds): stages, resume, init, cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flickr_fixtures import (  # noqa: F401
+    DEV_ONLY_WORD,
+    TinyRun,
+    make_fake_flickr,
+    one_torch_thread,
+    tiny_run_fixture,
+    tiny_train_config,
+)
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import photocap.train as train_mod
+from photocap.checkpoint import load_captioner
+from photocap.cli import app
+from photocap.dataset import load_flickr8k
+from photocap.errors import DatasetError, ModelError
+from photocap.train import (
+    _encode_captions,
+    cached_features,
+    extract_features,
+    iter_train,
+    load_pixels,
+    score_dev,
+)
+from photocap.vocab import tokenize
+
+
+def _epochs(events: list) -> list[tuple[str, int]]:
+    return [(e.stage, e.epoch) for e in events if e.kind == "epoch"]
+
+
+def _dev_score(model_path: Path, fake) -> float:  # type: ignore[no-untyped-def]
+    """Greedy dev CIDEr-D of a model file, recomputed from scratch."""
+    captioner = load_captioner(model_path, device="cpu")
+    pixels = load_pixels([fake.path(n) for n in fake.dev], captioner.preset, 0)
+    feats = extract_features(captioner, pixels)
+    refs = [[tokenize(c) for c in fake.captions[n]] for n in fake.dev]
+    return score_dev(captioner, feats, refs)["cider"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return make_fake_flickr(tmp_path_factory.mktemp("small") / "f8k", "original", 8, 3)
+
+
+def test_full_run_goes_through_all_stages(tiny_run: TinyRun) -> None:
+    events = tiny_run.events
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert [e.stage for e in events if e.kind == "stage"] == ["xe", "finetune", "scst"]
+    assert _epochs(events) == [("xe", 1), ("xe", 2), ("finetune", 1), ("scst", 1)]
+    for e in events:
+        if e.kind == "epoch":
+            assert set(e.dev) == {"cider", "bleu4"}
+            assert e.loss == e.loss and abs(e.loss) < 1e3  # finite
+        if e.kind == "step":
+            assert 1 <= e.step <= e.steps
+    xe = [e for e in events if e.kind == "epoch" and e.stage == "xe"]
+    assert xe[1].loss < xe[0].loss  # cross-entropy goes down
+    assert "12 train / 4 dev photos" in events[0].message
+
+
+def test_best_model_is_written_and_matches_the_reported_dev_score(tiny_run: TinyRun) -> None:
+    out = tiny_run.out
+    assert out.is_file()
+    assert out.with_name(out.name + ".last.safetensors").is_file()
+    state = torch.load(out.with_name(out.name + ".state.pt"), weights_only=True)
+    assert (state["stage"], state["epoch"]) == ("scst", 1)
+    epochs = [e for e in tiny_run.events if e.kind == "epoch"]
+    done = tiny_run.events[-1]
+    best_cider = max(e.dev["cider"] for e in epochs)
+    assert done.dev["cider"] == pytest.approx(best_cider)
+    # the first epoch that reached the best is the one flagged and saved
+    flagged = [e for e in epochs if e.best]
+    assert flagged[-1].dev["cider"] == pytest.approx(best_cider)
+    model = load_captioner(out, device="cpu")
+    assert model.metadata["dev_greedy"]["cider"] == pytest.approx(best_cider)
+    assert (model.metadata["best_stage"], model.metadata["best_epoch"]) == (
+        flagged[-1].stage,
+        flagged[-1].epoch,
+    )
+    assert json.loads(json.dumps(model.metadata["train_config"]))["encoder"] == "tiny"
+    assert _dev_score(out, tiny_run.fake) == pytest.approx(best_cider, abs=1e-6)
+
+
+def test_later_stage_starts_from_the_best_model(tiny_run: TinyRun) -> None:
+    out = tiny_run.out
+    best = load_file(str(out))
+    last = load_file(str(out.with_name(out.name + ".last.safetensors")))
+    epochs = {(e.stage, e.epoch): e for e in tiny_run.events if e.kind == "epoch"}
+    if not epochs[("finetune", 1)].best and not epochs[("scst", 1)].best:
+        # scst did not start from the fine-tuned encoder but from the best (xe) model,
+        # and scst never touches the encoder
+        for name, tensor in best.items():
+            if name.startswith("encoder."):
+                assert torch.equal(last[name], tensor), name
+    # scst did train the decoder
+    assert any(not torch.equal(last[n], t) for n, t in best.items() if n.startswith("decoder."))
+
+
+def test_vocabulary_comes_from_train_captions_only(tiny_run: TinyRun) -> None:
+    model = load_captioner(tiny_run.out, device="cpu")
+    words = set(model.vocab.words)
+    assert DEV_ONLY_WORD not in words
+    train_words = {
+        w for n in tiny_run.fake.train for c in tiny_run.fake.captions[n] for w in tokenize(c)
+    }
+    assert words - {"<pad>", "<start>", "<end>", "<unk>"} == train_words
+
+
+def test_trained_model_captions_a_photo(tiny_run: TinyRun) -> None:
+    from PIL import Image
+
+    model = load_captioner(tiny_run.out, device="cpu")
+    with Image.open(tiny_run.fake.path(tiny_run.fake.dev[0])) as img:
+        pixels = model.preset.to_uint8(img)[None]
+    assert pixels.shape == (1, 3, 64, 64)
+    (caption,) = model.caption_batch(pixels, beam_size=3)
+    assert caption.text[0].isupper() and caption.text.endswith(".")
+    assert set(tokenize(caption.text)) <= set(model.vocab.words)
+
+
+def test_resume_continues_an_interrupted_run(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m.safetensors"
+    config = tiny_train_config(small_data.root, out, tmp_path / "cache", epochs=3)
+    run = iter_train(config)
+    seen = []
+    for event in run:  # interrupted right after the first epoch was saved
+        seen.append(event)
+        if event.kind == "epoch":
+            break
+    run.close()
+    assert _epochs(seen) == [("xe", 1)]
+    assert out.is_file()
+    with pytest.raises(ModelError, match="nothing to resume"):
+        list(
+            iter_train(
+                tiny_train_config(
+                    small_data.root, tmp_path / "other.safetensors", tmp_path / "cache", resume=True
+                )
+            )
+        )
+    resumed = list(
+        iter_train(
+            tiny_train_config(small_data.root, out, tmp_path / "cache", epochs=3, resume=True)
+        )
+    )
+    assert any("resuming xe after epoch 1" in e.message for e in resumed)
+    assert _epochs(resumed) == [("xe", 2), ("xe", 3)]
+    state = torch.load(out.with_name(out.name + ".state.pt"), weights_only=True)
+    assert (state["stage"], state["epoch"]) == ("xe", 3)
+    # the best score carries over: the final best is the best of all three epochs
+    all_dev = [e.dev["cider"] for e in seen + resumed if e.kind == "epoch"]
+    assert resumed[-1].dev["cider"] == pytest.approx(max(all_dev))
+    # resuming a finished run runs nothing more; adding a stage runs only that stage
+    again = list(
+        iter_train(
+            tiny_train_config(small_data.root, out, tmp_path / "cache", epochs=3, resume=True)
+        )
+    )
+    assert _epochs(again) == [] and again[-1].kind == "done"
+    more = list(
+        iter_train(
+            tiny_train_config(
+                small_data.root, out, tmp_path / "cache", epochs=3, scst_epochs=1, resume=True
+            )
+        )
+    )
+    assert _epochs(more) == [("scst", 1)]
+
+
+def test_init_never_writes_a_worse_model(tiny_run: TinyRun, tmp_path: Path) -> None:
+    init = tiny_run.out
+    init_score = _dev_score(init, tiny_run.fake)
+    out = tmp_path / "from_init.safetensors"
+    # a far too large learning rate: the scst epoch is likely to make things worse
+    config = tiny_train_config(
+        tiny_run.fake.root, out, tmp_path / "cache", epochs=0, scst_epochs=2, init=init, scst_lr=0.5
+    )
+    events = list(iter_train(config))
+    assert any(f"starting from {init}" in e.message for e in events)
+    starting = [e for e in events if "starting model" in e.message]
+    assert starting and starting[0].dev["cider"] == pytest.approx(init_score, abs=1e-6)
+    assert _epochs(events) == [("scst", 1), ("scst", 2)]
+    assert out.is_file()
+    final_score = _dev_score(out, tiny_run.fake)
+    assert final_score >= init_score - 1e-9
+    if not any(e.best for e in events if e.kind == "epoch"):
+        init_t, out_t = load_file(str(init)), load_file(str(out))
+        assert init_t.keys() == out_t.keys()
+        assert all(torch.equal(out_t[k], v) for k, v in init_t.items())
+    assert load_captioner(out, "cpu").vocab == load_captioner(init, "cpu").vocab
+
+
+def test_feature_cache_is_reused_across_runs(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+    real = train_mod.extract_features
+
+    def counting(captioner, pixels, batch_size=128):  # type: ignore[no-untyped-def]
+        calls.append(len(pixels))
+        return real(captioner, pixels, batch_size)
+
+    monkeypatch.setattr(train_mod, "extract_features", counting)
+    cache = tmp_path / "cache"
+    list(
+        iter_train(tiny_train_config(small_data.root, tmp_path / "a.safetensors", cache, epochs=1))
+    )
+    assert sorted(calls) == [3, 8]  # dev and train photos extracted once
+    (cache_file,) = cache.glob("features-*.safetensors")
+    before = (cache_file.stat().st_mtime_ns, cache_file.read_bytes())
+    calls.clear()
+    list(
+        iter_train(tiny_train_config(small_data.root, tmp_path / "b.safetensors", cache, epochs=1))
+    )
+    assert calls == []  # nothing re-extracted
+    assert (cache_file.stat().st_mtime_ns, cache_file.read_bytes()) == before
+    assert len(load_file(str(cache_file))) == 11  # one entry per distinct photo
+
+
+def test_cached_features_equal_fresh_ones_and_follow_content(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from photocap.checkpoint import build_random_captioner
+
+    captioner = build_random_captioner(seed=1)
+    data = load_flickr8k(small_data.root)
+    paths = [data.image_path(n) for n in small_data.train[:4]]
+    pixels = load_pixels(paths, captioner.preset, 0)
+    cache = tmp_path / "cache"
+    first = cached_features(captioner, paths, pixels, cache)
+    fresh = extract_features(captioner, pixels)
+    assert first.dtype == torch.float16 and torch.equal(first, fresh)
+    assert torch.equal(cached_features(captioner, paths, pixels, cache), first)
+    # another encoder gets its own cache file, never the first one's features
+    other = build_random_captioner(seed=2)
+    cached_features(other, paths, pixels, cache)
+    assert len(list(cache.glob("features-*.safetensors"))) == 2
+
+
+def test_encode_captions_pads_and_truncates(tiny_run: TinyRun) -> None:
+    vocab = load_captioner(tiny_run.out, "cpu").vocab
+    tokens = _encode_captions(vocab, ["A dog runs.", "a dog " * 30], max_words=5)
+    assert tokens.shape == (2, 7)
+    assert tokens[0].tolist()[:5] == [1, vocab.id("a"), vocab.id("dog"), vocab.id("runs"), 2]
+    assert tokens[0, 5:].tolist() == [0, 0]
+    assert tokens[1, -1] == vocab.end_id
+
+
+def test_bad_data_and_unknown_encoder(tmp_path: Path, small_data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DatasetError):
+        list(iter_train(tiny_train_config(tmp_path / "nope", tmp_path / "m.safetensors", tmp_path)))
+    with pytest.raises(DatasetError, match="unknown encoder"):
+        list(
+            iter_train(
+                tiny_train_config(
+                    small_data.root, tmp_path / "m.safetensors", tmp_path, encoder="resnet"
+                )
+            )
+        )
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(small_data.root),
+            "--out",
+            str(out),
+            "--encoder",
+            "tiny",
+            "--epochs",
+            "1",
+            "--min-count",
+            "1",
+            "--workers",
+            "0",
+            "--batch-size",
+            "20",
+            "--hidden-dim",
+            "16",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "xe epoch 1/1" in result.stderr and "best model" in result.stderr
+    model = load_captioner(out, "cpu")
+    assert model.config.hidden_dim == 16 and model.config.encoder.name == "tiny"
+    # errors: one line on stderr, exit 2
+    bad = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+            "--encoder",
+            "tiny",
+        ],
+    )
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("Error: data folder not found") and bad.stderr.count("\n") == 1
