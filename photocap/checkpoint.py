@@ -110,7 +110,10 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise ModelError(f"not a photocap model file: {path} ({err})") from None
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a photocap model file: {path}")
-    version = int(meta.get("format_version", "0"))
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise ModelError(f"not a photocap model file: {path} (bad format_version)") from None
     if version > FORMAT_VERSION:
         raise ModelError(
             f"{path} is format version {version}; this photocap reads up to {FORMAT_VERSION}: "

@@ -101,7 +101,7 @@ def _read_captions(root: Path) -> dict[str, list[str]]:
         None,
     )
     if kaggle.is_file():
-        with kaggle.open(newline="", encoding="utf-8") as f:
+        with kaggle.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:

@@ -282,7 +282,7 @@ class Captioner(nn.Module):
                 logp.fill_(-math.inf)
                 logp[:, v.end_id] = keep_end
             cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)  # (B, K*V)
-            top_scores, top_idx = cand.topk(2 * K, dim=1)  # (B, 2K)
+            top_scores, top_idx = cand.detach().topk(2 * K, dim=1)  # (B, 2K)
             top_beam, top_word = top_idx // V, top_idx % V  # (B, 2K) each
             is_end = top_word == v.end_id  # (B, 2K)
             # Finished hypotheses: an <end> among the best K candidates (as fairseq does).
@@ -293,7 +293,7 @@ class Captioner(nn.Module):
                         continue
                     beam = int(top_beam[b, j]) + b * K
                     ids = history[beam].tolist()
-                    total = float(top_scores[b, j])
+                    total = float(top_scores[b, j].detach())
                     n_words = len(ids)
                     finished[b].append(
                         (total / max(n_words, 1) ** alpha, ids, total / (n_words + 1))

@@ -260,6 +260,8 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         if not state_file.exists() or not _last_path(config.out).exists():
             raise ModelError(f"nothing to resume: {state_file} not found")
         resume_state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if "rng" in resume_state:
+            torch.set_rng_state(resume_state["rng"])
         captioner = load_captioner(_last_path(config.out), str(device))
         vocab = captioner.vocab
         yield TrainEvent(
@@ -512,7 +514,13 @@ def _run_stage(
             since_best += 1
         save_captioner(captioner, _last_path(config.out))
         torch.save(
-            {"stage": stage, "epoch": epoch, "best": best, "optimizer": optimizer.state_dict()},
+            {
+                "stage": stage,
+                "epoch": epoch,
+                "best": best,
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),  # a resumed run shuffles like an unbroken one
+            },
             _state_path(config.out),
         )
         yield TrainEvent(

@@ -101,11 +101,6 @@ def test_csv_that_is_not_the_kaggle_layout(tmp_path: Path) -> None:
         load_flickr8k(fake.root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dataset._read_captions opens captions.txt as 'utf-8', not 'utf-8-sig': a BOM "
-    "(spreadsheet-saved file) makes the header check fail",
-)
 def test_kaggle_captions_with_a_byte_order_mark(tmp_path: Path) -> None:
     fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=3, n_dev=2)
     text = (fake.root / "captions.txt").read_text(encoding="utf-8")
