@@ -188,7 +188,9 @@ def _decode_bytes(
     import numpy as np
 
     content_hash = hash_bytes(data)
-    img, (width, height), meta = _open_upright(data, 2 * preset.size, max_pixels)
+    # Draft to the preset size: a 12-MP JPEG decodes at 1/8 scale (504x378, the scale of the
+    # Flickr8k photos the model was trained on) in ~45 ms instead of ~55 ms at 1/4 scale.
+    img, (width, height), meta = _open_upright(data, preset.size, max_pixels)
     fmt = img.format or meta.get("format") or "?"
     rgb = preset.resize(to_rgb(img))
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))  # (3, S, S)
