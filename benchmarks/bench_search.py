@@ -1,0 +1,110 @@
+"""`photocap search` latency on a large index (default 1,000,000 captions).
+
+The index is built by :class:`photocap.index.PhotoIndex` itself, so the table, the FTS5 config
+(porter unicode61) and the sync triggers are the real ones; rows are inserted in bulk
+(``executemany`` in one transaction, triggers firing). Captions are real Flickr8k captions
+(``../shared/flickr8k/captions.txt``) drawn at random, else sentences from a small grammar.
+Each query runs through ``PhotoIndex.search`` (what ``photocap search`` calls, limit 20) after
+one warm-up; median and p95 over ``--repeats`` rounds of all queries.
+
+    python benchmarks/bench_search.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import FLICKR8K, markdown_table, report
+
+QUERIES = ("dog", "dogs running", "beach", "red shirt", "girl", "man bike", "snow", "water",
+           "two dogs playing", "a", "child grass ball", "mountain", "climbing rock", "surf*",
+           "woman street", "black and white dog")  # fmt: skip
+
+
+def caption_source(rng: random.Random) -> list[str]:
+    path = FLICKR8K / "captions.txt"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8-sig").splitlines()[1:]
+        caps = [line.split(",", 1)[1].strip() for line in lines if "," in line]
+        if caps:
+            return caps
+    who = ["A dog", "Two dogs", "A man", "A woman", "A child", "A girl", "A boy", "People"]
+    what = ["runs", "plays", "jumps", "sits", "stands", "walks", "climbs", "swims"]
+    where = ["on the beach", "in the snow", "through the grass", "on a rock", "in the water",
+             "on the street", "near a mountain", "with a red ball"]  # fmt: skip
+    return [f"{a} {b} {c}." for a in who for b in what for c in where]
+
+
+def build(db_path: Path, rows: int, seed: int) -> float:
+    from photocap.index import PhotoIndex
+
+    rng = random.Random(seed)
+    captions = caption_source(rng)
+    started = time.perf_counter()
+    with PhotoIndex(db_path) as index:
+        conn = index.db.conn
+        chunk = 50_000
+        for start in range(0, rows, chunk):
+            batch = [(f"/photos/{i // 1000:04d}/IMG_{i:07d}.jpg", rng.choice(captions), -0.5,
+                      "[]", "bench@0", "2024-01-01T00:00:00+00:00", "index")
+                     for i in range(start, min(rows, start + chunk))]  # fmt: skip
+            with index.transaction():
+                conn.executemany(
+                    "INSERT INTO photos (path, caption, score, alternatives, model_id, "
+                    "captioned_at, outputs) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=20_000, help="captions (default 20,000)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--db", type=Path, default=None, help="keep/reuse the index here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from photocap.index import PhotoIndex
+
+    workdir = Path(tempfile.mkdtemp(prefix="photocap-search-"))
+    try:
+        db_path = args.db or workdir / "index.db"
+        build_s = 0.0
+        if not db_path.exists():
+            build_s = build(db_path, args.rows, args.seed)
+        with PhotoIndex(db_path) as index:
+            rows_in = index.count()
+            timings: dict[str, list[float]] = {q: [] for q in QUERIES}
+            hits: dict[str, int] = {}
+            for q in QUERIES:
+                hits[q] = len(index.search(q))  # warm-up (page cache)
+            for _ in range(args.repeats):
+                for q in QUERIES:
+                    t0 = time.perf_counter()
+                    index.search(q)
+                    timings[q].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    every = sorted(t for ts in timings.values() for t in ts)
+    median = statistics.median(every)
+    p95 = every[min(len(every) - 1, int(0.95 * len(every)))]
+    table_rows = [[q, hits[q], statistics.median(ts), max(ts)] for q, ts in timings.items()]
+    table_rows.append(["**all queries**", "", median, p95])
+    table = markdown_table(table_rows, ["query", "hits (limit 20)", "median ms", "max ms / p95"])
+    data = {"rows": rows_in, "build_s": build_s, "median_ms": median, "p95_ms": p95,
+            "per_query_ms": timings}  # fmt: skip
+    report(f"search latency on {rows_in:,} captions (built in {build_s:.0f} s)", table, data,
+           args.json)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

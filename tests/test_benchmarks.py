@@ -1,0 +1,85 @@
+"""Smoke runs of benchmarks/*.py so they never rot: each runs on a tiny input and reports.
+
+These assert that the scripts run and print/write their summary, never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: int = 120) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
+     "bench_search.py", "bench_train.py"],
+)  # fmt: skip
+def test_help(script: str) -> None:
+    assert "usage:" in _run(script, "--help")
+
+
+def test_make_library(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = json.loads(_run("make_library.py", str(tmp_path / "lib"), "--count", "3",
+                          "--size", "320x240", "--png", "1"))  # fmt: skip
+    assert out["jpegs"] == 3 and out["rotated_exif6"] == 1 and out["png"] == 1
+    with Image.open(tmp_path / "lib" / "IMG_00002.jpg") as img:
+        assert img.size == (240, 320)  # stored sideways
+        assert img.getexif()[0x0112] == 6
+        assert img.getexif()[0x010F]  # camera Make
+
+
+def test_bench_caption_smoke(tmp_path: Path) -> None:
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    out = _run("bench_caption.py", "--count", "3", "--size", "320x240", "--baseline-count", "2",
+               "--batch-size", "2", "--model", str(model),
+               "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert "ratio vs naive" in out and "stage: encoder" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["photocap"]["photos"] == 3 and data["ratio_vs_full_decode"] > 0
+
+
+def test_bench_model_smoke() -> None:
+    out = _run("bench_model.py", "--random-model", "--batch-sizes", "2", "--batches", "1")
+    assert "encoder img/s" in out
+
+
+def test_bench_search_smoke(tmp_path: Path) -> None:
+    _run("bench_search.py", "--rows", "500", "--repeats", "1", "--json", str(tmp_path / "s.json"))
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["rows"] == 500 and data["median_ms"] >= 0
+
+
+@pytest.mark.slow
+def test_bench_scale_smoke(tmp_path: Path) -> None:
+    out = _run("bench_scale.py", "--count", "20", "--size", "160x120")
+    assert "re-run, 20 unchanged" in out
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_bench_train_smoke() -> None:
+    if not (ROOT.parent / "shared" / "flickr8k").is_dir():
+        pytest.skip("needs ../shared/flickr8k")
+    out = _run("bench_train.py", "--encoder", "tiny", "--limit", "8", "--batch-size", "8",
+               timeout=600)  # fmt: skip
+    assert "samples/s" in out or "skipped" in out
