@@ -181,7 +181,25 @@ def build_random_captioner(device: str = "cpu", seed: int = 0) -> Captioner:
     from photocap.vocab import SPECIALS, Vocab
 
     torch.manual_seed(seed)
-    words = ["a", "dog", "cat", "man", "woman", "child", "runs", "sits", "on", "the", "grass", "beach", "water", "in", "red", "blue", "ball"]
+    words = [
+        "a",
+        "dog",
+        "cat",
+        "man",
+        "woman",
+        "child",
+        "runs",
+        "sits",
+        "on",
+        "the",
+        "grass",
+        "beach",
+        "water",
+        "in",
+        "red",
+        "blue",
+        "ball",
+    ]
     config = ModelConfig(
         encoder=EncoderConfig(name="tiny", stem_channels=8, head_channels=32),
         embed_dim=16,

@@ -99,7 +99,7 @@ def corpus_cider(
 def corpus_bleu4(
     candidates: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]]
 ) -> float:
-    """Corpus BLEU-4 with the closest-reference brevity penalty (as coco-eval), for training logs."""
+    """Corpus BLEU-4, closest-reference brevity penalty (as coco-eval); for training logs."""
     matches = [0] * 4
     totals = [0] * 4
     cand_len = ref_len = 0

@@ -93,11 +93,24 @@ def train(
     from photocap.train import TrainConfig, iter_train
 
     config = TrainConfig(
-        data=data, out=out, encoder=encoder, epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs if fine_tune_encoder else 0, scst_epochs=scst_epochs,
-        batch_size=batch_size, device=device, resume=resume, seed=seed, min_count=min_count,
-        limit=limit, workers=workers, cache_dir=cache_dir, embed_dim=hidden_dim,
-        hidden_dim=hidden_dim, attention_dim=hidden_dim, init=init,
+        data=data,
+        out=out,
+        encoder=encoder,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs if fine_tune_encoder else 0,
+        scst_epochs=scst_epochs,
+        batch_size=batch_size,
+        device=device,
+        resume=resume,
+        seed=seed,
+        min_count=min_count,
+        limit=limit,
+        workers=workers,
+        cache_dir=cache_dir,
+        embed_dim=hidden_dim,
+        hidden_dim=hidden_dim,
+        attention_dim=hidden_dim,
+        init=init,
     )
     console = Console(stderr=True)
     with console.status("starting") as status:
@@ -144,7 +157,13 @@ def evaluate(
     console = Console(stderr=True)
     with console.status("captioning") as status:
         report = evaluate_model(
-            data, split, model, beam_size, device, batch_size, limit,
+            data,
+            split,
+            model,
+            beam_size,
+            device,
+            batch_size,
+            limit,
             progress=lambda done, total: status.update(f"captioning {done}/{total}"),
         )
     if as_json:
@@ -153,7 +172,8 @@ def evaluate(
     table = Table(title=f"{report.split}: {report.photos} photos, beam {report.beam_size}")
     for name in METRICS:
         table.add_column(name, justify="right")
-    table.add_row(*("-" if report.scores[m] is None else f"{report.scores[m]:.3f}" for m in METRICS))
+    scores = report.scores
+    table.add_row(*("-" if scores[m] is None else f"{scores[m]:.3f}" for m in METRICS))
     out = Console()
     out.print(table)
     for example in report.examples:

@@ -126,7 +126,7 @@ class Encoder(nn.Module):
             first_or_last = i in (0, len(_BLOCKS) - 1)
             cin = config.stem_channels if i == 0 else _round_filters(cin, width)
             cout = _round_filters(cout, width)
-            n = repeats if first_or_last else int(math.ceil(depth * repeats))
+            n = repeats if first_or_last else math.ceil(depth * repeats)
             if config.name == "tiny":
                 n = 1
             for j in range(n):

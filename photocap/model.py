@@ -264,7 +264,8 @@ class Captioner(nn.Module):
         # Every beam of a photo shares its features: expand views, no copies until indexed.
         feats_k = features[:, None].expand(B, K, L, D).reshape(B * K, L, D)  # (BK, L, D)
         att_k = att[:, None].expand(B, K, L, att.shape[-1]).reshape(B * K, L, -1)  # (BK, L, A)
-        state = tuple(s[:, None].expand(B, K, -1).reshape(B * K, -1) for s in state)  # (BK, H)
+        h0, c0 = (s[:, None].expand(B, K, -1).reshape(B * K, -1) for s in state)  # (BK, H)
+        state = (h0, c0)
         words = torch.full((B * K,), v.start_id, dtype=torch.long, device=dev)  # (BK,)
         history = torch.zeros((B * K, 0), dtype=torch.long, device=dev)  # (BK, t)
         scores = torch.full((B, K), -math.inf, device=dev)  # (B, K) summed log p

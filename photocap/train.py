@@ -102,7 +102,7 @@ class TrainEvent:
 # -- data ------------------------------------------------------------------------------------
 
 
-class _PhotoFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _PhotoFiles(torch.utils.data.Dataset[torch.Tensor]):
     def __init__(self, paths: Sequence[Path], preset: Preset) -> None:
         self.paths, self.preset = list(paths), preset
 
@@ -321,8 +321,9 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         best.update(score_dev(captioner, init_feats, dev_refs), stage=-1, epoch=0)
         captioner.metadata = {**captioner.metadata, "dev_greedy": dict(best)}
         save_captioner(captioner, config.out)
-        yield TrainEvent("info", dev=dict(best), message=f"starting model: dev CIDEr-D "
-                                                         f"{best['cider']:.3f}")
+        yield TrainEvent(
+            "info", dev=dict(best), message=f"starting model: dev CIDEr-D {best['cider']:.3f}"
+        )
     start_stage = resume_state["stage"] if resume_state else STAGES[0]
     start_epoch = resume_state["epoch"] if resume_state else 0
     stage_epochs = {
@@ -339,11 +340,12 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
             opt_state = None
         else:
             opt_state = resume_state.get("optimizer")
-        if first > 1 or stage != STAGES[0]:
-            # Each later stage starts from the best model so far, not the last epoch.
-            if config.out.exists() and not (resume_state and stage == start_stage):
-                best_model = load_captioner(config.out, str(device))
-                captioner.load_state_dict(best_model.state_dict())
+        # Each later stage starts from the best model so far, not from the last epoch.
+        later_stage = first > 1 or stage != STAGES[0]
+        resuming_here = resume_state is not None and stage == start_stage
+        if later_stage and config.out.exists() and not resuming_here:
+            best_model = load_captioner(config.out, str(device))
+            captioner.load_state_dict(best_model.state_dict())
         yield TrainEvent("stage", stage=stage, epochs=epochs, message=f"stage {stage}")
         yield from _run_stage(
             stage,

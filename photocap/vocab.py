@@ -52,7 +52,7 @@ class Vocab:
         return cls(SPECIALS + tuple(kept))
 
     def id(self, word: str) -> int:
-        return self._ids.get(word, self.unk_id)  # type: ignore[attr-defined, no-any-return]
+        return self._ids.get(word, self.unk_id)  # type: ignore[attr-defined]
 
     def encode(self, text: str, max_words: int | None = None) -> list[int]:
         """``"A dog runs."`` -> ``[<start>, a, dog, runs, <end>]`` ids (truncated to max_words)."""
