@@ -83,6 +83,7 @@ def train(
     workers: int = typer.Option(-1, "--workers", help="Decoding processes (-1: all cores)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Encoder feature cache."),
     hidden_dim: int = typer.Option(512, "--hidden-dim", help="LSTM/embedding/attention size."),
+    scst_lr: float = typer.Option(5e-5, "--scst-lr", help="Learning rate of stage 3."),
     init: Path | None = typer.Option(
         None, "--init", help="Start from this model file (e.g. --epochs 0 --scst-epochs 10)."
     ),
@@ -111,6 +112,7 @@ def train(
         hidden_dim=hidden_dim,
         attention_dim=hidden_dim,
         init=init,
+        scst_lr=scst_lr,
     )
     console = Console(stderr=True)
     with console.status("starting") as status:

@@ -27,6 +27,22 @@ from photocap.encoder import Encoder, EncoderConfig
 from photocap.preset import Preset
 from photocap.vocab import Vocab, to_sentence
 
+# Words an English caption does not end on: decoding never puts <end> right after them.
+# fmt: off
+DANGLING_WORDS = (
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "for", "from", "by",
+    "into", "onto", "over", "under", "near", "behind", "through", "while", "as", "his", "her",
+    "their", "its", "is", "are", "some", "another", "other", "two", "three", "several",
+)
+# Words a caption may use more than once ("a man in a red shirt on a bench"). Any other word
+# (nouns, verbs, colours) is used at most once when ModelConfig.no_repeat_words is on, which
+# stops the "playing in a water in the water" loops that CIDEr-optimised models fall into.
+FUNCTION_WORDS = frozenset(DANGLING_WORDS) | {
+    "up", "down", "out", "off", "around", "front", "each", "one", "it", "they", "he", "she",
+    "there", "who", "that", "be", "being", "has", "have", "very", "next", "top", "side",
+}
+# fmt: on
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -39,6 +55,7 @@ class ModelConfig:
     dropout: float = 0.5
     max_words: int = 20  # longest caption generated (Flickr8k: 95 % of captions <= 20 words)
     length_penalty: float = 0.7  # beam ranking: sum log p / words ** length_penalty
+    no_repeat_words: bool = True  # content words at most once per caption (see FUNCTION_WORDS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,11 +211,36 @@ class Captioner(nn.Module):
 
     # -- decoding ------------------------------------------------------------------------------
 
+    def _dangling_ids(self, device: torch.device) -> torch.Tensor:
+        """Ids of the words a caption may not end on (articles, prepositions, conjunctions)."""
+        cached = getattr(self, "_dangling_cache", None)
+        if cached is None or cached.device != device:
+            ids = [self.vocab.id(w) for w in DANGLING_WORDS]
+            cached = torch.tensor(
+                [i for i in ids if i != self.vocab.unk_id] or [self.vocab.pad_id],
+                dtype=torch.long,
+                device=device,
+            )
+            self._dangling_cache = cached
+        return cached
+
+    def _content_mask(self, device: torch.device) -> torch.Tensor:
+        """(V,) True for words that may appear only once in a caption."""
+        cached = getattr(self, "_content_cache", None)
+        if cached is None or cached.device != device:
+            words = self.vocab.words
+            cached = torch.tensor(
+                [i >= 4 and w not in FUNCTION_WORDS for i, w in enumerate(words)], device=device
+            )
+            self._content_cache = cached
+        return cached
+
     def _banned(self, logp: torch.Tensor, history: torch.Tensor, t: int) -> torch.Tensor:
         """Mask words a caption must not take next. logp (N, V), history (N, t) -> (N, V).
 
-        Never <pad>/<start>/<unk>; no <end> before the first word; never the previous word
-        again ("a a"); no trigram that already occurred in this caption.
+        Never <pad>/<start>/<unk>; no <end> before the first word, nor right after a word
+        that cannot end an English sentence ("... catch a ball in the."); never the previous
+        word again ("a a"); no trigram that already occurred in this caption.
         """
         v = self.vocab
         logp[:, [v.pad_id, v.start_id, v.unk_id]] = -math.inf
@@ -206,6 +248,12 @@ class Captioner(nn.Module):
             logp[:, v.end_id] = -math.inf
             return logp
         logp.scatter_(1, history[:, -1:], -math.inf)  # no immediate repeat
+        if self.config.no_repeat_words:
+            used = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, history, True)  # (N, V)
+            logp.masked_fill_(used & self._content_mask(logp.device), -math.inf)
+        if t < self.config.max_words:  # at the last step <end> must stay possible
+            dangling = torch.isin(history[:, -1], self._dangling_ids(history.device))  # (N,)
+            logp[:, v.end_id] = logp[:, v.end_id].masked_fill(dangling, -math.inf)
         if t >= 3:
             last2 = history[:, t - 2 :]  # (N, 2) the bigram just generated
             seen = (history[:, : t - 2] == last2[:, :1]) & (history[:, 1 : t - 1] == last2[:, 1:])

@@ -593,7 +593,15 @@ def train(config: TrainConfig) -> dict[str, float]:
     return result
 
 
-def finalize_model(path: Path, out: Path, info: dict[str, Any]) -> Path:
-    """Write the shipping copy of a trained model: fp16 weights, extra info merged."""
+def finalize_model(
+    path: Path, out: Path, info: dict[str, Any] | None = None, **decoding: Any
+) -> Path:
+    """Write the shipping copy of a trained model: fp16 weights, extra info merged, and
+    decoding settings chosen on dev (``length_penalty=``, ``no_repeat_words=``) stored in its
+    config. fp16 halves the file; captions are unchanged within float noise."""
+    from dataclasses import replace
+
     captioner = load_captioner(path, "cpu")
+    if decoding:
+        captioner.config = replace(captioner.config, **decoding)
     return save_captioner(captioner, out, half=True, info=info)

@@ -10,7 +10,7 @@ import torch
 from flickr_fixtures import one_torch_thread  # noqa: F401
 
 from photocap.checkpoint import build_random_captioner
-from photocap.model import Captioner, ModelConfig
+from photocap.model import DANGLING_WORDS, FUNCTION_WORDS, Captioner, ModelConfig
 from photocap.vocab import SPECIALS, to_sentence, tokenize
 
 L, D = 4, 32  # tiny captioner: 64 px -> 2x2 grid, 32 feature channels
@@ -182,8 +182,15 @@ def test_decoding_respects_max_words() -> None:
             assert 1 <= len(tokenize(caption.text)) <= 2
 
 
+def _with_config(c: Captioner, **changes: object) -> Captioner:
+    config = ModelConfig(**{**c.config.to_dict(), "encoder": c.config.encoder, **changes})
+    other = Captioner(config, c.vocab, c.preset)
+    other.load_state_dict(c.state_dict())
+    return other.eval()
+
+
 def test_banned_words_masks() -> None:
-    c = build_random_captioner(device="cpu", seed=0)
+    c = _with_config(build_random_captioner(device="cpu", seed=0), no_repeat_words=False)
     v = c.vocab
     a, dog, runs = v.id("a"), v.id("dog"), v.id("runs")
     V = len(v)
@@ -199,9 +206,40 @@ def test_banned_words_masks() -> None:
     assert v.end_id not in banned0  # <end> allowed after the first word
     # row 1 "dog a runs dog runs": bigram "dog runs" seen before only at the end -> no trigram ban
     assert banned1 == {v.pad_id, v.start_id, v.unk_id, runs}
-    # t = 1: only the immediate repeat
+    # t = 1: the immediate repeat, and no <end> right after "a" (a dangling word)
     out = c._banned(torch.zeros(1, V), torch.tensor([[a]]), 1)
-    assert set(torch.nonzero(out[0] == -math.inf).flatten().tolist()) == {0, 1, 3, a}
+    assert set(torch.nonzero(out[0] == -math.inf).flatten().tolist()) == {0, 1, 2, 3, a}
+    out = c._banned(torch.zeros(1, V), torch.tensor([[dog]]), 1)
+    assert v.end_id not in set(torch.nonzero(out[0] == -math.inf).flatten().tolist())
+
+
+def test_content_words_are_not_repeated_and_captions_never_end_dangling() -> None:
+    c = build_random_captioner(device="cpu", seed=0)
+    v = c.vocab
+    a, dog, runs, on, the = (v.id(w) for w in ("a", "dog", "runs", "on", "the"))
+    history = torch.tensor([[a, dog, runs, on, the]])
+    banned = set(
+        torch.nonzero(c._banned(torch.zeros(1, len(v)), history, 5)[0] == -math.inf)
+        .flatten()
+        .tolist()
+    )
+    assert {dog, runs} <= banned  # content words at most once
+    assert a not in banned and on not in banned  # function words may come back
+    assert v.end_id in banned  # "... on the." is not a sentence
+    # At the last step <end> must stay possible, dangling or not.
+    last = c.config.max_words  # 8 for the tiny model; history length must equal t
+    grass, in_ = v.id("grass"), v.id("in")
+    full = torch.tensor([[a, dog, runs, on, the, grass, in_, the]])[:, :last]
+    out = c._banned(torch.zeros(1, len(v)), full, last)
+    assert out[0, v.end_id] == 0
+    feats = _features(6, seed=3)
+    for beam in (1, 3):
+        for caption in c.caption_features(feats, beam_size=beam):
+            words = tokenize(caption.text)
+            content = [w for w in words if w not in FUNCTION_WORDS]
+            assert len(content) == len(set(content)), caption.text
+            if len(words) < c.config.max_words:
+                assert words[-1] not in DANGLING_WORDS, caption.text
 
 
 def test_sample_shapes_masks_and_gradients() -> None:
