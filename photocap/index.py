@@ -30,6 +30,8 @@ from photocap.errors import IndexDbError
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
 
 BUSY_TIMEOUT_MS = 60_000
+# search: a query matching more captions than this ranks only the newest this many (latency).
+RANK_WINDOW = 5_000
 PHOTOS = "photos"
 
 # Column order of the photos table; also the keys of a row dict.
@@ -247,35 +249,78 @@ class PhotoIndex:
         for (path,) in self.db.execute("SELECT path FROM photos ORDER BY path"):
             yield path
 
-    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+    def search(
+        self, query: str, limit: int = 20, *, rank_window: int | None = RANK_WINDOW
+    ) -> list[SearchHit]:
         """Full-text search over captions, best first (bm25), with matches highlighted.
 
         Every word of ``query`` must match (porter stemming: "dogs running" finds "A dog runs").
         Words are quoted, so FTS syntax in user input (quotes, hyphens, AND/OR/NOT, ``:``) is
         taken literally and never raises; a trailing ``*`` keeps its prefix meaning.
+
+        Ranking happens inside FTS5 (``bm25`` with ``ORDER BY ... LIMIT``) on row ids only; the
+        ``photos`` rows and ``highlight()`` are read for the top rows alone. Equal scores are
+        ordered by path. When a query matches more than ``rank_window`` captions (a very
+        common word such as "a" or "dog" on a large index), only the ``rank_window`` most
+        recently indexed matches are ranked, so latency stays bounded (bm25 costs ~1 us per
+        match); ``rank_window=None`` ranks every match. Scores use the whole index's statistics
+        either way.
         """
         fts = build_fts_query(query)
-        if not fts:
+        if not fts or limit <= 0:
             return []
-        sql = (
-            "SELECT photos.path, photos.caption, "
-            "highlight(photos_fts, 0, char(2), char(3)), bm25(photos_fts), "
-            "photos.date_taken, photos.camera "
-            "FROM photos_fts JOIN photos ON photos.rowid = photos_fts.rowid "
-            "WHERE photos_fts MATCH ? AND photos.error IS NULL "
-            "ORDER BY bm25(photos_fts), photos.path LIMIT ?"
-        )
+        conn = self.db.conn
         try:
-            rows = self.db.execute(sql, [fts, int(limit)]).fetchall()
+            where, params = "photos_fts MATCH ?", [fts]
+            if rank_window:
+                # The rank_window-th newest match; None when there are fewer matches than that.
+                floor = conn.execute(
+                    "SELECT rowid FROM photos_fts WHERE photos_fts MATCH ? "
+                    "ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                    [fts, int(rank_window) - 1],
+                ).fetchone()
+                if floor is not None:
+                    where, params = where + " AND rowid >= ?", [fts, floor[0]]
+            want = int(limit)
+            fetch = 2 * want  # a margin for rows with an error and for ties at the cut
+            while True:
+                top = conn.execute(
+                    f"SELECT rowid, bm25(photos_fts) AS r FROM photos_fts WHERE {where} "
+                    "ORDER BY r LIMIT ?",
+                    [*params, fetch],
+                ).fetchall()
+                hits = self._hits(fts, dict(top))
+                if len(hits) >= want or len(top) < fetch:
+                    return hits[:want]
+                fetch *= 4
         except sqlite3.OperationalError as err:
             raise IndexDbError(f"search failed: {err}") from None
-        return [
+
+    def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
+        """SearchHits for the given FTS row ids (id -> bm25), best first, ties by path."""
+        if not ranks:
+            return []
+        marks = ", ".join("?" for _ in ranks)
+        # One FTS scan over the id range; "+rowid IN" is tested per row instead of being handed
+        # to FTS5, which would restart the query once per id (slow for prefix queries).
+        # highlight() and the photos join run for the listed rows only.
+        rows = self.db.conn.execute(
+            "SELECT photos.rowid, photos.path, photos.caption, "
+            "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera "
+            "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
+            "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
+            f"AND +photos_fts.rowid IN ({marks}) AND photos.error IS NULL",
+            [fts, min(ranks), max(ranks), *ranks],
+        ).fetchall()
+        hits = [
             SearchHit(
-                path=r[0], caption=r[1], segments=_segments(r[2]), rank=float(r[3]),
+                path=r[1], caption=r[2], segments=_segments(r[3]), rank=float(ranks[r[0]]),
                 date_taken=r[4], camera=r[5],
             )
             for r in rows
         ]  # fmt: skip
+        hits.sort(key=lambda h: (h.rank, h.path))
+        return hits
 
     def stats(self, failures_limit: int = 50) -> IndexStats:
         """Counts of photos, captioned, failed, per model; the first failures with reasons."""

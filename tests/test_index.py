@@ -82,6 +82,64 @@ def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
     assert index.search("nothing-like-this") == []
 
 
+def _bulk_index(tmp_path: Path, captions: list[str]) -> PhotoIndex:
+    idx = PhotoIndex(tmp_path / "bulk.db")
+    idx.upsert_photos(
+        [{"path": f"/b/{i:04d}.jpg", "caption": c, "model_id": "m"} for i, c in enumerate(captions)]
+    )
+    return idx
+
+
+def _reference_search(idx: PhotoIndex, query: str, limit: int) -> list[tuple[str, float]]:
+    """What search returned before the FTS-first rewrite: bm25 over every match, ties by path."""
+    rows = idx.db.execute(
+        "SELECT photos.path, bm25(photos_fts) FROM photos_fts JOIN photos "
+        "ON photos.rowid = photos_fts.rowid WHERE photos_fts MATCH ? AND photos.error IS NULL "
+        "ORDER BY bm25(photos_fts), photos.path LIMIT ?",
+        [build_fts_query(query), limit],
+    ).fetchall()
+    return [(path, round(rank, 9)) for path, rank in rows]
+
+
+def test_search_matches_full_ranking_on_distinct_scores(tmp_path: Path) -> None:
+    words = ["dog", "cat", "ball", "grass", "beach", "water", "red", "runs", "jumps", "sits"]
+    captions = [
+        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(2 + i % 6)) + f" x{i}"
+        for i in range(300)
+    ]
+    with _bulk_index(tmp_path, captions) as idx:
+        idx.upsert_photos([{"path": "/b/0001.jpg", "error": "broken"}])  # excluded from search
+        for query in ["dog", "dog ball", "r*", "water red", "x1*"]:
+            got = [(h.path, round(h.rank, 9)) for h in idx.search(query, limit=15)]
+            ref = _reference_search(idx, query, 15)
+            assert got and got == ref, query  # same rows, same scores, ties by path
+            assert "/b/0001.jpg" not in dict(got)
+
+
+def test_search_ties_by_path_and_highlights_only_top_rows(tmp_path: Path) -> None:
+    with _bulk_index(tmp_path, ["A dog runs."] * 50) as idx:
+        hits = idx.search("dog", limit=5)
+    assert [h.path for h in hits] == [f"/b/{i:04d}.jpg" for i in range(5)]
+    assert all(h.matched == ["dog"] and h.caption == "A dog runs." for h in hits)
+
+
+def test_search_rank_window_ranks_newest_matches_only(tmp_path: Path) -> None:
+    captions = ["A dog dog dog."] + ["A dog runs on the grass near the water."] * 30
+    with _bulk_index(tmp_path, captions) as idx:
+        assert idx.search("dog", limit=1, rank_window=None)[0].path == "/b/0000.jpg"
+        assert idx.search("dog", limit=1)[0].path == "/b/0000.jpg"  # 31 matches < window
+        windowed = idx.search("dog", limit=3, rank_window=10)
+        assert len(windowed) == 3 and all(h.path >= "/b/0021.jpg" for h in windowed)
+        assert idx.search("dog", limit=0) == []
+
+
+def test_search_skips_error_rows_beyond_the_first_fetch(tmp_path: Path) -> None:
+    with _bulk_index(tmp_path, ["A dog."] * 30) as idx:
+        idx.upsert_photos([{"path": f"/b/{i:04d}.jpg", "error": "x"} for i in range(25)])
+        hits = idx.search("dog", limit=3)
+    assert [h.path for h in hits] == ["/b/0025.jpg", "/b/0026.jpg", "/b/0027.jpg"]
+
+
 @pytest.mark.parametrize(
     "query",
     ['"', "dog's", "dirt-road", "AND", "dog AND", "NOT girl", "a:b", "(", "*", "-", "NEAR("],
