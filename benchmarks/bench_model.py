@@ -5,13 +5,15 @@ runs on a bare GPU machine without Pillow extras, SQLite tools or the benchmark 
 
 For each batch size it times ``Captioner.encode`` (uint8 pixels -> features, the same call the
 pipeline makes), ``Captioner.caption_features`` (batched beam search) and the two together,
-after a warm-up batch (cuDNN autotuning, allocator). ``--variants`` also measures CPU levers that
-would live in model code (not changed here): ``channels_last`` and ``frozen`` (TorchScript
-trace + freeze: BatchNorm folded into the convolutions).
+after a warm-up batch (cuDNN autotuning, allocator). ``--variants`` compares encoder code paths:
+``shipped`` (``Captioner.encode`` as loaded: on CPU BatchNorm folded + channels-last, see
+``Captioner.optimize_for_inference``), ``eager`` (the plain module, the code path before that),
+``channels_last`` (plain module, NHWC), ``folded`` (BN folded, NCHW) and ``frozen``
+(TorchScript trace + freeze).
 
     python benchmarks/bench_model.py                                   # CPU, batch 16
     python benchmarks/bench_model.py --device cuda --batch-sizes 64,256,512 --batches 10
-    python benchmarks/bench_model.py --variants eager,channels_last,frozen --threads 1,2
+    python benchmarks/bench_model.py --variants shipped,eager,channels_last,folded --threads 1,2
 """
 
 from __future__ import annotations
@@ -39,10 +41,26 @@ def _encoder_variant(captioner: Any, variant: str, batch: int) -> Any:
     """A callable uint8 pixels -> features for the variant (eager = the shipped code path)."""
     import torch
 
-    if variant == "eager":
+    if variant == "shipped":
         return captioner.encode
     preset, device = captioner.preset, captioner.device
     encoder = captioner.encoder.eval()
+    if variant == "eager":  # the plain module, as before optimize_for_inference
+
+        def run_eager(pixels: Any) -> Any:
+            return encoder(preset.normalize(pixels.to(device))).float()
+
+        return run_eager
+    if variant == "folded":  # BN folded, NCHW (optimize_for_inference without channels-last)
+        from photocap.model import _fold_batchnorm
+
+        with torch.inference_mode(False), torch.no_grad():
+            folded = _fold_batchnorm(encoder).module.to(memory_format=torch.contiguous_format)
+
+        def run_folded(pixels: Any) -> Any:
+            return folded(preset.normalize(pixels.to(device))).float()
+
+        return run_folded
     if variant == "channels_last":
         encoder = encoder.to(memory_format=torch.channels_last)
 
@@ -105,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="16", help="comma list (default 16)")
     parser.add_argument("--batches", type=int, default=3, help="timed batches per size")
     parser.add_argument("--beam-size", type=int, default=3)
-    parser.add_argument("--variants", default="eager", help="eager,channels_last,frozen")
+    parser.add_argument("--variants", default="shipped",
+                        help="shipped,eager,channels_last,folded,frozen")  # fmt: skip
     parser.add_argument("--threads", default="", help="CPU: comma list of torch thread counts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -159,6 +159,10 @@ def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
     captioner.to(resolve_device(device)).eval()
     if captioner.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        # BatchNorm folded into the convolutions, channels-last: ~2x faster encoder on a CPU. A
+        # private copy used in eval mode without gradients; training sees the unfused encoder.
+        captioner.optimize_for_inference()
     return captioner
 
 

@@ -180,9 +180,41 @@ class Captioner(nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (B, 3, S, S) on any device -> features (B, L, D) float32 on self.device."""
         pixels = pixels.to(self.device, non_blocking=True)
+        encoder = self._inference_encoder() or self.encoder
         with self._autocast():
-            features = self.encoder(self.preset.normalize(pixels))  # (B, L, D)
+            features = encoder(self.preset.normalize(pixels))  # (B, L, D)
         return features.float()
+
+    def optimize_for_inference(self) -> Captioner:
+        """Encode through a copy of the encoder with every BatchNorm folded into its convolution.
+
+        The copy also runs channels-last. Same features to float rounding (~1e-5 relative),
+        ~2x faster encoder on a CPU. The copy is private (not a submodule: state_dict,
+        parameters and training are unchanged) and is used only while the encoder is in eval
+        mode with gradients off; it is rebuilt when the encoder's weights or device change
+        (training steps, load_state_dict, ``.to()``). ``load_captioner`` calls this on CPU.
+        """
+        self._fold_bn = True
+        self._fused: tuple[tuple[Any, ...], nn.Module] | None = None
+        if not self.encoder.training:
+            with torch.no_grad():
+                self._inference_encoder()  # build it now, not on the first batch
+        return self
+
+    def _inference_encoder(self) -> nn.Module | None:
+        """The BN-folded encoder copy, or None when it must not or need not be used."""
+        if not getattr(self, "_fold_bn", False) or self.encoder.training:
+            return None
+        if torch.is_grad_enabled():
+            return None
+        tensors = [*self.encoder.parameters(), *self.encoder.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        fused = getattr(self, "_fused", None)
+        if fused is None or fused[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                fused = (key, _fold_batchnorm(self.encoder))
+            self._fused = fused  # a tuple: not registered as a submodule
+        return fused[1]
 
     @torch.inference_mode()
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = 3) -> list[Caption]:
@@ -407,3 +439,45 @@ class Captioner(nn.Module):
             if bool(done.all()):
                 break
         return history, torch.stack(logps, 1), torch.stack(masks, 1)  # (Bn, T) x3
+
+
+def _fold_batchnorm(encoder: Encoder) -> nn.Module:
+    """An eval-mode deep copy of ``encoder`` with each BatchNorm folded into the convolution
+    before it (w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta),
+    run channels-last."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from photocap.encoder import MBConvBlock
+
+    fused = copy.deepcopy(encoder).eval()
+    for module in fused.modules():
+        if isinstance(module, Encoder):
+            pairs = [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
+        elif isinstance(module, MBConvBlock):
+            pairs = [
+                ("_expand_conv", "_bn0"),
+                ("_depthwise_conv", "_bn1"),
+                ("_project_conv", "_bn2"),
+            ]
+        else:
+            continue
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return _ChannelsLast(fused.requires_grad_(False))
+
+
+class _ChannelsLast(nn.Module):
+    """Runs a module on channels-last (NHWC) input: ~1.6x faster convolutions on a CPU (oneDNN),
+    and the encoder's (B, C, H, W) -> (B, L, C) output is then a view, not a copy."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.contiguous(memory_format=torch.channels_last))
