@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -142,7 +143,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Flickr8k folder (Kaggle or original layout)."),
     split: str = typer.Option("dev", "--split", help="dev or test."),
     model: Path | None = typer.Option(None, "--model", help="Model file (default: shipped)."),
-    beam_size: int = typer.Option(3, "--beam-size", min=1, max=20),
+    beam_size: int = typer.Option(5, "--beam-size", min=1, max=20),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N photos."),
@@ -233,7 +234,7 @@ def caption(
         None, "--workers", min=0, help="Decode processes [default: number of cores; 0 = none]."
     ),
     beam_size: int = typer.Option(
-        3, "--beam-size", min=1, max=20, help="Beam width of the caption search."
+        5, "--beam-size", min=1, max=20, help="Beam width of the caption search (1 = greedy)."
     ),
     model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     json_out: bool = typer.Option(
@@ -329,6 +330,7 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         task = bar.add_task("Scanning", total=None, rate=0.0)
     started = time.monotonic()
     summary = None
+    notes: Counter[str] = Counter()
     try:
         for event in events:
             if isinstance(event, PhotoResult):
@@ -341,6 +343,14 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                     note = f" [dim]({_esc(event.reason)})[/dim]" if event.reason else ""
                     where = _esc(describe_path(event.path))
                     out.print(f"{where}: {_esc(event.caption or '')}{note}")
+                # A writer that kept a person's caption or could not write in-file says so.
+                for outcome in event.outputs:
+                    if outcome.status in ("kept_human", "skipped") and outcome.message:
+                        notes[f"{outcome.writer}: {outcome.message}"] += 1
+                        if not json_out:
+                            where = _esc(describe_path(event.path))
+                            err.print(f"[dim]{outcome.writer}[/dim] {where}: "
+                                      f"{_esc(outcome.message)}")
             elif isinstance(event, Progress) and bar is not None and task is not None:
                 if event.phase == "scan":
                     bar.update(task, description=f"Scanning ({event.done} found)")
@@ -366,6 +376,8 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         if summary.interrupted:
             line += " Interrupted: run again to continue."
         err.print(line)
+        for note, count in sorted(notes.items()):
+            err.print(f"  {count} × {_esc(note)}")
     return summary
 
 
