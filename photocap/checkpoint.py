@@ -156,6 +156,7 @@ def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
         )
     captioner.metadata = info
     captioner.model_id = f"{info.get('name', path.stem)}@{file_digest(path)[:12]}"
+    captioner.source = f"{path} ({path.stat().st_size / 1e6:.1f} MB)"
     captioner.to(resolve_device(device)).eval()
     if captioner.device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -156,7 +156,8 @@ class Captioner(nn.Module):
         self.encoder = Encoder(config.encoder)
         self.decoder = Decoder(config, len(vocab), self.encoder.feature_dim)
         self.model_id = "untrained"
-        self.metadata: dict[str, Any] = {}
+        self.metadata: dict[str, Any] = {}  # training data, dev scores, ... (saved with weights)
+        self.source: str | None = None  # the model file it was loaded from, if any
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +171,11 @@ class Captioner(nn.Module):
             "vocabulary": len(self.vocab),
             "image_size": self.preset.size,
             "encoder": self.config.encoder.name,
+            "beam_search": {
+                "length_penalty": self.config.length_penalty,
+                "no_repeat_words": self.config.no_repeat_words,
+            },
+            **({"file": self.source} if self.source else {}),
             **self.metadata,
         }
 
