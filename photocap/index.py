@@ -271,17 +271,17 @@ class PhotoIndex:
             return []
         conn = self.db.conn
         try:
+            want = int(limit)
             where, params = "photos_fts MATCH ?", [fts]
             if rank_window:
-                # The rank_window-th newest match; None when there are fewer matches than that.
+                # The window-th newest match; None when there are fewer matches than that.
                 floor = conn.execute(
                     "SELECT rowid FROM photos_fts WHERE photos_fts MATCH ? "
                     "ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-                    [fts, int(rank_window) - 1],
+                    [fts, max(int(rank_window), 4 * want) - 1],
                 ).fetchone()
                 if floor is not None:
                     where, params = where + " AND rowid >= ?", [fts, floor[0]]
-            want = int(limit)
             fetch = 2 * want  # a margin for rows with an error and for ties at the cut
             while True:
                 top = conn.execute(
@@ -298,20 +298,22 @@ class PhotoIndex:
 
     def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
         """SearchHits for the given FTS row ids (id -> bm25), best first, ties by path."""
-        if not ranks:
-            return []
-        marks = ", ".join("?" for _ in ranks)
-        # One FTS scan over the id range; "+rowid IN" is tested per row instead of being handed
-        # to FTS5, which would restart the query once per id (slow for prefix queries).
-        # highlight() and the photos join run for the listed rows only.
-        rows = self.db.conn.execute(
-            "SELECT photos.rowid, photos.path, photos.caption, "
-            "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera "
-            "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
-            "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
-            f"AND +photos_fts.rowid IN ({marks}) AND photos.error IS NULL",
-            [fts, min(ranks), max(ranks), *ranks],
-        ).fetchall()
+        ids = sorted(ranks)
+        rows: list[Any] = []
+        for start in range(0, len(ids), 500):  # well below SQLite's limit on bound variables
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            # One FTS scan over the chunk's id range; "+rowid IN" is tested per row instead of
+            # being handed to FTS5, which would restart the query once per id (slow for prefix
+            # queries). highlight() and the photos join run for the listed rows only.
+            rows += self.db.conn.execute(
+                "SELECT photos.rowid, photos.path, photos.caption, "
+                "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera "
+                "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
+                "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
+                f"AND +photos_fts.rowid IN ({marks}) AND photos.error IS NULL",
+                [fts, chunk[0], chunk[-1], *chunk],
+            ).fetchall()
         hits = [
             SearchHit(
                 path=r[1], caption=r[2], segments=_segments(r[3]), rank=float(ranks[r[0]]),

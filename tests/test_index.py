@@ -128,9 +128,17 @@ def test_search_rank_window_ranks_newest_matches_only(tmp_path: Path) -> None:
     with _bulk_index(tmp_path, captions) as idx:
         assert idx.search("dog", limit=1, rank_window=None)[0].path == "/b/0000.jpg"
         assert idx.search("dog", limit=1)[0].path == "/b/0000.jpg"  # 31 matches < window
-        windowed = idx.search("dog", limit=3, rank_window=10)
-        assert len(windowed) == 3 and all(h.path >= "/b/0021.jpg" for h in windowed)
+        windowed = idx.search("dog", limit=3, rank_window=20)  # the newest 20 of 31 matches
+        assert len(windowed) == 3 and all(h.path >= "/b/0011.jpg" for h in windowed)
         assert idx.search("dog", limit=0) == []
+        assert len(idx.search("dog", limit=25, rank_window=10)) == 25  # window >= 4 x limit
+
+
+def test_search_with_a_limit_beyond_sqlite_variable_limits(tmp_path: Path) -> None:
+    with _bulk_index(tmp_path, ["A dog runs.", "A dog sits.", "A cat."] * 700) as idx:
+        hits = idx.search("dog", limit=100_000)
+    assert len(hits) == 1400 and all(h.matched == ["dog"] for h in hits)
+    assert [h.path for h in hits] == sorted(h.path for h in hits)  # equal scores: by path
 
 
 def test_search_skips_error_rows_beyond_the_first_fetch(tmp_path: Path) -> None:
