@@ -122,7 +122,7 @@ def train(
                 status.update(
                     f"{event.stage} epoch {event.epoch}/{event.epochs} "
                     f"step {event.step}/{event.steps} loss {event.loss:.3f} "
-                    f"{event.images_per_s:.0f} samples/s"
+                    f"{event.images_per_s:.0f} samples/s, epoch ETA {event.eta_s:.0f}s"
                 )
             elif event.kind == "epoch":
                 dev = event.dev

@@ -94,6 +94,7 @@ class TrainEvent:
     steps: int = 0
     loss: float = 0.0
     images_per_s: float = 0.0
+    eta_s: float = 0.0  # step events: seconds left in this epoch
     dev: dict[str, float] = field(default_factory=dict)
     best: bool = False
     message: str = ""
@@ -492,6 +493,7 @@ def _run_stage(
                     steps=len(batches),
                     loss=total / n_steps,
                     images_per_s=seen / max(time.time() - t0, 1e-9),
+                    eta_s=(time.time() - t0) / step * (len(batches) - step),
                 )
         # -- score on dev, keep the best, checkpoint for --resume
         if fine_tune:
