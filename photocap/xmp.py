@@ -21,6 +21,7 @@ document has been re-parsed and checked.
 from __future__ import annotations
 
 import io
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -137,19 +138,25 @@ def sidecar_path(photo: Path, naming: SidecarName = "full") -> Path:
 
 
 def stem_siblings(photo: Path) -> list[Path]:
-    """Other photos in the folder that a stem-named sidecar would also belong to."""
-    try:
-        entries = list(photo.parent.iterdir())
-    except OSError:
+    """Other photos in the folder that a stem-named sidecar would also belong to.
+
+    Probes the few candidate names (``x.png``, ``x.JPG``, ...) instead of listing the folder:
+    listing it for every photo made a run over one big folder quadratic in its size.
+    """
+    if photo.name.startswith("."):
         return []
-    return sorted(
-        p
-        for p in entries
-        if p.name != photo.name
-        and p.stem == photo.stem
-        and p.suffix.lower() in PHOTO_EXTENSIONS
-        and not p.name.startswith(".")
-    )
+    found: set[Path] = set()
+    for ext in PHOTO_EXTENSIONS:
+        for variant in {ext, ext.upper()}:
+            candidate = photo.with_name(photo.stem + variant)
+            if candidate.name == photo.name:
+                continue
+            try:
+                if candidate.is_file() and not os.path.samefile(candidate, photo):
+                    found.add(candidate)  # samefile: case-insensitive file systems
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def photos_for_sidecar(sidecar: Path) -> list[Path]:
@@ -174,8 +181,9 @@ def find_sidecars(photo: Path) -> list[Path]:
     The stem form is only counted when no other photo shares the stem (it would be ambiguous).
     """
     found = [sidecar_path(photo, "full")]
-    if not stem_siblings(photo):
-        found.append(sidecar_path(photo, "stem"))
+    stem = sidecar_path(photo, "stem")
+    if (stem.exists() or stem.is_symlink()) and not stem_siblings(photo):  # cheap check first
+        found.append(stem)
     return [p for p in found if p.exists() or p.is_symlink()]
 
 
