@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
 
 app = typer.Typer(
@@ -143,7 +144,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Flickr8k folder (Kaggle or original layout)."),
     split: str = typer.Option("dev", "--split", help="dev or test."),
     model: Path | None = typer.Option(None, "--model", help="Model file (default: shipped)."),
-    beam_size: int = typer.Option(5, "--beam-size", min=1, max=20),
+    beam_size: int = typer.Option(DEFAULT_BEAM_SIZE, "--beam-size", min=1, max=20),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N photos."),
@@ -234,7 +235,11 @@ def caption(
         None, "--workers", min=0, help="Decode processes [default: number of cores; 0 = none]."
     ),
     beam_size: int = typer.Option(
-        5, "--beam-size", min=1, max=20, help="Beam width of the caption search (1 = greedy)."
+        DEFAULT_BEAM_SIZE,
+        "--beam-size",
+        min=1,
+        max=20,
+        help="Beam width of the caption search (1 = greedy).",
     ),
     model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     json_out: bool = typer.Option(
@@ -349,8 +354,9 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                         notes[f"{outcome.writer}: {outcome.message}"] += 1
                         if not json_out:
                             where = _esc(describe_path(event.path))
-                            err.print(f"[dim]{outcome.writer}[/dim] {where}: "
-                                      f"{_esc(outcome.message)}")
+                            err.print(
+                                f"[dim]{outcome.writer}[/dim] {where}: {_esc(outcome.message)}"
+                            )
             elif isinstance(event, Progress) and bar is not None and task is not None:
                 if event.phase == "scan":
                     bar.update(task, description=f"Scanning ({event.done} found)")

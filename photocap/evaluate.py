@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -99,7 +100,7 @@ def evaluate_model(
     data: Path,
     split: str = "dev",
     model: Path | None = None,
-    beam_size: int = 3,
+    beam_size: int = DEFAULT_BEAM_SIZE,
     device: str = "auto",
     batch_size: int = 64,
     limit: int | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.encoder import Encoder, EncoderConfig
 from photocap.preset import Preset
 from photocap.vocab import Vocab, to_sentence
@@ -223,14 +224,18 @@ class Captioner(nn.Module):
         return fused[1]
 
     @torch.inference_mode()
-    def caption_batch(self, pixels: torch.Tensor, beam_size: int = 3) -> list[Caption]:
+    def caption_batch(
+        self, pixels: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE
+    ) -> list[Caption]:
         """Caption a batch of photos given as uint8 (B, 3, S, S) tensors from the preset."""
         self.eval()
         features = self.encode(pixels)  # (B, L, D)
         return self.caption_features(features, beam_size)
 
     @torch.inference_mode()
-    def caption_features(self, features: torch.Tensor, beam_size: int = 3) -> list[Caption]:
+    def caption_features(
+        self, features: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE
+    ) -> list[Caption]:
         """Caption precomputed features (B, L, D); used by evaluation on a feature cache."""
         self.eval()
         features = features.to(self.device).float()
