@@ -12,12 +12,19 @@ How it stays fast and flat on a 50,000-photo library:
   file once, hashing and decoding it.
 * A photo whose content hash matches its old row (touched, copied back) or a row whose file is
   gone (moved, renamed) keeps its caption: no model call.
-* Each batch goes through ``captioner.caption_batch`` and is written by every writer; the index
-  commits once per batch, so stopping at any point leaves a consistent, resumable index.
+* Each batch goes through ``captioner.caption_batch``; its file writes (XMP, EXIF: parsing,
+  atomic writes, fsyncs) then run on ONE background writer thread while the main thread decodes
+  and captions the next batch. When they are done, the main thread writes the batch's index rows
+  (the SQLite connection never leaves the main thread), commits once per batch and yields the
+  batch's results, in order, each with its write outcomes. At most one batch is being written
+  and one captioned at a time, so memory stays flat; stopping at any point leaves a consistent,
+  resumable index.
 
 Stopping: set the ``stop`` event (the CLI does on Ctrl-C) and the run ends after the current
-batch; a KeyboardInterrupt drops the current batch. Either way the pool is shut down, finished
-batches stay committed and a final :class:`RunSummary` (``interrupted=True``) is yielded.
+batch (a batch captioned while the consumer was handed the stop is dropped, not written); a
+KeyboardInterrupt drops the current batch. Either way writes already handed to the writer thread
+complete and are committed, the pool is shut down and a final :class:`RunSummary`
+(``interrupted=True``) is yielded.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,6 +167,40 @@ class _Ready:
     decoded: DecodedPhoto
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One photo's writes: file writers on the writer thread, then its index row (main thread)."""
+
+    record: CaptionRecord
+    status: PhotoStatus
+    reason: str
+    already: frozenset[str] = frozenset()  # outputs that hold the caption already: not written
+    photo: PhotoFile | None = None  # carried photos: its stat facts go into the row
+    moved_from: str | None = None  # carried from a moved row: renamed in the same transaction
+
+
+@dataclass(frozen=True)
+class _FilesDone:
+    """What the writer thread did for one :class:`_Job`."""
+
+    outcomes: tuple[WriteOutcome, ...]
+    facts: dict[str, Any] | None  # new size/mtime/hash when a writer changed the photo's bytes
+
+
+@dataclass
+class _Pending:
+    """A batch of jobs handed to the writer thread; finished (index, results) in order."""
+
+    jobs: list[_Job]
+    future: Future[list[_FilesDone]]
+    commit: bool  # commit the index after its rows (a model batch); a single carry waits for one
+
+
+_PROGRESS = object()  # in the output queue: a caption Progress event, counted when yielded
+# Most write hand-offs queued at once: one model batch plus a few single-photo carries.
+_MAX_QUEUED_WRITES = 3
+
+
 def caption_library(
     paths: Iterable[str | os.PathLike[str]],
     captioner: Captioner,
@@ -195,23 +236,38 @@ class _Run:
         self.done = 0
         self.total = 0
         self.finished = False  # every planned photo was processed (not stopped early)
+        self.counting_done = False  # photo results count toward ``done`` (caption phase)
+        # Events in the order they are yielded: ready PhotoResults, _PROGRESS marks and batches
+        # whose file writes run on the writer thread (bounded: see _drain, _hand_off).
+        self.out: deque[PhotoResult | _Pending | object] = deque()
+        self.write_thread: ThreadPoolExecutor | None = None
+        self.dropped = False  # a captioned batch was dropped because of the stop flag
 
     # -------------------------------------------------------------- top level
 
     def events(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[CaptionEvent]:
         started = time.monotonic()
         interrupted = False
+        self.write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photocap-write")
         try:
             work: list[_Work] = []
             yield from self._plan(paths, work)
             self.total = len(work)
+            self.counting_done = True
             yield Progress("caption", 0, self.total)
             yield from self._process(work)
             interrupted = not self.finished
         except KeyboardInterrupt:
-            interrupted = True  # current batch dropped; finished batches are committed
+            interrupted = True  # current batch dropped; batches already being written complete
+            with contextlib.suppress(KeyboardInterrupt):
+                yield from self._drain()
         finally:
-            self._close_writers()
+            try:
+                error = self._finish_in_flight()
+            finally:
+                self._close_writers()
+            if error is not None:
+                raise error  # the writer thread failed unexpectedly: end the run with it
         yield RunSummary(
             captioned=self.counts["captioned"], carried=self.counts["carried"],
             skipped=self.counts["skipped"], failed=self.counts["failed"],
@@ -219,6 +275,31 @@ class _Run:
             model_id=self.model_id, dry_run=self.options.write_options.dry_run,
             failures=tuple(self.failures),
         )  # fmt: skip
+
+    def _finish_in_flight(self) -> BaseException | None:
+        """Wait for the writer thread, record what it wrote (no events: closing down) and stop
+        it. Returns the writer thread's unexpected error, if any."""
+        error: BaseException | None = None
+        while self.out:
+            entry = self.out.popleft()
+            if not isinstance(entry, _Pending):
+                continue
+            try:
+                if entry.future.exception() is None:  # waits for the writer thread
+                    self._finish_batch(entry)  # never leave a written batch out of the index
+                else:
+                    error = error or entry.future.exception()
+            except KeyboardInterrupt:
+                continue  # that batch's files are written, its rows not: re-captioned next run
+            except Exception as err:
+                error = error or err
+        while self.write_thread is not None:
+            try:
+                self.write_thread.shutdown(wait=True, cancel_futures=True)
+                self.write_thread = None
+            except KeyboardInterrupt:
+                continue  # in-flight writes always complete
+        return error
 
     def _close_writers(self) -> None:
         for writer in [*self.file_writers, self.index_writer]:
@@ -270,9 +351,9 @@ class _Run:
             if self.stop.is_set():
                 return
             chunk = completions[start : start + self.options.batch_size]
-            for photo, row in chunk:
-                yield self._carry(photo, row, reason="unchanged, outputs added")
-            self.index_writer.flush()
+            reason = "unchanged, outputs added"
+            self._hand_off([self._carry(photo, row, reason) for photo, row in chunk])
+            yield from self._drain()
 
     # -------------------------------------------------------------- decode + caption
 
@@ -308,18 +389,23 @@ class _Run:
                 if pending and len(batch) < batch_size:
                     item, future = pending.popleft()
                     result = future.result()
-                    yield from self._on_decoded(item, result, batch)
+                    self._on_decoded(item, result, batch)
+                    yield from self._drain(max_queued=_MAX_QUEUED_WRITES)
                     if len(batch) < batch_size and pending:
                         continue
                 if batch:
                     if self.stop.is_set():
-                        return
+                        break
                     yield from self._caption_batch(batch)
+                    if self.dropped:
+                        break
                     batch = []
-                    yield Progress("caption", self.done, self.total)
                 if self.stop.is_set() and (pending or not exhausted):
-                    return
+                    break
+            yield from self._drain()  # writes in flight complete, even when stopping
             self.index_writer.flush()
+            if self.dropped or (self.stop.is_set() and (pending or batch or not exhausted)):
+                return
             self.finished = True
             yield Progress("caption", self.done, self.total)
         finally:
@@ -339,35 +425,34 @@ class _Run:
 
     def _on_decoded(
         self, item: _Work, result: DecodedPhoto | DecodeFailure, batch: list[_Ready]
-    ) -> Iterator[CaptionEvent]:
+    ) -> None:
+        """Queue a failure or a carry for ``item``, or add it to the next model batch."""
         if isinstance(result, DecodeFailure):
             if result.size is not None:
                 self.index_writer.note_photo(
                     item.photo.path, size=result.size, mtime_ns=result.mtime_ns,
                     mtime=mtime_iso(result.mtime_ns or 0),
                 )  # fmt: skip
-            self.done += 1
-            yield self._fail_event(item.photo.path, result.error, record=True)
+            self.out.append(self._fail_event(item.photo.path, result.error, record=True))
             return
         self._note_facts(item.photo.path, result)
         if not self.options.force:
             row = item.row
             if (row is not None and row.is_captioned and row.content_hash == result.content_hash
                     and row.model_id == self.model_id):  # fmt: skip
-                self.done += 1
-                yield self._carry(item.photo, row, reason="content unchanged")
+                job = self._carry(item.photo, row, reason="content unchanged")
+                self._hand_off([job], commit=False)  # committed with the next batch
                 return
             moved = self.index.find_moved(result.content_hash, item.photo.path)
             if moved is not None and moved.model_id == self.model_id:
-                self.index_writer.note_move(moved.path, os.fspath(item.photo.path))
-                self.done += 1
-                yield self._carry(
-                    item.photo, moved, reason=f"moved from {describe_path(moved.path)}"
-                )
+                reason = f"moved from {describe_path(moved.path)}"
+                job = self._carry(item.photo, moved, reason, moved_from=moved.path)
+                self._hand_off([job], commit=False)
                 return
         batch.append(_Ready(item.photo, item.row, result))
 
     def _caption_batch(self, batch: list[_Ready]) -> Iterator[CaptionEvent]:
+        """Caption ``batch``; once the previous batch's writes are done, hand its writes off."""
         import numpy as np
         import torch
 
@@ -377,59 +462,97 @@ class _Run:
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {' '.join(str(err).split())[:200]}"
             for ready in batch:
-                self.done += 1
-                yield self._fail_event(ready.photo.path, message, record=True)
+                self.out.append(self._fail_event(ready.photo.path, message, record=True))
+            self.out.append(_PROGRESS)
+            yield from self._drain()
             self.index_writer.flush()
             return
         now = datetime.now(timezone.utc)
-        results = []
+        jobs = []
         for ready, caption in zip(batch, captions, strict=True):
             record = CaptionRecord(
                 path=ready.photo.path, caption=caption.text, score=float(caption.score),
                 alternatives=tuple(caption.alternatives), model_id=self.model_id, captioned_at=now,
             )  # fmt: skip
-            results.append(self._write(record, "captioned", reason=""))
-        self.index_writer.flush()  # one transaction per batch
-        for result in results:
-            self.done += 1
-            yield result
+            jobs.append(_Job(record, "captioned", reason=""))
+        # The previous batch was written while this one was on the model: record and yield it
+        # (in order) before this one goes to the writer thread.
+        yield from self._drain()
+        if self.stop.is_set():  # the consumer asked to stop while handed those results
+            self.dropped = True
+            return
+        self._hand_off(jobs)
+        self.out.append(_PROGRESS)
 
     # -------------------------------------------------------------- writing
 
-    def _carry(self, photo: PhotoFile, row: PhotoRow, reason: str) -> PhotoResult:
+    def _carry(
+        self, photo: PhotoFile, row: PhotoRow, reason: str, moved_from: str | None = None
+    ) -> _Job:
         """Keep an existing caption for ``photo`` (no model call), writing any missing outputs."""
         record = CaptionRecord(
             path=photo.path, caption=row.caption or "", score=float(row.score or 0.0),
             alternatives=row.alternatives, model_id=row.model_id or self.model_id,
             captioned_at=_parse_time(row.captioned_at),
         )  # fmt: skip
-        self.index_writer.note_photo(photo.path, size=photo.size, mtime_ns=photo.mtime_ns,
-                                     mtime=mtime_iso(photo.mtime_ns))  # fmt: skip
-        skip = row.outputs if not reason.startswith("moved") else frozenset()
-        return self._write(record, "carried", reason, already=skip)
+        skip = row.outputs if moved_from is None else frozenset()
+        return _Job(record, "carried", reason, already=skip, photo=photo, moved_from=moved_from)
 
-    def _write(
-        self,
-        record: CaptionRecord,
-        status: PhotoStatus,
-        reason: str,
-        already: frozenset[str] = frozenset(),
-    ) -> PhotoResult:
-        """Run the file writers, then the index writer; count and return the result."""
-        outcomes: list[WriteOutcome] = []
-        changed_bytes = False
-        for writer in self.file_writers:
-            if writer.name in already:
-                continue
-            outcome = _safe_write(writer, record)
-            outcomes.append(outcome)
-            if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
-                changed_bytes = True
-        held = {o.writer for o in outcomes if o.status in _HELD} | (already & self.wanted)
+    def _hand_off(self, jobs: list[_Job], commit: bool = True) -> None:
+        """Queue ``jobs``' file writes on the writer thread, after those queued before."""
+        assert self.write_thread is not None
+        future = self.write_thread.submit(_write_files, self.file_writers, jobs)
+        self.out.append(_Pending(jobs, future, commit))
+
+    def _drain(self, max_queued: int = 0) -> Iterator[CaptionEvent]:
+        """Yield queued events in order: a batch once its file writes are done and its index
+        rows committed. Waits for the writer thread while more than ``max_queued`` batches are
+        queued (0: until the queue is empty); otherwise stops at the first unfinished batch."""
+        while self.out:
+            entry = self.out[0]
+            results: list[object]
+            if isinstance(entry, _Pending):
+                queued = sum(isinstance(e, _Pending) for e in self.out)
+                if queued <= max_queued and not entry.future.done():
+                    return
+                entry.future.result()  # waits; a writer-thread error propagates from here
+                self.out.popleft()
+                results = list(self._finish_batch(entry))
+            else:
+                self.out.popleft()
+                results = [entry]
+            for event in results:
+                if event is _PROGRESS:
+                    yield Progress("caption", self.done, self.total)
+                    continue
+                assert isinstance(event, PhotoResult)
+                if self.counting_done:
+                    self.done += 1
+                yield event
+
+    def _finish_batch(self, pending: _Pending) -> list[PhotoResult]:
+        """Main thread: index rows for a batch the writer thread wrote, one transaction."""
+        files = pending.future.result()
+        results = [self._finish(job, done) for job, done in zip(pending.jobs, files, strict=True)]
+        if pending.commit:
+            self.index_writer.flush()  # one transaction per batch
+        return results
+
+    def _finish(self, job: _Job, files: _FilesDone) -> PhotoResult:
+        """Write ``job``'s index row after its file writes; count and return the result."""
+        record = job.record
+        outcomes = list(files.outcomes)
+        if job.photo is not None:
+            self.index_writer.note_photo(job.photo.path, size=job.photo.size,
+                                         mtime_ns=job.photo.mtime_ns,
+                                         mtime=mtime_iso(job.photo.mtime_ns))  # fmt: skip
+        if job.moved_from is not None:  # same transaction as the row: never a half-moved row
+            self.index_writer.note_move(job.moved_from, os.fspath(record.path))
+        held = {o.writer for o in outcomes if o.status in _HELD} | (job.already & self.wanted)
         if "index" in self.wanted:
             held.add("index")
-        if changed_bytes:
-            self._refresh_facts(record.path)  # EXIF written into the photo: new size/hash
+        if files.facts is not None:  # EXIF written into the photo: new size/hash
+            self.index_writer.note_photo(record.path, **files.facts)
         self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(self.index_writer.write(record))
@@ -443,11 +566,12 @@ class _Run:
             self.counts["failed"] += 1
             self.failures.append((os.fspath(record.path), error))
             return PhotoResult(record.path, "failed", record.caption, record.score,
-                               record.alternatives, error=error, reason=reason,
+                               record.alternatives, error=error, reason=job.reason,
                                outputs=tuple(outcomes))  # fmt: skip
-        self.counts[status] += 1
-        return PhotoResult(record.path, status, record.caption, record.score, record.alternatives,
-                           reason=reason, outputs=tuple(outcomes))  # fmt: skip
+        self.counts[job.status] += 1
+        return PhotoResult(record.path, job.status, record.caption, record.score,
+                           record.alternatives, reason=job.reason,
+                           outputs=tuple(outcomes))  # fmt: skip
 
     def _note_facts(self, path: Path, d: DecodedPhoto) -> None:
         self.index_writer.note_photo(
@@ -456,20 +580,40 @@ class _Run:
             date_taken=d.date_taken, camera=d.camera,
         )  # fmt: skip
 
-    def _refresh_facts(self, path: Path) -> None:
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            self.index_writer.note_photo(
-                path, size=st.st_size, mtime_ns=st.st_mtime_ns, mtime=mtime_iso(st.st_mtime_ns),
-                content_hash=hash_file(path),
-            )  # fmt: skip
-
     def _fail_event(self, path: Path, error: str, record: bool) -> PhotoResult:
         self.counts["failed"] += 1
         self.failures.append((os.fspath(path), error))
         if record:
             self.index_writer.write_failure(path, error)
         return PhotoResult(path, "failed", error=error)
+
+
+def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone]:
+    """The writer thread: every file writer for every job, in order. Touches no SQLite."""
+    done = []
+    for job in jobs:
+        outcomes = []
+        changed_bytes = False
+        for writer in writers:
+            if writer.name in job.already:
+                continue
+            outcome = _safe_write(writer, job.record)
+            outcomes.append(outcome)
+            if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
+                changed_bytes = True
+        facts = _file_facts(job.record.path) if changed_bytes else None
+        done.append(_FilesDone(tuple(outcomes), facts))
+    return done
+
+
+def _file_facts(path: Path) -> dict[str, Any] | None:
+    """Size, mtime and hash of a photo a writer just changed (None if it cannot be read)."""
+    try:
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "mtime": mtime_iso(st.st_mtime_ns),
+                "content_hash": hash_file(path)}  # fmt: skip
+    except OSError:
+        return None
 
 
 def _safe_write(writer: Writer, record: CaptionRecord) -> WriteOutcome:

@@ -165,3 +165,107 @@ def test_workers_give_same_captions(tmp_path: Path, captioner, workers: int) -> 
     results, _ = run([tmp_path / "lib"], captioner, tmp_path / f"{workers}.db", workers=workers)
     reference, _ = run([tmp_path / "lib"], captioner, tmp_path / "ref.db", workers=1)
     assert [(r.path, r.caption) for r in results] == [(r.path, r.caption) for r in reference]
+
+
+class _SpyWriter:
+    """A file writer that records which thread wrote what, and fails for one photo."""
+
+    name = "spy"
+
+    def __init__(self, fail_name: str, hold: threading.Event) -> None:
+        self.fail_name = fail_name
+        self.hold = hold  # the first write waits for this (set when batch 2 is on the model)
+        self.calls: list[tuple[Path, threading.Thread]] = []
+        self.held_until_batch_2: bool | None = None
+
+    def write(self, record: Any) -> Any:
+        from photocap.writers import WriteOutcome
+
+        if self.held_until_batch_2 is None:
+            self.held_until_batch_2 = self.hold.wait(timeout=20)
+        self.calls.append((record.path, threading.current_thread()))
+        if record.path.name == self.fail_name:
+            raise OSError("disk full")  # a buggy writer raising for one photo
+        return WriteOutcome(self.name, record.path, "written")
+
+    def close(self) -> None:
+        pass
+
+
+class _CountingCaptioner:
+    """The tiny captioner; ``second_batch`` is set when the model gets its second batch."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches = 0
+        self.second_batch = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def caption_batch(self, pixels: Any, beam_size: int) -> Any:
+        self.batches += 1
+        if self.batches == 2:
+            self.second_batch.set()
+        return self.inner.caption_batch(pixels, beam_size=beam_size)
+
+
+def test_writes_overlap_the_model_off_the_main_thread(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photocap import writers
+
+    paths = make_tiny_jpegs(tmp_path / "lib", 10)
+    model = _CountingCaptioner(captioner)
+    spy = _SpyWriter(fail_name=paths[5].name, hold=model.second_batch)
+    monkeypatch.setitem(writers._REGISTRY, "spy", lambda options: spy)
+    options = CaptionOptions(writers=["spy", "index"], batch_size=4, workers=1)
+    results: list[PhotoResult] = []
+    with PhotoIndex(tmp_path / "i.db") as index:
+        for event in caption_library([tmp_path / "lib"], model, index, options):
+            if isinstance(event, PhotoResult):
+                # yielded only once its writes are done, with their outcomes
+                assert event.path in [p for p, _ in spy.calls]
+                assert [o.writer for o in event.outputs] == ["spy", "index"]
+                results.append(event)
+            elif isinstance(event, RunSummary):
+                summary = event
+    # Batch 1 was being written while batch 2 was on the model (a serial run would have waited
+    # the full timeout here and recorded False).
+    assert spy.held_until_batch_2 is True
+    assert {thread for _, thread in spy.calls} != {threading.current_thread()}
+    assert all(thread is not threading.main_thread() for _, thread in spy.calls)
+    # In order, every photo written once, each result with its own outcomes.
+    assert [r.path for r in results] == paths == [p for p, _ in spy.calls]
+    failed = results[5]
+    assert failed.status == "failed" and failed.error == "spy: disk full"
+    assert [o.status for o in failed.outputs] == ["failed", "written"]
+    assert all(r.status == "captioned" for i, r in enumerate(results) if i != 5)
+    assert (summary.captioned, summary.failed, summary.interrupted) == (9, 1, False)
+    table = {r["path"]: r for r in rows(tmp_path / "i.db")}
+    assert len(table) == 10 and table[str(paths[5])]["outputs"] == "index"
+    assert table[str(paths[0])]["outputs"] == "index,spy"
+
+
+def test_writer_thread_error_ends_the_run_with_a_consistent_index(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photocap import pipeline
+
+    make_tiny_jpegs(tmp_path / "lib", 12)
+    real = pipeline._write_files
+    calls = []
+
+    def flaky(writers: Any, jobs: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 2:
+            raise RuntimeError("writer thread bug")
+        return real(writers, jobs)
+
+    monkeypatch.setattr(pipeline, "_write_files", flaky)
+    with pytest.raises(RuntimeError, match="writer thread bug"):
+        run([tmp_path / "lib"], captioner, tmp_path / "i.db")
+    assert len(rows(tmp_path / "i.db")) == 4  # batch 1 committed, nothing of batch 2
+    monkeypatch.setattr(pipeline, "_write_files", real)
+    _, rest = run([tmp_path / "lib"], captioner, tmp_path / "i.db")
+    assert (rest.captioned, rest.skipped) == (8, 4)
