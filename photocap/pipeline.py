@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
 from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
@@ -70,7 +71,7 @@ class CaptionOptions:
     limit: int | None = None  # at most this many photos decoded/captioned (skips don't count)
     batch_size: int = 16
     workers: int | None = None  # decode processes; None = number of cores; 0 = in this process
-    beam_size: int = 3
+    beam_size: int = DEFAULT_BEAM_SIZE
     max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's default
 
 
