@@ -89,6 +89,12 @@ def train(
     init: Path | None = typer.Option(
         None, "--init", help="Start from this model file (e.g. --epochs 0 --scst-epochs 10)."
     ),
+    reset_decoder: bool = typer.Option(
+        False, "--reset-decoder", help="With --init: keep its encoder, train a new decoder."
+    ),
+    scale_jitter: float = typer.Option(
+        0.0, "--scale-jitter", help="Stage 2 augmentation: random crops keeping 1-J..1 per side."
+    ),
 ) -> None:
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
@@ -115,6 +121,8 @@ def train(
         attention_dim=hidden_dim,
         init=init,
         scst_lr=scst_lr,
+        reset_decoder=reset_decoder,
+        scale_jitter=scale_jitter,
     )
     console = Console(stderr=True)
     with console.status("starting") as status:

@@ -34,7 +34,7 @@ from photocap.cider import CiderD, corpus_bleu4, corpus_cider
 from photocap.dataset import load_flickr8k
 from photocap.encoder import EncoderConfig, load_imagenet_weights
 from photocap.errors import DatasetError, ModelError
-from photocap.model import Captioner, ModelConfig
+from photocap.model import Captioner, Decoder, ModelConfig
 from photocap.preset import Preset
 from photocap.vocab import Vocab, tokenize
 
@@ -76,6 +76,8 @@ class TrainConfig:
     cache_dir: Path | None = None
     resume: bool = False
     init: Path | None = None  # start from this model file (weights + vocabulary)
+    reset_decoder: bool = False  # with init: keep its encoder + vocabulary, train a new decoder
+    scale_jitter: float = 0.0  # stage 2 augmentation: random crops of (1 - j)..1 of each side
     patience: int = 6  # stop a stage after this many epochs without a better dev score
 
     def to_json(self) -> dict[str, Any]:
@@ -271,7 +273,17 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     elif config.init is not None:
         captioner = load_captioner(config.init, str(device))
         vocab = captioner.vocab
-        yield TrainEvent("info", message=f"starting from {config.init}")
+        if config.reset_decoder:
+            # A second decoder for the same encoder (e.g. an ensemble member): fresh weights
+            # from this run's seed, the starting model's architecture and vocabulary.
+            captioner.decoder = Decoder(
+                captioner.config, len(vocab), captioner.encoder.feature_dim
+            ).to(device)
+        yield TrainEvent(
+            "info",
+            message=f"starting from {config.init}"
+            + (" (encoder and vocabulary; new decoder)" if config.reset_decoder else ""),
+        )
     else:
         vocab = Vocab.build((c for n in train_names for c in data.captions[n]), config.min_count)
         model_config = ModelConfig(
@@ -316,7 +328,7 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     )  # (P, T)
 
     best = {"cider": -1.0} if resume_state is None else dict(resume_state["best"])
-    if config.init is not None and resume_state is None:
+    if config.init is not None and resume_state is None and not config.reset_decoder:
         # The starting model is the one to beat: score it and keep it as the best so far.
         init_feats = extract_features(captioner, dev_pixels)
         best.update(score_dev(captioner, init_feats, dev_refs), stage=-1, epoch=0)
@@ -559,12 +571,29 @@ def _finetune_loss(
     pixels = pixels.to(device, non_blocking=True)  # (b, 3, S, S) uint8
     flip = torch.rand(len(pixels), device=device) < 0.5  # (b,) mirror half the photos
     pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-    features = captioner.encoder(captioner.preset.normalize(pixels))  # (b, L, D)
+    images = captioner.preset.normalize(pixels)  # (b, 3, S, S) float
+    if config.scale_jitter > 0:
+        images = jitter_scale(images, config.scale_jitter)
+    features = captioner.encoder(images)  # (b, L, D)
     # Pairs of these photos: row -> position in the batch.
     where = {int(p): i for i, p in enumerate(photo_idx.tolist())}
     rows = torch.nonzero(torch.isin(pair_image, photo_idx)).squeeze(1)  # (b*5,) pair rows
     slot = torch.tensor([where[int(i)] for i in pair_image[rows].tolist()], device=device)
     return _xe_loss(captioner, features[slot], pair_tokens[rows].to(device), config.attention_reg)
+
+
+def jitter_scale(images: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Random crop of each image, resized back to its size: each side keeps a random
+    fraction in [1 - jitter, 1] (independently, so the aspect ratio moves a little too) at a
+    random position. images (b, C, S, S) -> (b, C, S, S). The whole caption stays in view."""
+    b = images.shape[0]
+    scale = 1.0 - jitter * torch.rand(b, 2, device=images.device)  # (b, 2) kept fraction x, y
+    shift = (1.0 - scale) * (2.0 * torch.rand(b, 2, device=images.device) - 1.0)  # (b, 2)
+    theta = torch.zeros(b, 2, 3, device=images.device)  # (b, 2, 3) affine: output -> input
+    theta[:, 0, 0], theta[:, 1, 1] = scale[:, 0], scale[:, 1]
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (b, S, S, 2)
+    return F.grid_sample(images, grid.to(images.dtype), align_corners=False)  # (b, C, S, S)
 
 
 def _scst_loss(

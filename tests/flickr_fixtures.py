@@ -227,6 +227,7 @@ def tiny_run_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
             base / "cache",
             epochs=2,
             fine_tune_epochs=1,
+            scale_jitter=0.1,  # the augmentation path runs too
             scst_epochs=1,
         )
         threads = torch.get_num_threads()

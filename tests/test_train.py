@@ -201,6 +201,40 @@ def test_init_never_writes_a_worse_model(tiny_run: TinyRun, tmp_path: Path) -> N
     assert load_captioner(out, "cpu").vocab == load_captioner(init, "cpu").vocab
 
 
+def test_reset_decoder_keeps_encoder_and_vocabulary(tiny_run: TinyRun, tmp_path: Path) -> None:
+    init = tiny_run.out
+    out = tmp_path / "second_decoder.safetensors"
+    config = tiny_train_config(
+        tiny_run.fake.root, out, tmp_path / "cache", epochs=1, init=init, reset_decoder=True
+    )
+    events = list(iter_train(config))
+    assert any("new decoder" in e.message for e in events)
+    assert not any("starting model" in e.message for e in events)  # old decoder not scored
+    assert _epochs(events) == [("xe", 1)]
+    init_t, out_t = load_file(str(init)), load_file(str(out))
+    assert init_t.keys() == out_t.keys()
+    for name, tensor in init_t.items():
+        same = torch.equal(out_t[name], tensor)
+        assert same if name.startswith("encoder.") else not same, name
+    assert load_captioner(out, "cpu").vocab == load_captioner(init, "cpu").vocab
+
+
+def test_jitter_scale_crops_inside_the_image() -> None:
+    torch.manual_seed(0)
+    ramp = torch.linspace(-1, 1, 32)  # x coordinate as the pixel value
+    images = ramp.expand(4, 3, 32, 32).clone()  # (4, 3, 32, 32)
+    assert torch.allclose(train_mod.jitter_scale(images, 0.0), images, atol=1e-5)
+    out = train_mod.jitter_scale(images, 0.3)
+    assert out.shape == images.shape
+    # a crop, resized: values stay inside the image's range (no zero padding pulled in) and
+    # each row still increases left to right, spanning at least 70 % of the original range
+    assert out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5
+    rows = out[:, 0, 16]  # (4, 32)
+    assert bool((rows[:, 1:] >= rows[:, :-1] - 1e-5).all())
+    span = rows[:, -1] - rows[:, 0]
+    assert bool((span >= 0.7 * 2 * 31 / 32 - 0.05).all()) and bool((span < 2).all())
+
+
 def test_feature_cache_is_reused_across_runs(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     calls: list[int] = []
     real = train_mod.extract_features
