@@ -151,8 +151,9 @@ class TreeMemorySampler:
         self._thread.join()
 
 
-def run_timed(cmd: Sequence[str], *, env: dict[str, str] | None = None,
-              sample_memory: bool = False) -> dict[str, Any]:
+def run_timed(
+    cmd: Sequence[str], *, env: dict[str, str] | None = None, sample_memory: bool = False
+) -> dict[str, Any]:
     """Run ``cmd``; wall time, exit code, stdout, and (optionally) peak tree memory."""
     started = time.perf_counter()
     proc = subprocess.Popen(

@@ -213,19 +213,28 @@ def bench_stages(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--library", type=Path, help="folder of photos (default: generate)")
     parser.add_argument("--count", type=int, default=24, help="photos (default 24)")
     parser.add_argument("--size", default="4032x3024", help="generated photo size")
-    parser.add_argument("--baseline-count", type=int, default=8,
-                        help="photos for the naive baseline (slow; default 8)")
+    parser.add_argument(
+        "--baseline-count",
+        type=int,
+        default=8,
+        help="photos for the naive baseline (slow; default 8)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="decode processes")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="OMP_NUM_THREADS for the photocap run (default: torch's)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for the photocap run (default: torch's)",
+    )
     parser.add_argument("--write", default="xmp,index", help="photocap outputs")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     parser.add_argument("--skip", default="", help="comma list: decode,naive,e2e,stages")

@@ -64,8 +64,9 @@ def caption_run(library: Path, db: Path, args: argparse.Namespace, model: Path |
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=200, help="photos (default 200)")
     parser.add_argument("--size", default="640x480", help="photo size (default 640x480)")
     parser.add_argument("--model", default="tiny", help="tiny (random), shipped, or a file")

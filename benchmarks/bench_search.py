@@ -59,13 +59,16 @@ def build(db_path: Path, rows: int, seed: int) -> float:
             with index.transaction():
                 conn.executemany(
                     "INSERT INTO photos (path, caption, score, alternatives, model_id, "
-                    "captioned_at, outputs) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                    "captioned_at, outputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    batch,
+                )
     return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=20_000, help="captions (default 20,000)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--db", type=Path, default=None, help="keep/reuse the index here")

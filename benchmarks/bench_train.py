@@ -24,8 +24,9 @@ from _common import FLICKR8K, markdown_table, report
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=FLICKR8K)
     parser.add_argument("--limit", type=int, default=64, help="train photos (default 64)")
     parser.add_argument("--device", default="cpu")

@@ -70,7 +70,10 @@ def exif_bytes(index: int, orientation: int) -> bytes:
     except ImportError:  # Pillow writes the same tags
         exif = Image.Exif()
         exif[0x010F], exif[0x0110], exif[0x0112], exif[0x0131] = (
-            make, model, orientation, "photocap-benchmark"
+            make,
+            model,
+            orientation,
+            "photocap-benchmark",
         )
         exif.get_ifd(0x8769)[0x9003] = stamp
         return exif.tobytes()
@@ -181,8 +184,9 @@ def _extras(out: Path, frame: np.ndarray, png: int, heic: int, quality: int) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path, help="folder to fill (created)")
     parser.add_argument("--count", type=int, default=24, help="JPEGs to write (default 24)")
     parser.add_argument("--size", default="4032x3024", help="landscape WxH (portrait: swapped)")
