@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from photocap.model import Captioner
 
 FORMAT = "photocap-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ModelConfig.decoders (ensembles); files without one stay version 1
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
 DEFAULT_BEAM_SIZE = 5  # chosen on Flickr8k dev (models/README.md); --beam-size overrides it
@@ -80,7 +80,9 @@ def save_captioner(
         tensors[name] = t.contiguous()
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        # The oldest version that can read the file: a single-decoder model stays readable
+        # by photocap releases that predate ensembles.
+        "format_version": str(FORMAT_VERSION if captioner.config.decoders > 1 else 1),
         "config": json.dumps(captioner.config.to_dict()),
         "preset": json.dumps(captioner.preset.to_dict()),
         "vocab": json.dumps(list(captioner.vocab.words)),

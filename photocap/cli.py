@@ -196,6 +196,21 @@ def evaluate(
         out.print(f"[yellow]note:[/] {note}")
 
 
+@app.command()
+@cli_errors
+def ensemble(
+    models: list[Path] = typer.Argument(..., help="Model files sharing one encoder (2 or more)."),
+    out: Path = typer.Option(..., "--out", help="Model file to write."),
+    name: str | None = typer.Option(None, "--name", help="Model name stored in the file."),
+) -> None:
+    """Join decoders trained on one encoder (train --init BASE --reset-decoder) into one model
+    that averages their word probabilities."""
+    from photocap.train import merge_decoders
+
+    path = merge_decoders(models, out, {"name": name} if name else None)
+    typer.echo(f"wrote {path} ({len(models)} decoders, {path.stat().st_size / 1e6:.1f} MB)")
+
+
 # ----------------------------------------------------------------------------- caption & search
 # Only the standard library, typer and photocap's light modules are imported at the top of this
 # file; torch, Pillow, sqlite-utils and rich are imported inside the commands that need them.

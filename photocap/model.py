@@ -6,19 +6,22 @@ Read top to bottom:
 2. :class:`Decoder`       - Show, Attend and Tell (Xu et al. 2015): at each word the LSTM state
                             attends over the encoder's grid, a sigmoid gate scales the context,
                             and a "deep output" layer predicts the next word.
-3. :class:`Captioner`     - encoder + decoder + vocabulary + preset: pixels in, sentences out,
+3. :class:`Ensemble`      - several decoders over the same encoder, decoding as one: the mean of
+                            their word probabilities.
+4. :class:`Captioner`     - encoder + decoder + vocabulary + preset: pixels in, sentences out,
                             with a batched beam search (length normalisation, no stuttering,
                             no repeated trigrams) and greedy decoding.
 
 Shapes: B photos, K beams, L = grid locations (49 at 224 px), D = feature channels (1280),
-E = embedding, H = LSTM hidden, A = attention size, V = vocabulary, T = caption tokens.
+E = embedding, H = LSTM hidden, A = attention size, V = vocabulary, T = caption tokens,
+M = decoders in an ensemble.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,9 +60,13 @@ class ModelConfig:
     max_words: int = 20  # longest caption generated (Flickr8k: 95 % of captions <= 20 words)
     length_penalty: float = 0.7  # beam ranking: sum log p / words ** length_penalty
     no_repeat_words: bool = True  # content words at most once per caption (see FUNCTION_WORDS)
+    decoders: int = 1  # M > 1: an Ensemble of M decoders (format version 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["decoders"] == 1:  # as format version 1 wrote it: older readers still load it
+            del data["decoders"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -146,6 +153,66 @@ class Decoder(nn.Module):
         return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)  # (N, T-1, V), (N, T-1, L)
 
 
+class Ensemble(nn.Module):
+    """M decoders trained separately on the same encoder's features, decoding as one model.
+
+    The next-word distribution is the mean of the members' probabilities: independently
+    trained decoders make different mistakes, and averaging cancels some of them. It has the
+    decoding interface of :class:`Decoder` (``init_state``, ``attend_features``, ``step``); the
+    members' states and attention features are concatenated on the last dimension, so beam
+    search reorders them as if they were one model's. ``step`` returns log-probabilities
+    (already normalised, so a further log_softmax leaves them unchanged). Decoding only: train
+    the members one by one (``photocap train --reset-decoder``), then ``photocap ensemble``.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, feature_dim: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(
+            Decoder(config, vocab_size, feature_dim) for _ in range(config.decoders)
+        )
+        self.hidden_dim, self.attention_dim = config.hidden_dim, config.attention_dim
+
+    @property
+    def decoders(self) -> list[Decoder]:
+        """The members, typed."""
+        return cast(list[Decoder], list(self.members))
+
+    def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = [m.init_state(features) for m in self.decoders]  # M x ((N, H), (N, H))
+        h = torch.cat([h for h, _ in states], dim=-1)  # (N, M*H)
+        c = torch.cat([c for _, c in states], dim=-1)  # (N, M*H)
+        return h, c
+
+    def attend_features(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.attend_features(features) for m in self.decoders], dim=-1)  # (N,L,M*A)
+
+    def step(
+        self,
+        words: torch.Tensor,  # (N,)
+        state: tuple[torch.Tensor, torch.Tensor],  # (N, M*H), (N, M*H)
+        features: torch.Tensor,  # (N, L, D)
+        att_features: torch.Tensor,  # (N, L, M*A)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """One word for every member: log of the mean probability (N, V), the new concatenated
+        state, and the members' mean attention (N, L)."""
+        hs = state[0].split(self.hidden_dim, dim=-1)  # M x (N, H)
+        cs = state[1].split(self.hidden_dim, dim=-1)  # M x (N, H)
+        atts = att_features.split(self.attention_dim, dim=-1)  # M x (N, L, A)
+        logps, new_h, new_c, alphas = [], [], [], []
+        for member, h, c, att in zip(self.decoders, hs, cs, atts, strict=True):
+            logits, (h, c), alpha = member.step(words, (h, c), features, att)  # (N, V), ...
+            logps.append(logits.float().log_softmax(-1))  # (N, V)
+            new_h.append(h)
+            new_c.append(c)
+            alphas.append(alpha)  # (N, L)
+        mean_logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # (N, V)
+        new_state = (torch.cat(new_h, dim=-1), torch.cat(new_c, dim=-1))  # (N, M*H) x2
+        return mean_logp, new_state, torch.stack(alphas).mean(dim=0)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> Any:
+        raise TypeError("an Ensemble only decodes: train its members one by one")
+
+
 class Captioner(nn.Module):
     """Everything needed to caption: preset, encoder, decoder, vocabulary."""
 
@@ -155,7 +222,11 @@ class Captioner(nn.Module):
         self.vocab = vocab
         self.preset = preset or Preset()
         self.encoder = Encoder(config.encoder)
-        self.decoder = Decoder(config, len(vocab), self.encoder.feature_dim)
+        self.decoder: Decoder | Ensemble = (
+            Decoder(config, len(vocab), self.encoder.feature_dim)
+            if config.decoders == 1
+            else Ensemble(config, len(vocab), self.encoder.feature_dim)
+        )
         self.model_id = "untrained"
         self.metadata: dict[str, Any] = {}  # training data, dev scores, ... (saved with weights)
         self.source: str | None = None  # the model file it was loaded from, if any
@@ -172,6 +243,7 @@ class Captioner(nn.Module):
             "vocabulary": len(self.vocab),
             "image_size": self.preset.size,
             "encoder": self.config.encoder.name,
+            "decoders": self.config.decoders,
             "beam_search": {
                 "length_penalty": self.config.length_penalty,
                 "no_repeat_words": self.config.no_repeat_words,

@@ -34,7 +34,7 @@ from photocap.cider import CiderD, corpus_bleu4, corpus_cider
 from photocap.dataset import load_flickr8k
 from photocap.encoder import EncoderConfig, load_imagenet_weights
 from photocap.errors import DatasetError, ModelError
-from photocap.model import Captioner, Decoder, ModelConfig
+from photocap.model import Captioner, Decoder, Ensemble, ModelConfig
 from photocap.preset import Preset
 from photocap.vocab import Vocab, tokenize
 
@@ -272,6 +272,8 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         )
     elif config.init is not None:
         captioner = load_captioner(config.init, str(device))
+        if captioner.config.decoders > 1:
+            raise ModelError(f"{config.init} is an ensemble: start from one of its members")
         vocab = captioner.vocab
         if config.reset_decoder:
             # A second decoder for the same encoder (e.g. an ensemble member): fresh weights
@@ -622,6 +624,55 @@ def train(config: TrainConfig) -> dict[str, float]:
         if event.kind == "done":
             result = event.dev
     return result
+
+
+def merge_decoders(paths: Sequence[Path], out: Path, info: dict[str, Any] | None = None) -> Path:
+    """Write one model file whose decoder is an :class:`~photocap.model.Ensemble` of the
+    decoders of ``paths``. They must share the encoder weights, the preset, the vocabulary and
+    the decoder architecture (train them with ``--init BASE --reset-decoder``); decoding
+    settings come from the first. Weights are stored fp16 like :func:`finalize_model`."""
+    from dataclasses import replace
+
+    if len(paths) < 2:
+        raise ModelError("an ensemble needs at least two model files")
+    models = [load_captioner(p, "cpu") for p in paths]
+    first = models[0]
+    for path, model in zip(paths, models, strict=True):
+        if model.config.decoders != 1:
+            raise ModelError(f"{path} is already an ensemble: give its members")
+    for path, other in zip(paths[1:], models[1:], strict=True):
+        same_arch = (
+            replace(
+                other.config,
+                length_penalty=first.config.length_penalty,
+                no_repeat_words=first.config.no_repeat_words,
+            )
+            == first.config
+        )
+        if not same_arch or other.preset != first.preset:
+            raise ModelError(f"{path}: another architecture or preset than {paths[0]}")
+        if other.vocab != first.vocab:
+            raise ModelError(f"{path}: another vocabulary than {paths[0]}")
+        ours, theirs = first.encoder.state_dict(), other.encoder.state_dict()
+        if any(not torch.equal(ours[k], theirs[k]) for k in ours):
+            raise ModelError(f"{path}: another encoder than {paths[0]} (use --reset-decoder)")
+    ensemble = Captioner(replace(first.config, decoders=len(models)), first.vocab, first.preset)
+    ensemble.encoder.load_state_dict(first.encoder.state_dict())
+    assert isinstance(ensemble.decoder, Ensemble)
+    for member, model in zip(ensemble.decoder.decoders, models, strict=True):
+        member.load_state_dict(model.decoder.state_dict())
+    ensemble.metadata = {
+        **first.metadata,
+        "ensemble_of": [
+            {
+                "file": Path(p).name,
+                "model_id": m.model_id,
+                "dev_greedy": m.metadata.get("dev_greedy"),
+            }
+            for p, m in zip(paths, models, strict=True)
+        ],
+    }
+    return save_captioner(ensemble, out, half=True, info=info)
 
 
 def finalize_model(

@@ -1,0 +1,152 @@
+"""Ensembles: several decoders over one encoder, decoding as one model, stored in one file."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from flickr_fixtures import make_fake_flickr
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from photocap.checkpoint import build_random_captioner, load_captioner, save_captioner
+from photocap.cli import app
+from photocap.errors import ModelError
+from photocap.model import Captioner, Ensemble
+from photocap.train import TrainConfig, iter_train, merge_decoders
+
+
+def _ensemble_of(*models: Captioner) -> Captioner:
+    """Captioner whose decoder is an Ensemble of the models' decoders (encoder of the first)."""
+    first = models[0]
+    joined = Captioner(replace(first.config, decoders=len(models)), first.vocab, first.preset)
+    joined.encoder.load_state_dict(first.encoder.state_dict())
+    assert isinstance(joined.decoder, Ensemble)
+    for member, model in zip(joined.decoder.decoders, models, strict=True):
+        member.load_state_dict(model.decoder.state_dict())
+    return joined.eval()
+
+
+def _sibling(model: Captioner, seed: int) -> Captioner:
+    """The same encoder and vocabulary, another randomly initialised decoder."""
+    other = build_random_captioner(seed=seed)
+    other.encoder.load_state_dict(model.encoder.state_dict())
+    return other
+
+
+def _features(model: Captioner, n: int = 3) -> torch.Tensor:
+    torch.manual_seed(5)
+    pixels = torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8)  # (n, 3, S, S)
+    return model.encode(pixels)  # (n, L, D)
+
+
+def test_ensemble_of_copies_decodes_like_the_single_model() -> None:
+    model = build_random_captioner(seed=1)
+    twins = _ensemble_of(model, copy.deepcopy(model), copy.deepcopy(model))
+    feats = _features(model)
+    for beam in (1, 3):
+        single = model.caption_features(feats, beam)
+        joined = twins.caption_features(feats, beam)
+        assert [c.text for c in joined] == [c.text for c in single]
+        for a, b in zip(joined, single, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_ensemble_step_is_the_log_of_the_mean_probability() -> None:
+    a = build_random_captioner(seed=1)
+    b = _sibling(a, seed=2)
+    joined = _ensemble_of(a, b)
+    feats = _features(a)  # (3, L, D)
+    words = torch.tensor([a.vocab.start_id] * 3)
+    with torch.no_grad():
+        expected = []
+        for m in (a, b):
+            logits, _, _ = m.decoder.step(
+                words, m.decoder.init_state(feats), feats, m.decoder.attend_features(feats)
+            )
+            expected.append(logits.softmax(-1))
+        dec = joined.decoder
+        logp, state, alpha = dec.step(
+            words, dec.init_state(feats), feats, dec.attend_features(feats)
+        )
+    mean = (expected[0] + expected[1]) / 2  # (3, V)
+    assert torch.allclose(logp.exp(), mean, atol=1e-6)
+    assert state[0].shape == (3, 2 * a.config.hidden_dim)
+    assert alpha.shape == (3, feats.shape[1])
+    assert torch.allclose(alpha.sum(-1), torch.ones(3))
+    # and the members really differ, so this is a mean of two distributions
+    assert not torch.allclose(expected[0], expected[1])
+
+
+def test_ensemble_file_round_trip_and_format_versions(tmp_path: Path) -> None:
+    a = build_random_captioner(seed=1)
+    joined = _ensemble_of(a, _sibling(a, seed=2))
+    single_path = save_captioner(a, tmp_path / "single.safetensors")
+    joined_path = save_captioner(joined, tmp_path / "joined.safetensors")
+    versions = {}
+    for path in (single_path, joined_path):
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            versions[path.stem] = meta["format_version"]
+            keys = set(f.keys())
+    assert versions == {"single": "1", "joined": "2"}  # single files stay readable by v1
+    assert any(k.startswith("decoder.members.1.") for k in keys)
+    loaded = load_captioner(joined_path, "cpu")
+    assert loaded.config.decoders == 2 and loaded.info()["decoders"] == 2
+    feats = _features(a)
+    assert [c.text for c in loaded.caption_features(feats, 3)] == [
+        c.text for c in joined.caption_features(feats, 3)
+    ]
+
+
+def test_merge_decoders_checks_its_members(tmp_path: Path) -> None:
+    a = build_random_captioner(seed=1)
+    pa = save_captioner(a, tmp_path / "a.safetensors")
+    pb = save_captioner(_sibling(a, seed=2), tmp_path / "b.safetensors")
+    out = merge_decoders([pa, pb], tmp_path / "ab.safetensors")
+    merged = load_captioner(out, "cpu")
+    assert merged.config.decoders == 2
+    assert [m["file"] for m in merged.metadata["ensemble_of"]] == ["a.safetensors", "b.safetensors"]
+    # fp16 storage: captions as the fp32 ensemble gives them
+    expected = _ensemble_of(load_captioner(pa, "cpu"), load_captioner(pb, "cpu"))
+    feats = _features(a)
+    assert [c.text for c in merged.caption_features(feats, 3)] == [
+        c.text for c in expected.caption_features(feats, 3)
+    ]
+
+    other_encoder = save_captioner(build_random_captioner(seed=3), tmp_path / "c.safetensors")
+    with pytest.raises(ModelError, match="another encoder"):
+        merge_decoders([pa, other_encoder], tmp_path / "x.safetensors")
+    shrunk = _sibling(a, seed=4)
+    shrunk.vocab = type(a.vocab)(a.vocab.words[:-1])
+    shrunk.decoder = type(a.decoder)(a.config, len(shrunk.vocab), a.encoder.feature_dim)
+    pd = save_captioner(shrunk, tmp_path / "d.safetensors")
+    with pytest.raises(ModelError, match="vocabulary"):
+        merge_decoders([pa, pd], tmp_path / "x.safetensors")
+    with pytest.raises(ModelError, match="at least two"):
+        merge_decoders([pa], tmp_path / "x.safetensors")
+    with pytest.raises(ModelError, match="already an ensemble"):
+        merge_decoders([out, pa], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_ensemble_and_no_training_from_an_ensemble(tmp_path: Path) -> None:
+    a = build_random_captioner(seed=1)
+    pa = save_captioner(a, tmp_path / "a.safetensors")
+    pb = save_captioner(_sibling(a, seed=2), tmp_path / "b.safetensors")
+    out = tmp_path / "ab.safetensors"
+    result = CliRunner().invoke(
+        app, ["ensemble", str(pa), str(pb), "--out", str(out), "--name", "pair"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 decoders" in result.output
+    assert load_captioner(out, "cpu").model_id.startswith("pair@")
+    bad = CliRunner().invoke(app, ["ensemble", str(pa), str(tmp_path / "nope.safetensors")])
+    assert bad.exit_code != 0
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=4, n_dev=2)
+    config = TrainConfig(data=fake.root, out=tmp_path / "t.safetensors", init=out, device="cpu")
+    with pytest.raises(ModelError, match="is an ensemble"):
+        list(iter_train(config))
