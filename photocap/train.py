@@ -661,13 +661,18 @@ def merge_decoders(paths: Sequence[Path], out: Path, info: dict[str, Any] | None
     assert isinstance(ensemble.decoder, Ensemble)
     for member, model in zip(ensemble.decoder.decoders, models, strict=True):
         member.load_state_dict(model.decoder.state_dict())
-    ensemble.metadata = {
-        **first.metadata,
+    ensemble.metadata = {  # what the members were, each with its own training run
+        "name": first.metadata.get("name", "photocap-ensemble"),
+        "training_data": first.metadata.get("training_data", ""),
         "ensemble_of": [
             {
                 "file": Path(p).name,
                 "model_id": m.model_id,
-                "dev_greedy": m.metadata.get("dev_greedy"),
+                **{
+                    k: m.metadata[k]
+                    for k in ("dev_greedy", "best_stage", "best_epoch", "train_config")
+                    if k in m.metadata
+                },
             }
             for p, m in zip(paths, models, strict=True)
         ],
