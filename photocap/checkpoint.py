@@ -32,7 +32,7 @@ FORMAT = "photocap-checkpoint"
 FORMAT_VERSION = 2  # 2: ModelConfig.decoders (ensembles); files without one stay version 1
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
-DEFAULT_BEAM_SIZE = 5  # chosen on Flickr8k dev (models/README.md); --beam-size overrides it
+DEFAULT_BEAM_SIZE = 3  # chosen on Flickr8k dev for the shipped model (models/README.md)
 
 
 def default_model_path() -> Path:
