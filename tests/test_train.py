@@ -333,6 +333,41 @@ def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyp
     assert "xe epoch 1/1" in result.stderr and "best model" in result.stderr
     model = load_captioner(out, "cpu")
     assert model.config.hidden_dim == 16 and model.config.encoder.name == "tiny"
+    # the ensemble recipe through the CLI: a second decoder for this encoder, then one file
+    second = tmp_path / "second.safetensors"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(small_data.root),
+            "--out",
+            str(second),
+            "--init",
+            str(out),
+            "--reset-decoder",
+            "--seed",
+            "3",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "new decoder" in result.stderr
+    joined = tmp_path / "joined.safetensors"
+    result = CliRunner().invoke(app, ["ensemble", str(out), str(second), "--out", str(joined)])
+    assert result.exit_code == 0, result.output
+    ensemble = load_captioner(joined, "cpu")
+    assert ensemble.config.decoders == 2 and ensemble.config.hidden_dim == 16
+    pixels = load_pixels([small_data.path(small_data.dev[0])], ensemble.preset, 0)
+    (caption,) = ensemble.caption_batch(pixels, beam_size=2)
+    assert caption.text and caption.score <= 0
     # errors: one line on stderr, exit 2
     bad = CliRunner().invoke(
         app,
