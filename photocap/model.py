@@ -434,49 +434,62 @@ class Captioner(nn.Module):
         scores = torch.full((B, K), -math.inf, device=dev)  # (B, K) summed log p
         scores[:, 0] = 0.0  # at t=0 all beams are the same: keep one
         finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]
-        offsets = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
+        # Photos still being decoded: row b of the tensors above is photo photo_of[b]. A photo
+        # with K finished hypotheses is done (later ones are never accepted), so its rows are
+        # dropped from the batch instead of being carried to the longest photo's last word.
+        photo_of = list(range(B))
         alpha = self.config.length_penalty
         for t in range(self.config.max_words + 1):
+            n = len(photo_of)  # photos left (n <= B)
             with self._autocast():
-                logits, state, _ = dec.step(words, state, feats_k, att_k)  # (BK, V)
-            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (BK, V)
+                logits, state, _ = dec.step(words, state, feats_k, att_k)  # (nK, V)
+            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (nK, V)
             V = logp.shape[1]
             if t == self.config.max_words:  # out of room: only <end> may follow
                 keep_end = logp[:, v.end_id].clone()
                 logp.fill_(-math.inf)
                 logp[:, v.end_id] = keep_end
-            cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)  # (B, K*V)
-            top_scores, top_idx = cand.detach().topk(2 * K, dim=1)  # (B, 2K)
-            top_beam, top_word = top_idx // V, top_idx % V  # (B, 2K) each
-            is_end = top_word == v.end_id  # (B, 2K)
+            cand = (scores[:, :, None] + logp.view(n, K, V)).view(n, K * V)  # (n, K*V)
+            top_scores, top_idx = cand.detach().topk(2 * K, dim=1)  # (n, 2K)
+            top_beam, top_word = top_idx // V, top_idx % V  # (n, 2K) each
+            is_end = top_word == v.end_id  # (n, 2K)
             # Finished hypotheses: an <end> among the best K candidates (as fairseq does).
             accept = is_end & (torch.arange(2 * K, device=dev) < K) & top_scores.isfinite()
             if bool(accept.any()):
                 for b, j in accept.nonzero().tolist():
-                    if len(finished[b]) >= K:
+                    done_b = finished[photo_of[b]]
+                    if len(done_b) >= K:
                         continue
                     beam = int(top_beam[b, j]) + b * K
                     ids = history[beam].tolist()
                     total = float(top_scores[b, j].detach())
                     n_words = len(ids)
-                    finished[b].append(
-                        (total / max(n_words, 1) ** alpha, ids, total / (n_words + 1))
-                    )
+                    done_b.append((total / max(n_words, 1) ** alpha, ids, total / (n_words + 1)))
             # Next beams: the best K candidates that did not end.
-            alive = top_scores.masked_fill(is_end, -math.inf)  # (B, 2K)
-            scores, pick = alive.topk(K, dim=1)  # (B, K), (B, K)
-            beam_idx = (top_beam.gather(1, pick) + offsets).view(-1)  # (BK,) flat source beams
-            words = top_word.gather(1, pick).view(-1)  # (BK,)
-            state = (state[0][beam_idx], state[1][beam_idx])  # (BK, H) x2
-            history = torch.cat([history[beam_idx], words[:, None]], dim=1)  # (BK, t+1)
-            if all(len(f) >= K for f in finished):
+            alive = top_scores.masked_fill(is_end, -math.inf)  # (n, 2K)
+            scores, pick = alive.topk(K, dim=1)  # (n, K), (n, K)
+            offsets = (torch.arange(n, device=dev) * K)[:, None]  # (n, 1)
+            beam_idx = (top_beam.gather(1, pick) + offsets).view(-1)  # (nK,) flat source beams
+            words = top_word.gather(1, pick).view(-1)  # (nK,)
+            history = torch.cat([history[beam_idx], words[:, None]], dim=1)  # (nK, t+1)
+            rows = beam_idx  # (nK,) rows of the state and features each new beam continues
+            left = [b for b in range(n) if len(finished[photo_of[b]]) < K]
+            if not left:
                 break
+            if len(left) < n:  # drop the photos that are done
+                keep = torch.tensor(left, device=dev)  # (n',)
+                keep_rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)  # (n'K,)
+                rows = rows[keep_rows]
+                words, history = words[keep_rows], history[keep_rows]
+                scores = scores[keep]  # (n', K)
+                feats_k, att_k = feats_k[keep_rows], att_k[keep_rows]  # (n'K, L, D), (n'K, L, A)
+                photo_of = [photo_of[b] for b in left]
+            state = (state[0][rows], state[1][rows])  # (n'K, H) x2
         results = []
         for b in range(B):
             hyps = sorted(finished[b], key=lambda h: h[0], reverse=True)[:K]
-            if not hyps:  # cannot happen with max_words >= 1, but never return nothing
-                ids = history[b * K].tolist()
-                hyps = [(0.0, ids, float(scores[b, 0]) / (len(ids) + 1))]
+            if not hyps:  # cannot happen: the last step allows only <end>, which is accepted
+                hyps = [(0.0, [], 0.0)]
             results.append([(ids, mean) for _, ids, mean in hyps])
         return results
 

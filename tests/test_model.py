@@ -167,6 +167,30 @@ def test_batched_decoding_is_batch_independent(peaky: Captioner, cap: Captioner,
         assert [c.text for c in rev][::-1] == [c.text for c in together]
 
 
+def test_beam_search_drops_finished_photos_from_the_batch(peaky: Captioner) -> None:
+    """Photos that have their K hypotheses stop costing decoder steps; captions unchanged."""
+    feats = _features(8, seed=31)
+    sizes: list[int] = []
+    real_step = peaky.decoder.step
+
+    def counting_step(words, state, features, att):  # type: ignore[no-untyped-def]
+        sizes.append(words.shape[0])
+        return real_step(words, state, features, att)
+
+    peaky.decoder.step = counting_step  # type: ignore[method-assign]
+    try:
+        with_counting = peaky.caption_features(feats, beam_size=3)
+    finally:
+        del peaky.decoder.step
+    assert sizes[0] == 8 * 3
+    assert sizes == sorted(sizes, reverse=True)  # never grows back
+    assert sizes[-1] < sizes[0]  # these photos finish at different steps: the batch shrank
+    assert [c.text for c in with_counting] == [
+        c.text for c in peaky.caption_features(feats, beam_size=3)
+    ]
+    assert all(c.text for c in with_counting)
+
+
 def test_decoding_respects_max_words() -> None:
     c = build_random_captioner(device="cpu", seed=1)
     short = Captioner(
