@@ -28,7 +28,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
 @pytest.mark.parametrize(
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
-     "bench_search.py", "bench_train.py"],
+     "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -84,3 +84,19 @@ def test_bench_train_smoke() -> None:
     out = _run("bench_train.py", "--encoder", "tiny", "--limit", "8", "--batch-size", "8",
                timeout=600)  # fmt: skip
     assert "samples/s" in out or "skipped" in out
+
+
+def test_beam_check_smoke(tmp_path: Path) -> None:
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=2, n_dev=3)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    common = ["--data", str(fake.root), "--model", str(model), "--limit", "3",
+              "--features", str(tmp_path / "feats.pt")]  # fmt: skip
+    _run("beam_check.py", *common, "--out", str(tmp_path / "a.json"))
+    out = _run("beam_check.py", *common, "--out", str(tmp_path / "b.json"),
+               "--compare", str(tmp_path / "a.json"))  # fmt: skip
+    assert "beam 3: 3/3 identical" in out
+    assert len(json.loads((tmp_path / "b.json").read_text())["5"]) == 3
