@@ -150,3 +150,17 @@ def test_cli_ensemble_and_no_training_from_an_ensemble(tmp_path: Path) -> None:
     config = TrainConfig(data=fake.root, out=tmp_path / "t.safetensors", init=out, device="cpu")
     with pytest.raises(ModelError, match="is an ensemble"):
         list(iter_train(config))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ensemble_on_cuda_matches_cpu(tmp_path: Path) -> None:
+    a = build_random_captioner(seed=1)
+    path = save_captioner(_ensemble_of(a, _sibling(a, seed=2)), tmp_path / "e.safetensors")
+    cpu, gpu = load_captioner(path, "cpu"), load_captioner(path, "cuda")
+    torch.manual_seed(5)
+    pixels = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    on_gpu = gpu.caption_batch(pixels, 3)  # bf16 autocast on the GPU
+    on_cpu = cpu.caption_batch(pixels, 3)
+    assert len(on_gpu) == 4 and all(c.text.endswith(".") for c in on_gpu)
+    assert sum(g.text == c.text for g, c in zip(on_gpu, on_cpu, strict=True)) >= 2
