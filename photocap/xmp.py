@@ -225,8 +225,14 @@ class XmpDocument:
         """Parse safely: defusedxml forbids entity declarations and external references."""
         prefixes: dict[str, str] = {}
         root: ET.Element | None = None
+        # Comments and processing instructions inside the packet are kept (a merge must not
+        # drop what a person or another tool wrote); the defused parser still refuses
+        # entities and external references.
+        parser = DET.DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
         try:
-            for event, item in DET.iterparse(io.BytesIO(data), events=("start-ns", "end")):
+            for event, item in DET.iterparse(
+                io.BytesIO(data), events=("start-ns", "end"), parser=parser
+            ):
                 if event == "start-ns":
                     prefix, uri = item
                     if prefix and uri not in prefixes:
@@ -271,7 +277,7 @@ class XmpDocument:
         for desc in self.descriptions():
             if any(k.startswith(prefix) for k in desc.attrib):
                 return True
-            if any(c.tag.startswith(prefix) for c in desc):
+            if any(_is_element(c) and c.tag.startswith(prefix) for c in desc):
                 return True
         return False
 
@@ -395,6 +401,8 @@ class XmpDocument:
     def _prefix_map(self) -> dict[str, str]:
         used: set[str] = set()
         for elem in self.root.iter():
+            if not _is_element(elem):
+                continue
             used.add(_ns(elem.tag))
             used.update(_ns(k) for k in elem.attrib)
         used.discard("")
@@ -412,6 +420,11 @@ class XmpDocument:
             taken.add(prefix)
             result[uri] = prefix
         return result
+
+
+def _is_element(node: ET.Element) -> bool:
+    """False for the comment and processing-instruction nodes a parsed sidecar may hold."""
+    return isinstance(node.tag, str)
 
 
 def _ns(tag: str) -> str:
@@ -448,6 +461,15 @@ def _escape_attr(text: str) -> str:
 def _write_element(
     out: list[str], elem: ET.Element, prefixes: dict[str, str], declared: set[str], top: bool
 ) -> None:
+    if not _is_element(elem):  # a comment or processing instruction, kept as it was
+        text = elem.text or ""
+        if elem.tag is ET.Comment:
+            out.append(f"<!--{text.replace('--', '- -')}-->")
+        else:
+            out.append(f"<?{text.replace('?>', '? >')}?>")
+        if elem.tail:
+            out.append(_escape_text(elem.tail))
+        return
     # Namespaces are declared where XMP writers conventionally put them: x/rdf on the root,
     # everything a top-level rdf:Description uses on that description, the rest where needed.
     needed = {_ns(elem.tag)} | {_ns(k) for k in elem.attrib}
@@ -455,8 +477,9 @@ def _write_element(
         needed |= {NS_RDF}
     if elem.tag == RDF_DESCRIPTION:
         for sub in elem.iter():
-            needed.add(_ns(sub.tag))
-            needed.update(_ns(k) for k in sub.attrib)
+            if _is_element(sub):
+                needed.add(_ns(sub.tag))
+                needed.update(_ns(k) for k in sub.attrib)
     new = sorted(u for u in needed if u and u != NS_XML and u not in declared)
     inner_declared = declared | set(new)
     parts = [_qname(elem.tag, prefixes)]

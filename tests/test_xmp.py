@@ -23,6 +23,7 @@ needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
 
 RICH_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <?acme-sync revision="7"?>
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
   <rdf:Description rdf:about=""
     xmlns:xmp="http://ns.adobe.com/xap/1.0/"
@@ -40,6 +41,7 @@ RICH_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
      <rdf:li>park</rdf:li>
     </rdf:Bag>
    </dc:subject>
+   <!-- edited by hand: keep the darktable history -->
    <dc:description>
     <rdf:Alt>
      <rdf:li xml:lang="de-DE">Ein Hund im Park</rdf:li>
@@ -185,6 +187,8 @@ def test_merge_keeps_every_other_field(lib: Path) -> None:
         'darktable:params="gz48eJxjZBgFo2AU0AsAAANwAAE="',
         'darktable:history_end="2"',
         "<rdf:li>two</rdf:li>",
+        "<!-- edited by hand: keep the darktable history -->",  # comments and PIs survive
+        '<?acme-sync revision="7"?>',
     ):
         assert kept in text
     assert not read_provenance(doc).created_sidecar
