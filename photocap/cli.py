@@ -542,7 +542,18 @@ def info(
     for section, values in result.items():
         out.print(f"[bold]{section.capitalize()}[/bold]")
         for key, value in values.items():
+            if key == "ensemble_of" and isinstance(value, list):  # --json has every detail
+                value = ", ".join(_member_summary(m) for m in value)
             out.print(f"  {key}: {_esc(str(value))}")
+
+
+def _member_summary(member: Any) -> str:
+    """One ensemble member for `photocap info`: its file, id and greedy dev CIDEr-D."""
+    if not isinstance(member, dict):
+        return str(member)
+    dev = member.get("dev_greedy") or {}
+    score = f", dev greedy CIDEr-D {dev['cider']:.3f}" if "cider" in dev else ""
+    return f"{member.get('file', '?')} ({member.get('model_id', '?')}{score})"
 
 
 @app.command()

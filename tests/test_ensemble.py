@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,3 +165,19 @@ def test_ensemble_on_cuda_matches_cpu(tmp_path: Path) -> None:
     on_cpu = cpu.caption_batch(pixels, 3)
     assert len(on_gpu) == 4 and all(c.text.endswith(".") for c in on_gpu)
     assert sum(g.text == c.text for g, c in zip(on_gpu, on_cpu, strict=True)) >= 2
+
+
+def test_info_shows_the_members(tmp_path: Path) -> None:
+    a = build_random_captioner(seed=1)
+    pa = save_captioner(a, tmp_path / "a.safetensors")
+    pb = save_captioner(_sibling(a, seed=2), tmp_path / "b.safetensors")
+    out = merge_decoders([pa, pb], tmp_path / "ab.safetensors")
+    db = ["--db", str(tmp_path / "none.db")]
+    text = CliRunner().invoke(app, ["info", "--model", str(out), *db])
+    assert text.exit_code == 0, text.output
+    assert "decoders: 2" in text.output
+    line = next(x for x in text.output.splitlines() if "ensemble_of" in x)
+    assert "a.safetensors (random-tiny@" in line and "b.safetensors" in line
+    as_json = CliRunner().invoke(app, ["info", "--model", str(out), "--json", *db])
+    members = json.loads(as_json.output)["model"]["ensemble_of"]
+    assert [m["file"] for m in members] == ["a.safetensors", "b.safetensors"]
