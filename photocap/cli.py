@@ -200,7 +200,7 @@ def evaluate(
 @cli_errors
 def ensemble(
     models: list[Path] = typer.Argument(
-        ..., metavar="MODEL...", help="Model files sharing one encoder (2 or more)."
+        ..., metavar="MODEL", help="Model files sharing one encoder (2 or more)."
     ),
     out: Path = typer.Option(..., "--out", help="Model file to write."),
     name: str | None = typer.Option(None, "--name", help="Model name stored in the file."),
