@@ -1,9 +1,8 @@
-"""EXIF captions inside JPEG files, written losslessly.
+"""EXIF captions inside JPEG and WebP files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
-(UTF-16LE, the "Comments" field of Windows Explorer). Only JPEG is written in-file; every other
-format returns ``skipped`` (WebP would need RIFF chunk surgery and VP8X flag updates that few
-tools agree on, so the caption stays in the sidecar).
+(UTF-16LE, the "Comments" field of Windows Explorer). JPEG and WebP are written in-file; every
+other format returns ``skipped`` (the caption stays in the sidecar).
 
 How the file stays intact:
 
@@ -12,6 +11,11 @@ How the file stays intact:
   Every other byte - JFIF APP0, XMP APP1, ICC APP2, COM, tables, the entropy-coded scan and
   anything after EOI - is copied byte for byte, so decoded pixels are identical. (piexif.insert
   is not used: it drops JFIF APP0 and can add a second Exif block.)
+* **Chunk surgery for WebP.** A WebP file is a RIFF list of chunks; only the ``EXIF`` chunk is
+  replaced or added (after the image data, before ``XMP``, as the container spec orders them),
+  and the ``VP8X`` header's EXIF flag set. A "simple" WebP (one ``VP8``/``VP8L`` chunk) gets
+  the ``VP8X`` header the extended format requires, its canvas size read from the bitstream.
+  Every other chunk is copied byte for byte.
 * **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
   moves maker notes, breaking their internal offsets. Instead the original TIFF block is kept
   byte for byte and a *new IFD0* (old entries plus ours) is appended at its end, with the header
@@ -19,9 +23,10 @@ How the file stays intact:
   re-caption, an IFD0 that photocap appended is replaced rather than stacked when nothing else
   points into it.
 * **Verified before it replaces anything.** The new file is parsed again: our text is there,
-  every other segment and the scan data are identical, exactly one Exif block, piexif reads the
-  same tags as before, Pillow opens and decodes it. Only then does the atomic rename happen
-  (see :mod:`photocap.safeio`); the photo's mtime and permissions are kept.
+  every other segment (chunk) and the image data are identical, exactly one EXIF block, piexif
+  reads the same tags as before, Pillow opens and decodes it (WebP: to the same pixels). Only
+  then does the atomic rename happen (see :mod:`photocap.safeio`); the photo's mtime and
+  permissions are kept.
 
 Provenance (what photocap wrote, what it replaced) lives in the photo's XMP sidecar, in the
 photocap namespace, so a later run never overwrites a description a person wrote.
@@ -29,6 +34,7 @@ photocap namespace, so a later run never overwrites a description a person wrote
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +72,7 @@ MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
 MAX_PHOTO_BYTES = 2 * 1024**3
 
 SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
+IN_FILE_FORMATS = ("JPEG", "WebP")  # formats --write exif changes in place
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -332,6 +339,153 @@ def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | Non
     return bytes(out)
 
 
+# --------------------------------------------------------------------------- WebP chunks
+
+VP8X_EXIF, VP8X_ALPHA = 0x08, 0x10
+# Chunks that come before EXIF in an extended WebP (container spec order); EXIF goes after
+# the last of them, so XMP and unknown chunks stay after it.
+WEBP_BEFORE_EXIF = {b"VP8X", b"ICCP", b"ANIM", b"ANMF", b"ALPH", b"VP8 ", b"VP8L"}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One RIFF chunk: ``data[start:end]`` is FourCC, size, payload and the pad byte."""
+
+    fourcc: bytes
+    start: int
+    end: int
+    size: int  # payload bytes
+
+    def payload(self, data: bytes) -> bytes:
+        return data[self.start + 8 : self.start + 8 + self.size]
+
+
+def parse_webp(data: bytes) -> tuple[list[Chunk], int]:
+    """(chunks of the RIFF ``WEBP`` form, offset where the RIFF data ends). Raises WriteError."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise WriteError("not a WebP (no RIFF WEBP header)")
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    end = 8 + riff_size
+    if end > len(data):
+        raise WriteError("corrupt WebP: truncated")
+    pos, chunks = 12, list[Chunk]()
+    while pos < end:
+        if pos + 8 > end:
+            raise WriteError(f"corrupt WebP: truncated chunk header at byte {pos}")
+        fourcc = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if pos + 8 + size > end:
+            raise WriteError(f"corrupt WebP: chunk {fourcc!r} runs past the end")
+        stop = min(pos + 8 + size + (size & 1), end)
+        chunks.append(Chunk(fourcc, pos, stop, size))
+        pos = stop
+    if not chunks:
+        raise WriteError("corrupt WebP: no chunks")
+    return chunks, end
+
+
+def webp_exif_tiff(data: bytes, chunks: list[Chunk]) -> tuple[int | None, bytes | None, bool]:
+    """(index of the EXIF chunk, its TIFF block, whether it carried an "Exif\\0\\0" prefix)."""
+    for i, chunk in enumerate(chunks):
+        if chunk.fourcc == b"EXIF":
+            payload = chunk.payload(data)
+            if payload.startswith(EXIF_HEADER):  # some writers add the JPEG-style prefix
+                return i, payload[len(EXIF_HEADER) :], True
+            return i, payload, False
+    return None, None, False
+
+
+def webp_canvas(data: bytes, chunk: Chunk) -> tuple[int, int, bool]:
+    """(width, height, has alpha) from a simple WebP's VP8 / VP8L bitstream header."""
+    payload = chunk.payload(data)
+    if chunk.fourcc == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", payload[6:10])
+        return width & 0x3FFF, height & 0x3FFF, False
+    if chunk.fourcc == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+        (bits,) = struct.unpack("<I", payload[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1)
+    raise WriteError("unusual WebP bitstream header; not written")
+
+
+def _chunk_bytes(fourcc: bytes, payload: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(payload)) + payload + (b"\x00" * (len(payload) & 1))
+
+
+def rebuild_webp(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
+    """The WebP ``data`` with IFD0 ``updates`` applied to its EXIF chunk; verified in memory."""
+    chunks, riff_end = parse_webp(data)
+    index, tiff, prefixed = webp_exif_tiff(data, chunks)
+    if tiff is None:
+        updates = {**NEW_IFD0_DEFAULTS, **updates}
+    new_tiff = set_ifd0_tags(tiff, updates)
+    exif = _chunk_bytes(b"EXIF", (EXIF_HEADER if prefixed else b"") + new_tiff)
+    parts = [data[c.start : c.end] for c in chunks]
+    if index is not None:
+        parts[index] = exif
+    else:
+        before = [i for i, c in enumerate(chunks) if c.fourcc in WEBP_BEFORE_EXIF]
+        if not before:
+            raise WriteError("corrupt WebP: no image data chunk")
+        parts.insert(before[-1] + 1, exif)
+    if chunks[0].fourcc == b"VP8X":
+        header = bytearray(parts[0])
+        header[8] |= VP8X_EXIF  # the flags byte, first of the payload
+        parts[0] = bytes(header)
+    else:  # simple format: the extended format's header comes first
+        if len(chunks) != 1:
+            raise WriteError("unusual WebP layout (simple format with extra chunks); not written")
+        width, height, alpha = webp_canvas(data, chunks[0])
+        flags = VP8X_EXIF | (VP8X_ALPHA if alpha else 0)
+        payload = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little")
+        parts.insert(0, _chunk_bytes(b"VP8X", payload + (height - 1).to_bytes(3, "little")))
+    body = b"".join(parts)
+    new = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body + data[riff_end:]
+    verify_webp(data, new, updates)
+    return new
+
+
+def verify_webp(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | None]) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only in the EXIF chunk, the VP8X
+    EXIF flag (or a new VP8X header) and the intended tags, and decodes to the same pixels."""
+    old_chunks, old_end = parse_webp(old)
+    new_chunks, new_end = parse_webp(new)
+    if old[old_end:] != new[new_end:]:
+        raise WriteError("verification failed: data after the WebP changed")
+    keep = [old[c.start : c.end] for c in old_chunks if c.fourcc not in (b"EXIF", b"VP8X")]
+    got = [new[c.start : c.end] for c in new_chunks if c.fourcc not in (b"EXIF", b"VP8X")]
+    if keep != got:
+        raise WriteError("verification failed: other WebP chunks changed")
+    old_x = [c.payload(old) for c in old_chunks if c.fourcc == b"VP8X"]
+    new_x = [c.payload(new) for c in new_chunks if c.fourcc == b"VP8X"]
+    if len(new_x) != 1 or new_chunks[0].fourcc != b"VP8X" or not new_x[0][0] & VP8X_EXIF:
+        raise WriteError("verification failed: VP8X header missing or without the EXIF flag")
+    if old_x and (old_x[0][1:] != new_x[0][1:] or (old_x[0][0] | VP8X_EXIF) != new_x[0][0]):
+        raise WriteError("verification failed: VP8X header changed")
+    _, old_tiff, _ = webp_exif_tiff(old, old_chunks)
+    _, new_tiff, _ = webp_exif_tiff(new, new_chunks)
+    if new_tiff is None or sum(c.fourcc == b"EXIF" for c in new_chunks) != 1:
+        raise WriteError("verification failed: not exactly one EXIF chunk")
+    _verify_tags(old_tiff, new_tiff, updates)
+    try:
+        same = _webp_frames(old) == _webp_frames(new)
+    except Exception as err:  # any decoder error means we must not install this file
+        raise WriteError(f"verification failed: WebP does not decode ({err})") from None
+    if not same:
+        raise WriteError("verification failed: pixels changed")
+
+
+def _webp_frames(data: bytes) -> list[tuple[tuple[int, int], str, bytes]]:
+    """(size, mode, pixels) of every frame (an animated WebP has several)."""
+    from PIL import Image
+
+    frames = []
+    with Image.open(io.BytesIO(data)) as img:
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            frames.append((img.size, img.mode, img.tobytes()))
+    return frames
+
+
 # --------------------------------------------------------------------------- rewrite + verify
 
 
@@ -401,6 +555,13 @@ def verify_jpeg(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | N
     new_other = [new[s.start : s.end] for i, s in enumerate(new_segs) if i != new_index]
     if old_other != new_other:
         raise WriteError("verification failed: other JPEG segments changed")
+    _verify_tags(old_tiff, new_tiff, updates)
+
+
+def _verify_tags(
+    old_tiff: bytes | None, new_tiff: bytes, updates: dict[int, tuple[int, bytes] | None]
+) -> None:
+    """Our tags read back as written; piexif sees every other tag unchanged."""
     for tag, want in updates.items():
         got = read_tag(new_tiff, tag)
         if (want is None and got is not None) or (want is not None and got != want[1]):
@@ -428,30 +589,36 @@ def rewrite_photo(
     touch: bool = False,
     dry_run: bool = False,
 ) -> bool:
-    """Apply ``updates(current TIFF block)`` to a JPEG in place, safely. False: nothing to do.
+    """Apply ``updates(current TIFF block)`` to a JPEG or WebP in place, safely. False: nothing
+    to do.
 
     ``updates`` sees the current EXIF TIFF block (or None) and returns the IFD0 changes, or
     None to leave the file alone.
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    segments, _ = parse_jpeg(data)
-    _, tiff = exif_tiff(data, segments)
-    changes = updates(tiff)
+    webp = detect_format(data[:16]) == "WebP"
+    changes = updates(current_tiff(data))
     if not changes:
         return False
-    new = rebuild_jpeg(data, changes)
+    new = rebuild_webp(data, changes) if webp else rebuild_jpeg(data, changes)
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
     return True
 
 
+def current_tiff(data: bytes) -> bytes | None:
+    """The EXIF TIFF block of a JPEG or WebP file's bytes, or None when it has none."""
+    if detect_format(data[:16]) == "WebP":
+        return webp_exif_tiff(data, parse_webp(data)[0])[1]
+    return exif_tiff(data, parse_jpeg(data)[0])[1]
+
+
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
-    """(ImageDescription, XPComment) of a JPEG; (None, None) for other formats."""
+    """(ImageDescription, XPComment) of a JPEG or WebP; (None, None) for other formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    if detect_format(data[:16]) != "JPEG":
+    if detect_format(data[:16]) not in IN_FILE_FORMATS:
         return None, None
-    segments, _ = parse_jpeg(data)
-    _, tiff = exif_tiff(data, segments)
+    tiff = current_tiff(data)
     return (
         decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION)),
         decode_xp(read_tag(tiff, TAG_XP_COMMENT)),
@@ -467,7 +634,7 @@ def _head(path: Path) -> bytes:
 
 
 class ExifWriter:
-    """``--write exif``: ImageDescription + XPComment inside JPEG files."""
+    """``--write exif``: ImageDescription + XPComment inside JPEG and WebP files."""
 
     name = "exif"
 
@@ -478,7 +645,7 @@ class ExifWriter:
         photo = record.path
         try:
             fmt = detect_format(_head(photo))
-            if fmt != "JPEG":
+            if fmt not in IN_FILE_FORMATS:
                 return WriteOutcome(
                     self.name, photo, "skipped", f"exif not supported for {fmt}; caption in sidecar"
                 )

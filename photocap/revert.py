@@ -22,6 +22,7 @@ from typing import Literal
 
 from photocap.errors import WriteError
 from photocap.exif import (
+    IN_FILE_FORMATS,
     TAG_IMAGE_DESCRIPTION,
     TAG_XP_COMMENT,
     decode_ascii,
@@ -166,10 +167,10 @@ def _revert_exif(
     sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
 ) -> None:
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
-    jpegs = []
+    jpegs = []  # JPEG or WebP: the formats written in-file
     for p in photos:
         with open(p, "rb") as fh:
-            if detect_format(fh.read(16)) == "JPEG":
+            if detect_format(fh.read(16)) in IN_FILE_FORMATS:
                 jpegs.append(p)
     if len(jpegs) != 1:
         raise WriteError(

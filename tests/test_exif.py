@@ -147,7 +147,7 @@ def test_description_edited_after_photocap_is_kept(lib: Path) -> None:
     assert read_exif_caption(photo)[0] == "Edited by me"
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("PNG", "photo.png"), ("WEBP", "photo.webp")])
+@pytest.mark.parametrize(("fmt", "name"), [("PNG", "photo.png"), ("GIF", "photo.gif")])
 def test_other_formats_skipped(lib: Path, fmt: str, name: str) -> None:
     photo = lib / name
     Image.new("RGB", (8, 8), "red").save(photo, fmt)
@@ -279,3 +279,139 @@ def test_exiv2_reads_caption(lib: Path) -> None:
     assert f"Exif.Image.ImageDescription                  Ascii      30  {CAPTION}" in out
     assert "Exif.Image.XPComment" in out and CAPTION in out.split("Exif.Image.XPComment")[1]
     assert "Exif.GPSInfo.GPSLatitude" in out and "Exif.Image.Make" in out
+
+
+# --------------------------------------------------------------------------- WebP
+
+
+def _webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(FourCC, whole chunk bytes) of a WebP file, parsed here independently of photocap."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    end = 8 + struct.unpack("<I", data[4:8])[0]
+    assert end == len(data)
+    pos, out = 12, []
+    while pos < end:
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        stop = pos + 8 + size + (size & 1)
+        out.append((data[pos : pos + 4], data[pos:stop]))
+        pos = stop
+    return out
+
+
+def _make_webp(path: Path, kind: str) -> Path:
+    gradient = Image.linear_gradient("L").resize((48, 32))
+    rgb = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                              Image.new("L", (48, 32), 90)))  # fmt: skip
+    if kind == "lossy":
+        rgb.save(path, "WEBP", quality=80)
+    elif kind == "alpha":
+        rgba = rgb.copy()
+        rgba.putalpha(gradient)  # real transparency
+        rgba.save(path, "WEBP", lossless=True)
+    elif kind == "xmp_and_exif":
+        xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>'
+        rgb.save(path, "WEBP", quality=80, exif=camera_exif(), xmp=xmp)
+    elif kind == "animated":
+        frames = [rgb, rgb.transpose(Image.Transpose.FLIP_TOP_BOTTOM)]
+        frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    return path
+
+
+def _frames(data: bytes) -> list[bytes]:
+    with Image.open(io.BytesIO(data)) as img:
+        out = []
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            out.append(img.convert("RGBA").tobytes())
+        return out
+
+
+@pytest.mark.parametrize("kind", ["lossy", "alpha", "xmp_and_exif", "animated"])
+def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
+    photo = _make_webp(lib / "photo.webp", kind)
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    after = photo.read_bytes()
+    old, new = _webp_chunks(before), _webp_chunks(after)
+    # every chunk but EXIF and the VP8X header is byte-identical and in the same order
+    assert [c for c in old if c[0] not in (b"EXIF", b"VP8X")] == [
+        c for c in new if c[0] not in (b"EXIF", b"VP8X")
+    ]
+    order = [fourcc for fourcc, _ in new]
+    assert order[0] == b"VP8X" and order.count(b"EXIF") == 1
+    assert new[0][1][8] & 0x08  # VP8X: EXIF flag
+    if kind == "alpha":  # a simple VP8L file got a VP8X header: alpha flag and canvas size
+        assert old[0][0] == b"VP8L" and new[0][1][8] & 0x10
+        assert new[0][1][12:18] == (47).to_bytes(3, "little") + (31).to_bytes(3, "little")
+    if b"XMP " in order:
+        assert order.index(b"EXIF") < order.index(b"XMP ")  # container spec order
+    image_chunks = [i for i, f in enumerate(order) if f in (b"VP8 ", b"VP8L", b"ANMF", b"ALPH")]
+    assert order.index(b"EXIF") > max(image_chunks)
+    assert _frames(before) == _frames(after)  # pixels (every frame) identical
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+    with Image.open(photo) as img:
+        assert img.getexif().get(0x010E) == CAPTION
+    if kind == "xmp_and_exif":  # the camera's EXIF survives next to ours
+        exif = piexif.load(dict(_webp_chunks(after))[b"EXIF"][8:])
+        assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
+        assert exif["GPS"] and exif["thumbnail"]
+    # a re-caption replaces the text; still one EXIF chunk
+    assert write(photo, "A cat sleeps.").status == "written"
+    assert read_exif_caption(photo)[0] == "A cat sleeps."
+    assert [f for f, _ in _webp_chunks(photo.read_bytes())].count(b"EXIF") == 1
+    assert _frames(photo.read_bytes()) == _frames(before)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("kind", ["lossy", "alpha", "xmp_and_exif"])
+def test_webp_read_by_exiftool(lib: Path, kind: str) -> None:
+    photo = _make_webp(lib / "photo.webp", kind)
+    warnings_before = exiftool_warnings(photo)
+    write(photo)
+    data = exiftool_json(photo, "-EXIF:ImageDescription", "-EXIF:XPComment", "-EXIF:Make")
+    assert data["ImageDescription"] == CAPTION and data["XPComment"] == CAPTION
+    if kind == "xmp_and_exif":
+        assert data["Make"] == "TestCam"
+    assert exiftool_warnings(photo) <= warnings_before
+
+
+def test_corrupt_webp_fails_and_is_untouched(lib: Path) -> None:
+    photo = _make_webp(lib / "photo.webp", "lossy")
+    good = photo.read_bytes()
+    photo.write_bytes(good[:-40])  # truncated: the RIFF size no longer fits
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert outcome.status == "failed" and "\n" not in outcome.message
+    assert "WebP" in outcome.message
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["lossy", "animated"])
+def test_damaged_webps_fail_cleanly_or_stay_pixel_identical(lib: Path, kind: str) -> None:
+    """Truncated, bit-flipped and padded WebPs: a one-line failure with the file untouched, or
+    (damage outside the image data) a write that keeps every frame's pixels."""
+    import random
+
+    rng = random.Random(7)
+    src = _make_webp(lib / "src.webp", kind).read_bytes()
+    statuses = set()
+    for trial in range(30):
+        data = bytearray(src)
+        if trial % 3 == 0:
+            data = data[: rng.randrange(12, len(data))]
+        elif trial % 3 == 1:
+            for _ in range(3):
+                data[rng.randrange(12, len(data))] = rng.randrange(256)
+        else:
+            at = rng.randrange(12, len(data))
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        photo = lib / f"p{trial}.webp"
+        photo.write_bytes(bytes(data))
+        outcome = write(photo)
+        statuses.add(outcome.status)
+        assert outcome.status in ("written", "failed"), outcome
+        if outcome.status == "failed":
+            assert photo.read_bytes() == bytes(data) and "\n" not in outcome.message
+        else:
+            assert _frames(photo.read_bytes()) == _frames(bytes(data))
+    assert "failed" in statuses

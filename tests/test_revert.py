@@ -122,3 +122,22 @@ def test_cli_revert_exit_codes(lib: Path) -> None:
     assert result.exit_code == 1
     assert "failed: " in result.output and "malformed XML" in result.output
     assert runner.invoke(app, ["revert", str(lib), "--write", "index"]).exit_code == 2
+
+
+def test_webp_exif_reverted(lib: Path) -> None:
+    from test_exif import _frames, _make_webp, _webp_chunks
+
+    photo = _make_webp(lib / "photo.webp", "xmp_and_exif")
+    before = photo.read_bytes()
+    caption_all(photo)
+    assert read_exif_caption(photo) == ("A dog runs.", "A dog runs.")
+    outcomes = list(revert_paths([lib]))
+    assert [(o.path.name, o.status) for o in outcomes] == [("photo.webp.xmp", "deleted")]
+    assert read_exif_caption(photo) == (None, None)
+    after = photo.read_bytes()
+    assert [c for c in _webp_chunks(after) if c[0] != b"EXIF"] == [
+        c for c in _webp_chunks(before) if c[0] != b"EXIF"
+    ]  # VP8X already had its EXIF flag: unchanged
+    assert _frames(after) == _frames(before)
+    exif = piexif.load(dict(_webp_chunks(after))[b"EXIF"][8:])
+    assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
