@@ -301,63 +301,30 @@ def test_bad_data_and_unknown_encoder(tmp_path: Path, small_data) -> None:  # ty
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def _cli_train(data: Path, out: Path, cache: Path, *extra: str):  # type: ignore[no-untyped-def]
+    """``photocap train`` on CPU with no decode workers, through the CLI."""
+    args = ["train", "--data", str(data), "--out", str(out), "--workers", "0",
+            "--device", "cpu", "--cache-dir", str(cache), *extra]  # fmt: skip
+    return CliRunner().invoke(app, args)
+
+
 def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "cli.safetensors"
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(small_data.root),
-            "--out",
-            str(out),
-            "--encoder",
-            "tiny",
-            "--epochs",
-            "1",
-            "--min-count",
-            "1",
-            "--workers",
-            "0",
-            "--batch-size",
-            "20",
-            "--hidden-dim",
-            "16",
-            "--device",
-            "cpu",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-    )
+    result = _cli_train(
+        small_data.root, out, tmp_path / "cache",
+        "--encoder", "tiny", "--epochs", "1", "--min-count", "1", "--batch-size", "20",
+        "--hidden-dim", "16",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "xe epoch 1/1" in result.stderr and "best model" in result.stderr
     model = load_captioner(out, "cpu")
     assert model.config.hidden_dim == 16 and model.config.encoder.name == "tiny"
     # the ensemble recipe through the CLI: a second decoder for this encoder, then one file
     second = tmp_path / "second.safetensors"
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(small_data.root),
-            "--out",
-            str(second),
-            "--init",
-            str(out),
-            "--reset-decoder",
-            "--seed",
-            "3",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-    )
+    result = _cli_train(
+        small_data.root, second, tmp_path / "cache",
+        "--init", str(out), "--reset-decoder", "--seed", "3", "--epochs", "1",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "new decoder" in result.stderr
     joined = tmp_path / "joined.safetensors"
