@@ -167,15 +167,15 @@ def _revert_exif(
     sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
 ) -> None:
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
-    jpegs = []  # JPEG or WebP: the formats written in-file
+    in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP)
     for p in photos:
         with open(p, "rb") as fh:
             if detect_format(fh.read(16)) in IN_FILE_FORMATS:
-                jpegs.append(p)
-    if len(jpegs) != 1:
+                in_file.append(p)
+    if len(in_file) != 1:
         raise WriteError(
             f"cannot tell which photo {sidecar.name} belongs to"
-            if jpegs
+            if in_file
             else f"photo for {sidecar.name} not found"
         )
     written = prov.exif_description
@@ -192,6 +192,6 @@ def _revert_exif(
             changes[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
         return changes or None
 
-    rewrite_photo(jpegs[0], updates, touch=touch, dry_run=dry_run)
+    rewrite_photo(in_file[0], updates, touch=touch, dry_run=dry_run)
     prov.exif_description = None
     prov.exif_previous_description = prov.exif_previous_comment = None
