@@ -28,7 +28,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
 @pytest.mark.parametrize(
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
-     "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py"],
+     "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -100,3 +100,22 @@ def test_beam_check_smoke(tmp_path: Path) -> None:
                "--compare", str(tmp_path / "a.json"))  # fmt: skip
     assert "beam 3: 3/3 identical" in out
     assert len(json.loads((tmp_path / "b.json").read_text())["5"]) == 3
+
+
+def test_test_time_smoke(tmp_path: Path) -> None:
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=2, n_dev=2)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    _run("test_time.py", "--data", str(fake.root), "--model", str(model), "--limit", "2",
+         "--variants", "plain,mirror,size-256,dense,mbr", "--mbr-samples", "2",
+         "--json", str(tmp_path / "t.json"), timeout=300)  # fmt: skip
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    # the grid each variant decodes from (the random model's preset is 64 px): 2x2, 8x8 at
+    # 256 px, 4x4 at output stride 16
+    assert {v: r["grid"] for v, r in rows.items()} == {
+        "plain": 4, "mirror": 4, "size-256": 64, "dense": 16, "mbr": 4,
+    }  # fmt: skip
+    assert all(r["photos"] == 2 and "CIDEr" in r for r in rows.values())
