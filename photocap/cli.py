@@ -90,7 +90,9 @@ def train(
         None, "--init", help="Start from this model file (e.g. --epochs 0 --scst-epochs 10)."
     ),
     reset_decoder: bool = typer.Option(
-        False, "--reset-decoder", help="With --init: keep its encoder, train a new decoder."
+        False,
+        "--reset-decoder",
+        help="With --init: keep its encoder, train a new decoder (an ensemble's file works too).",
     ),
     scale_jitter: float = typer.Option(
         0.0, "--scale-jitter", help="Stage 2 augmentation: random crops keeping 1-J..1 per side."

@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +272,17 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         )
     elif config.init is not None:
         captioner = load_captioner(config.init, str(device))
-        if captioner.config.decoders > 1:
-            raise ModelError(f"{config.init} is an ensemble: start from one of its members")
+        if captioner.config.decoders > 1 and not config.reset_decoder:
+            raise ModelError(
+                f"{config.init} is an ensemble: continue training one of its members, or train "
+                "a new decoder for its encoder with --reset-decoder"
+            )
         vocab = captioner.vocab
         if config.reset_decoder:
-            # A second decoder for the same encoder (e.g. an ensemble member): fresh weights
-            # from this run's seed, the starting model's architecture and vocabulary.
+            # Another decoder for the same encoder (e.g. an ensemble member, also from an
+            # ensemble's file): fresh weights from this run's seed, the starting model's
+            # architecture and vocabulary; one decoder, whatever the starting file had.
+            captioner.config = replace(captioner.config, decoders=1)
             captioner.decoder = Decoder(
                 captioner.config, len(vocab), captioner.encoder.feature_dim
             ).to(device)

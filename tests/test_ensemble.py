@@ -134,7 +134,7 @@ def test_merge_decoders_checks_its_members(tmp_path: Path) -> None:
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_cli_ensemble_and_no_training_from_an_ensemble(tmp_path: Path) -> None:
+def test_cli_ensemble_and_training_from_an_ensemble(tmp_path: Path) -> None:
     a = build_random_captioner(seed=1)
     pa = save_captioner(a, tmp_path / "a.safetensors")
     pb = save_captioner(_sibling(a, seed=2), tmp_path / "b.safetensors")
@@ -149,8 +149,18 @@ def test_cli_ensemble_and_no_training_from_an_ensemble(tmp_path: Path) -> None:
     assert bad.exit_code != 0
     fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=4, n_dev=2)
     config = TrainConfig(data=fake.root, out=tmp_path / "t.safetensors", init=out, device="cpu")
-    with pytest.raises(ModelError, match="is an ensemble"):
+    with pytest.raises(ModelError, match="is an ensemble"):  # whose decoder would it continue?
         list(iter_train(config))
+    # A new decoder for the ensemble's encoder: one decoder, the encoder unchanged.
+    config = replace(config, reset_decoder=True, epochs=1, batch_size=10, workers=0)
+    events = list(iter_train(config))
+    assert any(e.kind == "epoch" for e in events)
+    trained = load_captioner(config.out, "cpu")
+    assert trained.config.decoders == 1 and not isinstance(trained.decoder, Ensemble)
+    with safe_open(str(config.out), framework="pt") as f:
+        assert (f.metadata() or {})["format_version"] == "1"
+    start = load_captioner(out, "cpu").encoder.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in trained.encoder.state_dict().items())
 
 
 @pytest.mark.gpu
