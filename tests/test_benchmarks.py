@@ -28,7 +28,8 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
 @pytest.mark.parametrize(
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
-     "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py"],
+     "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
+     "grid_proxy.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -119,3 +120,19 @@ def test_test_time_smoke(tmp_path: Path) -> None:
         "plain": 4, "mirror": 4, "size-256": 64, "dense": 16, "mbr": 4,
     }  # fmt: skip
     assert all(r["photos"] == 2 and "CIDEr" in r for r in rows.values())
+
+
+def test_grid_proxy_smoke(tmp_path: Path) -> None:
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=4, n_dev=2)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    for grid, cells in (("dense", 196), ("plain", 49)):
+        _run("grid_proxy.py", "--data", str(fake.root), "--init", str(model), "--grid", grid,
+             "--epochs", "1", "--batch-size", "10", "--out", str(tmp_path / f"{grid}.safetensors"),
+             "--json", str(tmp_path / f"{grid}.json"), timeout=300)  # fmt: skip
+        summary = json.loads((tmp_path / f"{grid}.json").read_text())
+        assert summary["locations_at_224px"] == cells
+        assert [row["epoch"] for row in summary["epochs"]] == [1]
