@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache per grid")
+    parser.add_argument("--resume", action="store_true", help="go on from --out's last epoch")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -71,6 +72,7 @@ def main() -> None:
         limit=args.limit,
         device=args.device,
         cache_dir=args.cache_dir or work / "cache",  # the cache key ignores the grid: keep apart
+        resume=args.resume,
     )
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
