@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(out))
     if args.compare:
         old = json.loads(args.compare.read_text())
-        for beam, rows in out.items():
-            same = sum(a == b for a, b in zip(rows, old.get(beam, []), strict=False))
-            print(f"beam {beam}: {same}/{len(rows)} identical to {args.compare}")
+        for key, rows in out.items():
+            same = sum(a == b for a, b in zip(rows, old.get(key, []), strict=False))
+            print(f"beam {key}: {same}/{len(rows)} identical to {args.compare}")
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def bench_stages(
     import numpy as np
     import torch
 
-    from photocap.image import decode_photo
+    from photocap.image import DecodedPhoto, DecodeFailure, decode_photo
     from photocap.index import IndexWriter, PhotoIndex
     from photocap.library import discover_photos
     from photocap.pipeline import _make_pool
@@ -165,7 +165,11 @@ def bench_stages(
         decoded = [decode_photo(p, preset) for p in paths]
     stages["decode_pool"] = {"seconds": time.perf_counter() - t0, "photos": n,
                              "workers": workers}  # fmt: skip
-    pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))  # (N, 3, S, S) uint8
+    failed = [d for d in decoded if isinstance(d, DecodeFailure)]
+    if failed:
+        raise SystemExit(f"benchmark photo failed to decode: {failed[0]}")
+    pixels = torch.from_numpy(np.stack([d.pixels for d in decoded if isinstance(d, DecodedPhoto)]))
+    # (N, 3, S, S) uint8
 
     bs = args.batch_size
     captioner.caption_batch(pixels[:bs], beam_size=args.beam_size)  # warm-up (cuDNN, allocator)
@@ -193,8 +197,8 @@ def bench_stages(
     index_writer = IndexWriter(index, WriteOptions())
     now = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    for i, (path, cap) in enumerate(zip(files, captions, strict=True)):
-        record = CaptionRecord(path=path, caption=cap.text, score=cap.score,
+    for i, (photo, cap) in enumerate(zip(files, captions, strict=True)):
+        record = CaptionRecord(path=photo, caption=cap.text, score=cap.score,
                                alternatives=cap.alternatives, model_id=captioner.model_id,
                                captioned_at=now)  # fmt: skip
         for writer in file_writers:

@@ -55,7 +55,8 @@ def _encoder_variant(captioner: Any, variant: str, batch: int) -> Any:
         from photocap.model import _fold_batchnorm
 
         with torch.inference_mode(False), torch.no_grad():
-            folded = _fold_batchnorm(encoder).module.to(memory_format=torch.contiguous_format)
+            fused: Any = _fold_batchnorm(encoder)  # _ChannelsLast around the folded copy
+            folded = fused.module.to(memory_format=torch.contiguous_format)
 
         def run_folded(pixels: Any) -> Any:
             return folded(preset.normalize(pixels.to(device))).float()

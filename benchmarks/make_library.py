@@ -87,8 +87,8 @@ def base_frames(sources: Path, size: tuple[int, int], count: int) -> list[np.nda
     frames = []
     for path in files[:count]:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            fitted = ImageOps.fit(img, size, Image.Resampling.BICUBIC)
+            upright = ImageOps.exif_transpose(img).convert("RGB")
+            fitted = ImageOps.fit(upright, size, Image.Resampling.BICUBIC)
         frames.append(np.asarray(fitted))
     return frames
 
