@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -221,3 +222,14 @@ def report(title: str, table: str, data: dict[str, Any], json_path: Path | None)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def dev_set_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the arguments every dev-set quality script takes: --data, --model,
+    --split, --limit."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="Flickr8k folder")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--limit", type=int, default=None)
+    return parser

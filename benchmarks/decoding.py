@@ -10,19 +10,18 @@ chosen (on dev, never on test).
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import dev_set_parser
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="Flickr8k folder")
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    parser.add_argument("--split", default="dev")
-    parser.add_argument("--limit", type=int, default=None)
+    parser = dev_set_parser(__doc__)
     parser.add_argument("--beams", default="1,3,5")
     parser.add_argument("--penalties", default="0.7")
     parser.add_argument("--no-repeat-words", default="1", help="1, 0 or 1,0 (both)")

@@ -20,13 +20,17 @@ chosen, so it can be measured on a CPU in minutes. Scores are pycocoevalcap's (a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import dev_set_parser
 
 
 def dense_grid(encoder: Any) -> None:
@@ -56,11 +60,7 @@ def dense_grid(encoder: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="Flickr8k folder")
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    parser.add_argument("--split", default="dev")
-    parser.add_argument("--limit", type=int, default=None)
+    parser = dev_set_parser(__doc__)
     parser.add_argument("--beam-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--variants", default="plain,mirror,size-256,dense,mbr")
     parser.add_argument("--mbr-samples", type=int, default=0, help="sampled candidates for mbr")
