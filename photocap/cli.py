@@ -86,8 +86,15 @@ def train(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Encoder feature cache."),
     hidden_dim: int = typer.Option(512, "--hidden-dim", help="LSTM/embedding/attention size."),
     scst_lr: float = typer.Option(5e-5, "--scst-lr", help="Learning rate of stage 3."),
+    scst_batch: int = typer.Option(50, "--scst-batch", min=1, help="Photos per stage-3 step."),
+    scst_samples: int = typer.Option(
+        5, "--scst-samples", min=2, help="Sampled captions per photo in stage 3."
+    ),
     init: Path | None = typer.Option(
-        None, "--init", help="Start from this model file (e.g. --epochs 0 --scst-epochs 10)."
+        None,
+        "--init",
+        help="Start from this model file (e.g. --epochs 0 --scst-epochs 10; an ensemble's file "
+        "trains all its decoders as one policy).",
     ),
     reset_decoder: bool = typer.Option(
         False,
@@ -123,6 +130,8 @@ def train(
         attention_dim=hidden_dim,
         init=init,
         scst_lr=scst_lr,
+        scst_batch=scst_batch,
+        scst_samples=scst_samples,
         reset_decoder=reset_decoder,
         scale_jitter=scale_jitter,
     )
@@ -133,14 +142,16 @@ def train(
                 status.update(
                     f"{event.stage} epoch {event.epoch}/{event.epochs} "
                     f"step {event.step}/{event.steps} loss {event.loss:.3f} "
-                    f"{event.images_per_s:.0f} samples/s, epoch ETA {event.eta_s:.0f}s"
+                    f"{event.images_per_s:.0f} {_unit(event.stage)}/s, "
+                    f"epoch ETA {event.eta_s:.0f}s"
                 )
             elif event.kind == "epoch":
                 dev = event.dev
                 console.print(
                     f"{event.stage} epoch {event.epoch}/{event.epochs}: loss {event.loss:.3f}, "
-                    f"{event.images_per_s:.0f} samples/s, dev CIDEr-D {dev['cider']:.3f} "
-                    f"BLEU-4 {dev['bleu4']:.3f}{'  (best)' if event.best else ''}"
+                    f"{event.images_per_s:.0f} {_unit(event.stage)}/s, "
+                    f"dev CIDEr-D {dev['cider']:.3f} BLEU-4 {dev['bleu4']:.3f}"
+                    + ("  (best)" if event.best else "")
                 )
             elif event.kind == "done":
                 console.print(f"[bold]{event.message}[/]")
@@ -230,6 +241,11 @@ EXIT_CODES = (
 class SidecarName(str, Enum):
     full = "full"
     stem = "stem"
+
+
+def _unit(stage: str) -> str:
+    """What a training stage's throughput counts: caption pairs (xe) or photos."""
+    return "pairs" if stage == "xe" else "photos"
 
 
 def _console(stderr: bool = False) -> Any:

@@ -272,10 +272,15 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         )
     elif config.init is not None:
         captioner = load_captioner(config.init, str(device))
-        if captioner.config.decoders > 1 and not config.reset_decoder:
+        only_scst = config.epochs == 0 and config.fine_tune_epochs == 0
+        if captioner.config.decoders > 1 and not (config.reset_decoder or only_scst):
+            # Cross-entropy trains one decoder at a time; self-critical training can train the
+            # ensemble as one policy (samples drawn from the members' mean distribution, the
+            # same distribution beam search decodes with).
             raise ModelError(
-                f"{config.init} is an ensemble: continue training one of its members, or train "
-                "a new decoder for its encoder with --reset-decoder"
+                f"{config.init} is an ensemble: continue it with self-critical training only "
+                "(--epochs 0 --scst-epochs N), or train a new decoder for its encoder with "
+                "--reset-decoder"
             )
         vocab = captioner.vocab
         if config.reset_decoder:

@@ -335,6 +335,20 @@ def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyp
     pixels = load_pixels([small_data.path(small_data.dev[0])], ensemble.preset, 0)
     (caption,) = ensemble.caption_batch(pixels, beam_size=2)
     assert caption.text and caption.score <= 0
+    # ... and the ensemble continued as one policy by self-critical training
+    tuned = tmp_path / "tuned.safetensors"
+    result = _cli_train(
+        small_data.root, tuned, tmp_path / "cache", "--init", str(joined), "--epochs", "0",
+        "--scst-epochs", "1", "--scst-batch", "4", "--scst-samples", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "scst epoch 1/1" in result.stderr and "photos/s" in result.stderr
+    last = load_captioner(tuned.with_name(tuned.name + ".last.safetensors"), "cpu")
+    assert last.config.decoders == 2
+    assert (
+        last.metadata["train_config"]["scst_batch"],
+        last.metadata["train_config"]["scst_samples"],
+    ) == (4, 2)
     # errors: one line on stderr, exit 2
     bad = CliRunner().invoke(
         app,
