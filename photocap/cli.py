@@ -136,15 +136,21 @@ def train(
         scale_jitter=scale_jitter,
     )
     console = Console(stderr=True)
+    last_line = time.monotonic()
     with console.status("starting") as status:
         for event in iter_train(config):
             if event.kind == "step":
-                status.update(
+                line = (
                     f"{event.stage} epoch {event.epoch}/{event.epochs} "
                     f"step {event.step}/{event.steps} loss {event.loss:.3f} "
                     f"{event.images_per_s:.0f} {_unit(event.stage)}/s, "
                     f"epoch ETA {event.eta_s:.0f}s"
                 )
+                status.update(line)
+                # A log file (no terminal) never sees the status line: a line a minute instead.
+                if not console.is_terminal and time.monotonic() - last_line >= _LOG_EVERY_S:
+                    console.print(line)
+                    last_line = time.monotonic()
             elif event.kind == "epoch":
                 dev = event.dev
                 console.print(
@@ -241,6 +247,9 @@ EXIT_CODES = (
 class SidecarName(str, Enum):
     full = "full"
     stem = "stem"
+
+
+_LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
 
 
 def _unit(stage: str) -> str:

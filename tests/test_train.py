@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -308,7 +309,10 @@ def _cli_train(data: Path, out: Path, cache: Path, *extra: str):  # type: ignore
     return CliRunner().invoke(app, args)
 
 
-def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Without a terminal the status line is invisible: progress lines go to the log instead
+    # (one a minute; every step here).
+    monkeypatch.setattr("photocap.cli._LOG_EVERY_S", 0.0)
     out = tmp_path / "cli.safetensors"
     result = _cli_train(
         small_data.root, out, tmp_path / "cache",
@@ -317,6 +321,7 @@ def test_cli_train(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyp
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "xe epoch 1/1" in result.stderr and "best model" in result.stderr
+    assert re.search(r"xe epoch 1/1 step \d+/\d+ loss .* pairs/s", result.stderr)
     model = load_captioner(out, "cpu")
     assert model.config.hidden_dim == 16 and model.config.encoder.name == "tiny"
     # the ensemble recipe through the CLI: a second decoder for this encoder, then one file
