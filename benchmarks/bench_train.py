@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"skipped: no Flickr8k at {args.data}")
         return
 
-    from photocap.train import TrainConfig, iter_train
+    from photocap.train import STAGE_UNITS, TrainConfig, iter_train
 
     stages = set(args.stages.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="photocap-train-"))
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                                "loss": event.loss, "cider": event.dev.get("cider")})  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    unit = {"xe": "caption pairs/s", "finetune": "photos x 5 captions/s", "scst": "photos/s"}
-    rows = [[e["stage"], unit.get(e["stage"], "samples/s"), e["samples_per_s"]] for e in epochs]
+    rows = [[e["stage"], f"{STAGE_UNITS[e['stage']]}/s", e["samples_per_s"]] for e in epochs]
     table = markdown_table(rows, ["stage", "unit", "samples/s"])
     data = {"limit": args.limit, "device": args.device, "epochs": epochs,
             "wall_s": time.perf_counter() - started}  # fmt: skip

@@ -37,6 +37,8 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
+
 
 def cli_errors(func: F) -> F:
     """Turn library errors into one line on stderr and exit code 2."""
@@ -108,7 +110,7 @@ def train(
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
 
-    from photocap.train import TrainConfig, iter_train
+    from photocap.train import STAGE_UNITS, TrainConfig, iter_train
 
     config = TrainConfig(
         data=data,
@@ -143,7 +145,7 @@ def train(
                 line = (
                     f"{event.stage} epoch {event.epoch}/{event.epochs} "
                     f"step {event.step}/{event.steps} loss {event.loss:.3f} "
-                    f"{event.images_per_s:.0f} {_unit(event.stage)}/s, "
+                    f"{event.images_per_s:.0f} {STAGE_UNITS[event.stage]}/s, "
                     f"epoch ETA {event.eta_s:.0f}s"
                 )
                 status.update(line)
@@ -155,7 +157,7 @@ def train(
                 dev = event.dev
                 console.print(
                     f"{event.stage} epoch {event.epoch}/{event.epochs}: loss {event.loss:.3f}, "
-                    f"{event.images_per_s:.0f} {_unit(event.stage)}/s, "
+                    f"{event.images_per_s:.0f} {STAGE_UNITS[event.stage]}/s, "
                     f"dev CIDEr-D {dev['cider']:.3f} BLEU-4 {dev['bleu4']:.3f}"
                     + ("  (best)" if event.best else "")
                 )
@@ -247,14 +249,6 @@ EXIT_CODES = (
 class SidecarName(str, Enum):
     full = "full"
     stem = "stem"
-
-
-_LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
-
-
-def _unit(stage: str) -> str:
-    """What a training stage's throughput counts: caption pairs (xe) or photos."""
-    return "pairs" if stage == "xe" else "photos"
 
 
 def _console(stderr: bool = False) -> Any:

@@ -39,6 +39,9 @@ from photocap.preset import Preset
 from photocap.vocab import Vocab, tokenize
 
 STAGES = ("xe", "finetune", "scst")
+# What a stage's ``images_per_s`` counts: caption pairs in stage 1, photos (each with its 5
+# captions or its sampled ones) in the others.
+STAGE_UNITS = {"xe": "caption pairs", "finetune": "photos", "scst": "photos"}
 
 
 @dataclass
