@@ -92,6 +92,17 @@ def train(
     scst_samples: int = typer.Option(
         5, "--scst-samples", min=2, help="Sampled captions per photo in stage 3."
     ),
+    scst_encoder_blocks: int = typer.Option(
+        0,
+        "--scst-encoder-blocks",
+        min=0,
+        help="Stage 3 also trains the encoder's last N blocks and head (0: encoder frozen).",
+    ),
+    encoder_lr: float = typer.Option(
+        5e-5,
+        "--encoder-lr",
+        help="Encoder learning rate (stage 2; stage 3 with --scst-encoder-blocks).",
+    ),
     init: Path | None = typer.Option(
         None,
         "--init",
@@ -134,6 +145,8 @@ def train(
         scst_lr=scst_lr,
         scst_batch=scst_batch,
         scst_samples=scst_samples,
+        scst_encoder_blocks=scst_encoder_blocks,
+        encoder_lr=encoder_lr,
         reset_decoder=reset_decoder,
         scale_jitter=scale_jitter,
     )

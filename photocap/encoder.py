@@ -145,12 +145,42 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, S, S) -> features (B, L, C), L = (S/32)^2, C = head channels."""
+        start = len(self._blocks)
+        return self.forward_top(self.forward_trunk(images, start), start)  # (B, L, C)
+
+    def split_index(self, top_blocks: int) -> int:
+        """Index of the first of the last ``top_blocks`` blocks (0 <= top_blocks <= blocks)."""
+        if not 0 <= top_blocks <= len(self._blocks):
+            raise ValueError(f"top_blocks must be in 0..{len(self._blocks)}, not {top_blocks}")
+        return len(self._blocks) - top_blocks
+
+    def forward_trunk(self, images: torch.Tensor, start: int) -> torch.Tensor:
+        """Stem and blocks ``[0, start)``: images (B, 3, S, S) -> activations (B, c, h, w).
+
+        With :meth:`forward_top` this lets training cache the frozen lower part of the encoder
+        and train only its top (``photocap train --scst-encoder-blocks``).
+        """
         x = F.relu6(self._bn0(self._conv_stem(images)))  # (B, 32, S/2, S/2)
-        n = len(self._blocks)
-        for i, block in enumerate(self._blocks):
-            x = block(x, self.config.drop_connect * i / n)  # (B, c_i, S/r_i, S/r_i)
+        for i in range(start):
+            x = self._blocks[i](x, self._drop_rate(i))  # (B, c_i, S/r_i, S/r_i)
+        return x
+
+    def forward_top(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``[start, end)`` and the head: activations (B, c, h, w) -> features (B, L, C)."""
+        for i in range(start, len(self._blocks)):
+            x = self._blocks[i](x, self._drop_rate(i))  # (B, c_i, S/r_i, S/r_i)
         x = F.relu6(self._bn1(self._conv_head(x)))  # (B, C, S/32, S/32)
         return x.flatten(2).transpose(1, 2)  # (B, L, C)
+
+    def top_parameters(self, top_blocks: int) -> list[nn.Parameter]:
+        """Parameters of the last ``top_blocks`` blocks and the head (what forward_top runs)."""
+        start = self.split_index(top_blocks)
+        modules: list[nn.Module] = [*self._blocks[start:], self._conv_head, self._bn1]
+        return [p for m in modules for p in m.parameters()]
+
+    def _drop_rate(self, i: int) -> float:
+        # Stochastic depth grows linearly with depth (EfficientNet's schedule).
+        return self.config.drop_connect * i / len(self._blocks)
 
 
 def find_imagenet_weights(name: str) -> Path:

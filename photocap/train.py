@@ -62,6 +62,9 @@ class TrainConfig:
     scst_lr: float = 5e-5
     scst_batch: int = 50  # photos per self-critical step (x scst_samples captions)
     scst_samples: int = 5
+    # Stage 3 also trains the encoder's last N blocks and its head (0 = encoder frozen). The
+    # blocks below are run once and cached, so this costs a fraction of stage 2's backward pass.
+    scst_encoder_blocks: int = 0
     lr_decay: float = 0.8  # xe: lr *= decay every lr_decay_every epochs
     lr_decay_every: int = 3
     attention_reg: float = 1.0  # doubly stochastic attention (SAT eq. 14)
@@ -153,32 +156,56 @@ def _encoder_digest(captioner: Captioner) -> str:
 
 @torch.inference_mode()
 def extract_features(
-    captioner: Captioner, pixels: torch.Tensor, batch_size: int = 128
+    captioner: Captioner, pixels: torch.Tensor, batch_size: int = 128, start: int | None = None
 ) -> torch.Tensor:
-    """uint8 (N, 3, S, S) -> fp16 features (N, L, D) on the captioner's device."""
+    """uint8 (N, 3, S, S) -> fp16 features (N, L, D) on the captioner's device; with ``start``,
+    the encoder's activations before block ``start`` instead (N, c, h, w)."""
     captioner.encoder.eval()
-    out = [
-        captioner.encode(pixels[i : i + batch_size]).half()  # (b, L, D)
-        for i in range(0, len(pixels), batch_size)
-    ]
+    out = []
+    for i in range(0, len(pixels), batch_size):
+        if start is None:
+            out.append(captioner.encode(pixels[i : i + batch_size]).half())  # (b, L, D)
+        else:
+            images = captioner.preset.normalize(pixels[i : i + batch_size].to(captioner.device))
+            with _autocast(captioner.device):
+                acts = captioner.encoder.forward_trunk(images, start)  # (b, c, h, w)
+            out.append(acts.half())
+    return torch.cat(out)  # (N, L, D) or (N, c, h, w)
+
+
+def encode_top(
+    captioner: Captioner, acts: torch.Tensor, start: int, batch_size: int = 250
+) -> torch.Tensor:
+    """Cached trunk activations (N, c, h, w) -> features (N, L, D) float, without gradients."""
+    with torch.no_grad(), _autocast(captioner.device):
+        out = [
+            captioner.encoder.forward_top(acts[i : i + batch_size].float(), start).float()
+            for i in range(0, len(acts), batch_size)
+        ]  # each (b, L, D)
     return torch.cat(out)  # (N, L, D)
 
 
 def cached_features(
-    captioner: Captioner, paths: Sequence[Path], pixels: torch.Tensor, cache_dir: Path | None
+    captioner: Captioner,
+    paths: Sequence[Path],
+    pixels: torch.Tensor,
+    cache_dir: Path | None,
+    start: int | None = None,
 ) -> torch.Tensor:
-    """Features of ``paths`` from the cache (by content + encoder), extracting what is missing."""
+    """Features of ``paths`` from the cache (by content + encoder), extracting what is missing.
+    With ``start``: the activations before encoder block ``start`` (:func:`extract_features`)."""
     if cache_dir is None:
-        return extract_features(captioner, pixels)
+        return extract_features(captioner, pixels, start=start)
     from safetensors.torch import load_file, save_file
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"features-{_encoder_digest(captioner)}.safetensors"
+    kind = "features" if start is None else f"trunk{start}"
+    cache = cache_dir / f"{kind}-{_encoder_digest(captioner)}.safetensors"
     keys = [_content_key(p) for p in paths]
     stored: dict[str, torch.Tensor] = load_file(str(cache)) if cache.exists() else {}
     todo = [i for i, k in enumerate(keys) if k not in stored]
     if todo:
-        fresh = extract_features(captioner, pixels[todo]).cpu()  # (n, L, D)
+        fresh = extract_features(captioner, pixels[todo], start=start).cpu()  # (n, ...)
         stored.update({keys[i]: fresh[j] for j, i in enumerate(todo)})
         tmp = cache.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
@@ -431,6 +458,13 @@ def _run_stage(
     fine_tune = stage == "finetune"
     for p in enc_params:
         p.requires_grad_(fine_tune)
+    # Stage 3 with --scst-encoder-blocks N: the encoder's top is trained on cached activations
+    # of its (frozen) lower blocks; ``start`` is the first trained block.
+    top_blocks = config.scst_encoder_blocks if stage == "scst" else 0
+    start = captioner.encoder.split_index(top_blocks) if top_blocks else None
+    top_params = captioner.encoder.top_parameters(top_blocks) if top_blocks else []
+    for p in top_params:
+        p.requires_grad_(True)
     if stage == "xe":
         optimizer = torch.optim.Adam(dec_params, lr=config.lr)
     elif stage == "finetune":
@@ -438,6 +472,13 @@ def _run_stage(
             [
                 {"params": dec_params, "lr": config.fine_tune_lr},
                 {"params": enc_params, "lr": config.encoder_lr},
+            ]
+        )
+    elif top_params:
+        optimizer = torch.optim.Adam(
+            [
+                {"params": dec_params, "lr": config.scst_lr},
+                {"params": top_params, "lr": config.encoder_lr},
             ]
         )
     else:
@@ -449,8 +490,9 @@ def _run_stage(
         train_feats = dev_feats = None
     else:
         t0 = time.time()
-        train_feats = cached_features(captioner, train_paths, train_pixels, cache_dir)  # (N,L,D)
-        dev_feats = cached_features(captioner, dev_paths, dev_pixels, cache_dir)  # (Nd, L, D)
+        # (N, L, D) features, or (N, c, h, w) trunk activations when the top is trained
+        train_feats = cached_features(captioner, train_paths, train_pixels, cache_dir, start)
+        dev_feats = cached_features(captioner, dev_paths, dev_pixels, cache_dir, start)
         yield TrainEvent(
             "info", stage=stage, message=f"encoder features ready in {time.time() - t0:.1f}s"
         )
@@ -494,9 +536,12 @@ def _run_stage(
                     seen += len(idx)
                 else:
                     assert train_feats is not None and scorer is not None
+                    feats = train_feats[idx.to(device)].float()  # (b, L, D) or (b, c, h, w)
+                    if start is not None:
+                        feats = captioner.encoder.forward_top(feats, start)  # (b, L, D)
                     loss = _scst_loss(
                         captioner,
-                        train_feats[idx.to(device)].float(),
+                        feats,
                         [train_refs[i] for i in idx.tolist()],
                         scorer,
                         config,
@@ -527,7 +572,7 @@ def _run_stage(
             dev_feats_now = extract_features(captioner, dev_pixels)
         else:
             assert dev_feats is not None
-            dev_feats_now = dev_feats
+            dev_feats_now = dev_feats if start is None else encode_top(captioner, dev_feats, start)
         dev = score_dev(captioner, dev_feats_now, dev_refs, beam_size=1)
         improved = dev["cider"] > best["cider"]
         if improved:

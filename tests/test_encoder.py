@@ -120,6 +120,32 @@ def test_encoder_is_batch_independent_in_eval_mode() -> None:
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("top_blocks", [0, 1, 3])
+def test_trunk_then_top_is_the_whole_encoder(top_blocks: int) -> None:
+    torch.manual_seed(0)
+    enc = Encoder(TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    start = enc.split_index(top_blocks)
+    assert start == len(enc._blocks) - top_blocks
+    with torch.no_grad():
+        acts = enc.forward_trunk(x, start)  # (B, c, h, w): a feature map, not yet a grid
+        assert acts.dim() == 4 and acts.shape[0] == 2
+        torch.testing.assert_close(enc.forward_top(acts, start), enc(x))
+    # the top's parameters: exactly those of the last blocks and the head
+    top = {id(p) for p in enc.top_parameters(top_blocks)}
+    expected = [*enc._blocks[start:], enc._conv_head, enc._bn1]
+    assert top == {id(p) for m in expected for p in m.parameters()}
+    assert not top & {id(p) for m in enc._blocks[:start] for p in m.parameters()}
+
+
+def test_split_index_rejects_more_blocks_than_there_are() -> None:
+    enc = Encoder(TINY)
+    with pytest.raises(ValueError, match="top_blocks"):
+        enc.split_index(len(enc._blocks) + 1)
+    with pytest.raises(ValueError, match="top_blocks"):
+        enc.split_index(-1)
+
+
 def test_drop_connect_only_while_training() -> None:
     torch.manual_seed(0)
     enc = Encoder(EncoderConfig(name="tiny", stem_channels=8, head_channels=16, drop_connect=0.5))

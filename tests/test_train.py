@@ -202,6 +202,34 @@ def test_init_never_writes_a_worse_model(tiny_run: TinyRun, tmp_path: Path) -> N
     assert load_captioner(out, "cpu").vocab == load_captioner(init, "cpu").vocab
 
 
+def test_scst_with_encoder_blocks_trains_the_top_of_the_encoder_only(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    init = tiny_run.out
+    out = tmp_path / "top.safetensors"
+    config = tiny_train_config(
+        tiny_run.fake.root, out, tmp_path / "cache", epochs=0, scst_epochs=1, init=init,
+        scst_encoder_blocks=1, encoder_lr=1e-2, scst_lr=1e-2,
+    )  # fmt: skip
+    events = list(iter_train(config))
+    assert _epochs(events) == [("scst", 1)]
+    before = load_captioner(init, "cpu")
+    start = before.encoder.split_index(1)
+    assert list((tmp_path / "cache").glob(f"trunk{start}-*.safetensors"))
+    last = load_captioner(out.with_name(out.name + ".last.safetensors"), "cpu")
+    assert last.metadata["train_config"]["scst_encoder_blocks"] == 1
+    old, new = before.encoder.state_dict(), last.encoder.state_dict()
+    top = {n for n, _ in before.encoder.named_parameters() if n.startswith(("_conv_head", "_bn1"))}
+    top |= {n for n, _ in before.encoder.named_parameters() if n.startswith(f"_blocks.{start}.")}
+    moved = {n for n in old if not torch.equal(old[n], new[n])}
+    assert moved and moved <= top  # the last block and the head learn; nothing below them
+    assert not any("running_" in n for n in moved)  # BatchNorm statistics stay frozen
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(before.decoder.parameters(), last.decoder.parameters(), strict=True)
+    )
+
+
 def test_reset_decoder_keeps_encoder_and_vocabulary(tiny_run: TinyRun, tmp_path: Path) -> None:
     init = tiny_run.out
     out = tmp_path / "second_decoder.safetensors"
@@ -240,9 +268,9 @@ def test_feature_cache_is_reused_across_runs(small_data, tmp_path: Path, monkeyp
     calls: list[int] = []
     real = train_mod.extract_features
 
-    def counting(captioner, pixels, batch_size=128):  # type: ignore[no-untyped-def]
+    def counting(captioner, pixels, batch_size=128, start=None):  # type: ignore[no-untyped-def]
         calls.append(len(pixels))
-        return real(captioner, pixels, batch_size)
+        return real(captioner, pixels, batch_size, start)
 
     monkeypatch.setattr(train_mod, "extract_features", counting)
     cache = tmp_path / "cache"
@@ -277,6 +305,16 @@ def test_cached_features_equal_fresh_ones_and_follow_content(small_data, tmp_pat
     other = build_random_captioner(seed=2)
     cached_features(other, paths, pixels, cache)
     assert len(list(cache.glob("features-*.safetensors"))) == 2
+    # the trunk's activations (for training the encoder's top) have their own file, and the
+    # top run on them gives the same features (to fp16 rounding of the activations)
+    start = captioner.encoder.split_index(2)
+    acts = cached_features(captioner, paths, pixels, cache, start)
+    assert acts.dim() == 4 and acts.dtype == torch.float16
+    assert len(list(cache.glob(f"trunk{start}-*.safetensors"))) == 1
+    assert torch.equal(cached_features(captioner, paths, pixels, cache, start), acts)
+    torch.testing.assert_close(
+        train_mod.encode_top(captioner, acts, start), fresh.float(), atol=2e-2, rtol=2e-2
+    )
 
 
 def test_encode_captions_pads_and_truncates(tiny_run: TinyRun) -> None:
@@ -345,6 +383,7 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     result = _cli_train(
         small_data.root, tuned, tmp_path / "cache", "--init", str(joined), "--epochs", "0",
         "--scst-epochs", "1", "--scst-batch", "4", "--scst-samples", "2",
+        "--scst-encoder-blocks", "2", "--encoder-lr", "1e-3",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "scst epoch 1/1" in result.stderr and "photos/s" in result.stderr
@@ -354,6 +393,9 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
         last.metadata["train_config"]["scst_batch"],
         last.metadata["train_config"]["scst_samples"],
     ) == (4, 2)
+    assert last.metadata["train_config"]["scst_encoder_blocks"] == 2
+    assert last.metadata["train_config"]["encoder_lr"] == pytest.approx(1e-3)
+    assert not torch.equal(last.encoder._conv_head.weight, ensemble.encoder._conv_head.weight)
     # errors: one line on stderr, exit 2
     bad = CliRunner().invoke(
         app,
