@@ -340,8 +340,11 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         if config.encoder != "tiny":
             load_imagenet_weights(captioner.encoder)
         captioner.to(device)
+    # A continued model keeps its name (an ensemble stays "...-x2"); a new one is named here.
+    continued = config.init is not None and not config.reset_decoder
+    default_name = f"photocap-{config.encoder.replace('_', '')}-lstm"
     captioner.metadata = {
-        "name": f"photocap-{config.encoder.replace('_', '')}-lstm",
+        "name": captioner.metadata.get("name", default_name) if continued else default_name,
         "training_data": "Flickr8k official train split "
         f"({len(train_names)} photos x 5 captions), selected on dev",
         "train_config": config.to_json(),

@@ -371,7 +371,9 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     assert result.exit_code == 0, result.output
     assert "new decoder" in result.stderr
     joined = tmp_path / "joined.safetensors"
-    result = CliRunner().invoke(app, ["ensemble", str(out), str(second), "--out", str(joined)])
+    result = CliRunner().invoke(
+        app, ["ensemble", str(out), str(second), "--out", str(joined), "--name", "tiny-x2"]
+    )
     assert result.exit_code == 0, result.output
     ensemble = load_captioner(joined, "cpu")
     assert ensemble.config.decoders == 2 and ensemble.config.hidden_dim == 16
@@ -389,6 +391,7 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     assert "scst epoch 1/1" in result.stderr and "photos/s" in result.stderr
     last = load_captioner(tuned.with_name(tuned.name + ".last.safetensors"), "cpu")
     assert last.config.decoders == 2
+    assert last.metadata["name"] == "tiny-x2"  # a continued model keeps its name
     assert (
         last.metadata["train_config"]["scst_batch"],
         last.metadata["train_config"]["scst_samples"],
