@@ -172,6 +172,13 @@ class Encoder(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))  # (B, C, S/32, S/32)
         return x.flatten(2).transpose(1, 2)  # (B, L, C)
 
+    def trunk_state_dict(self, start: int) -> dict[str, torch.Tensor]:
+        """The weights and statistics :meth:`forward_trunk` reads (stem and blocks before
+        ``start``): what a cache of its activations must be keyed by, and nothing more."""
+        modules = {"_conv_stem": self._conv_stem, "_bn0": self._bn0}
+        modules |= {f"_blocks.{i}": self._blocks[i] for i in range(start)}
+        return {f"{m}.{n}": t for m, mod in modules.items() for n, t in mod.state_dict().items()}
+
     def top_parameters(self, top_blocks: int) -> list[nn.Parameter]:
         """Parameters of the last ``top_blocks`` blocks and the head (what forward_top runs)."""
         start = self.split_index(top_blocks)

@@ -143,11 +143,19 @@ def _content_key(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def _encoder_digest(captioner: Captioner) -> str:
+def _encoder_digest(captioner: Captioner, start: int | None = None) -> str:
+    """Digest of what the cached tensors depend on: the preset and the encoder's weights, or
+    with ``start`` only the trunk's (a run that trains the encoder's top, and a run continued
+    from it, share one cache of trunk activations)."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, tensor in sorted(captioner.encoder.state_dict().items()):
+    state = (
+        captioner.encoder.state_dict()
+        if start is None
+        else captioner.encoder.trunk_state_dict(start)
+    )
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     h.update(json.dumps(captioner.preset.to_dict()).encode())
@@ -200,7 +208,7 @@ def cached_features(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     kind = "features" if start is None else f"trunk{start}"
-    cache = cache_dir / f"{kind}-{_encoder_digest(captioner)}.safetensors"
+    cache = cache_dir / f"{kind}-{_encoder_digest(captioner, start)}.safetensors"
     keys = [_content_key(p) for p in paths]
     stored: dict[str, torch.Tensor] = load_file(str(cache)) if cache.exists() else {}
     todo = [i for i, k in enumerate(keys) if k not in stored]
@@ -340,8 +348,9 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         if config.encoder != "tiny":
             load_imagenet_weights(captioner.encoder)
         captioner.to(device)
-    # A continued model keeps its name (an ensemble stays "...-x2"); a new one is named here.
-    continued = config.init is not None and not config.reset_decoder
+    # A continued or resumed model keeps its name (an ensemble stays "...-x2"); a new one is
+    # named here.
+    continued = (config.init is not None or config.resume) and not config.reset_decoder
     default_name = f"photocap-{config.encoder.replace('_', '')}-lstm"
     captioner.metadata = {
         "name": captioner.metadata.get("name", default_name) if continued else default_name,

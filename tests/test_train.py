@@ -315,6 +315,16 @@ def test_cached_features_equal_fresh_ones_and_follow_content(small_data, tmp_pat
     torch.testing.assert_close(
         train_mod.encode_top(captioner, acts, start), fresh.float(), atol=2e-2, rtol=2e-2
     )
+    # the trunk's file is keyed by the trunk alone: a model whose top was trained (a run to
+    # continue) reuses it; a change below the split gets a file of its own
+    with torch.no_grad():
+        captioner.encoder.top_parameters(2)[0].add_(1.0)
+    assert torch.equal(cached_features(captioner, paths, pixels, cache, start), acts)
+    assert len(list(cache.glob(f"trunk{start}-*.safetensors"))) == 1
+    with torch.no_grad():
+        next(iter(captioner.encoder.trunk_state_dict(start).values())).add_(1.0)
+    assert not torch.equal(cached_features(captioner, paths, pixels, cache, start), acts)
+    assert len(list(cache.glob(f"trunk{start}-*.safetensors"))) == 2
 
 
 def test_encode_captions_pads_and_truncates(tiny_run: TinyRun) -> None:
@@ -399,6 +409,16 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     assert last.metadata["train_config"]["scst_encoder_blocks"] == 2
     assert last.metadata["train_config"]["encoder_lr"] == pytest.approx(1e-3)
     assert not torch.equal(last.encoder._conv_head.weight, ensemble.encoder._conv_head.weight)
+    # resumed for one more epoch (without --init), it is still the same model by name
+    result = _cli_train(
+        small_data.root, tuned, tmp_path / "cache", "--resume", "--epochs", "0",
+        "--scst-epochs", "2", "--scst-batch", "4", "--scst-samples", "2",
+        "--scst-encoder-blocks", "2", "--encoder-lr", "1e-3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "scst epoch 2/2" in result.stderr
+    last = load_captioner(tuned.with_name(tuned.name + ".last.safetensors"), "cpu")
+    assert last.metadata["name"] == "tiny-x2"
     # errors: one line on stderr, exit 2
     bad = CliRunner().invoke(
         app,
