@@ -351,7 +351,7 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     # A continued or resumed model keeps its name (an ensemble stays "...-x2"); a new one is
     # named here.
     continued = (config.init is not None or config.resume) and not config.reset_decoder
-    default_name = f"photocap-{config.encoder.replace('_', '')}-lstm"
+    default_name = f"photocap-{captioner.config.encoder.name.replace('_', '')}-lstm"
     captioner.metadata = {
         "name": captioner.metadata.get("name", default_name) if continued else default_name,
         "training_data": "Flickr8k official train split "

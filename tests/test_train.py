@@ -380,6 +380,8 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "new decoder" in result.stderr
+    # named after the encoder it has, not the --encoder default it was not given
+    assert load_captioner(second, "cpu").metadata["name"] == "photocap-tiny-lstm"
     joined = tmp_path / "joined.safetensors"
     result = CliRunner().invoke(
         app, ["ensemble", str(out), str(second), "--out", str(joined), "--name", "tiny-x2"]
