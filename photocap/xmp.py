@@ -201,6 +201,10 @@ class XmpDocument:
     def __init__(self, root: ET.Element, prefixes: dict[str, str] | None = None) -> None:
         self.root = root
         self.prefixes: dict[str, str] = dict(prefixes or {})  # uri -> prefix from the source
+        # Comments and processing instructions outside the root element (before it, after
+        # it), kept for serialisation; the xpacket wrapper is not among them (it is rewritten).
+        self.before: list[ET.Element] = []
+        self.after: list[ET.Element] = []
         if root.tag == RDF_RDF:
             self.rdf = root
         elif root.tag == _q(NS_X, "xmpmeta") or root.tag == _q(NS_X, "xapmeta"):
@@ -225,27 +229,41 @@ class XmpDocument:
         """Parse safely: defusedxml forbids entity declarations and external references."""
         prefixes: dict[str, str] = {}
         root: ET.Element | None = None
+        outside: tuple[list[ET.Element], list[ET.Element]] = ([], [])  # before, after the root
+        depth = 0
         # Comments and processing instructions inside the packet are kept (a merge must not
         # drop what a person or another tool wrote); the defused parser still refuses
         # entities and external references.
         parser = DET.DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
         try:
             for event, item in DET.iterparse(
-                io.BytesIO(data), events=("start-ns", "end"), parser=parser
+                io.BytesIO(data),
+                events=("start-ns", "start", "end", "comment", "pi"),
+                parser=parser,
             ):
                 if event == "start-ns":
                     prefix, uri = item
                     if prefix and uri not in prefixes:
                         prefixes[uri] = prefix
-                else:
+                elif event == "start":
+                    depth += 1
+                elif event == "end":
+                    depth -= 1
                     root = item
+                elif depth == 0 and not (
+                    item.tag is ET.ProcessingInstruction and (item.text or "").startswith("xpacket")
+                ):
+                    # top level: TreeBuilder attaches these to no element, so keep them here
+                    outside[root is not None].append(item)
         except DefusedXmlException as err:
             raise WriteError(f"unsafe XML refused ({type(err).__name__}) in {source}") from None
         except ET.ParseError as err:
             raise WriteError(f"malformed XML in {source}: {err}") from None
         if root is None:
             raise WriteError(f"empty XML document: {source}")
-        return cls(root, prefixes)
+        doc = cls(root, prefixes)
+        doc.before, doc.after = outside
+        return doc
 
     @classmethod
     def load(cls, path: Path) -> XmpDocument:
@@ -394,7 +412,13 @@ class XmpDocument:
         root = self.root
         ET.indent(root, space=" ")  # RDF/XML ignores whitespace between property elements
         out: list[str] = ['<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n']
+        for node in self.before:
+            _write_element(out, node, prefixes, declared=set(), top=False)
+            out.append("\n")
         _write_element(out, root, prefixes, declared=set(), top=True)
+        for node in self.after:
+            out.append("\n")
+            _write_element(out, node, prefixes, declared=set(), top=False)
         out.append('\n<?xpacket end="w"?>\n')
         return "".join(out).encode("utf-8")
 

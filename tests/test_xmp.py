@@ -22,6 +22,7 @@ needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not insta
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
 
 RICH_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<!-- exported by acme 2.1 -->
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
  <?acme-sync revision="7"?>
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
@@ -61,6 +62,7 @@ RICH_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
   </rdf:Description>
  </rdf:RDF>
 </x:xmpmeta>
+<!-- acme checksum 1f2e3d -->
 <?xpacket end="w"?>
 """
 
@@ -191,6 +193,10 @@ def test_merge_keeps_every_other_field(lib: Path) -> None:
         '<?acme-sync revision="7"?>',
     ):
         assert kept in text
+    # ... also outside the root element, each on its side of it, inside the one packet
+    assert text.index("<!-- exported by acme 2.1 -->") < text.index("<x:xmpmeta")
+    assert text.index("</x:xmpmeta>") < text.index("<!-- acme checksum 1f2e3d -->")
+    assert text.count("<?xpacket") == 2 and text.rstrip().endswith('<?xpacket end="w"?>')
     assert not read_provenance(doc).created_sidecar
 
 
