@@ -198,13 +198,19 @@ class XmpDocument:
     method handles both. Namespace prefixes seen while parsing are kept for serialisation.
     """
 
-    def __init__(self, root: ET.Element, prefixes: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: ET.Element,
+        prefixes: dict[str, str] | None = None,
+        before: list[ET.Element] | None = None,
+        after: list[ET.Element] | None = None,
+    ) -> None:
         self.root = root
         self.prefixes: dict[str, str] = dict(prefixes or {})  # uri -> prefix from the source
         # Comments and processing instructions outside the root element (before it, after
         # it), kept for serialisation; the xpacket wrapper is not among them (it is rewritten).
-        self.before: list[ET.Element] = []
-        self.after: list[ET.Element] = []
+        self.before: list[ET.Element] = list(before or [])
+        self.after: list[ET.Element] = list(after or [])
         if root.tag == RDF_RDF:
             self.rdf = root
         elif root.tag == _q(NS_X, "xmpmeta") or root.tag == _q(NS_X, "xapmeta"):
@@ -229,7 +235,8 @@ class XmpDocument:
         """Parse safely: defusedxml forbids entity declarations and external references."""
         prefixes: dict[str, str] = {}
         root: ET.Element | None = None
-        outside: tuple[list[ET.Element], list[ET.Element]] = ([], [])  # before, after the root
+        before: list[ET.Element] = []  # top-level comments and PIs before the root element
+        after: list[ET.Element] = []  # ... and after it
         depth = 0
         # Comments and processing instructions inside the packet are kept (a merge must not
         # drop what a person or another tool wrote); the defused parser still refuses
@@ -254,16 +261,14 @@ class XmpDocument:
                     item.tag is ET.ProcessingInstruction and (item.text or "").startswith("xpacket")
                 ):
                     # top level: TreeBuilder attaches these to no element, so keep them here
-                    outside[root is not None].append(item)
+                    (before if root is None else after).append(item)
         except DefusedXmlException as err:
             raise WriteError(f"unsafe XML refused ({type(err).__name__}) in {source}") from None
         except ET.ParseError as err:
             raise WriteError(f"malformed XML in {source}: {err}") from None
         if root is None:
             raise WriteError(f"empty XML document: {source}")
-        doc = cls(root, prefixes)
-        doc.before, doc.after = outside
-        return doc
+        return cls(root, prefixes, before, after)
 
     @classmethod
     def load(cls, path: Path) -> XmpDocument:
