@@ -1,11 +1,12 @@
-"""CIDEr-D, computed in-process: the reward of self-critical training and the score that picks
-the best epoch.
+"""CIDEr-D and BLEU-4, computed in-process: the reward of self-critical training and the score
+that picks the best epoch.
 
 This follows the reference implementation (pycocoevalcap ``cider_scorer.py``, which is CIDEr-D:
 n = 1..4, tf-idf weighted n-gram vectors, candidate counts clipped by the reference's, a Gaussian
 length penalty with sigma 6, times 10). It needs no Java and is fast enough to score tens of
 thousands of captions per second-ish, which training needs; ``photocap evaluate`` reports the
-official numbers from pycocoevalcap itself.
+official numbers from pycocoevalcap itself. BLEU-4 is here too, for the training logs (corpus
+BLEU-4, as coco-eval) and for a reward that mixes it in (one caption's smoothed BLEU-4).
 
 Inputs are token lists (see :func:`photocap.vocab.tokenize`).
 """
@@ -96,27 +97,51 @@ def corpus_cider(
     return sum(scores) / max(len(scores), 1)
 
 
+def _bleu_stats(
+    candidate: Sequence[str], refs: Sequence[Sequence[str]]
+) -> tuple[list[int], list[int], int]:
+    """Clipped n-gram matches and candidate n-gram counts (n = 1..4) of one candidate, and the
+    length of its closest reference (ties: the shorter, as coco-eval)."""
+    ref_len = min((abs(len(r) - len(candidate)), len(r)) for r in refs)[1]
+    max_ref: Ngrams = Counter()
+    for r in refs:
+        for g, c in count_ngrams(r).items():
+            max_ref[g] = max(max_ref[g], c)
+    matches = [0] * NGRAMS
+    for g, c in count_ngrams(candidate).items():
+        matches[len(g) - 1] += min(c, max_ref.get(g, 0))
+    totals = [max(len(candidate) - k, 0) for k in range(NGRAMS)]
+    return matches, totals, ref_len
+
+
 def corpus_bleu4(
     candidates: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]]
 ) -> float:
     """Corpus BLEU-4, closest-reference brevity penalty (as coco-eval); for training logs."""
-    matches = [0] * 4
-    totals = [0] * 4
+    matches = [0] * NGRAMS
+    totals = [0] * NGRAMS
     cand_len = ref_len = 0
     for cand, group in zip(candidates, refs, strict=True):
+        m, t, r = _bleu_stats(cand, group)
+        matches = [a + b for a, b in zip(matches, m, strict=True)]
+        totals = [a + b for a, b in zip(totals, t, strict=True)]
         cand_len += len(cand)
-        ref_len += min((abs(len(r) - len(cand)), len(r)) for r in group)[1]
-        cand_counts = count_ngrams(cand)
-        max_ref: Ngrams = Counter()
-        for r in group:
-            for g, c in count_ngrams(r).items():
-                max_ref[g] = max(max_ref[g], c)
-        for g, c in cand_counts.items():
-            matches[len(g) - 1] += min(c, max_ref.get(g, 0))
-        for k in range(4):
-            totals[k] += max(len(cand) - k, 0)
+        ref_len += r
     if min(matches) == 0:
         return 0.0
-    log_p = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / 4
+    log_p = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / NGRAMS
     brevity = min(0.0, 1 - ref_len / max(cand_len, 1))
     return math.exp(log_p + brevity)
+
+
+def sentence_bleu4(candidate: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """BLEU-4 of one caption, with add-one smoothing of the 2..4-gram precisions (BLEU+1, Lin
+    and Och 2004) so that a caption without a matching 4-gram still scores by its shorter
+    matches; unsmoothed, most single captions would score 0 and give a reward no gradient."""
+    matches, totals, ref_len = _bleu_stats(candidate, refs)
+    if matches[0] == 0:
+        return 0.0
+    log_p = math.log(matches[0] / totals[0])
+    log_p += sum(math.log((m + 1) / (t + 1)) for m, t in zip(matches[1:], totals[1:], strict=True))
+    brevity = min(0.0, 1 - ref_len / len(candidate))
+    return math.exp(log_p / NGRAMS + brevity)

@@ -98,6 +98,13 @@ def train(
         min=0,
         help="Stage 3 also trains the encoder's last N blocks and head (0: encoder frozen).",
     ),
+    bleu_weight: float = typer.Option(
+        0.0,
+        "--bleu-weight",
+        min=0.0,
+        help="Weight W of BLEU-4: stage 3 rewards CIDEr-D + W x BLEU-4, and the best epoch is "
+        "picked by dev CIDEr-D + W x BLEU-4.",
+    ),
     encoder_lr: float = typer.Option(
         5e-5,
         "--encoder-lr",
@@ -147,6 +154,7 @@ def train(
         scst_samples=scst_samples,
         scst_encoder_blocks=scst_encoder_blocks,
         encoder_lr=encoder_lr,
+        bleu_weight=bleu_weight,
         reset_decoder=reset_decoder,
         scale_jitter=scale_jitter,
     )

@@ -5,11 +5,13 @@
               weights, and reused across runs.
 2. **finetune** (``--fine-tune-epochs``) - cross-entropy with the encoder unfrozen, on pixels.
 3. **scst** (``--scst-epochs``) - self-critical sequence training (Rennie et al. 2017): sample
-              captions, reward each by its CIDEr-D against the photo's five references, baseline
-              = mean reward of the other samples of the same photo (Luo 2020).
+              captions, reward each by its CIDEr-D against the photo's five references (plus
+              ``--bleu-weight`` x its BLEU-4), baseline = mean reward of the other samples of
+              the same photo (Luo 2020).
 
 Each epoch is scored on the dev split (greedy decoding, CIDEr-D and BLEU-4 from
-:mod:`photocap.cider`); the best epoch is what ``--out`` holds. A checkpoint of the last epoch
+:mod:`photocap.cider`); the best epoch by CIDEr-D (+ ``--bleu-weight`` x BLEU-4) is what
+``--out`` holds. A checkpoint of the last epoch
 and the optimiser state are written every epoch so ``--resume`` continues an interrupted run.
 
 The library never prints: :func:`iter_train` yields :class:`TrainEvent` s for the CLI to render.
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from photocap.checkpoint import load_captioner, resolve_device, save_captioner
-from photocap.cider import CiderD, corpus_bleu4, corpus_cider
+from photocap.cider import CiderD, corpus_bleu4, corpus_cider, sentence_bleu4
 from photocap.dataset import load_flickr8k
 from photocap.encoder import EncoderConfig, load_imagenet_weights
 from photocap.errors import DatasetError, ModelError
@@ -65,6 +67,10 @@ class TrainConfig:
     # Stage 3 also trains the encoder's last N blocks and its head (0 = encoder frozen). The
     # blocks below are run once and cached, so this costs a fraction of stage 2's backward pass.
     scst_encoder_blocks: int = 0
+    # BLEU-4 beside CIDEr-D: stage 3's reward is CIDEr-D + w * the caption's BLEU-4, and every
+    # stage picks its best epoch by dev CIDEr-D + w * BLEU-4 (0 = CIDEr-D alone). CIDEr-D-only
+    # training trades BLEU-4 away; the project's goal counts both.
+    bleu_weight: float = 0.0
     lr_decay: float = 0.8  # xe: lr *= decay every lr_decay_every epochs
     lr_decay_every: int = 3
     attention_reg: float = 1.0  # doubly stochastic attention (SAT eq. 14)
@@ -243,6 +249,11 @@ def score_dev(
     return {"cider": corpus_cider(hyps, refs), "bleu4": corpus_bleu4(hyps, refs)}
 
 
+def selection_score(dev: dict[str, float], config: TrainConfig) -> float:
+    """What picks the best epoch: dev CIDEr-D, plus ``bleu_weight`` x dev BLEU-4."""
+    return dev["cider"] + config.bleu_weight * dev.get("bleu4", 0.0)
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -389,7 +400,9 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         captioner.metadata = {**captioner.metadata, "dev_greedy": dict(best)}
         save_captioner(captioner, config.out)
         yield TrainEvent(
-            "info", dev=dict(best), message=f"starting model: dev CIDEr-D {best['cider']:.3f}"
+            "info",
+            dev=dict(best),
+            message=f"starting model: dev CIDEr-D {best['cider']:.3f} BLEU-4 {best['bleu4']:.3f}",
         )
     start_stage = resume_state["stage"] if resume_state else STAGES[0]
     start_epoch = resume_state["epoch"] if resume_state else 0
@@ -586,7 +599,7 @@ def _run_stage(
             assert dev_feats is not None
             dev_feats_now = dev_feats if start is None else encode_top(captioner, dev_feats, start)
         dev = score_dev(captioner, dev_feats_now, dev_refs, beam_size=1)
-        improved = dev["cider"] > best["cider"]
+        improved = selection_score(dev, config) > selection_score(best, config)
         if improved:
             best.clear()
             best.update(dev, stage=STAGES.index(stage), epoch=epoch)
@@ -679,9 +692,14 @@ def _scst_loss(
     n = config.scst_samples
     tokens, logp, mask = captioner.sample(features, n)  # (B*n, T) x3
     words = [captioner.vocab.decode(row) for row in tokens.tolist()]
-    rewards = torch.tensor(
-        scorer.score(words, [refs[i // n] for i in range(len(words))]), device=features.device
-    ).view(-1, n)  # (B, n)
+    groups = [refs[i // n] for i in range(len(words))]
+    scores = scorer.score(words, groups)
+    if config.bleu_weight:
+        scores = [
+            s + config.bleu_weight * sentence_bleu4(w, g)
+            for s, w, g in zip(scores, words, groups, strict=True)
+        ]
+    rewards = torch.tensor(scores, device=features.device).view(-1, n)  # (B, n)
     baseline = (rewards.sum(1, keepdim=True) - rewards) / max(n - 1, 1)  # (B, n)
     advantage = (rewards - baseline).view(-1, 1)  # (B*n, 1)
     return -(advantage * logp * mask).sum() / mask.sum()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from photocap.cider import CiderD, corpus_bleu4, corpus_cider, count_ngrams
+from photocap.cider import CiderD, corpus_bleu4, corpus_cider, count_ngrams, sentence_bleu4
 
 cider_ref = pytest.importorskip("pycocoevalcap.cider.cider")
 bleu_ref = pytest.importorskip("pycocoevalcap.bleu.bleu")
@@ -100,3 +100,28 @@ def test_bleu4_perfect_and_zero() -> None:
     refs = [[["a", "dog", "runs", "on", "the", "grass"]]]
     assert corpus_bleu4([refs[0][0]], refs) == pytest.approx(1.0)
     assert corpus_bleu4([["cat", "sleeps"]], refs) == 0.0
+
+
+def test_sentence_bleu4_is_smoothed_and_ordered() -> None:
+    refs = [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"]]
+    assert sentence_bleu4(refs[0], refs) == pytest.approx(1.0)
+    assert sentence_bleu4(["cat", "sleeps"], refs) == 0.0
+    assert sentence_bleu4([], refs) == 0.0
+    # No matching 3- or 4-gram: unsmoothed BLEU-4 would be 0; BLEU+1 keeps the shorter matches.
+    # 6 words, closest reference 6 words (no brevity penalty); matches 1..4-grams: 4 (a dog is
+    # on), 2 (a dog, dog is), 0, 0 of 6, 5, 4, 3.
+    partial = ["a", "dog", "is", "on", "green", "lawn"]
+    want = math.exp((math.log(4 / 6) + math.log(3 / 6) + math.log(1 / 5) + math.log(1 / 4)) / 4)
+    assert sentence_bleu4(partial, refs) == pytest.approx(want)
+    better = ["a", "dog", "runs", "on", "green", "lawn"]  # shares a 4-gram
+    assert sentence_bleu4(partial, refs) < sentence_bleu4(better, refs) < 1.0
+    # a short caption pays the brevity penalty against its closest reference (5 words)
+    assert sentence_bleu4(["a", "dog"], refs) < sentence_bleu4(["a", "dog", "is", "running"], refs)
+
+
+def test_sentence_bleu4_equals_corpus_bleu4_of_one_full_match() -> None:
+    refs = [["a", "man", "rides", "a", "bike", "down", "the", "road"]]
+    cand = ["a", "man", "rides", "a", "bike", "down", "a", "hill"]
+    # all four precisions non-zero: unsmoothed corpus BLEU of one caption is close to BLEU+1
+    assert corpus_bleu4([cand], [refs]) > 0
+    assert sentence_bleu4(cand, refs) == pytest.approx(corpus_bleu4([cand], [refs]), rel=0.15)

@@ -31,6 +31,7 @@ from photocap.train import (
     iter_train,
     load_pixels,
     score_dev,
+    selection_score,
 )
 from photocap.vocab import tokenize
 
@@ -230,6 +231,45 @@ def test_scst_with_encoder_blocks_trains_the_top_of_the_encoder_only(
     )
 
 
+def test_bleu_weight_mixes_bleu4_into_the_reward_and_the_choice_of_epoch(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scored: list[list[str]] = []
+    real = train_mod.sentence_bleu4
+
+    def spy(candidate: list[str], refs: list[list[str]]) -> float:
+        scored.append(list(candidate))
+        return real(candidate, refs)
+
+    monkeypatch.setattr(train_mod, "sentence_bleu4", spy)
+    out = tmp_path / "mixed.safetensors"
+    config = tiny_train_config(
+        tiny_run.fake.root, out, tmp_path / "cache", epochs=0, scst_epochs=3,
+        init=tiny_run.out, scst_lr=1e-2, bleu_weight=3.0,
+    )  # fmt: skip
+    events = list(iter_train(config))
+    # every sampled caption of every step got a BLEU-4 reward: photos x samples x epochs
+    n_train = len(tiny_run.fake.train)
+    assert len(scored) == n_train * config.scst_samples * config.scst_epochs
+    # an epoch is the best so far exactly when its CIDEr-D + 3 x BLEU-4 beats the best so far
+    (start,) = [e.dev for e in events if "starting model" in e.message]
+    assert "bleu4" in start
+    best = selection_score(start, config)
+    assert best == pytest.approx(start["cider"] + 3.0 * start["bleu4"])
+    for e in (e for e in events if e.kind == "epoch"):
+        assert e.best == (selection_score(e.dev, config) > best)
+        best = max(best, selection_score(e.dev, config))
+    assert load_captioner(out, "cpu").metadata["train_config"]["bleu_weight"] == 3.0
+    # weight 0 (the default): CIDEr-D alone, no BLEU-4 computed
+    scored.clear()
+    config = tiny_train_config(
+        tiny_run.fake.root, tmp_path / "plain.safetensors", tmp_path / "cache", epochs=0,
+        scst_epochs=1, init=tiny_run.out,
+    )  # fmt: skip
+    list(iter_train(config))
+    assert scored == []
+
+
 def test_reset_decoder_keeps_encoder_and_vocabulary(tiny_run: TinyRun, tmp_path: Path) -> None:
     init = tiny_run.out
     out = tmp_path / "second_decoder.safetensors"
@@ -397,7 +437,7 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     result = _cli_train(
         small_data.root, tuned, tmp_path / "cache", "--init", str(joined), "--epochs", "0",
         "--scst-epochs", "1", "--scst-batch", "4", "--scst-samples", "2",
-        "--scst-encoder-blocks", "2", "--encoder-lr", "1e-3",
+        "--scst-encoder-blocks", "2", "--encoder-lr", "1e-3", "--bleu-weight", "0.5",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "scst epoch 1/1" in result.stderr and "photos/s" in result.stderr
@@ -410,6 +450,7 @@ def test_cli_train(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ig
     ) == (4, 2)
     assert last.metadata["train_config"]["scst_encoder_blocks"] == 2
     assert last.metadata["train_config"]["encoder_lr"] == pytest.approx(1e-3)
+    assert last.metadata["train_config"]["bleu_weight"] == pytest.approx(0.5)
     assert not torch.equal(last.encoder._conv_head.weight, ensemble.encoder._conv_head.weight)
     # resumed for one more epoch (without --init), it is still the same model by name
     result = _cli_train(
