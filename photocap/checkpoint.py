@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from photocap.model import Captioner
 
 FORMAT = "photocap-checkpoint"
-FORMAT_VERSION = 2  # 2: ModelConfig.decoders (ensembles); files without one stay version 1
+# 2: ModelConfig.decoders (ensembles); 3: EncoderConfig.branches. A file is written as the
+# oldest version that can read it, so a model without either stays version 1.
+FORMAT_VERSION = 3
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
 DEFAULT_BEAM_SIZE = 3  # chosen on Flickr8k dev for the shipped model (models/README.md)
@@ -80,9 +82,7 @@ def save_captioner(
         tensors[name] = t.contiguous()
     metadata = {
         "format": FORMAT,
-        # The oldest version that can read the file: a single-decoder model stays readable
-        # by photocap releases that predate ensembles.
-        "format_version": str(FORMAT_VERSION if captioner.config.decoders > 1 else 1),
+        "format_version": str(_oldest_reader(captioner)),
         "config": json.dumps(captioner.config.to_dict()),
         "preset": json.dumps(captioner.preset.to_dict()),
         "vocab": json.dumps(list(captioner.vocab.words)),
@@ -97,6 +97,14 @@ def save_captioner(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _oldest_reader(captioner: Captioner) -> int:
+    """The oldest format version that reads this model: releases that predate ensembles still
+    load a single-decoder model, and those that predate encoder branches an ensemble."""
+    if captioner.config.encoder.branches > 1:
+        return 3
+    return 2 if captioner.config.decoders > 1 else 1
 
 
 def read_metadata(path: Path) -> dict[str, str]:

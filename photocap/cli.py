@@ -242,17 +242,36 @@ def evaluate(
 @cli_errors
 def ensemble(
     models: list[Path] = typer.Argument(
-        ..., metavar="MODEL", help="Model files sharing one encoder (2 or more)."
+        ..., metavar="MODEL", help="Model files sharing an encoder's trunk (2 or more)."
     ),
     out: Path = typer.Option(..., "--out", help="Model file to write."),
     name: str | None = typer.Option(None, "--name", help="Model name stored in the file."),
+    decoders: str | None = typer.Option(
+        None,
+        "--decoders",
+        help="Keep only these decoders: positions (from 0) in the list of every MODEL's "
+        "decoders in turn, e.g. 0,1,2. Default: all.",
+    ),
 ) -> None:
-    """Join decoders trained on one encoder (train --init BASE --reset-decoder) into one model
-    that averages their word probabilities."""
+    """Join the decoders of several models into one model that averages their word
+    probabilities. Models trained on one encoder (train --init BASE --reset-decoder) share it;
+    encoders that differ in their last blocks (--scst-encoder-blocks) become branches of one
+    encoder, the shared trunk computed once."""
+    from photocap.checkpoint import load_captioner
     from photocap.train import merge_decoders
 
-    path = merge_decoders(models, out, {"name": name} if name else None)
-    typer.echo(f"wrote {path} ({len(models)} decoders, {path.stat().st_size / 1e6:.1f} MB)")
+    try:
+        keep = [int(k) for k in decoders.split(",")] if decoders else None
+    except ValueError:
+        raise typer.BadParameter(
+            f"not a list of positions: {decoders}", param_hint="--decoders"
+        ) from None
+    path = merge_decoders(models, out, {"name": name} if name else None, keep)
+    config = load_captioner(path, "cpu").config
+    typer.echo(
+        f"wrote {path} ({config.decoders} decoders, {config.encoder.branches} encoder "
+        f"branch{'es' if config.encoder.branches > 1 else ''}, {path.stat().st_size / 1e6:.1f} MB)"
+    )
 
 
 # ----------------------------------------------------------------------------- caption & search

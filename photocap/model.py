@@ -61,18 +61,36 @@ class ModelConfig:
     length_penalty: float = 0.7  # beam ranking: sum log p / words ** length_penalty
     no_repeat_words: bool = True  # content words at most once per caption (see FUNCTION_WORDS)
     decoders: int = 1  # M > 1: an Ensemble of M decoders (format version 2)
+    # With encoder branches (format version 3): the branch each decoder reads, M entries.
+    decoder_branches: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        branches = self.encoder.branches
+        if branches == 1 and not self.decoder_branches:
+            return
+        if len(self.decoder_branches) != self.decoders or set(self.decoder_branches) != set(
+            range(branches)
+        ):
+            raise ValueError(
+                f"decoder_branches {list(self.decoder_branches)} must give each of the "
+                f"{self.decoders} decoders one of the {branches} encoder branches, each used"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if data["decoders"] == 1:  # as format version 1 wrote it: older readers still load it
             del data["decoders"]
+        if not self.decoder_branches:  # as format version 2 wrote it
+            del data["decoder_branches"]
+        data["encoder"] = self.encoder.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         encoder = EncoderConfig(**data.pop("encoder"))
-        return cls(encoder=encoder, **data)
+        branches = tuple(data.pop("decoder_branches", ()))
+        return cls(encoder=encoder, decoder_branches=branches, **data)
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,10 @@ class Ensemble(nn.Module):
     search reorders them as if they were one model's. ``step`` returns log-probabilities
     (already normalised, so a further log_softmax leaves them unchanged). Decoding only: train
     the members one by one (``photocap train --reset-decoder``), then ``photocap ensemble``.
+
+    With an encoder of ``branches`` > 1 the features are the branches' grids side by side,
+    (N, L, branches * D), and each member reads the grid of its branch
+    (``ModelConfig.decoder_branches``).
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, feature_dim: int) -> None:
@@ -171,26 +193,36 @@ class Ensemble(nn.Module):
             Decoder(config, vocab_size, feature_dim) for _ in range(config.decoders)
         )
         self.hidden_dim, self.attention_dim = config.hidden_dim, config.attention_dim
+        self.feature_dim = feature_dim  # D, one branch's channels
+        self.branch_of = list(config.decoder_branches) or [0] * config.decoders  # member -> branch
 
     @property
     def decoders(self) -> list[Decoder]:
         """The members, typed."""
         return cast(list[Decoder], list(self.members))
 
+    def _grids(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's grid: features (N, L, branches * D) -> M x (N, L, D) (views)."""
+        branches = features.split(self.feature_dim, dim=-1)  # branches x (N, L, D)
+        return [branches[b] for b in self.branch_of]
+
     def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states = [m.init_state(features) for m in self.decoders]  # M x ((N, H), (N, H))
+        grids = self._grids(features)  # M x (N, L, D)
+        states = [m.init_state(g) for m, g in zip(self.decoders, grids, strict=True)]
         h = torch.cat([h for h, _ in states], dim=-1)  # (N, M*H)
         c = torch.cat([c for _, c in states], dim=-1)  # (N, M*H)
         return h, c
 
     def attend_features(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.attend_features(features) for m in self.decoders], dim=-1)  # (N,L,M*A)
+        grids = self._grids(features)  # M x (N, L, D)
+        att = [m.attend_features(g) for m, g in zip(self.decoders, grids, strict=True)]
+        return torch.cat(att, dim=-1)  # (N, L, M*A)
 
     def step(
         self,
         words: torch.Tensor,  # (N,)
         state: tuple[torch.Tensor, torch.Tensor],  # (N, M*H), (N, M*H)
-        features: torch.Tensor,  # (N, L, D)
+        features: torch.Tensor,  # (N, L, branches*D)
         att_features: torch.Tensor,  # (N, L, M*A)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """One word for every member: log of the mean probability (N, V), the new concatenated
@@ -198,9 +230,10 @@ class Ensemble(nn.Module):
         hs = state[0].split(self.hidden_dim, dim=-1)  # M x (N, H)
         cs = state[1].split(self.hidden_dim, dim=-1)  # M x (N, H)
         atts = att_features.split(self.attention_dim, dim=-1)  # M x (N, L, A)
+        grids = self._grids(features)  # M x (N, L, D)
         logps, new_h, new_c, alphas = [], [], [], []
-        for member, h, c, att in zip(self.decoders, hs, cs, atts, strict=True):
-            logits, (h, c), alpha = member.step(words, (h, c), features, att)  # (N, V), ...
+        for member, h, c, att, grid in zip(self.decoders, hs, cs, atts, grids, strict=True):
+            logits, (h, c), alpha = member.step(words, (h, c), grid, att)  # (N, V), ...
             logps.append(logits.float().log_softmax(-1))  # (N, V)
             new_h.append(h)
             new_c.append(c)
@@ -244,6 +277,7 @@ class Captioner(nn.Module):
             "image_size": self.preset.size,
             "encoder": self.config.encoder.name,
             "decoders": self.config.decoders,
+            "encoder_branches": self.config.encoder.branches,
             "beam_search": {
                 "length_penalty": self.config.length_penalty,
                 "no_repeat_words": self.config.no_repeat_words,
@@ -545,11 +579,11 @@ def _fold_batchnorm(encoder: Encoder) -> nn.Module:
 
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    from photocap.encoder import MBConvBlock
+    from photocap.encoder import EncoderBranch, MBConvBlock
 
     fused = copy.deepcopy(encoder).eval()
     for module in fused.modules():
-        if isinstance(module, Encoder):
+        if isinstance(module, (Encoder, EncoderBranch)):
             pairs = [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
         elif isinstance(module, MBConvBlock):
             pairs = [

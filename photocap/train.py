@@ -331,6 +331,15 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
                 "(--epochs 0 --scst-epochs N), or train a new decoder for its encoder with "
                 "--reset-decoder"
             )
+        if captioner.config.encoder.branches > 1 and (
+            config.reset_decoder or config.scst_encoder_blocks
+        ):
+            # Its decoders read different grids; a new decoder or one encoder top to train
+            # would have to pick one of them.
+            raise ModelError(
+                f"{config.init} has encoder branches: continue it with self-critical training "
+                "of its decoders only (no --reset-decoder, no --scst-encoder-blocks)"
+            )
         vocab = captioner.vocab
         if config.reset_decoder:
             # Another decoder for the same encoder (e.g. an ensemble member, also from an
@@ -714,11 +723,21 @@ def train(config: TrainConfig) -> dict[str, float]:
     return result
 
 
-def merge_decoders(paths: Sequence[Path], out: Path, info: dict[str, Any] | None = None) -> Path:
+def merge_decoders(
+    paths: Sequence[Path],
+    out: Path,
+    info: dict[str, Any] | None = None,
+    keep: Sequence[int] | None = None,
+) -> Path:
     """Write one model file whose decoder is an :class:`~photocap.model.Ensemble` of the
-    decoders of ``paths``. They must share the encoder weights, the preset, the vocabulary and
-    the decoder architecture (train them with ``--init BASE --reset-decoder``); decoding
-    settings come from the first. Weights are stored fp16 like :func:`finalize_model`."""
+    decoders of ``paths`` (single models or ensembles): all of them, or those at the positions
+    ``keep`` of the list of every file's decoders in turn. The models must share the preset,
+    the vocabulary, the decoder architecture and the encoder's trunk; decoding settings come
+    from the first. Models with one encoder (``--init BASE --reset-decoder``) share it; models
+    whose encoders differ in their last blocks (``--scst-encoder-blocks``) get one encoder
+    branch each (:class:`~photocap.encoder.EncoderBranch`), their decoders reading their own
+    branch's grid, and the trunk runs once. Weights are stored fp16 like
+    :func:`finalize_model`."""
     from dataclasses import replace
 
     if len(paths) < 2:
@@ -726,12 +745,13 @@ def merge_decoders(paths: Sequence[Path], out: Path, info: dict[str, Any] | None
     models = [load_captioner(p, "cpu") for p in paths]
     first = models[0]
     for path, model in zip(paths, models, strict=True):
-        if model.config.decoders != 1:
-            raise ModelError(f"{path} is already an ensemble: give its members")
+        if model.config.encoder.branches > 1:
+            raise ModelError(f"{path} already has encoder branches: give the models it joined")
     for path, other in zip(paths[1:], models[1:], strict=True):
         same_arch = (
             replace(
                 other.config,
+                decoders=first.config.decoders,
                 length_penalty=first.config.length_penalty,
                 no_repeat_words=first.config.no_repeat_words,
             )
@@ -741,31 +761,109 @@ def merge_decoders(paths: Sequence[Path], out: Path, info: dict[str, Any] | None
             raise ModelError(f"{path}: another architecture or preset than {paths[0]}")
         if other.vocab != first.vocab:
             raise ModelError(f"{path}: another vocabulary than {paths[0]}")
-        ours, theirs = first.encoder.state_dict(), other.encoder.state_dict()
-        if any(not torch.equal(ours[k], theirs[k]) for k in ours):
-            raise ModelError(f"{path}: another encoder than {paths[0]} (use --reset-decoder)")
-    ensemble = Captioner(replace(first.config, decoders=len(models)), first.vocab, first.preset)
-    ensemble.encoder.load_state_dict(first.encoder.state_dict())
+    # Every file's decoders in turn, as (model index, decoder); then the ones kept.
+    pool = [(i, d) for i, m in enumerate(models) for d in _decoders_of(m)]
+    if keep is not None:
+        if len(keep) < 2 or len(set(keep)) < len(keep) or not set(keep) <= set(range(len(pool))):
+            raise ModelError(
+                f"keep two or more different decoders among 0..{len(pool) - 1}, not {list(keep)}"
+            )
+        pool = [pool[k] for k in keep]
+    used = sorted({i for i, _ in pool})  # the models that give a decoder
+    # One branch per distinct encoder among them, in order of first appearance.
+    encoders: list[dict[str, torch.Tensor]] = []
+    branch_of: dict[int, int] = {}  # model -> branch
+    for i in used:
+        state = models[i].encoder.state_dict()
+        same = [b for b, known in enumerate(encoders) if _same_tensors(known, state)]
+        branch_of[i] = same[0] if same else len(encoders)
+        if not same:
+            encoders.append(state)
+    base = models[used[0]].encoder
+    n_blocks = len(base._blocks)
+    start = next(  # the most blocks every encoder shares: the trunk that runs once
+        (
+            s
+            for s in range(n_blocks, -1, -1)
+            if all(
+                _same_tensors(base.trunk_state_dict(s), models[i].encoder.trunk_state_dict(s))
+                for i in used
+            )
+        ),
+        None,
+    )
+    if start is None:
+        bad = next(paths[i] for i in used if branch_of[i] > 0)
+        raise ModelError(
+            f"{bad}: another encoder than {paths[used[0]]}, not even the stem is shared "
+            "(train decoders for one encoder with --init BASE --reset-decoder)"
+        )
+    branched = len(encoders) > 1
+    encoder_config = replace(
+        first.config.encoder,
+        branches=len(encoders),
+        branch_blocks=n_blocks - start if branched else 0,
+    )
+    config = replace(
+        first.config,
+        encoder=encoder_config,
+        decoders=len(pool),
+        decoder_branches=tuple(branch_of[i] for i, _ in pool) if branched else (),
+    )
+    ensemble = Captioner(config, first.vocab, first.preset)
+    state = dict(encoders[0])
+    for b, branch_state in enumerate(encoders[1:]):  # each branch's own blocks and head
+        for name, tensor in branch_state.items():
+            part = name.split(".")
+            if part[0] == "_blocks" and int(part[1]) >= start:
+                block = str(int(part[1]) - start)
+                state[".".join([f"_branches.{b}._blocks", block, *part[2:]])] = tensor
+            elif part[0] in ("_conv_head", "_bn1"):
+                state[f"_branches.{b}.{name}"] = tensor
+    ensemble.encoder.load_state_dict(state)
     assert isinstance(ensemble.decoder, Ensemble)
-    for member, model in zip(ensemble.decoder.decoders, models, strict=True):
-        member.load_state_dict(model.decoder.state_dict())
+    for member, (_, decoder) in zip(ensemble.decoder.decoders, pool, strict=True):
+        member.load_state_dict(decoder.state_dict())
     ensemble.metadata = {  # what the members were, each with its own training run
         "name": first.metadata.get("name", "photocap-ensemble"),
         "training_data": first.metadata.get("training_data", ""),
         "ensemble_of": [
             {
-                "file": Path(p).name,
-                "model_id": m.model_id,
+                "file": Path(paths[i]).name,
+                "model_id": models[i].model_id,
+                "decoders": sum(1 for j, _ in pool if j == i),
+                **({"encoder_branch": branch_of[i]} if branched else {}),
                 **{
-                    k: m.metadata[k]
-                    for k in ("dev_greedy", "best_stage", "best_epoch", "train_config")
-                    if k in m.metadata
+                    k: models[i].metadata[k]
+                    # an ensemble's file keeps what its own members were
+                    for k in (
+                        "dev_greedy",
+                        "best_stage",
+                        "best_epoch",
+                        "train_config",
+                        "ensemble_of",
+                    )
+                    if k in models[i].metadata
                 },
             }
-            for p, m in zip(paths, models, strict=True)
+            for i in used
         ],
     }
     return save_captioner(ensemble, out, half=True, info=info)
+
+
+def _decoders_of(model: Captioner) -> list[Decoder]:
+    return model.decoder.decoders if isinstance(model.decoder, Ensemble) else [model.decoder]
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Equal at the precision an ensemble's file stores (fp16): a training run's fp32 output
+    and the fp16 file it started from hold the same encoder."""
+
+    def stored(t: torch.Tensor) -> torch.Tensor:
+        return t.half() if t.is_floating_point() else t
+
+    return a.keys() == b.keys() and all(torch.equal(stored(a[k]), stored(b[k])) for k in a)
 
 
 def finalize_model(

@@ -92,8 +92,8 @@ def test_metadata_is_plain_strings(tmp_path: Path) -> None:
     path = save_captioner(build_random_captioner(), tmp_path / "m.safetensors")
     meta = read_metadata(path)
     assert meta["format"] == "photocap-checkpoint"
-    assert meta["format_version"] == "1"  # one decoder: readable by every photocap (<= 2)
-    assert FORMAT_VERSION == 2
+    assert meta["format_version"] == "1"  # one decoder: readable by every photocap (<= 3)
+    assert FORMAT_VERSION == 3
     assert "decoders" not in json.loads(meta["config"])
     assert json.loads(meta["vocab"])[:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert json.loads(meta["config"])["encoder"]["name"] == "tiny"
