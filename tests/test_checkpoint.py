@@ -270,6 +270,9 @@ def test_shipped_model_captions_a_real_photo_plausibly() -> None:
         assert len(set(words)) >= 3, text  # not "a a a"
         assert caption.score > -5.0  # a model that knows its words is not guessing uniformly
     assert captioner.info()["vocabulary"] == len(captioner.vocab)
+    # the limit on the shipped file, and its dev scores stored with it
+    assert SHIPPED_MODEL.stat().st_size < 100e6
+    assert captioner.metadata["dev_scores"]["beam_3"]["CIDEr"] > 0
 
 
 def test_non_numeric_format_version_is_a_model_error(tmp_path: Path) -> None:
