@@ -184,6 +184,38 @@ def tiny_train_config(data: Path, out: Path, cache_dir: Path, **overrides: Any) 
     return TrainConfig(**settings)
 
 
+def scst_config(init: Path, tmp_path: Path) -> Any:
+    """One epoch of stage 3 (the encoder frozen) continuing the model file ``init``, on a
+    6-photo fake Flickr8k; the best model goes to ``tmp_path / "t.safetensors"``."""
+    from photocap.train import TrainConfig
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=6, n_dev=2)
+    return TrainConfig(
+        data=fake.root,
+        out=tmp_path / "t.safetensors",
+        init=init,
+        device="cpu",
+        epochs=0,
+        scst_epochs=1,
+        scst_batch=3,
+        scst_lr=1e-2,
+        workers=0,
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def assert_decoders_moved_and_encoder_kept(start: Any, last: Any) -> None:
+    """Every member of ``last``'s ensemble was trained away from ``start``'s; the encoder
+    (branches included) was not."""
+    import torch
+
+    for before, after in zip(start.decoder.decoders, last.decoder.decoders, strict=True):
+        moved = after.state_dict()
+        assert any(not torch.equal(v, moved[k]) for k, v in before.state_dict().items())
+    encoder = start.encoder.state_dict()
+    assert all(torch.equal(v, encoder[k]) for k, v in last.encoder.state_dict().items())
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Any:
     """Tiny models run fastest on one thread; two threads on a loaded 2-core box spin badly."""

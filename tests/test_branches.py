@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from flickr_fixtures import make_fake_flickr
+from flickr_fixtures import assert_decoders_moved_and_encoder_kept, scst_config
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -17,7 +17,7 @@ from photocap.cli import app
 from photocap.encoder import EncoderConfig
 from photocap.errors import ModelError
 from photocap.model import Captioner, Ensemble, ModelConfig
-from photocap.train import TrainConfig, iter_train, merge_decoders
+from photocap.train import iter_train, merge_decoders
 
 
 def _retopped(model: Captioner, seed: int) -> Captioner:
@@ -156,19 +156,7 @@ def test_model_config_checks_the_branch_of_every_decoder() -> None:
 
 def test_training_a_branched_model(files: dict[str, Path], tmp_path: Path) -> None:
     out = merge_decoders([files["a"], files["b"]], tmp_path / "ab.safetensors")
-    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=6, n_dev=2)
-    config = TrainConfig(
-        data=fake.root,
-        out=tmp_path / "t.safetensors",
-        init=out,
-        device="cpu",
-        epochs=0,
-        scst_epochs=1,
-        scst_batch=3,
-        scst_lr=1e-2,
-        workers=0,
-        cache_dir=tmp_path / "cache",
-    )
+    config = scst_config(out, tmp_path)
     for bad in (
         replace(config, scst_encoder_blocks=1),
         replace(config, reset_decoder=True, epochs=1),
@@ -181,9 +169,4 @@ def test_training_a_branched_model(files: dict[str, Path], tmp_path: Path) -> No
     last = load_captioner(tmp_path / "t.safetensors.last.safetensors", "cpu")
     start = load_captioner(out, "cpu")
     assert last.config == start.config
-    enc = start.encoder.state_dict()
-    assert all(torch.equal(v, enc[k]) for k, v in last.encoder.state_dict().items())
-    assert isinstance(last.decoder, Ensemble) and isinstance(start.decoder, Ensemble)
-    for before, after in zip(start.decoder.decoders, last.decoder.decoders, strict=True):
-        moved = after.state_dict()
-        assert any(not torch.equal(v, moved[k]) for k, v in before.state_dict().items())
+    assert_decoders_moved_and_encoder_kept(start, last)

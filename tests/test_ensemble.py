@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from flickr_fixtures import make_fake_flickr
+from flickr_fixtures import assert_decoders_moved_and_encoder_kept, make_fake_flickr, scst_config
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -169,31 +169,14 @@ def test_self_critical_training_of_an_ensemble_moves_every_member(tmp_path: Path
     from the members' mean distribution, so every member gets a gradient; the encoder stays."""
     a = build_random_captioner(seed=1)
     out = save_captioner(_ensemble_of(a, _sibling(a, seed=2)), tmp_path / "ab.safetensors")
-    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=6, n_dev=2)
-    config = TrainConfig(
-        data=fake.root,
-        out=tmp_path / "t.safetensors",
-        init=out,
-        device="cpu",
-        epochs=0,
-        scst_epochs=1,
-        scst_batch=3,
-        scst_lr=1e-2,
-        workers=0,
-    )
+    config = scst_config(out, tmp_path)
     events = list(iter_train(config))
     assert [e.stage for e in events if e.kind == "epoch"] == ["scst"]
     last = load_captioner(tmp_path / "t.safetensors.last.safetensors", "cpu")
     assert isinstance(last.decoder, Ensemble) and last.config.decoders == 2
     with safe_open(str(config.out), framework="pt") as f:
         assert (f.metadata() or {})["format_version"] == "2"
-    start = load_captioner(out, "cpu")
-    assert isinstance(start.decoder, Ensemble)
-    for before, after in zip(start.decoder.decoders, last.decoder.decoders, strict=True):
-        moved = [not torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items()]
-        assert any(moved)
-    enc = start.encoder.state_dict()
-    assert all(torch.equal(v, enc[k]) for k, v in last.encoder.state_dict().items())
+    assert_decoders_moved_and_encoder_kept(load_captioner(out, "cpu"), last)
     # Cross-entropy still needs one decoder at a time.
     with pytest.raises(ModelError, match="self-critical training only"):
         list(iter_train(replace(config, epochs=1, out=tmp_path / "x.safetensors")))
