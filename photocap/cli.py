@@ -257,7 +257,7 @@ def ensemble(
     probabilities. Models trained on one encoder (train --init BASE --reset-decoder) share it;
     encoders that differ in their last blocks (--scst-encoder-blocks) become branches of one
     encoder, the shared trunk computed once."""
-    from photocap.checkpoint import load_captioner
+    from photocap.checkpoint import read_metadata
     from photocap.train import merge_decoders
 
     try:
@@ -267,10 +267,11 @@ def ensemble(
             f"not a list of positions: {decoders}", param_hint="--decoders"
         ) from None
     path = merge_decoders(models, out, {"name": name} if name else None, keep)
-    config = load_captioner(path, "cpu").config
+    config = json.loads(read_metadata(path)["config"])  # the header only, not the weights
+    branches = config["encoder"].get("branches", 1)
     typer.echo(
-        f"wrote {path} ({config.decoders} decoders, {config.encoder.branches} encoder "
-        f"branch{'es' if config.encoder.branches > 1 else ''}, {path.stat().st_size / 1e6:.1f} MB)"
+        f"wrote {path} ({config['decoders']} decoders, {branches} encoder "
+        f"branch{'es' if branches > 1 else ''}, {path.stat().st_size / 1e6:.1f} MB)"
     )
 
 

@@ -11,8 +11,8 @@
 
 Each epoch is scored on the dev split (greedy decoding, CIDEr-D and BLEU-4 from
 :mod:`photocap.cider`); the best epoch by CIDEr-D (+ ``--bleu-weight`` x BLEU-4) is what
-``--out`` holds. A checkpoint of the last epoch
-and the optimiser state are written every epoch so ``--resume`` continues an interrupted run.
+``--out`` holds. A checkpoint of the last epoch and the optimiser state are written every epoch
+so ``--resume`` continues an interrupted run.
 
 The library never prints: :func:`iter_train` yields :class:`TrainEvent` s for the CLI to render.
 """
@@ -840,14 +840,16 @@ def _decoders_of(model: Captioner) -> list[Decoder]:
 
 
 def _shared_trunk(encoders: Sequence[Encoder]) -> int | None:
-    """The most blocks all ``encoders`` share (stem included): the trunk a branched encoder
-    runs once; None if not even their stems are equal."""
-    first = encoders[0]
-    for start in range(len(first._blocks), -1, -1):
-        trunk = first.trunk_state_dict(start)
-        if all(_same_tensors(trunk, e.trunk_state_dict(start)) for e in encoders[1:]):
-            return start
-    return None
+    """How many blocks all ``encoders`` share, from the first (their stems equal too): the
+    trunk a branched encoder runs once; None if not even their stems are equal."""
+    first, others = encoders[0], encoders[1:]
+    if not all(_same_tensors(first.trunk_state_dict(0), e.trunk_state_dict(0)) for e in others):
+        return None
+    for i, block in enumerate(first._blocks):
+        ours = block.state_dict()
+        if not all(_same_tensors(ours, e._blocks[i].state_dict()) for e in others):
+            return i
+    return len(first._blocks)
 
 
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
