@@ -33,11 +33,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
+MODEL_HELP = "Model file [default: the shipped model]."
+DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
+EXIT_CODES = (
+    "Exit status: 0 every photo succeeded, 1 at least one photo failed, "
+    "2 usage or setup error, 130 interrupted."
+)
+BEAM_HELP = "Beam width of the caption search (1 = greedy)."
+DEVICE_HELP = "auto, cpu or cuda."
 
 
 def cli_errors(func: F) -> F:
@@ -71,14 +80,14 @@ def train(
     fine_tune_encoder: bool = typer.Option(
         False, "--fine-tune-encoder", help="Stage 2: also train the CNN (--fine-tune-epochs)."
     ),
-    fine_tune_epochs: int = typer.Option(5, "--fine-tune-epochs"),
+    fine_tune_epochs: int = typer.Option(5, "--fine-tune-epochs", help="Epochs of stage 2."),
     scst_epochs: int = typer.Option(
         0, "--scst-epochs", help="Stage 3: self-critical training with a CIDEr-D reward."
     ),
     batch_size: int = typer.Option(128, "--batch-size", help="Caption pairs per step."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of --out."),
-    seed: int = typer.Option(42, "--seed"),
+    seed: int = typer.Option(42, "--seed", help="Seed of every random choice (runs repeat)."),
     encoder: str = typer.Option(
         "efficientnet_lite2", "--encoder", help="efficientnet_lite0/1/2, or tiny (tests)."
     ),
@@ -193,10 +202,10 @@ def train(
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Flickr8k folder (Kaggle or original layout)."),
     split: str = typer.Option("dev", "--split", help="dev or test."),
-    model: Path | None = typer.Option(None, "--model", help="Model file (default: shipped)."),
-    beam_size: int = typer.Option(DEFAULT_BEAM_SIZE, "--beam-size", min=1, max=20),
-    device: str = typer.Option("auto", "--device"),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
+    beam_size: int = typer.Option(DEFAULT_BEAM_SIZE, "--beam-size", min=1, max=20, help=BEAM_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Photos per model batch."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N photos."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -279,13 +288,6 @@ def ensemble(
 # Only the standard library, typer and photocap's light modules are imported at the top of this
 # file; torch, Pillow, sqlite-utils and rich are imported inside the commands that need them.
 
-MODEL_HELP = "Model file [default: the shipped model]."
-DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
-EXIT_CODES = (
-    "Exit status: 0 every photo succeeded, 1 at least one photo failed, "
-    "2 usage or setup error, 130 interrupted."
-)
-
 
 class SidecarName(str, Enum):
     full = "full"
@@ -317,7 +319,7 @@ def caption(
         None, "--limit", min=1, help="Caption at most N photos (skipped ones don't count)."
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per model batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="Decode processes [default: number of cores; 0 = none]."
     ),
@@ -326,7 +328,7 @@ def caption(
         "--beam-size",
         min=1,
         max=20,
-        help="Beam width of the caption search (1 = greedy).",
+        help=BEAM_HELP,
     ),
     model: Path | None = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     json_out: bool = typer.Option(

@@ -31,6 +31,29 @@ def test_import_cli_does_not_import_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_every_option_has_help() -> None:
+    from typer.main import get_command
+
+    group = get_command(app)
+    missing = [
+        f"{name} {param.opts[0]}"
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+        for param in command.params
+        if param.param_type_name == "option" and not param.help
+    ]
+    assert missing == []
+
+
+def test_help_text_is_shown_whole() -> None:
+    # Square brackets would be eaten as Rich markup ("Decode processes ."), and a docstring's
+    # line breaks would break the sentence in the middle of the terminal line.
+    result = runner.invoke(app, ["caption", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert "[default: number of cores; 0 = none]" in text
+    assert "[default: the shipped model]" in text
+    assert "are skipped, moved or renamed photos keep their caption" in result.output
+
+
 def test_help_documents_exit_codes() -> None:
     result = runner.invoke(app, ["caption", "--help"])
     assert result.exit_code == 0
