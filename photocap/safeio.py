@@ -93,7 +93,11 @@ def read_capped(path: Path, max_bytes: int, what: str = "file") -> bytes:
         )
     try:
         with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            # Sized by the file, not by the cap: read(n) allocates n bytes up front (2 GiB for
+            # every photo otherwise, which fails where memory is not overcommitted).
+            data = fh.read(st.st_size + 1)
+            if len(data) > st.st_size:  # it grew since stat
+                data += fh.read(max_bytes + 1 - len(data))
     except OSError as err:
         raise WriteError(f"cannot read {what}: {describe_os_error(err, path)}") from None
     if len(data) > max_bytes:  # grew between stat and read

@@ -250,3 +250,36 @@ def test_real_permissions_as_unprivileged_user(tmp_path: Path) -> None:
         assert not [p for p in ro_folder.iterdir() if p.name != "photo.jpg"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_read_capped_allocates_by_file_not_by_cap(lib: Path) -> None:
+    import tracemalloc
+
+    small = lib / "photo.jpg"
+    small.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        data = read_capped(small, 2 * 1024**3, "photo")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == b"x" * 1000
+    assert peak < 1_000_000  # read(cap + 1) asked for 2 GiB up front
+
+
+def test_read_capped_reads_a_file_that_grew(lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = lib / "photo.jpg"
+    path.write_bytes(b"x" * 100)
+    real_stat = Path.stat
+    # stat taken before the file grew to 150 bytes
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: _shrunk(real_stat(self, **kw), 100))
+    path.write_bytes(b"x" * 150)
+    assert read_capped(path, 200) == b"x" * 150
+    with pytest.raises(WriteError, match="too large"):
+        read_capped(path, 120)
+
+
+def _shrunk(st: os.stat_result, size: int) -> os.stat_result:
+    fields = list(st)
+    fields[6] = size  # st_size
+    return os.stat_result(fields)
