@@ -491,7 +491,7 @@ def _webp_frames(data: bytes) -> list[tuple[tuple[int, int], str, bytes]]:
 
 def _load_piexif(tiff: bytes | None) -> dict[str, object] | None:
     """piexif's view of an EXIF block (an independent parser used as a cross-check)."""
-    if tiff is None:
+    if tiff is None or not _fits_for_piexif(tiff):
         return None
     import piexif
 
@@ -500,6 +500,43 @@ def _load_piexif(tiff: bytes | None) -> dict[str, object] | None:
     except Exception:  # piexif raises many types on odd data; the check is advisory then
         return None
     return loaded
+
+
+# The sub-IFDs piexif reads: Exif and GPS from IFD0, Interop from the Exif IFD.
+_PIEXIF_SUB_IFDS: dict[int, tuple[int, ...]] = {0x8769: (0xA005,), 0x8825: (), 0xA005: ()}
+_INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}  # TIFF type -> struct code
+
+
+def _fits_for_piexif(tiff: bytes) -> bool:
+    """Whether every IFD piexif reads lies inside the block, each value too.
+
+    piexif builds a struct format of ``count`` characters before it looks for the data, so one
+    corrupt count (up to 4 G) costs gigabytes of memory and minutes (found by fuzzing). Such a
+    block is corrupt, and the cross-check is skipped for it, as when piexif raises.
+    """
+    try:
+        t = Tiff(tiff)
+        entries, next_ifd = t.read_ifd(t.ifd0)
+        queue: list[tuple[list[Entry], tuple[int, ...]]] = [(entries, (0x8769, 0x8825))]
+        if next_ifd:  # IFD1, the thumbnail's
+            queue.append((t.read_ifd(next_ifd)[0], ()))
+        while queue:
+            entries, follow = queue.pop()
+            for entry in entries:
+                if entry.size() > len(tiff):
+                    return False
+                if entry.tag in follow:
+                    code = _INTEGER_TYPES.get(entry.type)
+                    if code is None or entry.count != 1:
+                        return False  # piexif fails on such a pointer: nothing to compare
+                    size = TYPE_SIZES[entry.type]
+                    (pointer,) = struct.unpack(t.end + code, entry.raw[:size])
+                    if pointer <= 0:
+                        return False
+                    queue.append((t.read_ifd(pointer)[0], _PIEXIF_SUB_IFDS[entry.tag]))
+    except WriteError:
+        return False
+    return True
 
 
 def _same_tags(before: dict[str, object], after: dict[str, object], ours: set[int]) -> bool:

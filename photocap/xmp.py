@@ -473,7 +473,14 @@ def _qname(tag: str, prefixes: dict[str, str]) -> str:
     return f"{prefixes[ns]}:{_local(tag)}"
 
 
+# Characters XML 1.0 cannot hold, not even as &#N; (control characters, lone surrogates). An
+# EXIF description photocap replaces can contain them (binary junk from some cameras); it is
+# recorded in the sidecar with each such character as U+FFFD, or the sidecar would not parse.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _escape_text(text: str) -> str:
+    text = _NOT_XML_CHAR.sub("\ufffd", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -24,7 +24,7 @@ from metadata_helpers import (
 )
 from PIL import Image
 
-from photocap.exif import ExifWriter, read_exif_caption
+from photocap.exif import ExifWriter, _load_piexif, read_exif_caption
 from photocap.writers import WriteOptions
 from photocap.xmp import XmpDocument, read_provenance
 
@@ -187,6 +187,41 @@ def test_corrupt_jpeg_fails_untouched(lib: Path) -> None:
     outcome = write(photo)
     assert outcome.status == "failed" and "corrupt JPEG" in outcome.message
     assert photo.read_bytes() == before
+
+
+def _with_huge_count(exif: bytes, tag: int, count: int) -> bytes:
+    """``exif`` (big-endian, as piexif dumps it) with SHORT ``tag``'s count set to ``count``."""
+    entry = struct.pack(">HH", tag, 3)  # tag, type SHORT
+    at = exif.index(entry)
+    return exif[: at + 4] + struct.pack(">I", count) + exif[at + 8 :]
+
+
+def test_corrupt_value_count_costs_no_memory(lib: Path) -> None:
+    # piexif (the cross-check) builds a struct format of `count` characters before it looks for
+    # the data: a corrupt count of up to 4 G in any IFD cost gigabytes and minutes (fuzzing).
+    import tracemalloc
+
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Make: b"Cam"},
+                        "Exif": {piexif.ExifIFD.ISOSpeedRatings: 100}})  # fmt: skip
+    photo = make_jpeg(lib / "photo.jpg", exif=_with_huge_count(exif, 0x8827, 5_000_000))
+    before = photo.read_bytes()
+    tracemalloc.start()
+    try:
+        outcome = write(photo)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # was ~180 MB: struct compiles one code per claimed value
+    assert outcome.status == "written", outcome.message
+    assert_lossless(before, photo.read_bytes())
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+
+
+def test_cross_check_reads_sound_exif() -> None:
+    pillow = Image.Exif()
+    pillow[0x010F] = "Cam"  # little-endian, as Pillow writes it
+    for exif in (camera_exif(), pillow.tobytes()):  # a camera's: sub-IFDs, thumbnail
+        assert _load_piexif(exif[6:]) is not None  # the TIFF block after "Exif\0\0"
 
 
 def test_exif_over_64k_refused(lib: Path) -> None:

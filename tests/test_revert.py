@@ -74,6 +74,19 @@ def test_overwritten_human_values_are_restored(lib: Path) -> None:
     assert read_exif_caption(photo) == ("Holiday in Rome", None)
 
 
+def test_description_with_control_characters_recorded(lib: Path) -> None:
+    # Binary junk in a camera's ImageDescription cannot go into XML as it is; the sidecar that
+    # records it must still parse (it did not, after the photo had been rewritten).
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description="junk\x01\x02 text"))
+    caption_all(photo, overwrite_human=True)
+    assert read_exif_caption(photo)[0] == "A dog runs."
+    prov = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert prov.get_text(NS_PHOTOCAP, "exifPreviousDescription") == "junk\ufffd\ufffd text"
+    [outcome] = list(revert_paths([lib / "photo.jpg.xmp"]))
+    assert outcome.status == "deleted"  # the sidecar photocap created, after the EXIF is restored
+    assert read_exif_caption(photo)[0] == "junk\ufffd\ufffd text"
+
+
 def test_edited_caption_is_left_alone(lib: Path) -> None:
     photo = make_jpeg(lib / "photo.jpg")
     XmpWriter(WriteOptions()).write(record(photo))
