@@ -42,7 +42,13 @@ from pathlib import Path
 
 from photocap.errors import WriteError
 from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
-from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
+from photocap.writers import (
+    CaptionRecord,
+    WriteOptions,
+    WriteOutcome,
+    is_blank_description,
+    register_writer,
+)
 from photocap.xmp import (
     load_or_new,
     one_line,
@@ -699,7 +705,7 @@ class ExifWriter:
                 desc = decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION))
                 comment = decode_xp(read_tag(tiff, TAG_XP_COMMENT))
                 ours = desc is not None and desc == prov.exif_description
-                human = bool(desc) and not ours
+                human = not is_blank_description(desc) and not ours
                 state["human"] = human
                 if human and not self.options.overwrite_human:
                     return None
@@ -708,7 +714,7 @@ class ExifWriter:
                     changes[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
                 comment_ours = comment is not None and comment == prov.exif_description
                 if comment != caption and (
-                    not comment or comment_ours or self.options.overwrite_human
+                    is_blank_description(comment) or comment_ours or self.options.overwrite_human
                 ):
                     changes[TAG_XP_COMMENT] = encode_xp(caption)
                 if not ours:  # first write over someone else's (or no) text: remember it

@@ -19,6 +19,27 @@ from photocap.errors import PhotocapError
 
 WriteStatus = Literal["written", "unchanged", "kept_human", "skipped", "failed"]
 
+# What cameras write into EXIF ImageDescription when nobody wrote a description (and what some
+# photo tools then copy into XMP): not a caption, so photocap may replace it. What it replaced is
+# still recorded, so ``photocap revert`` puts it back.
+CAMERA_DEFAULT_DESCRIPTIONS = frozenset(
+    text.casefold()
+    for text in (
+        "OLYMPUS DIGITAL CAMERA",
+        "SONY DSC",
+        "KODAK Digital Still Camera",
+        "MINOLTA DIGITAL CAMERA",
+        "KONICA MINOLTA DIGITAL CAMERA",
+        "SAMSUNG DIGITAL CAMERA",
+        "DIGITAL CAMERA",
+    )
+)
+
+
+def is_blank_description(text: str | None) -> bool:
+    """True when no person wrote ``text``: none, only whitespace, or a camera's default text."""
+    return not text or " ".join(text.split()).casefold() in CAMERA_DEFAULT_DESCRIPTIONS
+
 
 @dataclass(frozen=True)
 class CaptionRecord:

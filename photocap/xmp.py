@@ -45,6 +45,7 @@ from photocap.writers import (
     WriteOptions,
     WriteOutcome,
     WriteStatus,
+    is_blank_description,
     register_writer,
 )
 
@@ -706,7 +707,7 @@ def apply_caption(
 
     current = doc.get_default(NS_DC, "description")
     ours = current is not None and current == prov.description
-    human = (bool(current and current.strip()) and not ours) or human_elsewhere
+    human = (not is_blank_description(current) and not ours) or human_elsewhere
     if not human or overwrite_human:
         if not ours:
             prov.previous_description = current  # a person's text, or None/"" when there was none
@@ -788,7 +789,7 @@ def _human_caption_in(photo: Path, other: Path) -> bool:
     except WriteError:
         return False  # an unreadable other sidecar is not ours to judge; leave it alone
     current = doc.get_default(NS_DC, "description")
-    return bool(current and current.strip()) and current != read_provenance(doc).description
+    return not is_blank_description(current) and current != read_provenance(doc).description
 
 
 register_writer("xmp", XmpWriter)

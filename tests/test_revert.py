@@ -74,6 +74,24 @@ def test_overwritten_human_values_are_restored(lib: Path) -> None:
     assert read_exif_caption(photo) == ("Holiday in Rome", None)
 
 
+def test_camera_default_description_replaced_and_restored(lib: Path) -> None:
+    # What an Olympus writes when nobody wrote a description: not a person's caption.
+    exif = camera_exif(description="OLYMPUS DIGITAL CAMERA         ")
+    photo = make_jpeg(lib / "photo.jpg", exif=exif)
+    (lib / "photo.jpg.xmp").write_text(
+        HUMAN_SIDECAR.replace("Grandma's 80th birthday\n", "SONY DSC"), encoding="utf-8"
+    )
+    caption_all(photo)  # no --overwrite-human needed
+    assert read_exif_caption(photo) == ("A dog runs.", "A dog runs.")
+    assert XmpDocument.load(lib / "photo.jpg.xmp").get_default(NS_DC, "description") == (
+        "A dog runs."
+    )
+    [outcome] = list(revert_paths([lib / "photo.jpg.xmp"]))
+    assert outcome.status == "reverted"
+    assert XmpDocument.load(lib / "photo.jpg.xmp").get_default(NS_DC, "description") == "SONY DSC"
+    assert read_exif_caption(photo) == ("OLYMPUS DIGITAL CAMERA", None)
+
+
 def test_description_with_control_characters_recorded(lib: Path) -> None:
     # Binary junk in a camera's ImageDescription cannot go into XML as it is; the sidecar that
     # records it must still parse (it did not, after the photo had been rewritten).

@@ -276,6 +276,16 @@ def test_attribute_form_description(lib: Path) -> None:
     assert read_provenance(doc).previous_description == "Old"
 
 
+def test_a_person_s_text_about_a_camera_is_still_theirs(lib: Path) -> None:
+    photo = photo_in(lib)
+    sidecar = lib / "photo.jpg.xmp"
+    sidecar.write_text(
+        HUMAN_SIDECAR.replace("Grandma's 80th birthday\n", "Sony DSC club outing"), "utf-8"
+    )
+    assert write(photo).status == "kept_human"
+    assert XmpDocument.load(sidecar).get_default(NS_DC, "description") == "Sony DSC club outing"
+
+
 def test_human_caption_in_other_naming_form_is_respected(lib: Path) -> None:
     photo = photo_in(lib)
     (lib / "photo.xmp").write_text(HUMAN_SIDECAR, encoding="utf-8")  # Lightroom's sidecar
