@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -29,6 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from photocap.preset import Preset
+
+# Pillow logs some decode failures at ERROR level ("More samples per pixel than can be decoded"
+# for a corrupt TIFF); with no handler anywhere, Python prints them to stderr, beside photocap's
+# own one-line error for the same file. A NullHandler keeps them off the terminal; a program
+# that configures logging still gets them.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # Extensions we treat as photos even when the content sniff fails, so that a broken "x.jpg" is
 # reported as a failure instead of being silently ignored.

@@ -155,3 +155,28 @@ def test_bytes_source() -> None:
     buf = io.BytesIO()
     Image.new("LA", (4, 4), (0, 0)).save(buf, format="PNG")
     assert open_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_pillow_log_lines_stay_off_the_terminal(tmp_path: Path) -> None:
+    # A TIFF claiming 65,535 samples per pixel: Pillow logs an error line before it refuses it.
+    import struct
+    import subprocess
+    import sys
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[at : at + 2])[0] == 0x0115:  # SamplesPerPixel
+            data[at + 8 : at + 10] = struct.pack("<H", 65535)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(data)
+    code = (
+        "from photocap.image import decode_photo; from photocap.preset import Preset; "
+        f"print(decode_photo({str(bad)!r}, Preset(size=32)).error)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "cannot identify TIFF image (corrupt header?)"
+    assert out.stderr == ""
