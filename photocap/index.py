@@ -15,6 +15,7 @@ failing, and an interrupted run leaves a consistent index.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -132,6 +133,32 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 ]
 
 
+_M = TypeVar("_M", bound=Callable[..., Any])
+
+
+def _sqlite_errors(method: _M) -> _M:
+    """Report SQLite's errors in a :class:`PhotoIndex` method as one-line IndexDbErrors: a page
+    damaged after the index was opened (bit rot, a full disk, a lock held past the busy timeout)
+    must not end a run with a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: PhotoIndex, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            raise index_error(self.path, err) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def index_error(path: Path, err: sqlite3.DatabaseError) -> IndexDbError:
+    """The one-line error for ``err`` on the index at ``path``; for a damaged file, what to do."""
+    hint = ""
+    if getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        hint = f" (the file is damaged: `sqlite3 {path} .recover` can save its rows)"
+    return IndexDbError(f"index {path}: {err}{hint}")
+
+
 class PhotoIndex:
     """An open caption index. Use as a context manager or call :meth:`close`."""
 
@@ -159,6 +186,10 @@ class PhotoIndex:
             self._migrate()
         except sqlite3.DatabaseError as err:
             raise IndexDbError(f"cannot open index {self.path}: {err}") from None
+        except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
+            raise IndexDbError(
+                f"cannot open index {self.path}: database disk image is malformed"
+            ) from None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,23 +244,27 @@ class PhotoIndex:
         applied = self._applied_migrations()
         return [name for name, _ in MIGRATIONS if name not in applied]
 
+    @_sqlite_errors
     def applied_migrations(self) -> list[str]:
         """Names of the migrations recorded in this database, in order applied."""
         return [row[0] for row in self.db.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
     # ------------------------------------------------------------------ reads
 
+    @_sqlite_errors
     def get(self, path: str | os.PathLike[str]) -> PhotoRow | None:
         """The row for ``path`` (absolute), or None."""
         cur = self.db.execute(f"SELECT {_ROW_SQL} FROM photos WHERE path = ?", [os.fspath(path)])
         row = cur.fetchone()
         return _to_row(row) if row else None
 
+    @_sqlite_errors
     def get_dict(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The full row for ``path`` as a dict (all columns), or None."""
         rows = list(self.db.query("SELECT * FROM photos WHERE path = ?", [os.fspath(path)]))
         return rows[0] if rows else None
 
+    @_sqlite_errors
     def find_moved(self, content_hash: str, new_path: str | os.PathLike[str]) -> PhotoRow | None:
         """A captioned row with this content whose file is gone: the photo was moved/renamed."""
         cur = self.db.execute(
@@ -242,13 +277,18 @@ class PhotoIndex:
                 return _to_row(row)
         return None
 
+    @_sqlite_errors
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM photos").fetchone()[0])
 
     def iter_paths(self) -> Iterator[str]:
-        for (path,) in self.db.execute("SELECT path FROM photos ORDER BY path"):
-            yield path
+        try:
+            for (path,) in self.db.execute("SELECT path FROM photos ORDER BY path"):
+                yield path
+        except sqlite3.DatabaseError as err:
+            raise index_error(self.path, err) from None
 
+    @_sqlite_errors
     def search(
         self, query: str, limit: int = 20, *, rank_window: int | None = RANK_WINDOW
     ) -> list[SearchHit]:
@@ -324,6 +364,7 @@ class PhotoIndex:
         hits.sort(key=lambda h: (h.rank, h.path))
         return hits
 
+    @_sqlite_errors
     def stats(self, failures_limit: int = 50) -> IndexStats:
         """Counts of photos, captioned, failed, per model; the first failures with reasons."""
         one = self.db.execute(
@@ -354,11 +395,13 @@ class PhotoIndex:
             file_size=file_size, failures=failures,
         )  # fmt: skip
 
+    @_sqlite_errors
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # ------------------------------------------------------------------ writes
 
+    @_sqlite_errors
     def upsert_photos(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert or update full/partial rows (keys from :data:`PHOTO_COLUMNS`) in one transaction.
 
@@ -379,12 +422,14 @@ class PhotoIndex:
                     values,
                 )
 
+    @_sqlite_errors
     def move_photo(self, old_path: str, new_path: str) -> None:
         """Give a row a new path (moved/renamed photo); replaces any row already at new_path."""
         with self.transaction():
             self.db.execute("DELETE FROM photos WHERE path = ?", [new_path])
             self.db.execute("UPDATE photos SET path = ? WHERE path = ?", [new_path, old_path])
 
+    @_sqlite_errors
     def prune(
         self, under: Iterable[str | os.PathLike[str]] | None = None, dry_run: bool = False
     ) -> list[str]:

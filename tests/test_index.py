@@ -211,6 +211,47 @@ def test_not_an_index_is_a_clear_error(tmp_path: Path) -> None:
         PhotoIndex(tmp_path / "missing.db", create=False)
 
 
+def test_damaged_pages_are_a_clear_error(tmp_path: Path) -> None:
+    # Bit rot after the index was opened fine: the reads that reach the damage say so in one
+    # line (with what to do), instead of ending the command with sqlite3's traceback.
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+    from photocap.errors import IndexDbError
+
+    path = tmp_path / "index.db"
+    with PhotoIndex(path) as index:
+        index.upsert_photos([{"path": f"/p/{i:05d}/IMG_{i:07d}.jpg", "caption": "A dog runs."}
+                             for i in range(2000)])  # fmt: skip
+        index.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096  # pages of the photos table, not the schema's
+    data[middle : middle + 3 * 4096] = b"\xff" * (3 * 4096)
+    path.write_bytes(data)
+    with PhotoIndex(path) as index, pytest.raises(IndexDbError, match=r"damaged.*recover"):
+        index.stats()
+    result = CliRunner().invoke(app, ["info", "--db", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: index {path}: database")
+
+
+def test_undecodable_sqlite_message_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A damaged schema makes SQLite quote raw bytes in its error message, which Python cannot
+    # decode: seen with an index with random bytes flipped.
+    import sqlite_utils
+
+    from photocap.errors import IndexDbError
+
+    def damaged(self: object) -> None:
+        raise UnicodeDecodeError("utf-8", b"\xfa", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(sqlite_utils.Database, "enable_wal", damaged)
+    with pytest.raises(IndexDbError, match=r"cannot open index .*malformed"):
+        PhotoIndex(tmp_path / "index.db")
+
+
 def test_second_connection_waits_for_the_writer(index: PhotoIndex) -> None:
     other = PhotoIndex(index.path)
     with other.transaction():
