@@ -1,11 +1,11 @@
 """Find the photos in a library: a recursive, deterministic, streaming walk.
 
 :func:`discover_photos` yields one :class:`PhotoFile` per photo (path + stat, never pixels) in
-sorted order, so 50,000 photos cost a few MB. Hidden files and folders (``.name``) and sidecars
-are skipped; symlinks are followed without looping; photos are recognised by their content
-(magic bytes), and a file with a photo extension that is not a readable photo is still yielded
-so that the run reports why it failed. An unreadable folder becomes a :class:`DiscoveryFailure`
-and the walk goes on.
+sorted order, so 50,000 photos cost a few MB. Hidden files and folders (``.name``), sidecars,
+NAS thumbnail folders and photo applications' libraries are skipped; symlinks are followed
+without looping; photos are recognised by their content (magic bytes), and a file with a photo
+extension that is not a readable photo is still yielded so that the run reports why it failed.
+An unreadable folder becomes a :class:`DiscoveryFailure` and the walk goes on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,21 @@ from photocap.image import has_image_extension, sniff_file
 
 # Files next to photos that are never photos themselves.
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm", ".pp3", ".dop", ".json"})
+
+# Folders a walk does not enter (like hidden ones; a folder given explicitly is still walked):
+# NAS thumbnail and recycle folders, whose JPEGs are copies, not photos to caption (a Synology
+# keeps ~5 thumbnails of every photo in @eaDir), and photo applications' managed libraries,
+# whose files the application owns: an EXIF rewrite or a new sidecar inside Apple Photos' or
+# Aperture's library is a change behind its back.
+SKIPPED_FOLDERS = frozenset(
+    name.casefold()
+    for name in (
+        "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information",
+        "__MACOSX", "lost+found",
+    )
+)  # fmt: skip
+APP_LIBRARY_SUFFIXES = (".photoslibrary", ".photolibrary", ".migratedphotolibrary", ".aplibrary",
+                        ".lrdata")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,11 +108,18 @@ def _walk(
         except OSError:
             continue  # broken symlink or vanished since listing: nothing to caption
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(path, st, visited)
+            if not is_skipped_folder(name):
+                yield from _walk(path, st, visited)
         elif stat.S_ISREG(st.st_mode):
             found = _photo_file(path, st, explicit=False)
             if found is not None:
                 yield found
+
+
+def is_skipped_folder(name: str) -> bool:
+    """True for a folder a walk does not enter: see SKIPPED_FOLDERS, APP_LIBRARY_SUFFIXES."""
+    folded = name.casefold()
+    return folded in SKIPPED_FOLDERS or folded.endswith(APP_LIBRARY_SUFFIXES)
 
 
 def _photo_file(path: Path, st: os.stat_result, explicit: bool) -> PhotoFile | None:

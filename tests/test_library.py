@@ -61,3 +61,18 @@ def test_unreadable_folder_is_a_failure_and_walk_goes_on(tmp_path: Path) -> None
         assert sum(isinstance(i, PhotoFile) for i in items) == 4
     finally:
         locked.chmod(0o755)
+
+
+def test_thumbnail_folders_and_app_libraries_are_not_entered(tmp_path: Path) -> None:
+    from conftest import make_tiny_jpegs
+
+    make_tiny_jpegs(tmp_path / "2024", 1)
+    make_tiny_jpegs(tmp_path / "2024" / "@eaDir" / "IMG_0001.JPG", 2)  # Synology thumbnails
+    make_tiny_jpegs(tmp_path / "#recycle", 1)
+    make_tiny_jpegs(tmp_path / "Photos Library.photoslibrary" / "originals" / "0", 2)
+    make_tiny_jpegs(tmp_path / "Catalog Previews.LRDATA" / "a", 1)  # any case
+    found = [i.path for i in discover_photos([tmp_path]) if isinstance(i, PhotoFile)]
+    assert [p.parent for p in found] == [tmp_path / "2024"]
+    # Given explicitly, such a folder is walked: the user asked for it.
+    library = tmp_path / "Photos Library.photoslibrary"
+    assert len([i for i in discover_photos([library]) if isinstance(i, PhotoFile)]) == 2
