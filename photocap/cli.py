@@ -302,7 +302,12 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False))
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a path with bytes that are not UTF-8: escape as \udcXX
+        text = json.dumps(obj)
+    typer.echo(text)
 
 
 @app.command(epilog=EXIT_CODES)

@@ -375,8 +375,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def describe_path(path: str | os.PathLike[str]) -> str:
-    """A path for one-line messages: control characters (e.g. newlines in names) escaped."""
+    """A path for one-line messages: control characters (e.g. newlines in names) and bytes that
+    are not UTF-8 escaped."""
     text = os.fspath(path)
+    if any("\ud800" <= c <= "\udfff" for c in text):  # bytes that are not UTF-8 in a name
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")  # shown as \xe9
     if any(ord(c) < 32 for c in text):
         return text.encode("unicode_escape").decode("ascii", "replace")
     return text

@@ -37,6 +37,11 @@ APP_LIBRARY_SUFFIXES = (".photoslibrary", ".photolibrary", ".migratedphotolibrar
                         ".lrdata")  # fmt: skip
 
 
+# A name that is not UTF-8 (a latin-1 archive, an old FAT card) cannot be a row of the index
+# (SQLite text is UTF-8), so its photo, or the folder, fails with this reason.
+NOT_UTF8 = "name is not valid UTF-8: rename it (e.g. with convmv) to caption it"
+
+
 @dataclass(frozen=True)
 class PhotoFile:
     """A photo found on disk (absolute path, not resolved through symlinks) and its stat."""
@@ -65,6 +70,9 @@ def discover_photos(
     visited: set[tuple[int, int]] = set()
     for root in roots:
         path = Path(os.path.abspath(os.fspath(root)))
+        if not is_utf8_name(os.fspath(path)):
+            yield DiscoveryFailure(path, NOT_UTF8)
+            continue
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -107,6 +115,12 @@ def _walk(
             st = os.stat(path)  # follows symlinks
         except OSError:
             continue  # broken symlink or vanished since listing: nothing to caption
+        if not is_utf8_name(name):
+            if stat.S_ISDIR(st.st_mode) or (
+                stat.S_ISREG(st.st_mode) and _photo_file(path, st, explicit=False) is not None
+            ):
+                yield DiscoveryFailure(path, NOT_UTF8)
+            continue
         if stat.S_ISDIR(st.st_mode):
             if not is_skipped_folder(name):
                 yield from _walk(path, st, visited)
@@ -114,6 +128,15 @@ def _walk(
             found = _photo_file(path, st, explicit=False)
             if found is not None:
                 yield found
+
+
+def is_utf8_name(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_skipped_folder(name: str) -> bool:

@@ -111,6 +111,23 @@ def test_default_db_from_env_and_exit_zero(tmp_path: Path, photocap_env, model_f
     assert data["index"]["captioned"] == 3 and data["model"]["model_id"]
 
 
+def test_name_not_utf8_is_one_failure_and_the_run_goes_on(tmp_path: Path, model_file: Path) -> None:
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    latin = os.fsdecode(b"caf\xe9.jpg")  # latin-1 bytes: the run used to end in a traceback
+    (lib / "img_0001.jpg").rename(lib / latin)
+    result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file, "--write", "xmp,index",
+                     "--workers", "0", "--json")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["path"], e["status"]) for e in events[:-1]] == [
+        (str(lib / latin), "failed"),  # escaped as \udce9 in the JSON: decodes to the same path
+        (str(lib / "img_0000.jpg"), "captioned"),
+    ]
+    assert events[-1]["captioned"] == 1 and events[-1]["failed"] == 1
+    assert not (lib / f"{latin}.xmp").exists()
+
+
 def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -> None:
     bad_writer = caption(tmp_path, "--write", "index,nope", "--model", model_file)
     assert bad_writer.exit_code == 2 and "unknown writer nope" in bad_writer.stderr

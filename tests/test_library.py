@@ -76,3 +76,24 @@ def test_thumbnail_folders_and_app_libraries_are_not_entered(tmp_path: Path) -> 
     # Given explicitly, such a folder is walked: the user asked for it.
     library = tmp_path / "Photos Library.photoslibrary"
     assert len([i for i in discover_photos([library]) if isinstance(i, PhotoFile)]) == 2
+
+
+def test_names_that_are_not_utf8_fail_one_by_one(tmp_path: Path) -> None:
+    # A latin-1 archive on Linux: the name's bytes are not UTF-8, so the index (SQLite text)
+    # cannot hold the path. Each such photo or folder fails with a reason; the rest is found.
+    from conftest import make_tiny_jpegs
+
+    from photocap.image import describe_path
+    from photocap.library import NOT_UTF8
+
+    make_tiny_jpegs(tmp_path, 1)
+    latin = os.fsdecode(b"caf\xe9")  # "café" in latin-1
+    (tmp_path / "img_0000.jpg").rename(tmp_path / f"{latin}.jpg")
+    make_tiny_jpegs(tmp_path / f"{latin} 2019", 2)
+    (tmp_path / f"notes {latin}.txt").write_text("not a photo")
+    make_tiny_jpegs(tmp_path / "ok", 1)
+    items = list(discover_photos([tmp_path]))
+    failures = [(i.path.name, i.error) for i in items if isinstance(i, DiscoveryFailure)]
+    assert failures == [(f"{latin} 2019", NOT_UTF8), (f"{latin}.jpg", NOT_UTF8)]
+    assert [i.path for i in items if isinstance(i, PhotoFile)] == [tmp_path / "ok/img_0000.jpg"]
+    assert describe_path(tmp_path / f"{latin}.jpg").endswith("caf\\xe9.jpg")
