@@ -132,10 +132,19 @@ XML_LANG = _q(NS_XML, "lang")
 
 
 def sidecar_path(photo: Path, naming: SidecarName = "full") -> Path:
-    """``photo.jpg`` -> ``photo.jpg.xmp`` (``full``) or ``photo.xmp`` (``stem``, Lightroom)."""
-    if naming == "stem":
-        return photo.with_suffix(".xmp")
-    return photo.with_name(photo.name + ".xmp")
+    """``photo.jpg`` -> ``photo.jpg.xmp`` (``full``) or ``photo.xmp`` (``stem``, Lightroom).
+
+    An existing sidecar whose extension is in capitals (``photo.JPG.XMP``, as some cameras and
+    Windows tools name it) is the photo's sidecar on a case-sensitive file system too: it is
+    merged into, and a person's caption in it is kept, instead of a second sidecar appearing.
+    """
+    base = photo.with_suffix("") if naming == "stem" else photo
+    lower = base.with_name(base.name + ".xmp")
+    if not (lower.exists() or lower.is_symlink()):
+        upper = base.with_name(base.name + ".XMP")
+        if upper.exists() or upper.is_symlink():
+            return upper
+    return lower
 
 
 def stem_siblings(photo: Path) -> list[Path]:

@@ -286,6 +286,20 @@ def test_a_person_s_text_about_a_camera_is_still_theirs(lib: Path) -> None:
     assert XmpDocument.load(sidecar).get_default(NS_DC, "description") == "Sony DSC club outing"
 
 
+def test_sidecar_with_capital_extension_is_the_photo_s(lib: Path) -> None:
+    photo = photo_in(lib)
+    (lib / "photo.jpg.XMP").write_text(HUMAN_SIDECAR, encoding="utf-8")
+    assert write(photo).status == "kept_human"
+    assert not (lib / "photo.jpg.xmp").exists()  # no second sidecar beside the person's
+    assert write(photo, overwrite_human=True).status == "written"
+    doc = XmpDocument.load(lib / "photo.jpg.XMP")
+    assert doc.get_default(NS_DC, "description") == "A dog runs through the grass."
+    # The stem form in capitals (photo.XMP) holds a person's caption just the same.
+    other = photo_in(lib, "other.jpg")
+    (lib / "other.XMP").write_text(HUMAN_SIDECAR, encoding="utf-8")
+    assert write(other).status == "kept_human"
+
+
 def test_human_caption_in_other_naming_form_is_respected(lib: Path) -> None:
     photo = photo_in(lib)
     (lib / "photo.xmp").write_text(HUMAN_SIDECAR, encoding="utf-8")  # Lightroom's sidecar
