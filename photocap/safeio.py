@@ -158,6 +158,7 @@ def atomic_write(
                         # Keep the owner where we may (root); otherwise the new file is ours.
                         with contextlib.suppress(OSError):
                             os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                    _copy_xattrs(target, fh.fileno())
                 os.fsync(fh.fileno())
             if old is not None and preserve_mtime:
                 os.utime(tmp, ns=(old.st_atime_ns, old.st_mtime_ns))
@@ -179,6 +180,31 @@ def atomic_write(
             tmp.unlink()
         raise
     fsync_dir(target.parent)
+
+
+def _copy_xattrs(source: Path, fd: int) -> None:
+    """Give the new file (``fd``) the extended attributes of the one it replaces.
+
+    The rename replaces the inode, and with it what other programs keep beside the bytes: KDE's
+    tags and ratings (``user.xdg.tags``, ``user.baloo.rating``), POSIX ACLs, SELinux labels.
+    A ``user.*`` attribute that cannot be copied fails the write (a person's data would be lost);
+    the system namespaces are copied where allowed. Linux only: Python has no xattr calls on
+    macOS or Windows.
+    """
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError:
+        return  # the file system has no extended attributes
+    for name in names:
+        try:
+            os.setxattr(fd, name, os.getxattr(source, name))
+        except OSError as err:
+            if name.startswith("user."):
+                raise WriteError(
+                    f"cannot keep extended attribute {name} of {source}: {err.strerror}"
+                ) from None
 
 
 def atomic_delete(path: Path) -> None:

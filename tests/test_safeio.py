@@ -283,3 +283,38 @@ def _shrunk(st: os.stat_result, size: int) -> os.stat_result:
     fields = list(st)
     fields[6] = size  # st_size
     return os.stat_result(fields)
+
+
+def _set_tag_or_skip(path: Path) -> None:
+    if not hasattr(os, "setxattr"):
+        pytest.skip("no extended attributes in this Python (Linux only)")
+    try:
+        os.setxattr(path, "user.xdg.tags", b"holiday,beach")  # what KDE's Dolphin writes
+    except OSError:
+        pytest.skip("this file system has no user extended attributes")
+
+
+def test_rewrite_keeps_extended_attributes(lib: Path) -> None:
+    photo = lib / "photo.jpg"
+    photo.write_bytes(b"old")
+    _set_tag_or_skip(photo)
+    atomic_write(photo, b"new")
+    assert photo.read_bytes() == b"new"
+    assert os.getxattr(photo, "user.xdg.tags") == b"holiday,beach"
+
+
+def test_rewrite_refused_when_a_user_attribute_cannot_be_kept(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = lib / "photo.jpg"
+    photo.write_bytes(b"old")
+    _set_tag_or_skip(photo)
+
+    def refuse(*args: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", refuse)
+    with pytest.raises(WriteError, match=r"cannot keep extended attribute user\.xdg\.tags"):
+        atomic_write(photo, b"new")
+    assert photo.read_bytes() == b"old"
+    assert sorted(p.name for p in lib.iterdir()) == ["photo.jpg"]  # no temp file left
