@@ -36,9 +36,19 @@ TEMP_MARKER = ".photocap-tmp-"
 CRASH_ENV = "PHOTOCAP_TEST_CRASH_BEFORE_REPLACE"
 
 
+NAME_MAX = 255  # bytes in one file name on every common file system
+
+
 def temp_path_for(path: Path) -> Path:
-    """A fresh hidden temp name next to ``path``: ``.photo.jpg.photocap-tmp-1a2b3c4d``."""
-    return path.with_name(f".{path.name}{TEMP_MARKER}{secrets.token_hex(4)}")
+    """A fresh hidden temp name next to ``path``: ``.photo.jpg.photocap-tmp-1a2b3c4d``.
+
+    The photo's name is cut (at a character) so that the temp name stays within NAME_MAX bytes:
+    a photo whose name is long (80 Japanese characters are 240 bytes) must still be writable.
+    """
+    token = secrets.token_hex(4)
+    room = NAME_MAX - len(f".{TEMP_MARKER}{token}".encode())
+    name = os.fsencode(path.name)[:room].decode("utf-8", "ignore")  # a cut character dropped
+    return path.with_name(f".{name}{TEMP_MARKER}{token}")
 
 
 def is_temp_file(path: Path) -> bool:

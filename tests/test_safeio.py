@@ -318,3 +318,15 @@ def test_rewrite_refused_when_a_user_attribute_cannot_be_kept(
         atomic_write(photo, b"new")
     assert photo.read_bytes() == b"old"
     assert sorted(p.name for p in lib.iterdir()) == ["photo.jpg"]  # no temp file left
+
+
+def test_photo_with_a_long_name_can_be_rewritten(lib: Path) -> None:
+    # 80 Japanese characters are 244 bytes with ".jpg": the temp name beside it must still fit
+    # in 255 bytes (it took the whole name plus 23 bytes: "File name too long").
+    photo = lib / ("写真" * 40 + ".jpg")
+    photo.write_bytes(b"old")
+    atomic_write(photo, b"new")
+    assert photo.read_bytes() == b"new"
+    assert [p.name for p in lib.iterdir()] == [photo.name]
+    tmp = temp_path_for(photo)
+    assert len(os.fsencode(tmp.name)) <= 255 and is_temp_file(tmp)
