@@ -227,11 +227,15 @@ def _open_upright(
     if kind in ("HEIF", "AVIF"):
         _register_heif(kind)
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    # A JPEG is decoded at up to 1/8 scale (draft, below), so the pixel limit bounds what is
+    # decoded, not what the header declares: a 102-MP medium-format JPEG (Fujifilm GFX100)
+    # decodes at 1456x1092. Pillow's own check, in Image.open, would refuse it.
+    drafted = bool(draft_size) and kind == "JPEG"
     try:
         with warnings.catch_warnings():
             # Pillow warns above its limit and raises above twice it; we apply our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = open_jpeg(data) if drafted else Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
         pixels = re.search(r"\((\d+) pixels\)", str(err))
         raise ImageError(
@@ -245,7 +249,7 @@ def _open_upright(
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(f"invalid image size {width}x{height}")
-    if limit and width * height > limit:
+    if limit and width * height > (64 * limit if drafted else limit):
         raise ImageError(f"image too large ({width * height:,} pixels; limit {int(limit):,})")
 
     meta = _read_exif_meta(img)
@@ -254,9 +258,11 @@ def _open_upright(
         width, height = height, width
     meta["format"] = img.format
 
-    if draft_size and img.format == "JPEG":
+    if drafted and draft_size:
         # DCT-domain downscaling: the biggest single speed-up for camera JPEGs.
         img.draft("RGB", (draft_size, draft_size))
+        if limit and img.width * img.height > limit:
+            raise ImageError(f"image too large ({width * height:,} pixels; limit {int(limit):,})")
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of GIF / WebP / APNG
@@ -271,6 +277,16 @@ def _open_upright(
         with contextlib.suppress(Exception):
             img = ImageOps.exif_transpose(img)
     return img, (width, height), meta
+
+
+def open_jpeg(data: bytes) -> Image.Image:
+    """Image.open for a JPEG without its open-time pixel limit (the caller applies its own)."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open reports so
+        raise Image.UnidentifiedImageError("cannot identify image file") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -395,6 +411,7 @@ __all__ = [
     "hash_bytes",
     "hash_file",
     "open_image",
+    "open_jpeg",
     "sniff_file",
     "sniff_format",
     "to_rgb",

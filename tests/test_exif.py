@@ -224,6 +224,18 @@ def test_cross_check_reads_sound_exif() -> None:
         assert _load_piexif(exif[6:]) is not None  # the TIFF block after "Exif\0\0"
 
 
+def test_large_camera_jpeg_verified_and_written(lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Verification decodes a JPEG at 1/8 scale, without Pillow's pixel limit (which refused a
+    # camera's own 100-MP photo); scaled down here, a 64x48 photo against a limit of 100 pixels.
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    before = photo.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+        outcome = write(photo)
+    assert outcome.status == "written", outcome.message
+    assert_lossless(before, photo.read_bytes())
+
+
 def test_exif_over_64k_refused(lib: Path) -> None:
     big = piexif.dump(
         {"0th": {piexif.ImageIFD.Make: b"X"}, "Exif": {piexif.ExifIFD.MakerNote: b"\x00" * 65200}}

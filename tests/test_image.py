@@ -180,3 +180,20 @@ def test_pillow_log_lines_stay_off_the_terminal(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "cannot identify TIFF image (corrupt header?)"
     assert out.stderr == ""
+
+
+def test_large_jpeg_is_limited_by_what_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 102-MP medium-format JPEG is over Pillow's pixel limit (89 MP), but photocap decodes a
+    # JPEG at up to 1/8 scale: scaled down here, a 256x192 JPEG against a limit of 4,000 pixels.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (256, 192), (90, 140, 200)).save(big, quality=90)
+    result = decode_photo(str(big), PRESET)  # drafted to 64x48 for 32 px: 3,072 pixels decoded
+    assert isinstance(result, DecodedPhoto), result
+    assert (result.width, result.height) == (256, 192)
+    png = tmp_path / "big.png"  # no scaled decoding for a PNG: the limit is its size
+    Image.new("RGB", (256, 192)).save(png)
+    failure = decode_photo(str(png), PRESET)
+    assert isinstance(failure, DecodeFailure) and failure.error.startswith("image too large")
