@@ -227,9 +227,11 @@ def _open_upright(
     if kind in ("HEIF", "AVIF"):
         _register_heif(kind)
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    # A JPEG is decoded at up to 1/8 scale (draft, below), so the pixel limit bounds what is
-    # decoded, not what the header declares: a 102-MP medium-format JPEG (Fujifilm GFX100)
-    # decodes at 1456x1092. Pillow's own check, in Image.open, would refuse it.
+    # A JPEG is decoded at up to 1/8 scale (draft, below), so for a JPEG the limit bounds what
+    # is decoded, and the declared size may be up to twice the limit (Pillow's own line for a
+    # decompression bomb): every photo of a 100-150 MP medium-format camera (a 102-MP GFX100
+    # JPEG decodes at 1456x1092), which a limit on the declared size refused. Larger headers are
+    # still refused: a 631-byte file claiming 65000x65000 pixels is a bomb, not a panorama.
     drafted = bool(draft_size) and kind == "JPEG"
     try:
         with warnings.catch_warnings():
@@ -249,7 +251,7 @@ def _open_upright(
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(f"invalid image size {width}x{height}")
-    if limit and width * height > (64 * limit if drafted else limit):
+    if limit and width * height > (2 * limit if drafted else limit):
         raise ImageError(f"image too large ({width * height:,} pixels; limit {int(limit):,})")
 
     meta = _read_exif_meta(img)

@@ -186,14 +186,26 @@ def test_large_jpeg_is_limited_by_what_is_decoded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A 102-MP medium-format JPEG is over Pillow's pixel limit (89 MP), but photocap decodes a
-    # JPEG at up to 1/8 scale: scaled down here, a 256x192 JPEG against a limit of 4,000 pixels.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000)
+    # JPEG at up to 1/8 scale, so it accepts a JPEG declaring up to twice the limit. Scaled down
+    # here: a 128x96 JPEG (12,288 pixels) against a limit of 8,000.
+    import struct
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 8_000)
     big = tmp_path / "big.jpg"
-    Image.new("RGB", (256, 192), (90, 140, 200)).save(big, quality=90)
+    Image.new("RGB", (128, 96), (90, 140, 200)).save(big, quality=90)
     result = decode_photo(str(big), PRESET)  # drafted to 64x48 for 32 px: 3,072 pixels decoded
     assert isinstance(result, DecodedPhoto), result
-    assert (result.width, result.height) == (256, 192)
+    assert (result.width, result.height) == (128, 96)
     png = tmp_path / "big.png"  # no scaled decoding for a PNG: the limit is its size
-    Image.new("RGB", (256, 192)).save(png)
+    Image.new("RGB", (128, 96)).save(png)
     failure = decode_photo(str(png), PRESET)
     assert isinstance(failure, DecodeFailure) and failure.error.startswith("image too large")
+    # A tiny JPEG whose header claims 65000x65000 pixels is still a bomb.
+    data = bytearray(big.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(data)
+    refused = decode_photo(str(bomb), PRESET)
+    assert isinstance(refused, DecodeFailure)
+    assert refused.error == "image too large (4,225,000,000 pixels; limit 8,000)"
