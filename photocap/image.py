@@ -49,6 +49,10 @@ IMAGE_EXTENSIONS = frozenset(
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 SNIFF_BYTES = 32
+# A file is read whole before it is decoded: a bound on that keeps a decode worker's memory
+# flat. No photo within the pixel limit comes near it (89 MP of 16-bit RGBA, uncompressed, is
+# 712 MB; a JPEG at twice the limit ~100 MB); a bigger file would be refused after the read.
+MAX_DECODE_BYTES = 1024**3
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,16 @@ def read_bytes(path: str | os.PathLike[str]) -> tuple[bytes, int, int]:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise ImageError("not a regular file")
-            data = f.read()
+            if st.st_size > MAX_DECODE_BYTES:
+                raise ImageError(
+                    f"file too large ({st.st_size // 2**20:,} MB; "
+                    f"limit {MAX_DECODE_BYTES // 2**20:,} MB)"
+                )
+            data = f.read(st.st_size + 1)  # read(n) allocates n bytes up front: size it
+            if len(data) > st.st_size:  # it grew since fstat
+                data += f.read(MAX_DECODE_BYTES + 1 - len(data))
+            if len(data) > MAX_DECODE_BYTES:
+                raise ImageError(f"file too large (limit {MAX_DECODE_BYTES // 2**20:,} MB)")
     except FileNotFoundError:
         raise ImageError("file not found (deleted or moved during the run?)") from None
     except PermissionError:

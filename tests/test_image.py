@@ -209,3 +209,15 @@ def test_large_jpeg_is_limited_by_what_is_decoded(
     refused = decode_photo(str(bomb), PRESET)
     assert isinstance(refused, DecodeFailure)
     assert refused.error == "image too large (4,225,000,000 pixels; limit 8,000)"
+
+
+def test_file_too_large_to_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A decode worker reads a file whole: a bound keeps its memory flat (1 GiB; 1 KB here).
+    import photocap.image
+
+    monkeypatch.setattr(photocap.image, "MAX_DECODE_BYTES", 1024)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (256, 256)).save(big, compress_level=0)
+    result = decode_photo(str(big), PRESET)
+    assert isinstance(result, DecodeFailure)
+    assert result.error.startswith("file too large (") and "limit" in result.error
