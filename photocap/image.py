@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from photocap.errors import ImageError
+from photocap.safeio import read_sized
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -155,10 +156,8 @@ def read_bytes(path: str | os.PathLike[str]) -> tuple[bytes, int, int]:
                     f"file too large ({st.st_size // 2**20:,} MB; "
                     f"limit {MAX_DECODE_BYTES // 2**20:,} MB)"
                 )
-            data = f.read(st.st_size + 1)  # read(n) allocates n bytes up front: size it
-            if len(data) > st.st_size:  # it grew since fstat
-                data += f.read(MAX_DECODE_BYTES + 1 - len(data))
-            if len(data) > MAX_DECODE_BYTES:
+            data = read_sized(f, st.st_size, MAX_DECODE_BYTES)
+            if len(data) > MAX_DECODE_BYTES:  # it grew since fstat
                 raise ImageError(f"file too large (limit {MAX_DECODE_BYTES // 2**20:,} MB)")
     except FileNotFoundError:
         raise ImageError("file not found (deleted or moved during the run?)") from None

@@ -25,6 +25,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from photocap.errors import WriteError
 
@@ -86,6 +87,19 @@ def check_writable(path: Path, *, in_place: bool) -> None:
         raise WriteError(f"file is read-only: {path}")
 
 
+def read_sized(fh: BinaryIO, size: int, max_bytes: int) -> bytes:
+    """The whole of an open file that had ``size`` bytes at stat, or more than ``max_bytes``.
+
+    Sized by the file, not by the cap: ``read(n)`` allocates n bytes up front (2 GiB for every
+    photo otherwise, which fails where memory is not overcommitted). A file that grew since its
+    stat is read on up to ``max_bytes + 1`` bytes, for the caller to refuse.
+    """
+    data = fh.read(size + 1)
+    if len(data) > size:
+        data += fh.read(max_bytes + 1 - len(data))
+    return data
+
+
 def read_capped(path: Path, max_bytes: int, what: str = "file") -> bytes:
     """Read a whole file, refusing folders and anything larger than ``max_bytes``."""
     try:
@@ -103,11 +117,7 @@ def read_capped(path: Path, max_bytes: int, what: str = "file") -> bytes:
         )
     try:
         with open(path, "rb") as fh:
-            # Sized by the file, not by the cap: read(n) allocates n bytes up front (2 GiB for
-            # every photo otherwise, which fails where memory is not overcommitted).
-            data = fh.read(st.st_size + 1)
-            if len(data) > st.st_size:  # it grew since stat
-                data += fh.read(max_bytes + 1 - len(data))
+            data = read_sized(fh, st.st_size, max_bytes)
     except OSError as err:
         raise WriteError(f"cannot read {what}: {describe_os_error(err, path)}") from None
     if len(data) > max_bytes:  # grew between stat and read
