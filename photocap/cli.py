@@ -496,9 +496,11 @@ def search(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per photo."),
 ) -> None:
     """Search captions: best matches first, matching words highlighted."""
-    from photocap.index import PhotoIndex
+    from photocap.index import PhotoIndex, build_fts_query
     from photocap.paths import resolve_db_path
 
+    if not build_fts_query(query):  # "", "  ", "!!!": it would match nothing, say why
+        raise typer.BadParameter("give one or more words to search for", param_hint="QUERY")
     with PhotoIndex(resolve_db_path(db), create=False) as index:
         hits = index.search(query, limit=limit)
     if json_out:

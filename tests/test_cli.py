@@ -128,6 +128,13 @@ def test_name_not_utf8_is_one_failure_and_the_run_goes_on(tmp_path: Path, model_
     assert not (lib / f"{latin}.xmp").exists()
 
 
+@pytest.mark.parametrize("query", ["", "   ", "!!!"])
+def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
+    result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2
+    assert "give one or more words to search for" in " ".join(result.output.split())
+
+
 def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -> None:
     bad_writer = caption(tmp_path, "--write", "index,nope", "--model", model_file)
     assert bad_writer.exit_code == 2 and "unknown writer nope" in bad_writer.stderr
