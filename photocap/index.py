@@ -151,12 +151,14 @@ def _sqlite_errors(method: _M) -> _M:
     return wrapper  # type: ignore[return-value]
 
 
-def index_error(path: Path, err: sqlite3.DatabaseError) -> IndexDbError:
-    """The one-line error for ``err`` on the index at ``path``; for a damaged file, what to do."""
+def index_error(path: Path, err: sqlite3.Error, doing: str = "") -> IndexDbError:
+    """The one-line error for ``err`` on the index at ``path`` (``doing``: "open", "write to",
+    or nothing for a read); for a damaged file, what to do."""
     hint = ""
     if getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         hint = f" (the file is damaged: `sqlite3 {path} .recover` can save its rows)"
-    return IndexDbError(f"index {path}: {err}{hint}")
+    where = f"cannot {doing} index" if doing else "index"
+    return IndexDbError(f"{where} {path}: {err}{hint}")
 
 
 class PhotoIndex:
@@ -185,7 +187,7 @@ class PhotoIndex:
             self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
             self._migrate()
         except sqlite3.DatabaseError as err:
-            raise IndexDbError(f"cannot open index {self.path}: {err}") from None
+            raise index_error(self.path, err, "open") from None
         except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
             raise IndexDbError(
                 f"cannot open index {self.path}: database disk image is malformed"
@@ -519,7 +521,7 @@ class IndexWriter:
                     self.index.move_photo(old, new)
                 self.index.upsert_photos(rows)
         except sqlite3.Error as err:
-            raise IndexDbError(f"cannot write to index {self.index.path}: {err}") from None
+            raise index_error(self.index.path, err, "write to") from None
 
     def close(self) -> None:
         self.flush()
