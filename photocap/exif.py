@@ -10,7 +10,8 @@ How the file stays intact:
   only the Exif APP1 segment is replaced (or inserted after SOI/JFIF APP0 when there is none).
   Every other byte - JFIF APP0, XMP APP1, ICC APP2, COM, tables, the entropy-coded scan and
   anything after EOI - is copied byte for byte, so decoded pixels are identical. (piexif.insert
-  is not used: it drops JFIF APP0 and can add a second Exif block.)
+  is not used: it drops JFIF APP0 and can add a second Exif block.) The extra images of a
+  Multi-Picture file (after EOI) must still be where its index says, or nothing is written.
 * **Chunk surgery for WebP.** A WebP file is a RIFF list of chunks; only the ``EXIF`` chunk is
   replaced or added (after the image data, before ``XMP``, as the container spec orders them),
   and the ``VP8X`` header's EXIF flag set. A "simple" WebP (one ``VP8``/``VP8L`` chunk) gets
@@ -158,6 +159,35 @@ def exif_tiff(data: bytes, segments: list[Segment]) -> tuple[int | None, bytes |
         if is_exif_segment(data, seg):
             return i, data[seg.start + 10 : seg.end]
     return None, None
+
+
+def mpf_images(data: bytes, segments: list[Segment]) -> list[tuple[int, int]]:
+    """(start, end) in ``data`` of each extra image a Multi-Picture index points to.
+
+    A Multi-Picture APP2 segment ("MPF") lists the images stored after the primary one's EOI
+    (a stereo pair's second view, a depth map, an Ultra HDR gain map), by offsets counted from
+    the segment itself. Resizing a segment that comes *before* it leaves them in place; one
+    *after* it moves them away from the index. Entries that do not already point at a JPEG are
+    left out: a broken index is not ours to judge.
+    """
+    spans: list[tuple[int, int]] = []
+    for seg in segments:
+        if seg.marker != 0xE2 or data[seg.start + 4 : seg.start + 8] != b"MPF\x00":
+            continue
+        base = seg.start + 8  # the MP Endian field: offsets count from here
+        try:
+            tiff = Tiff(data[base : seg.end])
+            entries, _ = tiff.read_ifd(tiff.ifd0)
+            table = next((tiff.value(e) for e in entries if e.tag == 0xB002), b"")
+        except WriteError:
+            continue
+        for i in range(1, len(table) // 16):  # entry 0 is the primary image (offset 0)
+            size, offset = struct.unpack(tiff.end + "II", table[16 * i + 4 : 16 * i + 12])
+            start = base + offset
+            is_jpeg = data[start : start + 2] == b"\xff\xd8"
+            if offset and size and start + size <= len(data) and is_jpeg:
+                spans.append((start, start + size))
+    return spans
 
 
 # --------------------------------------------------------------------------- TIFF / IFDs
@@ -599,6 +629,12 @@ def verify_jpeg(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | N
     new_other = [new[s.start : s.end] for i, s in enumerate(new_segs) if i != new_index]
     if old_other != new_other:
         raise WriteError("verification failed: other JPEG segments changed")
+    old_mp, new_mp = mpf_images(old, old_segs), mpf_images(new, new_segs)
+    if [old[a:b] for a, b in old_mp] != [new[a:b] for a, b in new_mp]:
+        raise WriteError(
+            "its Multi-Picture index (depth map, gain map or second view) precedes the EXIF "
+            "block and would lose its images; not written"
+        )
     _verify_tags(old_tiff, new_tiff, updates)
 
 

@@ -217,6 +217,63 @@ def test_corrupt_value_count_costs_no_memory(lib: Path) -> None:
     assert read_exif_caption(photo) == (CAPTION, CAPTION)
 
 
+def make_mpo(path: Path, *, index_first: bool = False) -> Path:
+    """A two-image Multi-Picture JPEG (Pillow's layout: Exif APP1, then the MPF APP2). With
+    ``index_first`` the MPF segment is moved before Exif, its offset to image 2 corrected, so
+    the file is still valid (exiftool and Pillow read both images)."""
+    exif = Image.Exif()
+    exif[0x010F] = "StereoCam"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(
+        buf, "MPO", save_all=True, append_images=[Image.new("RGB", (32, 24), (30, 200, 30))],
+        exif=exif,
+    )  # fmt: skip
+    data = buf.getvalue()
+    if index_first:
+        segs = segments(data)
+        app1, app2 = segs[1], bytearray(segs[2])
+        assert is_exif(app1) and app2[4:8] == b"MPF\x00"
+        tiff = bytes(app2[8:])  # offsets count from here; Pillow writes little-endian
+        (ifd,) = struct.unpack("<I", tiff[4:8])
+        (n,) = struct.unpack("<H", tiff[ifd : ifd + 2])
+        table = next(
+            struct.unpack("<I", tiff[p + 8 : p + 12])[0]
+            for p in range(ifd + 2, ifd + 2 + 12 * n, 12)
+            if tiff[p : p + 2] == struct.pack("<H", 0xB002)
+        )
+        at = 8 + table + 16 + 8  # entry 2's data offset
+        (offset,) = struct.unpack("<I", app2[at : at + 4])
+        app2[at : at + 4] = struct.pack("<I", offset + len(app1))
+        start = len(segs[0]) + 2
+        data = data[:start] + bytes(app2) + app1 + data[start + len(app1) + len(app2) :]
+    path.write_bytes(data)
+    return path
+
+
+def second_image(photo: Path) -> bytes:
+    with Image.open(photo) as img:
+        img.seek(1)
+        return img.tobytes()
+
+
+@pytest.mark.parametrize("index_first", [False, True])
+def test_multi_picture_images_stay_reachable(lib: Path, index_first: bool) -> None:
+    # The extra images of an MPO (second view, depth or Ultra HDR gain map) sit after EOI at
+    # offsets counted from the MPF segment: resizing Exif before it is harmless, after it not.
+    photo = make_mpo(lib / "photo.jpg", index_first=index_first)
+    before, view = photo.read_bytes(), second_image(photo)
+    outcome = write(photo)
+    if index_first:
+        assert outcome.status == "failed"
+        assert "Multi-Picture index" in outcome.message and "\n" not in outcome.message
+        assert photo.read_bytes() == before
+    else:
+        assert outcome.status == "written", outcome.message
+        assert_lossless(before, photo.read_bytes())
+        assert read_exif_caption(photo)[0] == CAPTION
+    assert second_image(photo) == view
+
+
 def test_cross_check_reads_sound_exif() -> None:
     pillow = Image.Exif()
     pillow[0x010F] = "Cam"  # little-endian, as Pillow writes it
