@@ -404,6 +404,7 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
     """Print a caption run's events: JSON lines, or lines + a progress bar on a terminal."""
     from photocap.image import describe_path
     from photocap.pipeline import PhotoResult, Progress, RunSummary
+    from photocap.safeio import UNWRITABLE_FOLDER
 
     out, err = _console(), _console(stderr=True)
     show_bar = not json_out and err.is_terminal
@@ -430,9 +431,16 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
     started = time.monotonic()
     summary = None
     notes: Counter[str] = Counter()
+    unwritable = unwritable_indexed = 0  # photos whose folder could not take a sidecar/EXIF
     try:
         for event in events:
             if isinstance(event, PhotoResult):
+                if any(o.message.startswith(UNWRITABLE_FOLDER) for o in event.outputs):
+                    unwritable += 1
+                    unwritable_indexed += any(
+                        o.writer == "index" and o.status in ("written", "unchanged")
+                        for o in event.outputs
+                    )
                 if json_out:
                     _emit_json(event.to_dict())
                 elif event.status == "failed":
@@ -478,6 +486,12 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         err.print(line)
         for note, count in sorted(notes.items()):
             err.print(f"  {count} × {_esc(note)}")
+        if unwritable:
+            where = "their captions are in the index. " if unwritable == unwritable_indexed else ""
+            err.print(
+                f"  {unwritable} photos are in folders photocap cannot write (read-only media, a "
+                f"share, permissions); {where}To caption into the index only: --write index"
+            )
     return summary
 
 

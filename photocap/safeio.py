@@ -39,6 +39,9 @@ CRASH_ENV = "PHOTOCAP_TEST_CRASH_BEFORE_REPLACE"
 
 NAME_MAX = 255  # bytes in one file name on every common file system
 
+# How a refusal for a folder that cannot take a new file starts (read by the CLI's hint).
+UNWRITABLE_FOLDER = ("read-only file system: ", "folder is not writable: ")
+
 
 def temp_path_for(path: Path) -> Path:
     """A fresh hidden temp name next to ``path``: ``.photo.jpg.photocap-tmp-1a2b3c4d``.
@@ -80,11 +83,20 @@ def check_writable(path: Path, *, in_place: bool) -> None:
     if not folder.is_dir():
         raise WriteError(f"folder does not exist: {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"folder is not writable: {folder}")
+        read_only, not_writable = UNWRITABLE_FOLDER
+        raise WriteError(f"{read_only if _read_only_mount(folder) else not_writable}{folder}")
     if path.is_dir():
         raise WriteError(f"is a folder, not a file: {path}")
     if in_place and path.exists() and not os.access(path, os.W_OK):
         raise WriteError(f"file is read-only: {path}")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    """True when ``folder`` is on a file system mounted read-only (a card, a disc, a share)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
 
 
 def read_sized(fh: BinaryIO, size: int, max_bytes: int) -> bytes:

@@ -128,6 +128,30 @@ def test_name_not_utf8_is_one_failure_and_the_run_goes_on(tmp_path: Path, model_
     assert not (lib / f"{latin}.xmp").exists()
 
 
+def test_unwritable_folder_hint(tmp_path: Path, model_file: Path, monkeypatch) -> None:
+    # A read-only card or share: every photo fails the same way. Root ignores permission bits,
+    # so os.access reports what it reports to a user for a folder they cannot write.
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    real_access = os.access
+    denied = lambda p, m: Path(p) == lib and m & os.W_OK  # noqa: E731
+    monkeypatch.setattr(os, "access", lambda p, m: not denied(p, m) and real_access(p, m))
+    db = tmp_path / "i.db"
+    result = caption(lib, "--db", db, "--model", model_file, "--write", "xmp,index",
+                     "--workers", "0")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count(f"xmp: folder is not writable: {lib}") == 2
+    assert "2 photos are in folders photocap cannot write" in result.stderr
+    assert "their captions are in the index. To caption into the index only: --write index" in (
+        " ".join(result.stderr.split())
+    )
+    found = runner.invoke(app, ["status", "--db", str(db), "--json"])
+    assert json.loads(found.stdout.splitlines()[-1])["captioned"] == 2
+    assert sorted(p.name for p in lib.iterdir()) == ["img_0000.jpg", "img_0001.jpg"]
+    only_index = caption(lib, "--db", db, "--model", model_file, "--write", "index")
+    assert only_index.exit_code == 0 and "cannot write" not in only_index.stderr
+
+
 @pytest.mark.parametrize("query", ["", "   ", "!!!"])
 def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
     result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])

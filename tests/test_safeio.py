@@ -182,6 +182,13 @@ def test_read_only_messages_when_access_denied(lib: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "access", lambda p, m: Path(p) != lib and real_access(p, m))
     with pytest.raises(WriteError, match="folder is not writable"):
         atomic_write(photo, b"new")
+    # A card, disc or share mounted read-only says so (it is not a permission to change).
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result(
+        (*real_statvfs(p)[:8], real_statvfs(p).f_flag | os.ST_RDONLY, real_statvfs(p).f_namemax)
+    ))  # fmt: skip
+    with pytest.raises(WriteError, match=f"^read-only file system: {lib}$"):
+        atomic_write(photo, b"new")
     assert photo.read_bytes() == b"old"
 
 
