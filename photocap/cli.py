@@ -504,19 +504,36 @@ def _esc(text: str) -> str:
 @app.command()
 @cli_errors
 def search(
-    query: str = typer.Argument(..., help="Words to find in captions (all must match; stemmed)."),
+    words: list[str] = typer.Argument(
+        ..., metavar="WORDS", help="Words to find in captions (all must match; stemmed)."
+    ),
+    under: list[Path] | None = typer.Option(
+        None, "--in", help="Only photos in this folder (repeat for several).", show_default=False
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Only photos taken on or after: YYYY, YYYY-MM or YYYY-MM-DD."
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Only photos taken on or before: YYYY, YYYY-MM or YYYY-MM-DD."
+    ),
     db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     limit: int = typer.Option(20, "--limit", min=1, help="Show at most N photos."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per photo."),
 ) -> None:
-    """Search captions: best matches first, matching words highlighted."""
-    from photocap.index import PhotoIndex, build_fts_query
+    """Search captions: best matches first, matching words highlighted.
+
+    Quotes are optional: `photocap search dog on a beach`. The dates are the EXIF date taken;
+    photos without one are left out when `--since` or `--until` is given.
+    """
+    from photocap.index import PhotoIndex, build_fts_query, make_search_filter
     from photocap.paths import resolve_db_path
 
+    query = " ".join(words)
     if not build_fts_query(query):  # "", "  ", "!!!": it would match nothing, say why
         raise typer.BadParameter("give one or more words to search for", param_hint="QUERY")
+    only = make_search_filter(under or [], since=since, until=until)
     with PhotoIndex(resolve_db_path(db), create=False) as index:
-        hits = index.search(query, limit=limit)
+        hits = index.search(query, limit=limit, only=only)
     if json_out:
         for hit in hits:
             _emit_json({

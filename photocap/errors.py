@@ -25,3 +25,7 @@ class WriteError(PhotocapError):
 
 class IndexDbError(PhotocapError):
     """The SQLite index could not be opened or migrated."""
+
+
+class QueryError(PhotocapError):
+    """A search query or one of its filters is malformed (e.g. a date that is not a date)."""

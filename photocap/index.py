@@ -18,16 +18,17 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
-from photocap.errors import IndexDbError
+from photocap.errors import IndexDbError, QueryError
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
 
 BUSY_TIMEOUT_MS = 60_000
@@ -93,6 +94,81 @@ class SearchHit:
     @property
     def matched(self) -> list[str]:
         return [text for text, hit in self.segments if hit]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which photos a search may return: below some folders, taken within some dates.
+
+    ``taken_from`` / ``taken_before`` bound ``date_taken`` (ISO 8601 local time, compared as
+    text: "2023-05" <= "2023-05-01T12:34:56" < "2023-06"); a photo without a date taken is left
+    out when either is set. Build one from user input with :func:`make_search_filter`.
+    """
+
+    under: tuple[str, ...] = ()  # absolute folders (or photos)
+    taken_from: str | None = None  # inclusive
+    taken_before: str | None = None  # exclusive
+
+    def sql(self) -> tuple[str, list[str]]:
+        """A condition on ``photos`` columns (``"1"`` for no filter) and its parameters."""
+        conds, params = [], []
+        if self.under:
+            ranges = []
+            for folder in self.under:
+                # Everything below "a/b" sorts in ["a/b/", "a/b0"): '0' follows '/' in ASCII.
+                stem = folder.rstrip(os.sep)
+                ranges.append("path = ? OR (path >= ? AND path < ?)")
+                params += [folder, stem + os.sep, stem + chr(ord(os.sep) + 1)]
+            conds.append("(" + " OR ".join(ranges) + ")")
+        if self.taken_from:
+            conds.append("date_taken >= ?")
+            params.append(self.taken_from)
+        if self.taken_before:
+            conds.append("date_taken < ?")
+            params.append(self.taken_before)
+        return " AND ".join(conds) or "1", params
+
+
+_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def make_search_filter(
+    under: Iterable[str | os.PathLike[str]] = (), since: str | None = None, until: str | None = None
+) -> SearchFilter:
+    """A :class:`SearchFilter` from folders and dates as a user types them.
+
+    ``since`` and ``until`` are ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``, both inclusive:
+    ``until="2023"`` keeps all of 2023. Raises :class:`QueryError` for anything else.
+    """
+
+    def parse(text: str, option: str) -> tuple[date, str]:
+        match = _DATE.fullmatch(text.strip())
+        try:
+            if not match:
+                raise ValueError
+            year, month, day = (int(g) if g else None for g in match.groups())
+            when = date(year or 1, month or 1, day or 1)
+        except ValueError:
+            raise QueryError(
+                f"{option} {text!r}: give a date as YYYY, YYYY-MM or YYYY-MM-DD"
+            ) from None
+        return when, ("day" if day else "month" if month else "year")
+
+    taken_from = taken_before = None
+    if since is not None:
+        when, unit = parse(since, "--since")
+        taken_from = when.isoformat()[: {"year": 4, "month": 7, "day": 10}[unit]]
+    if until is not None:
+        when, unit = parse(until, "--until")
+        if unit == "day":
+            end = when + timedelta(days=1)
+        elif unit == "month":
+            end = date(when.year + when.month // 12, when.month % 12 + 1, 1)
+        else:
+            end = date(when.year + 1, 1, 1)
+        taken_before = end.isoformat()
+    folders = tuple(os.path.abspath(os.fspath(p)) for p in under)
+    return SearchFilter(under=folders, taken_from=taken_from, taken_before=taken_before)
 
 
 @dataclass(frozen=True)
@@ -292,9 +368,17 @@ class PhotoIndex:
 
     @_sqlite_errors
     def search(
-        self, query: str, limit: int = 20, *, rank_window: int | None = RANK_WINDOW
+        self,
+        query: str,
+        limit: int = 20,
+        *,
+        only: SearchFilter | None = None,
+        rank_window: int | None = RANK_WINDOW,
     ) -> list[SearchHit]:
         """Full-text search over captions, best first (bm25), with matches highlighted.
+
+        ``only`` keeps photos below some folders / taken within some dates; it applies before
+        the ranking window below, so a folder of old photos is searched whole.
 
         Every word of ``query`` must match (porter stemming: "dogs running" finds "A dog runs").
         Words are quoted, so FTS syntax in user input (quotes, hyphens, AND/OR/NOT, ``:``) is
@@ -315,15 +399,19 @@ class PhotoIndex:
         try:
             want = int(limit)
             where, params = "photos_fts MATCH ?", [fts]
+            if only is not None and only != SearchFilter():
+                cond, values = only.sql()
+                where += f" AND rowid IN (SELECT rowid FROM photos WHERE {cond})"
+                params += values
             if rank_window:
                 # The window-th newest match; None when there are fewer matches than that.
                 floor = conn.execute(
-                    "SELECT rowid FROM photos_fts WHERE photos_fts MATCH ? "
+                    f"SELECT rowid FROM photos_fts WHERE {where} "
                     "ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-                    [fts, max(int(rank_window), 4 * want) - 1],
+                    [*params, max(int(rank_window), 4 * want) - 1],
                 ).fetchone()
                 if floor is not None:
-                    where, params = where + " AND rowid >= ?", [fts, floor[0]]
+                    where, params = where + " AND rowid >= ?", [*params, floor[0]]
             fetch = 2 * want  # a margin for rows with an error and for ties at the cut
             while True:
                 top = conn.execute(

@@ -152,6 +152,32 @@ def test_unwritable_folder_hint(tmp_path: Path, model_file: Path, monkeypatch) -
     assert only_index.exit_code == 0 and "cannot write" not in only_index.stderr
 
 
+def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
+    from photocap.index import PhotoIndex
+
+    db, lib = tmp_path / "i.db", tmp_path / "lib"
+    with PhotoIndex(db) as index:
+        taken = {lib / "old.jpg": "2019-07-01T10:00:00", lib / "new.jpg": "2024-07-01T10:00:00",
+                 tmp_path / "x.jpg": None}  # fmt: skip
+        index.upsert_photos(
+            [{"path": str(p), "caption": "A dog on a beach.", "date_taken": d}
+             for p, d in taken.items()]
+        )  # fmt: skip
+
+    def search(*args: str | Path) -> list[str]:
+        result = runner.invoke(app, ["search", *map(str, args), "--db", str(db), "--json"])
+        assert result.exit_code == 0, result.output
+        return sorted(json.loads(line)["path"] for line in result.stdout.splitlines())
+
+    everything = sorted([str(lib / "new.jpg"), str(lib / "old.jpg"), str(tmp_path / "x.jpg")])
+    assert search("dog", "beach") == search("dog beach") == everything
+    assert search("dog", "beach", "--in", lib) == [str(lib / "new.jpg"), str(lib / "old.jpg")]
+    assert search("dogs", "--in", lib, "--since", "2020") == [str(lib / "new.jpg")]
+    assert search("beach", "--until", "2019-07") == [str(lib / "old.jpg")]
+    bad = runner.invoke(app, ["search", "dog", "--since", "last week", "--db", str(db)])
+    assert bad.exit_code == 2 and "--since 'last week': give a date as YYYY" in bad.output
+
+
 @pytest.mark.parametrize("query", ["", "   ", "!!!"])
 def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
     result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from photocap.index import MIGRATIONS, IndexWriter, PhotoIndex, build_fts_query
+from photocap.errors import QueryError
+from photocap.index import (
+    MIGRATIONS,
+    IndexWriter,
+    PhotoIndex,
+    SearchFilter,
+    build_fts_query,
+    make_search_filter,
+)
 from photocap.writers import CaptionRecord, WriteOptions
 
 CAPTIONS = {
@@ -132,6 +140,54 @@ def test_search_rank_window_ranks_newest_matches_only(tmp_path: Path) -> None:
         assert len(windowed) == 3 and all(h.path >= "/b/0011.jpg" for h in windowed)
         assert idx.search("dog", limit=0) == []
         assert len(idx.search("dog", limit=25, rank_window=10)) == 25  # window >= 4 x limit
+
+
+def test_search_filter_by_folder_and_date_taken(tmp_path: Path) -> None:
+    rows = [
+        ("/pics/2023/a.jpg", "2023-05-31T23:59:59"),
+        ("/pics/2023/trip/b.jpg", "2023-06-01T00:00:00"),
+        ("/pics/2023-extra/c.jpg", "2023-12-31T10:00:00"),  # beside /pics/2023, not in it
+        ("/pics/2024/d.jpg", "2024-01-01T00:00:00"),
+        ("/pics/e.jpg", None),  # no date taken
+    ]
+    with PhotoIndex(tmp_path / "i.db") as idx:
+        idx.upsert_photos([{"path": p, "caption": "A dog runs.", "model_id": "m", "date_taken": d}
+                           for p, d in rows])  # fmt: skip
+
+        def found(**kw: object) -> list[str]:
+            only = make_search_filter(**kw)  # type: ignore[arg-type]
+            return sorted(h.path for h in idx.search("dog", limit=10, only=only, rank_window=2))
+
+        everything = sorted(p for p, _ in rows)
+        assert found() == everything
+        assert found(under=["/pics/2023"]) == ["/pics/2023/a.jpg", "/pics/2023/trip/b.jpg"]
+        assert found(under=["/pics/2023/"]) == found(under=["/pics/2023"])
+        assert found(under=["/pics/2023/trip", "/pics/e.jpg"]) == [
+            "/pics/2023/trip/b.jpg", "/pics/e.jpg",
+        ]  # fmt: skip
+        assert found(under=["/"]) == everything
+        assert found(since="2023-06") == ["/pics/2023-extra/c.jpg", "/pics/2023/trip/b.jpg",
+                                          "/pics/2024/d.jpg"]  # fmt: skip
+        assert found(until="2023-05") == ["/pics/2023/a.jpg"]
+        assert found(until="2023-05-31") == ["/pics/2023/a.jpg"]
+        assert found(since="2023", until="2023") == found(under=["/pics/2023", "/pics/2023-extra"])
+        assert found(since="2023-12", until="2023-12") == ["/pics/2023-extra/c.jpg"]
+        assert found(under=["/pics/2023"], since="2023-06-01") == ["/pics/2023/trip/b.jpg"]
+        assert found(under=["/elsewhere"]) == []
+        # The filter comes before the ranking window: the oldest photo is not crowded out.
+        only = make_search_filter(under=["/pics/2023/a.jpg"])
+        assert [h.path for h in idx.search("dog", limit=1, only=only, rank_window=1)] == [
+            "/pics/2023/a.jpg"
+        ]
+
+
+@pytest.mark.parametrize("bad", ["2023-13", "23", "2023-02-30", "May 2023", "2023/05"])
+def test_search_filter_rejects_what_is_not_a_date(bad: str) -> None:
+    with pytest.raises(QueryError, match=r"--until .*YYYY, YYYY-MM or YYYY-MM-DD"):
+        make_search_filter(until=bad)
+    assert make_search_filter(since=" 2023-02-28 ") == SearchFilter(taken_from="2023-02-28")
+    assert make_search_filter(until="2023-12").taken_before == "2024-01-01"
+    assert make_search_filter(until="2024-02-29").taken_before == "2024-03-01"
 
 
 def test_search_with_a_limit_beyond_sqlite_variable_limits(tmp_path: Path) -> None:
