@@ -5,7 +5,9 @@ The index is built by :class:`photocap.index.PhotoIndex` itself, so the table, t
 (``executemany`` in one transaction, triggers firing). Captions are real Flickr8k captions
 (``../shared/flickr8k/captions.txt``) drawn at random, else sentences from a small grammar.
 Each query runs through ``PhotoIndex.search`` (what ``photocap search`` calls, limit 20) after
-one warm-up; median and p95 over ``--repeats`` rounds of all queries.
+one warm-up; median and p95 over ``--repeats`` rounds of all queries. The same queries run again
+under each of ``FILTERS`` (``photocap search --in`` / ``--since``): rows sit 1,000 to a folder and
+are dated over 25 years.
 
     python benchmarks/bench_search.py --rows 1000000
 """
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FLICKR8K, markdown_table, report
@@ -27,6 +30,15 @@ from _common import FLICKR8K, markdown_table, report
 QUERIES = ("dog", "dogs running", "beach", "red shirt", "girl", "man bike", "snow", "water",
            "two dogs playing", "a", "child grass ball", "mountain", "climbing rock", "surf*",
            "woman street", "black and white dog")  # fmt: skip
+
+
+# (label, make_search_filter arguments): a folder of 1,000 photos, one year of 25, both.
+FILTERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("no filter", {}),
+    ("--in one folder", {"under": ["/photos/0050"]}),
+    ("--since/--until one year", {"since": "2012", "until": "2012"}),
+    ("--in + --since", {"under": ["/photos/0050"], "since": "2012-06"}),
+)
 
 
 def caption_source(rng: random.Random) -> list[str]:
@@ -54,12 +66,13 @@ def build(db_path: Path, rows: int, seed: int) -> float:
         chunk = 50_000
         for start in range(0, rows, chunk):
             batch = [(f"/photos/{i // 1000:04d}/IMG_{i:07d}.jpg", rng.choice(captions), -0.5,
-                      "[]", "bench@0", "2024-01-01T00:00:00+00:00", "index")
+                      "[]", "bench@0", "2024-01-01T00:00:00+00:00", "index",
+                      f"{2000 + i % 25}-{1 + i % 12:02d}-15T12:00:00")
                      for i in range(start, min(rows, start + chunk))]  # fmt: skip
             with index.transaction():
                 conn.executemany(
                     "INSERT INTO photos (path, caption, score, alternatives, model_id, "
-                    "captioned_at, outputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "captioned_at, outputs, date_taken) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     batch,
                 )
     return time.perf_counter() - started
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from photocap.index import PhotoIndex
+    from photocap.index import PhotoIndex, make_search_filter
 
     workdir = Path(tempfile.mkdtemp(prefix="photocap-search-"))
     try:
@@ -95,6 +108,17 @@ def main(argv: list[str] | None = None) -> None:
                     t0 = time.perf_counter()
                     index.search(q)
                     timings[q].append((time.perf_counter() - t0) * 1e3)
+            filtered: dict[str, list[float]] = {}
+            for label, kwargs in FILTERS:
+                only = make_search_filter(**kwargs)
+                for q in QUERIES:
+                    index.search(q, only=only)  # warm-up
+                filtered[label] = []
+                for _ in range(args.repeats):
+                    for q in QUERIES:
+                        t0 = time.perf_counter()
+                        index.search(q, only=only)
+                        filtered[label].append((time.perf_counter() - t0) * 1e3)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     every = sorted(t for ts in timings.values() for t in ts)
@@ -103,8 +127,15 @@ def main(argv: list[str] | None = None) -> None:
     table_rows = [[q, hits[q], statistics.median(ts), max(ts)] for q, ts in timings.items()]
     table_rows.append(["**all queries**", "", median, p95])
     table = markdown_table(table_rows, ["query", "hits (limit 20)", "median ms", "max ms / p95"])
+    filter_rows = []
+    for label, ts in filtered.items():
+        ts.sort()
+        filter_rows.append(
+            [label, statistics.median(ts), ts[min(len(ts) - 1, int(0.95 * len(ts)))]]
+        )
+    table += "\n\n" + markdown_table(filter_rows, ["filter (all queries)", "median ms", "p95 ms"])
     data = {"rows": rows_in, "build_s": build_s, "median_ms": median, "p95_ms": p95,
-            "per_query_ms": timings}  # fmt: skip
+            "per_query_ms": timings, "filtered_ms": filtered}  # fmt: skip
     report(f"search latency on {rows_in:,} captions (built in {build_s:.0f} s)", table, data,
            args.json)  # fmt: skip
 

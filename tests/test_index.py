@@ -80,6 +80,22 @@ def test_reopen_runs_no_migration_twice(tmp_path: Path, index: PhotoIndex) -> No
     again.close()
 
 
+def test_an_index_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    # An index as version 0.x left it (migrations 001-003): opening it adds what is new, once.
+    path = tmp_path / "old.db"
+    PhotoIndex(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX idx_photos_date_taken")
+        conn.execute("DELETE FROM _migrations WHERE name = '004_index_date_taken'")
+    conn.close()
+    with PhotoIndex(path) as idx:
+        assert idx.applied_migrations()[-1] == "004_index_date_taken"
+        plan = idx.db.execute(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM photos WHERE date_taken >= '2023'"
+        ).fetchall()
+        assert "idx_photos_date_taken" in str(plan)
+
+
 def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
     hits = index.search("dog running")
     assert {h.path for h in hits} == {"/p/dog.jpg", "/p/dogs.jpg"}
