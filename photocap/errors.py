@@ -23,6 +23,10 @@ class WriteError(PhotocapError):
     """A caption could not be written (read-only file, failed verification, ...)."""
 
 
+class SidecarTaken(WriteError):
+    """The stem-named sidecar belongs to another photo (the RAW of a RAW+JPEG pair)."""
+
+
 class IndexDbError(PhotocapError):
     """The SQLite index could not be opened or migrated."""
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from photocap.errors import WriteError
+from photocap.errors import SidecarTaken, WriteError
 from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
 from photocap.writers import (
     CaptionRecord,
@@ -86,24 +86,13 @@ IN_FILE_FORMATS = ("JPEG", "WebP")  # formats --write exif changes in place
 # --------------------------------------------------------------------------- format sniffing
 
 
-def detect_format(head: bytes) -> str:
-    """A short format name from a file's first bytes (not its extension)."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return "AVIF" if brand in (b"avif", b"avis") else "HEIC"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if head[:2] == b"BM":
-        return "BMP"
-    return "this file type"
+def detect_format(head: bytes, name: str | Path | None = None) -> str:
+    """A short format name from a file's first bytes (and, for RAW, its name): "JPEG", "WebP",
+    "RAW", ... as :func:`photocap.image.sniff_format` finds it, for messages."""
+    from photocap.image import sniff_format
+
+    kind = sniff_format(head, name)
+    return {"WEBP": "WebP", "HEIF": "HEIC"}.get(kind, kind) if kind else "this file type"
 
 
 # --------------------------------------------------------------------------- JPEG segments
@@ -722,8 +711,10 @@ def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
 
 
 def _head(path: Path) -> bytes:
+    from photocap.image import SNIFF_BYTES
+
     with open(path, "rb") as fh:
-        return fh.read(16)
+        return fh.read(SNIFF_BYTES)
 
 
 class ExifWriter:
@@ -737,7 +728,7 @@ class ExifWriter:
     def write(self, record: CaptionRecord) -> WriteOutcome:
         photo = record.path
         try:
-            fmt = detect_format(_head(photo))
+            fmt = detect_format(_head(photo), photo)
             if fmt not in IN_FILE_FORMATS:
                 return WriteOutcome(
                     self.name, photo, "skipped", f"exif not supported for {fmt}; caption in sidecar"
@@ -795,6 +786,8 @@ class ExifWriter:
                         "failed",
                         f"caption written to EXIF but provenance not saved: {one_line(err)}",
                     )
+        except SidecarTaken as err:  # no sidecar of its own to record provenance in
+            return WriteOutcome(self.name, photo, "skipped", one_line(err))
         except WriteError as err:
             return WriteOutcome(self.name, photo, "failed", one_line(err))
         except OSError as err:

@@ -33,7 +33,8 @@ from typing import Literal
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from photocap.errors import WriteError
+from photocap.errors import SidecarTaken, WriteError
+from photocap.image import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 from photocap.safeio import (
     atomic_write,
     check_writable,
@@ -77,41 +78,9 @@ KNOWN_PREFIXES: dict[str, str] = {
 MAX_SIDECAR_BYTES = 10 * 1024 * 1024  # real sidecars are KBs; darktable histories < 1 MB
 MAX_ALT_TEXT = 250  # IPTC recommendation for AltTextAccessibility
 
-# File extensions of photos that could share a stem-named sidecar (x.jpg + x.png -> x.xmp).
-PHOTO_EXTENSIONS = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".png",
-        ".webp",
-        ".heic",
-        ".heif",
-        ".avif",
-        ".tif",
-        ".tiff",
-        ".gif",
-        ".bmp",
-        ".dng",
-        ".cr2",
-        ".cr3",
-        ".nef",
-        ".nrw",
-        ".arw",
-        ".srf",
-        ".sr2",
-        ".raf",
-        ".orf",
-        ".rw2",
-        ".pef",
-        ".srw",
-        ".x3f",
-        ".3fr",
-        ".iiq",
-        ".rwl",
-        ".jxl",
-    }
-)
+# File extensions of photos that could share a stem-named sidecar (x.jpg + x.png -> x.xmp; a
+# RAW+JPEG pair x.cr2 + x.jpg -> x.xmp).
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS | {".jxl"}
 
 SidecarName = Literal["full", "stem"]
 
@@ -185,15 +154,26 @@ def photos_for_sidecar(sidecar: Path) -> list[Path]:
     )
 
 
+def stem_owner(photos: list[Path]) -> Path | None:
+    """Which of the photos sharing a stem owns the stem-named sidecar: the RAW of a RAW+JPEG
+    pair (Lightroom's convention: ``IMG_0001.xmp`` describes ``IMG_0001.CR2``); None when
+    that is ambiguous (no RAW, or several)."""
+    raws = [p for p in photos if p.suffix.lower() in RAW_EXTENSIONS]
+    return raws[0] if len(raws) == 1 else None
+
+
 def find_sidecars(photo: Path) -> list[Path]:
     """Existing sidecars of ``photo``, both naming forms, full form first.
 
-    The stem form is only counted when no other photo shares the stem (it would be ambiguous).
+    The stem form is only counted when no other photo shares the stem (it would be ambiguous),
+    or when ``photo`` is the RAW of a RAW+JPEG pair (:func:`stem_owner`).
     """
     found = [sidecar_path(photo, "full")]
     stem = sidecar_path(photo, "stem")
-    if (stem.exists() or stem.is_symlink()) and not stem_siblings(photo):  # cheap check first
-        found.append(stem)
+    if stem.exists() or stem.is_symlink():  # cheap check first
+        others = stem_siblings(photo)
+        if not others or stem_owner([photo, *others]) == photo:
+            found.append(stem)
     return [p for p in found if p.exists() or p.is_symlink()]
 
 
@@ -645,11 +625,20 @@ def alt_text_for(caption: str) -> str:
 
 
 def sidecar_for_write(photo: Path, naming: SidecarName) -> Path:
-    """The sidecar to write for ``photo``; refuses a stem name two photos would share."""
+    """The sidecar to write for ``photo``; refuses a stem name two photos would share.
+
+    Of a RAW+JPEG pair the RAW gets the stem sidecar; the JPEG gets :class:`SidecarTaken`.
+    """
     target = sidecar_path(photo, naming)
     if naming == "stem":
         others = stem_siblings(photo)
-        if others:
+        owner = stem_owner([photo, *others]) if others else photo
+        if owner is not None and owner != photo:
+            raise SidecarTaken(  # no file names: the summary counts photos by this message
+                "the stem-named sidecar belongs to the RAW of this RAW+JPEG pair "
+                "(--sidecar-name full gives this photo its own)"
+            )
+        if owner is None:
             raise WriteError(
                 f"{target.name} would be shared by {photo.name} and {others[0].name}; "
                 "refusing to merge two photos' captions (use --sidecar-name full)"
@@ -778,6 +767,8 @@ class XmpWriter:
             )
             if changed and not self.options.dry_run:
                 save_sidecar(target, doc)
+        except SidecarTaken as err:  # the JPEG of a RAW+JPEG pair, stem naming
+            return WriteOutcome(self.name, photo, "skipped", one_line(err))
         except WriteError as err:
             return WriteOutcome(self.name, photo, "failed", one_line(err))
         except OSError as err:

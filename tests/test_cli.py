@@ -178,6 +178,33 @@ def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--since 'last week': give a date as YYYY" in bad.output
 
 
+def test_raw_and_jpeg_pair_both_captioned_raw_untouched(tmp_path: Path, model_file: Path) -> None:
+    pytest.importorskip("rawpy")
+    from raw_helpers import make_dng
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 1)
+    jpeg = (lib / "img_0000.jpg").rename(lib / "IMG_0001.JPG")
+    raw = make_dng(lib / "IMG_0001.CR2", orientation=6, taken="2021:07:04 10:11:12")
+    (lib / "broken.arw").write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\x00" * 40)
+    before = raw.read_bytes()
+    result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file, "--write",
+                     "xmp,exif,index", "--workers", "0", "--json")  # fmt: skip
+    assert result.exit_code == 1, result.output  # broken.arw
+    events = {Path(e["path"]).name: e for e in map(json.loads, result.stdout.splitlines()[:-1])}
+    assert events["IMG_0001.CR2"]["status"] == events["IMG_0001.JPG"]["status"] == "captioned"
+    assert events["IMG_0001.CR2"]["outputs"] == {"xmp": "written", "exif": "skipped",
+                                                 "index": "written"}  # fmt: skip
+    assert events["broken.arw"]["error"].startswith("cannot read RAW file: ")
+    assert raw.read_bytes() == before and (lib / "IMG_0001.CR2.xmp").is_file()
+    assert jpeg.with_name("IMG_0001.JPG.xmp").is_file()
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        row = db.execute("SELECT date_taken, camera, width, height FROM photos WHERE path = ?",
+                         [str(raw)]).fetchone()  # fmt: skip
+    db.close()
+    assert row == ("2021-07-04T10:11:12", "Canon EOS Test", 96, 128)  # the sensor's size, upright
+
+
 @pytest.mark.parametrize("query", ["", "   ", "!!!"])
 def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
     result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])

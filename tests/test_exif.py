@@ -159,6 +159,24 @@ def test_other_formats_skipped(lib: Path, fmt: str, name: str) -> None:
     assert sorted(p.name for p in lib.iterdir()) == [name]
 
 
+def test_raw_is_skipped_by_name(lib: Path) -> None:
+    from raw_helpers import make_dng
+
+    photo = make_dng(lib / "IMG_0001.NEF")  # TIFF inside: a TIFF writer would rewrite it
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.message) == (
+        "skipped", "exif not supported for RAW; caption in sidecar",
+    )  # fmt: skip
+    assert photo.read_bytes() == before
+    # Its JPEG, with stem naming, has no sidecar of its own to record what it replaced in.
+    jpeg = make_jpeg(lib / "IMG_0001.JPG", exif=camera_exif())
+    before = jpeg.read_bytes()
+    outcome = write(jpeg, sidecar_name="stem")
+    assert outcome.status == "skipped" and "belongs to the RAW" in outcome.message
+    assert jpeg.read_bytes() == before
+
+
 def test_mtime_and_permissions_kept_touch_updates(lib: Path) -> None:
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
     photo.chmod(0o640)

@@ -221,3 +221,79 @@ def test_file_too_large_to_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = decode_photo(str(big), PRESET)
     assert isinstance(result, DecodeFailure)
     assert result.error.startswith("file too large (") and "limit" in result.error
+
+
+# --------------------------------------------------------------------------- camera RAW
+
+needs_rawpy = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("rawpy") is None, reason="rawpy not installed"
+)
+
+
+def test_sniff_raw_by_content_or_name() -> None:
+    tiff = b"II*\x00\x08\x00\x00\x00" + b"\x00" * 8
+    assert sniff_format(tiff) == "TIFF"
+    assert sniff_format(tiff, "IMG_0001.NEF") == sniff_format(tiff, "/a/b.dng") == "RAW"
+    assert sniff_format(tiff, "scan.tif") == "TIFF"
+    assert sniff_format(b"II*\x00\x10\x00\x00\x00CR\x02\x00") == "RAW"  # CR2
+    assert sniff_format(b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom") == "RAW"  # CR3
+    assert sniff_format(b"FUJIFILMCCD-RAW 0201FF383501") == "RAW"
+    assert sniff_format(b"IIRO\x08\x00\x00\x00") == sniff_format(b"IIU\x00\x18\x00") == "RAW"
+
+
+@needs_rawpy
+def test_raw_is_captioned_from_its_preview_upright(tmp_path: Path) -> None:
+    from raw_helpers import make_dng
+
+    # The camera was turned: the sensor is 128x96, the photo is shown 96x128 (EXIF 6).
+    photo = make_dng(tmp_path / "IMG_0001.DNG", preview=(64, 48), orientation=6,
+                     taken="2021:07:04 10:11:12")  # fmt: skip
+    got = decode_photo(str(photo), PRESET)
+    assert isinstance(got, DecodedPhoto), got
+    assert (got.format, got.width, got.height) == ("RAW", 96, 128)
+    assert (got.camera, got.date_taken) == ("Canon EOS Test", "2021-07-04T10:11:12")
+    assert abs(got.pixels[:, 5, 5].astype(int) - (30, 160, 40)).max() <= 3  # the preview's
+    img = open_image(photo)
+    assert img.size == (48, 64) and img.mode == "RGB"
+    undated = decode_photo(str(make_dng(tmp_path / "undated.dng")), PRESET)
+    assert isinstance(undated, DecodedPhoto) and undated.date_taken is None  # not 1970
+
+
+@needs_rawpy
+def test_raw_without_preview_is_demosaiced(tmp_path: Path) -> None:
+    from raw_helpers import make_dng
+
+    photo = make_dng(tmp_path / "bare.dng", preview=None, orientation=3)
+    got = decode_photo(str(photo), PRESET)
+    assert isinstance(got, DecodedPhoto), got
+    assert (got.format, got.width, got.height, got.date_taken) == ("RAW", 128, 96, None)
+    assert open_image(photo).size == (64, 48)  # half size
+
+
+@needs_rawpy
+def test_bad_raw_is_one_line_failure(tmp_path: Path) -> None:
+    from raw_helpers import make_dng
+
+    good = make_dng(tmp_path / "good.nef").read_bytes()
+    for name, data in {
+        "truncated.nef": good[: len(good) // 3],
+        "junk.cr2": b"II*\x00\x10\x00\x00\x00CR\x02\x00" + os.urandom(300),
+        "text.raf": b"FUJIFILMCCD-RAW " + b"not really" * 20,
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        got = decode_photo(str(tmp_path / name), PRESET)
+        assert isinstance(got, DecodeFailure), name
+        assert "\n" not in got.error and "RAW" in got.error, (name, got.error)
+
+
+def test_raw_without_rawpy_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from raw_helpers import make_dng
+
+    monkeypatch.setitem(sys.modules, "rawpy", None)  # import fails as if not installed
+    got = decode_photo(str(make_dng(tmp_path / "a.arw")), PRESET)
+    assert isinstance(got, DecodeFailure)
+    assert got.error == "RAW files need the rawpy package (pip install rawpy)"

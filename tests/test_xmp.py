@@ -142,6 +142,23 @@ def test_stem_naming_refuses_shared_sidecar(lib: Path) -> None:
     assert not (lib / "x.xmp").exists()
 
 
+def test_stem_sidecar_of_a_raw_jpeg_pair_is_the_raws(lib: Path) -> None:
+    # Lightroom's convention: IMG_0001.xmp describes IMG_0001.CR2; its JPEG is a "sidecar JPEG".
+    raw, jpg = photo_in(lib, "IMG_0001.CR2"), photo_in(lib, "IMG_0001.JPG")
+    assert write(raw, "A dog on a beach.", sidecar_name="stem").status == "written"
+    outcome = write(jpg, "A dog on the beach.", sidecar_name="stem")
+    assert outcome.status == "skipped" and "belongs to the RAW" in outcome.message
+    assert sorted(p.name for p in lib.iterdir()) == ["IMG_0001.CR2", "IMG_0001.JPG", "IMG_0001.xmp"]
+    assert read_caption(raw) == "A dog on a beach."
+    assert read_caption(jpg) is None  # the stem sidecar is not the JPEG's
+    # Two RAWs (or no RAW) sharing a stem stay ambiguous: refused, as before.
+    photo_in(lib, "IMG_0001.DNG")
+    assert write(raw, sidecar_name="stem").status == "failed"
+    # Full naming gives every file its own sidecar.
+    assert write(jpg, sidecar_name="full").status == "written"
+    assert read_caption(jpg) == "A dog runs through the grass."
+
+
 def test_dry_run_writes_nothing(lib: Path) -> None:
     photo = photo_in(lib)
     assert write(photo, dry_run=True).status == "written"
