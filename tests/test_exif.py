@@ -235,6 +235,18 @@ def test_corrupt_value_count_costs_no_memory(lib: Path) -> None:
     assert read_exif_caption(photo) == (CAPTION, CAPTION)
 
 
+def test_motion_photo_video_after_eoi_is_kept(lib: Path) -> None:
+    # A Google/Samsung motion photo: the video follows the JPEG's EOI, and the XMP finds it by
+    # its distance from the end of the file (GCamera:MicroVideoOffset), so it must stay last.
+    video = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + os.urandom(4000)
+    photo = make_jpeg(lib / "PXL_0001.MP.jpg", exif=camera_exif())
+    photo.write_bytes(photo.read_bytes() + video)
+    assert write(photo).status == "written"
+    after = photo.read_bytes()
+    assert after.endswith(video) and after[: -len(video)].endswith(b"\xff\xd9")
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+
+
 def make_mpo(path: Path, *, index_first: bool = False) -> Path:
     """A two-image Multi-Picture JPEG (Pillow's layout: Exif APP1, then the MPF APP2). With
     ``index_first`` the MPF segment is moved before Exif, its offset to image 2 corrected, so
