@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,6 +201,7 @@ class _Pending:
 _PROGRESS = object()  # in the output queue: a caption Progress event, counted when yielded
 # Most write hand-offs queued at once: one model batch plus a few single-photo carries.
 _MAX_QUEUED_WRITES = 3
+DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 
 
 def caption_library(
@@ -389,7 +391,20 @@ class _Run:
                     break
                 if pending and len(batch) < batch_size:
                     item, future = pending.popleft()
-                    result = future.result()
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        # A worker died (a C decoder crashed on a hostile file, or the OOM
+                        # killer): every photo in flight lost its result. Decode each again
+                        # alone, so only the culprit fails, then carry on with a new pool.
+                        suspects = [item, *(lost for lost, _ in pending)]
+                        pending.clear()
+                        if pool is not None:
+                            pool.shutdown(wait=True, cancel_futures=True)
+                        pool = _make_pool(workers)
+                        for lost in suspects:
+                            pending.append((lost, _done(self._decode_alone(lost.photo.path))))
+                        continue
                     self._on_decoded(item, result, batch)
                     yield from self._drain(max_queued=_MAX_QUEUED_WRITES)
                     if len(batch) < batch_size and pending:
@@ -420,9 +435,15 @@ class _Run:
         args = (os.fspath(path), self.preset, self.options.max_pixels)
         if pool is not None:
             return pool.submit(decode_photo, *args)
-        future: Future[DecodedPhoto | DecodeFailure] = Future()
-        future.set_result(decode_photo(*args))
-        return future
+        return _done(decode_photo(*args))
+
+    def _decode_alone(self, path: Path) -> DecodedPhoto | DecodeFailure:
+        """Decode one photo in a process of its own: a crash there fails this photo only."""
+        with _make_pool(1) as alone:
+            try:
+                return self._submit(alone, path).result()
+            except BrokenProcessPool:
+                return DecodeFailure(os.fspath(path), DECODER_CRASHED)
 
     def _on_decoded(
         self, item: _Work, result: DecodedPhoto | DecodeFailure, batch: list[_Ready]
@@ -657,6 +678,12 @@ def _share_cores_with_workers(captioner: Captioner, workers: int) -> Callable[[]
         return lambda: None
     torch.set_num_threads(wanted)
     return lambda: torch.set_num_threads(before)
+
+
+def _done(result: DecodedPhoto | DecodeFailure) -> Future[DecodedPhoto | DecodeFailure]:
+    future: Future[DecodedPhoto | DecodeFailure] = Future()
+    future.set_result(result)
+    return future
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor:

@@ -159,6 +159,40 @@ def test_deleted_during_run_is_a_failure(tmp_path: Path, captioner) -> None:
     assert "file not found" in summary.failures[0][1]
 
 
+def _crashing_decode(path: str, *args: Any) -> Any:
+    """decode_photo, except that it segfaults on a file named *crash* (module level: pickled)."""
+    import signal
+
+    from photocap.image import decode_photo
+
+    if "crash" in Path(path).name:
+        import faulthandler
+
+        faulthandler.disable()  # pytest's handler would print the crash's stack
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_photo(path, *args)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash is injected into forked workers")
+def test_a_decoder_crash_fails_that_photo_and_the_run_goes_on(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C decoder (LibRaw, libjpeg, libheif...) that segfaults on a hostile file kills its worker
+    # process; the pool is then broken for every photo in flight. Only the culprit may fail.
+    import photocap.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "decode_photo", _crashing_decode)  # forked workers see it
+    paths = make_tiny_jpegs(tmp_path / "lib", 8)
+    paths[3].rename(paths[3].with_name("img_0003_crash.jpg"))
+    results, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=2)
+    failed = {r.path.name: r.error for r in results if r.status == "failed"}
+    assert list(failed) == ["img_0003_crash.jpg"]
+    assert failed["img_0003_crash.jpg"] == (
+        "the decoder crashed on this file (corrupt, or out of memory)"
+    )
+    assert (summary.captioned, summary.failed) == (7, 1)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_workers_give_same_captions(tmp_path: Path, captioner, workers: int) -> None:
     make_tiny_jpegs(tmp_path / "lib", 5)
