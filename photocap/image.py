@@ -331,8 +331,7 @@ def _open_raw(
     The preview is what the camera's own screen and photo browsers show: the camera's colours,
     already demosaiced, and decoded (with draft) as fast as any JPEG. A file without a usable
     preview is demosaiced by LibRaw at half size instead (slower, plain colours). The size
-    recorded is the sensor's, upright; the date taken is LibRaw's, the camera the preview's (or
-    IFD0's, in the TIFF-based formats).
+    recorded is the sensor's, upright.
     """
     from PIL import Image
 
@@ -344,7 +343,6 @@ def _open_raw(
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             flip, sizes = raw.sizes.flip, raw.sizes
-            taken = getattr(getattr(raw, "other", None), "timestamp", None)  # rawpy >= 0.24
             try:
                 preview = raw.extract_thumb().data  # JPEG bytes, or an RGB bitmap (H, W, 3)
             except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
@@ -358,6 +356,10 @@ def _open_raw(
                     raise ImageError(f"image too large ({sizes.width * sizes.height:,} pixels)")
                 rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
                 img, meta = Image.fromarray(rgb), {}
+                # LibRaw's date (rawpy >= 0.24; it unpacks the sensor data, done here anyway).
+                taken = getattr(getattr(raw, "other", None), "timestamp", None)
+                if taken is not None:
+                    meta["date_taken"] = taken.isoformat(timespec="seconds")
     except rawpy.LibRawError as err:
         why = err.args[0] if err.args else err  # LibRaw's message comes as bytes
         why = why.decode("utf-8", "replace") if isinstance(why, bytes) else why
@@ -365,14 +367,16 @@ def _open_raw(
     if meta.get("orientation") in (None, "1") and flip in _RAW_FLIP:
         img = img.transpose(getattr(Image.Transpose, _RAW_FLIP[flip]))
     width, height = (sizes.height, sizes.width) if flip in (5, 6) else (sizes.width, sizes.height)
-    # LibRaw read the date from the RAW's EXIF; time 0 (1970) means it found none, though the
-    # EXIF that LibRaw writes into a preview JPEG then says 1970.
-    meta["date_taken"] = None
-    if taken is not None and taken.year > 1970:
-        meta["date_taken"] = taken.isoformat(timespec="seconds")
-    if not meta.get("camera"):  # a TIFF-based RAW names the camera in IFD0, as a TIFF does
+    # Date and camera: the preview's EXIF (the camera's own, or the one LibRaw writes into a
+    # preview without, from the RAW's), else IFD0 of a TIFF-based RAW. A date in 1970 is
+    # LibRaw's time 0: it found none.
+    if (meta.get("date_taken") or "") < "1971":
+        meta["date_taken"] = None
+    if not (meta.get("camera") and meta.get("date_taken")):
         with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as tiff:
-            meta["camera"] = _read_exif_meta(tiff).get("camera")
+            own = _read_exif_meta(tiff)
+            meta["camera"] = meta.get("camera") or own.get("camera")
+            meta["date_taken"] = meta.get("date_taken") or own.get("date_taken")
     meta["format"] = "RAW"
     return img, (width, height), meta
 

@@ -47,15 +47,19 @@ def make_dng(
     orientation: int = 1,
     taken: str | None = None,
     sensor: tuple[int, int] = (128, 96),
+    picture: Image.Image | None = None,
 ) -> Path:
-    """A DNG with a ``preview``-sized JPEG of one ``colour`` (or none: IFD0 is then the sensor
-    data itself), EXIF ``orientation`` and DateTime ``taken`` ("YYYY:MM:DD HH:MM:SS")."""
+    """A DNG with a ``preview``-sized JPEG of one ``colour`` (or of ``picture``; or none: IFD0
+    is then the sensor data itself), EXIF ``orientation``, DateTime ``taken`` ("YYYY:MM:DD
+    HH:MM:SS") and ``sensor``-sized 16-bit sensor data."""
     width, height = sensor
-    cfa = struct.pack(f"<{width * height}H", *([1000] * (width * height)))
+    cfa = b"\xe8\x03" * (width * height)  # 1000 in every photosite
     jpeg = b""
+    if picture is not None:
+        preview = picture.size
     if preview:
         buf = io.BytesIO()
-        Image.new("RGB", preview, colour).save(buf, "JPEG", quality=95)
+        (picture or Image.new("RGB", preview, colour)).save(buf, "JPEG", quality=92)
         jpeg = buf.getvalue() + b"\0" * (len(buf.getvalue()) % 2)
     cfa_at = 8 + len(jpeg)
     ifd0_at = cfa_at + len(cfa)

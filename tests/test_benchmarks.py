@@ -29,7 +29,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
-     "grid_proxy.py"],
+     "grid_proxy.py", "bench_raw.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -69,6 +69,13 @@ def test_bench_search_smoke(tmp_path: Path) -> None:
     _run("bench_search.py", "--rows", "500", "--repeats", "1", "--json", str(tmp_path / "s.json"))
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["rows"] == 500 and data["median_ms"] >= 0
+
+
+def test_bench_raw_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("rawpy")
+    _run("bench_raw.py", "--size", "320x240", "--repeats", "1", "--json", str(tmp_path / "r.json"))
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["raw_ms"] > 0 and data["jpeg_ms"] > 0
 
 
 @pytest.mark.slow
