@@ -361,9 +361,9 @@ def _open_raw(
                 if taken is not None:
                     meta["date_taken"] = taken.isoformat(timespec="seconds")
     except rawpy.LibRawError as err:
-        why = err.args[0] if err.args else err  # LibRaw's message comes as bytes
-        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else why
-        raise ImageError(f"cannot read RAW file: {_one_line(Exception(why))}") from None
+        why = err.args[0] if err.args else type(err).__name__  # LibRaw's message is bytes
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        raise ImageError(f"cannot read RAW file: {' '.join(why.split())[:200]}") from None
     if meta.get("orientation") in (None, "1") and flip in _RAW_FLIP:
         img = img.transpose(getattr(Image.Transpose, _RAW_FLIP[flip]))
     width, height = (sizes.height, sizes.width) if flip in (5, 6) else (sizes.width, sizes.height)

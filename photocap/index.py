@@ -201,12 +201,12 @@ def _m003_index_hash(db: sqlite_utils.Database) -> None:
     db.table(PHOTOS).create_index(["error"], if_not_exists=True)
 
 
-# Append only; never rename or reorder: the names are recorded in existing databases.
 def _m004_index_date_taken(db: sqlite_utils.Database) -> None:
     # search --since/--until: a range on the index instead of a scan of every row.
     db.table(PHOTOS).create_index(["date_taken"], if_not_exists=True)
 
 
+# Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
     ("002_enable_fts_caption", _m002_enable_fts),
