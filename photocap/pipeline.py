@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,6 +75,9 @@ class CaptionOptions:
     workers: int | None = None  # decode processes; None = number of cores; 0 = in this process
     beam_size: int = DEFAULT_BEAM_SIZE
     max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's default
+    # A decode worker that has not answered for this long is stuck (a decoder in an endless
+    # loop on a hostile file): it is killed and the photo fails. A 100-MP photo takes ~1 s.
+    decode_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -392,15 +396,15 @@ class _Run:
                 if pending and len(batch) < batch_size:
                     item, future = pending.popleft()
                     try:
-                        result = future.result()
-                    except BrokenProcessPool:
+                        result = future.result(timeout=self.options.decode_timeout_s)
+                    except (BrokenProcessPool, FutureTimeout):
                         # A worker died (a C decoder crashed on a hostile file, or the OOM
-                        # killer): every photo in flight lost its result. Decode each again
-                        # alone, so only the culprit fails, then carry on with a new pool.
+                        # killer) or is stuck: every photo in flight loses its result. Decode
+                        # each again alone, so only the culprit fails, then carry on with a
+                        # new pool.
                         suspects = [item, *(lost for lost, _ in pending)]
                         pending.clear()
-                        if pool is not None:
-                            pool.shutdown(wait=True, cancel_futures=True)
+                        _close_pool(pool, kill=True)
                         pool = _make_pool(workers)
                         for lost in suspects:
                             pending.append((lost, _done(self._decode_alone(lost.photo.path))))
@@ -425,8 +429,7 @@ class _Run:
             self.finished = True
             yield Progress("caption", self.done, self.total)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            _close_pool(pool)
             restore_threads()
 
     def _submit(
@@ -438,12 +441,20 @@ class _Run:
         return _done(decode_photo(*args))
 
     def _decode_alone(self, path: Path) -> DecodedPhoto | DecodeFailure:
-        """Decode one photo in a process of its own: a crash there fails this photo only."""
-        with _make_pool(1) as alone:
-            try:
-                return self._submit(alone, path).result()
-            except BrokenProcessPool:
-                return DecodeFailure(os.fspath(path), DECODER_CRASHED)
+        """Decode one photo in a process of its own: a crash or a hang there fails this photo
+        only."""
+        alone = _make_pool(1)
+        timeout = self.options.decode_timeout_s
+        try:
+            return self._submit(alone, path).result(timeout=timeout)
+        except BrokenProcessPool:
+            return DecodeFailure(os.fspath(path), DECODER_CRASHED)
+        except FutureTimeout:
+            return DecodeFailure(
+                os.fspath(path), f"decoding took over {timeout:g} s (a stuck decoder?)"
+            )
+        finally:
+            _close_pool(alone, kill=True)
 
     def _on_decoded(
         self, item: _Work, result: DecodedPhoto | DecodeFailure, batch: list[_Ready]
@@ -678,6 +689,20 @@ def _share_cores_with_workers(captioner: Captioner, workers: int) -> Callable[[]
         return lambda: None
     torch.set_num_threads(wanted)
     return lambda: torch.set_num_threads(before)
+
+
+def _close_pool(pool: ProcessPoolExecutor | None, *, kill: bool = False) -> None:
+    """Shut a decode pool down; ``kill``: its workers first, one of which may be stuck (a
+    stuck worker would make the shutdown wait for ever)."""
+    if pool is None:
+        return
+    if kill:
+        # No public API before Python 3.14 (terminate_workers); _processes is stable since 3.2.
+        processes = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
+        for process in processes.values():
+            with contextlib.suppress(Exception):
+                process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _done(result: DecodedPhoto | DecodeFailure) -> Future[DecodedPhoto | DecodeFailure]:

@@ -193,6 +193,36 @@ def test_a_decoder_crash_fails_that_photo_and_the_run_goes_on(
     assert (summary.captioned, summary.failed) == (7, 1)
 
 
+def _hanging_decode(path: str, *args: Any) -> Any:
+    """decode_photo, except that it never returns for a file named *hang* (a stuck decoder)."""
+    import time
+
+    from photocap.image import decode_photo
+
+    if "hang" in Path(path).name:
+        time.sleep(3600)
+    return decode_photo(path, *args)
+
+
+def test_a_stuck_decoder_fails_that_photo_after_the_timeout(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import photocap.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "decode_photo", _hanging_decode)  # forked workers see it
+    paths = make_tiny_jpegs(tmp_path / "lib", 6)
+    paths[2].rename(paths[2].with_name("img_0002_hang.jpg"))
+    started = time.monotonic()
+    results, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=2,
+                           decode_timeout_s=1.0)  # fmt: skip
+    assert time.monotonic() - started < 60
+    failed = {r.path.name: r.error for r in results if r.status == "failed"}
+    assert failed == {"img_0002_hang.jpg": "decoding took over 1 s (a stuck decoder?)"}
+    assert (summary.captioned, summary.failed) == (5, 1)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_workers_give_same_captions(tmp_path: Path, captioner, workers: int) -> None:
     make_tiny_jpegs(tmp_path / "lib", 5)
