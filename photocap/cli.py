@@ -348,6 +348,11 @@ def caption(
     touch: bool = typer.Option(
         False, "--touch", help="Update the photo's mtime on in-file (EXIF) writes."
     ),
+    fast_heic: bool = typer.Option(
+        False,
+        "--fast-heic",
+        help="HEIC: caption the embedded thumbnail (~45x faster decode; some captions differ).",
+    ),
 ) -> None:
     """Caption photos and write the captions to XMP sidecars, EXIF and the search index.
 
@@ -374,6 +379,7 @@ def caption(
             dry_run=dry_run,
         ),
         force=force, limit=limit, batch_size=batch_size, workers=workers, beam_size=beam_size,
+        heif_thumbnails=fast_heic,
     )  # fmt: skip
     db_path = resolve_db_path(db)
     captioner = load_captioner(model, device=device)

@@ -78,6 +78,7 @@ class CaptionOptions:
     # A decode worker that has not answered for this long is stuck (a decoder in an endless
     # loop on a hostile file): it is killed and the photo fails. A 100-MP photo takes ~1 s.
     decode_timeout_s: float = 120.0
+    heif_thumbnails: bool = False  # --fast-heic: a HEIC's embedded thumbnail stands in for it
 
 
 @dataclass(frozen=True)
@@ -435,7 +436,7 @@ class _Run:
     def _submit(
         self, pool: ProcessPoolExecutor | None, path: Path
     ) -> Future[DecodedPhoto | DecodeFailure]:
-        args = (os.fspath(path), self.preset, self.options.max_pixels)
+        args = (os.fspath(path), self.preset, self.options.max_pixels, self.options.heif_thumbnails)
         if pool is not None:
             return pool.submit(decode_photo, *args)
         return _done(decode_photo(*args))

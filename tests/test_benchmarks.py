@@ -29,7 +29,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
-     "grid_proxy.py", "bench_raw.py"],
+     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -76,6 +76,13 @@ def test_bench_raw_smoke(tmp_path: Path) -> None:
     _run("bench_raw.py", "--size", "320x240", "--repeats", "1", "--json", str(tmp_path / "r.json"))
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["raw_ms"] > 0 and data["jpeg_ms"] > 0
+
+
+def test_heic_thumbnails_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("pillow_heif")
+    _run("heic_thumbnails.py", "--limit", "3", "--repeats", "1", "--json", str(tmp_path / "h.json"))
+    data = json.loads((tmp_path / "h.json").read_text())
+    assert data["fast_ms"] > 0 and data["full_ms"] > 0
 
 
 @pytest.mark.slow

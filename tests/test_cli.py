@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_tiny_jpegs
+from PIL import Image
 from typer.testing import CliRunner
 
 from photocap.cli import app
@@ -176,6 +177,25 @@ def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
     assert search("beach", "--until", "2019-07") == [str(lib / "old.jpg")]
     bad = runner.invoke(app, ["search", "dog", "--since", "last week", "--db", str(db)])
     assert bad.exit_code == 2 and "--since 'last week': give a date as YYYY" in bad.output
+
+
+def test_fast_heic_reaches_the_decoder(tmp_path: Path, model_file: Path, monkeypatch) -> None:
+    pillow_heif = pytest.importorskip("pillow_heif")
+    import photocap.image as image
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    pillow_heif.from_pillow(Image.new("RGB", (600, 450), "teal")).save(
+        lib / "IMG_0001.HEIC", thumbnails=[320]
+    )
+    used: list[bool] = []
+    real = image._heif_thumbnail
+    monkeypatch.setattr(image, "_heif_thumbnail", lambda *a: used.append(True) or real(*a))
+    for flags in ([], ["--fast-heic"]):
+        result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file, "--write", "index",
+                         "--workers", "0", "--force", *flags)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert len(used) == len(flags)  # the thumbnail only with the flag
 
 
 def test_raw_and_jpeg_pair_both_captioned_raw_untouched(tmp_path: Path, model_file: Path) -> None:

@@ -6,6 +6,7 @@ import io
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -297,3 +298,57 @@ def test_raw_without_rawpy_says_what_to_install(
     got = decode_photo(str(make_dng(tmp_path / "a.arw")), PRESET)
     assert isinstance(got, DecodeFailure)
     assert got.error == "RAW files need the rawpy package (pip install rawpy)"
+
+
+# --------------------------------------------------------------------------- HEIC thumbnails
+
+
+def _heic(path: Path, size: tuple[int, int], orientation: int = 1, box: int | None = 320) -> Path:
+    """A HEIC of a left-to-right gradient (so a rotation shows), with a ``box`` thumbnail."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    img = Image.linear_gradient("L").rotate(90).convert("RGB").resize(size)
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # pillow-heif stores it as a HEIF rotation (irot)
+    heif = pillow_heif.from_pillow(img)
+    heif.info["exif"] = exif.tobytes()
+    heif.save(path, quality=90, **({"thumbnails": [box]} if box else {}))
+    return path
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_fast_heic_captions_the_thumbnail_upright(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, orientation: int
+) -> None:
+    import photocap.image as image
+
+    photo = _heic(tmp_path / "IMG_0001.HEIC", (1200, 900), orientation)
+    calls: list[int] = []
+    real = image._heif_thumbnail
+
+    def spy(data: bytes, min_side: int) -> Any:
+        thumb = real(data, min_side)
+        calls.append(min(thumb.size) if thumb else 0)
+        return thumb
+
+    monkeypatch.setattr(image, "_heif_thumbnail", spy)
+    preset = Preset(size=224)
+    full = decode_photo(str(photo), preset)
+    fast = decode_photo(str(photo), preset, None, True)
+    assert isinstance(full, DecodedPhoto) and isinstance(fast, DecodedPhoto)
+    assert calls == [240]  # only with the option; the 320x240 thumbnail
+    assert (fast.width, fast.height) == (full.width, full.height)
+    assert (full.width, full.height) == ((900, 1200) if orientation == 6 else (1200, 900))
+    # Same picture the same way up: a thumbnail left unrotated would differ by ~half the range.
+    diff = np.abs(fast.pixels.astype(int) - full.pixels.astype(int)).mean()
+    assert diff < 8, diff
+
+
+def test_fast_heic_decodes_the_photo_when_its_thumbnail_is_too_small(tmp_path: Path) -> None:
+    photo = _heic(tmp_path / "small_thumb.heic", (1200, 900), box=160)  # 160x120 < 224
+    none = _heic(tmp_path / "no_thumb.heic", (1200, 900), box=None)
+    preset = Preset(size=224)
+    for path in (photo, none):
+        full = decode_photo(str(path), preset)
+        fast = decode_photo(str(path), preset, None, True)
+        assert isinstance(full, DecodedPhoto) and isinstance(fast, DecodedPhoto)
+        assert np.array_equal(full.pixels, fast.pixels)
