@@ -387,17 +387,26 @@ def _open_raw(
                 preview = None
             if isinstance(preview, bytes):
                 img, _, meta = _open_upright(preview, draft_size, max_pixels)
-            elif preview is not None and min(preview.shape[:2]) >= 160:
-                img, meta = Image.fromarray(preview).convert("RGB"), {}
-            else:  # no preview, or a tiny one: demosaic at half size
+            elif (
+                preview is not None
+                and preview.shape[2:] == (3,)
+                and str(preview.dtype) == "uint8"
+                and min(preview.shape[:2]) >= 160
+            ):
+                img, meta = Image.fromarray(preview), {}
+            else:  # no preview, a tiny or odd one: demosaic at half size
                 if limit and sizes.width * sizes.height > 4 * limit:
                     raise ImageError(f"image too large ({sizes.width * sizes.height:,} pixels)")
                 rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
-                img, meta = Image.fromarray(rgb), {}
+                if rgb.ndim != 3 or rgb.shape[2] not in (1, 3):
+                    raise ImageError(f"unsupported RAW data (decoded to shape {rgb.shape})")
+                img, meta = Image.fromarray(rgb[:, :, 0] if rgb.shape[2] == 1 else rgb), {}
                 # LibRaw's date (rawpy >= 0.24; it unpacks the sensor data, done here anyway).
                 taken = getattr(getattr(raw, "other", None), "timestamp", None)
                 if taken is not None:
                     meta["date_taken"] = taken.isoformat(timespec="seconds")
+    except rawpy.LibRawIOError:  # LibRaw read past the end of the data: not the disk's fault
+        raise ImageError("truncated or corrupt RAW file") from None
     except rawpy.LibRawError as err:
         why = err.args[0] if err.args else type(err).__name__  # LibRaw's message is bytes
         why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)

@@ -727,6 +727,13 @@ def _init_worker() -> None:
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
     # finish their current photo instead of dying with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # C decoders print their own complaints about a corrupt file ("Corrupt JPEG data: ...",
+    # LibRaw's "Unexpected end of file") straight to file descriptor 2, beside photocap's
+    # one-line error for that file. A worker reports through its return value only.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     with contextlib.suppress(OSError):
         os.nice(5)  # decoding in the background should not make the desktop sluggish
 

@@ -89,3 +89,16 @@ def make_dng(
         body += _ifd(sensor_tags, ifd0_at + size0)
     path.write_bytes(b"II*\0" + struct.pack("<I", ifd0_at) + jpeg + cfa + body)
     return path
+
+
+def point_strips_past_the_end(path: Path) -> Path:
+    """Damage a DNG made with ``preview=None``: its sensor data offset points 200 bytes before
+    the end of the file, so LibRaw reads past it (and complains on stderr)."""
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 273:  # StripOffsets
+            data[entry + 8 : entry + 12] = struct.pack("<I", len(data) - 200)
+    path.write_bytes(bytes(data))
+    return path

@@ -193,6 +193,22 @@ def test_a_decoder_crash_fails_that_photo_and_the_run_goes_on(
     assert (summary.captioned, summary.failed) == (7, 1)
 
 
+def test_decoder_complaints_stay_off_the_terminal(tmp_path: Path, captioner, capfd) -> None:
+    # LibRaw (and libjpeg) print their own lines about a corrupt file to stderr, beside
+    # photocap's one-line error for it: "unknown file: Unexpected end of file".
+    pytest.importorskip("rawpy")
+    from raw_helpers import make_dng, point_strips_past_the_end
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    point_strips_past_the_end(make_dng(lib / "cut.dng", preview=None, sensor=(256, 192)))
+    results, summary = run([lib], captioner, tmp_path / "i.db", workers=1)
+    failed = {r.path.name: r.error for r in results if r.status == "failed"}
+    assert failed == {"cut.dng": "truncated or corrupt RAW file"}
+    assert (summary.captioned, summary.failed) == (2, 1)
+    assert capfd.readouterr().err == ""
+
+
 def _hanging_decode(path: str, *args: Any) -> Any:
     """decode_photo, except that it never returns for a file named *hang* (a stuck decoder)."""
     import time
