@@ -159,9 +159,11 @@ def test_deleted_during_run_is_a_failure(tmp_path: Path, captioner) -> None:
     assert "file not found" in summary.failures[0][1]
 
 
-def _crashing_decode(path: str, *args: Any) -> Any:
-    """decode_photo, except that it segfaults on a file named *crash* (module level: pickled)."""
+def _faulty_decode(path: str, *args: Any) -> Any:
+    """decode_photo, except that it segfaults on a file named *crash* and never returns for one
+    named *hang* (module level: the pool pickles it by name)."""
     import signal
+    import time
 
     from photocap.image import decode_photo
 
@@ -170,26 +172,36 @@ def _crashing_decode(path: str, *args: Any) -> Any:
 
         faulthandler.disable()  # pytest's handler would print the crash's stack
         os.kill(os.getpid(), signal.SIGSEGV)
+    if "hang" in Path(path).name:
+        time.sleep(3600)
     return decode_photo(path, *args)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash is injected into forked workers")
-def test_a_decoder_crash_fails_that_photo_and_the_run_goes_on(
-    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fault is injected into forked workers")
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("crash", "the decoder crashed on this file (corrupt, or out of memory)"),
+     ("hang", "decoding took over 1 s (a stuck decoder?)")],
+)  # fmt: skip
+def test_a_decoder_that_crashes_or_hangs_fails_only_its_photo(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch, fault: str, error: str
 ) -> None:
     # A C decoder (LibRaw, libjpeg, libheif...) that segfaults on a hostile file kills its worker
-    # process; the pool is then broken for every photo in flight. Only the culprit may fail.
+    # process, and the pool is then broken for every photo in flight; one in an endless loop
+    # never answers. Either way only the culprit may fail, and the run must end.
+    import time
+
     import photocap.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "decode_photo", _crashing_decode)  # forked workers see it
+    monkeypatch.setattr(pipeline, "decode_photo", _faulty_decode)  # forked workers see it
     paths = make_tiny_jpegs(tmp_path / "lib", 8)
-    paths[3].rename(paths[3].with_name("img_0003_crash.jpg"))
-    results, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=2)
+    paths[3].rename(paths[3].with_name(f"img_0003_{fault}.jpg"))
+    started = time.monotonic()
+    results, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=2,
+                           decode_timeout_s=1.0)  # fmt: skip
+    assert time.monotonic() - started < 60
     failed = {r.path.name: r.error for r in results if r.status == "failed"}
-    assert list(failed) == ["img_0003_crash.jpg"]
-    assert failed["img_0003_crash.jpg"] == (
-        "the decoder crashed on this file (corrupt, or out of memory)"
-    )
+    assert failed == {f"img_0003_{fault}.jpg": error}
     assert (summary.captioned, summary.failed) == (7, 1)
 
 
@@ -207,36 +219,6 @@ def test_decoder_complaints_stay_off_the_terminal(tmp_path: Path, captioner, cap
     assert failed == {"cut.dng": "truncated or corrupt RAW file"}
     assert (summary.captioned, summary.failed) == (2, 1)
     assert capfd.readouterr().err == ""
-
-
-def _hanging_decode(path: str, *args: Any) -> Any:
-    """decode_photo, except that it never returns for a file named *hang* (a stuck decoder)."""
-    import time
-
-    from photocap.image import decode_photo
-
-    if "hang" in Path(path).name:
-        time.sleep(3600)
-    return decode_photo(path, *args)
-
-
-def test_a_stuck_decoder_fails_that_photo_after_the_timeout(
-    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import time
-
-    import photocap.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "decode_photo", _hanging_decode)  # forked workers see it
-    paths = make_tiny_jpegs(tmp_path / "lib", 6)
-    paths[2].rename(paths[2].with_name("img_0002_hang.jpg"))
-    started = time.monotonic()
-    results, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=2,
-                           decode_timeout_s=1.0)  # fmt: skip
-    assert time.monotonic() - started < 60
-    failed = {r.path.name: r.error for r in results if r.status == "failed"}
-    assert failed == {"img_0002_hang.jpg": "decoding took over 1 s (a stuck decoder?)"}
-    assert (summary.captioned, summary.failed) == (5, 1)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
