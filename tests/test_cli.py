@@ -215,7 +215,7 @@ def test_raw_and_jpeg_pair_both_captioned_raw_untouched(tmp_path: Path, model_fi
     assert events["IMG_0001.CR2"]["status"] == events["IMG_0001.JPG"]["status"] == "captioned"
     assert events["IMG_0001.CR2"]["outputs"] == {"xmp": "written", "exif": "skipped",
                                                  "index": "written"}  # fmt: skip
-    assert events["broken.arw"]["error"].startswith("cannot read RAW file: ")
+    assert events["broken.arw"]["error"] == "truncated or corrupt RAW file"
     assert raw.read_bytes() == before and (lib / "IMG_0001.CR2.xmp").is_file()
     assert jpeg.with_name("IMG_0001.JPG.xmp").is_file()
     with sqlite3.connect(tmp_path / "i.db") as db:
