@@ -258,16 +258,25 @@ class PhotoIndex:
                 raise IndexDbError(
                     f"cannot create folder {self.path.parent}: {err.strerror}"
                 ) from None
+        # An index on read-only media (a card, a disc, a read-only share) is read as it is:
+        # WAL needs its folder writable, and a migration writes. "immutable" tells SQLite that
+        # nothing else changes it either, so it needs no lock or -shm file.
+        self.read_only = not (memory or create or _writable(self.path))
         try:
-            conn = sqlite3.connect(
-                os.fspath(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-            )
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(
+                    os.fspath(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                )
             self.db = sqlite_utils.Database(conn)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not memory:
-                self.db.enable_wal()
-            self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
-            self._migrate()
+            if not self.read_only:
+                if not memory:
+                    self.db.enable_wal()
+                self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
+                self._migrate()
         except sqlite3.DatabaseError as err:
             raise index_error(self.path, err, "open") from None
         except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
@@ -640,6 +649,12 @@ def _default_index_writer(options: WriteOptions) -> IndexWriter:
 # The pipeline builds its IndexWriter itself (on the run's index); registering the name makes
 # ``--write index`` a known output for parse_writer_names.
 register_writer("index", _default_index_writer)
+
+
+def _writable(path: Path) -> bool:
+    """Whether photocap may write the index at ``path``: the file and its folder (WAL's -shm and
+    -wal files live beside it)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 def build_fts_query(query: str) -> str:

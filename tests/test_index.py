@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from photocap.errors import QueryError
+from photocap.errors import IndexDbError, QueryError
 from photocap.index import (
     MIGRATIONS,
     IndexWriter,
@@ -94,6 +95,31 @@ def test_an_index_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT rowid FROM photos WHERE date_taken >= '2023'"
         ).fetchall()
         assert "idx_photos_date_taken" in str(plan)
+
+
+def test_an_index_on_read_only_media_is_searched_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A WAL index needs its folder writable (the -shm file) and a migration writes; on a card,
+    # a disc or a read-only share the index could not even be opened. It is read as it is.
+    folder = tmp_path / "share"
+    path = folder / "photocap.db"
+    with PhotoIndex(path) as idx:
+        idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004 still to apply
+        conn.execute("DROP INDEX idx_photos_date_taken")
+        conn.execute("DELETE FROM _migrations WHERE name = '004_index_date_taken'")
+    conn.close()
+    before = sorted(p.name for p in folder.iterdir())
+    real_access = os.access
+    read_only = {folder, path}
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) not in read_only and real_access(p, m))
+    with PhotoIndex(path, create=False) as idx:
+        assert [h.path for h in idx.search("dog")] == ["/p/dog.jpg"]
+        assert "004_index_date_taken" not in idx.applied_migrations()
+        with pytest.raises(IndexDbError, match=r"readonly|read-only"):
+            idx.upsert_photos([{"path": "/p/cat.jpg", "caption": "A cat.", "model_id": "m"}])
+    assert sorted(p.name for p in folder.iterdir()) == before  # no -wal/-shm left behind
 
 
 def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
