@@ -237,8 +237,11 @@ def index_error(path: Path, err: sqlite3.Error, doing: str = "") -> IndexDbError
     """The one-line error for ``err`` on the index at ``path`` (``doing``: "open", "write to",
     or nothing for a read); for a damaged file, what to do."""
     hint = ""
-    if getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+    code = getattr(err, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         hint = f" (the file is damaged: `sqlite3 {path} .recover` can save its rows)"
+    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) and not _writable(path):
+        hint = " (it is read-only here: read-only media or permissions; --db FILE for another)"
     where = f"cannot {doing} index" if doing else "index"
     return IndexDbError(f"{where} {path}: {err}{hint}")
 

@@ -17,6 +17,7 @@ from photocap.index import (
     PhotoIndex,
     SearchFilter,
     build_fts_query,
+    index_error,
     make_search_filter,
 )
 from photocap.writers import CaptionRecord, WriteOptions
@@ -120,6 +121,12 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
         with pytest.raises(IndexDbError, match=r"readonly|read-only"):
             idx.upsert_photos([{"path": "/p/cat.jpg", "caption": "A cat.", "model_id": "m"}])
     assert sorted(p.name for p in folder.iterdir()) == before  # no -wal/-shm left behind
+    # What SQLite says when a command must write there gets the reason and the way out.
+    err = sqlite3.OperationalError("attempt to write a readonly database")
+    err.sqlite_errorcode = sqlite3.SQLITE_READONLY
+    assert str(index_error(path, err, "write to")).endswith(
+        "(it is read-only here: read-only media or permissions; --db FILE for another)"
+    )
 
 
 def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:
