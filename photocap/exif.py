@@ -86,13 +86,21 @@ IN_FILE_FORMATS = ("JPEG", "WebP")  # formats --write exif changes in place
 # --------------------------------------------------------------------------- format sniffing
 
 
-def detect_format(head: bytes, name: str | Path | None = None) -> str:
-    """A short format name from a file's first bytes (and, for RAW, its name): "JPEG", "WebP",
-    "RAW", ... as :func:`photocap.image.sniff_format` finds it, for messages."""
-    from photocap.image import sniff_format
+def detect_format(data: bytes, name: str | Path | None = None) -> str:
+    """A short format name from a file's bytes (its first ones are enough) and, for RAW, its
+    name: "JPEG", "WebP", "RAW", ... as :func:`photocap.image.sniff_format` finds it."""
+    from photocap.image import SNIFF_BYTES, sniff_format
 
-    kind = sniff_format(head, name)
+    kind = sniff_format(data[:SNIFF_BYTES], name)
     return {"WEBP": "WebP", "HEIF": "HEIC"}.get(kind, kind) if kind else "this file type"
+
+
+def detect_file_format(path: Path) -> str:
+    """:func:`detect_format` of a file, reading only its first bytes."""
+    from photocap.image import SNIFF_BYTES
+
+    with open(path, "rb") as fh:
+        return detect_format(fh.read(SNIFF_BYTES), path)
 
 
 # --------------------------------------------------------------------------- JPEG segments
@@ -655,7 +663,7 @@ def verify_decodes(path: Path) -> None:
         data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            jpeg = detect_format(data[:16]) == "JPEG"
+            jpeg = detect_format(data) == "JPEG"
             with open_jpeg(data) if jpeg else Image.open(io.BytesIO(data)) as img:
                 if jpeg:
                     img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
@@ -678,7 +686,7 @@ def rewrite_photo(
     None to leave the file alone.
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    webp = detect_format(data[:16]) == "WebP"
+    webp = detect_format(data) == "WebP"
     changes = updates(current_tiff(data))
     if not changes:
         return False
@@ -690,7 +698,7 @@ def rewrite_photo(
 
 def current_tiff(data: bytes) -> bytes | None:
     """The EXIF TIFF block of a JPEG or WebP file's bytes, or None when it has none."""
-    if detect_format(data[:16]) == "WebP":
+    if detect_format(data) == "WebP":
         return webp_exif_tiff(data, parse_webp(data)[0])[1]
     return exif_tiff(data, parse_jpeg(data)[0])[1]
 
@@ -698,7 +706,7 @@ def current_tiff(data: bytes) -> bytes | None:
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
     """(ImageDescription, XPComment) of a JPEG or WebP; (None, None) for other formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    if detect_format(data[:16]) not in IN_FILE_FORMATS:
+    if detect_format(data) not in IN_FILE_FORMATS:
         return None, None
     tiff = current_tiff(data)
     return (
@@ -708,13 +716,6 @@ def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
 
 
 # --------------------------------------------------------------------------- the writer
-
-
-def _head(path: Path) -> bytes:
-    from photocap.image import SNIFF_BYTES
-
-    with open(path, "rb") as fh:
-        return fh.read(SNIFF_BYTES)
 
 
 class ExifWriter:
@@ -728,7 +729,7 @@ class ExifWriter:
     def write(self, record: CaptionRecord) -> WriteOutcome:
         photo = record.path
         try:
-            fmt = detect_format(_head(photo), photo)
+            fmt = detect_file_format(photo)
             if fmt not in IN_FILE_FORMATS:
                 return WriteOutcome(
                     self.name, photo, "skipped", f"exif not supported for {fmt}; caption in sidecar"

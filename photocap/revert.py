@@ -27,7 +27,7 @@ from photocap.exif import (
     TAG_XP_COMMENT,
     decode_ascii,
     decode_xp,
-    detect_format,
+    detect_file_format,
     encode_ascii,
     encode_xp,
     read_tag,
@@ -169,9 +169,8 @@ def _revert_exif(
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
     in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP)
     for p in photos:
-        with open(p, "rb") as fh:
-            if detect_format(fh.read(16)) in IN_FILE_FORMATS:
-                in_file.append(p)
+        if detect_file_format(p) in IN_FILE_FORMATS:
+            in_file.append(p)
     if len(in_file) != 1:
         raise WriteError(
             f"cannot tell which photo {sidecar.name} belongs to"
