@@ -1,15 +1,23 @@
-"""EXIF captions inside JPEG and WebP files, written losslessly.
+"""Captions inside JPEG and WebP files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
-(UTF-16LE, the "Comments" field of Windows Explorer). JPEG and WebP are written in-file; every
-other format returns ``skipped`` (the caption stays in the sidecar).
+(UTF-16LE, the "Comments" field of Windows Explorer). In a JPEG it also goes into the embedded
+XMP packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibility``),
+merged into the packet the file has or in a new one after the Exif block, so that software
+reading either place shows the same caption (the Metadata Working Group's rule; see
+:mod:`photocap.embedded`). A description a person wrote in EXIF, the XMP packet or IPTC is
+kept. JPEG and WebP are written in-file; every other format returns ``skipped`` (the caption
+stays in the sidecar).
 
 How the file stays intact:
 
 * **Segment surgery, not re-encoding.** The JPEG is split into its marker segments up to SOS;
-  only the Exif APP1 segment is replaced (or inserted after SOI/JFIF APP0 when there is none).
-  Every other byte - JFIF APP0, XMP APP1, ICC APP2, COM, tables, the entropy-coded scan and
-  anything after EOI - is copied byte for byte, so decoded pixels are identical. (piexif.insert
+  only the Exif APP1 segment and the standard XMP APP1 segment are replaced (or inserted: Exif
+  after SOI/JFIF APP0, XMP after Exif). Every other byte - JFIF APP0, Extended XMP, ICC APP2,
+  IPTC APP13, COM, tables, the entropy-coded scan and anything after EOI - is copied byte for
+  byte, so decoded pixels are identical. The XMP packet is merged, never replaced: every
+  property, language and comment in it is kept, and it is checked to say the same as before
+  apart from our two texts. (piexif.insert
   is not used: it drops JFIF APP0 and can add a second Exif block.) The extra images of a
   Multi-Picture file (after EOI) must still be where its index says, or nothing is written.
 * **Chunk surgery for WebP.** A WebP file is a RIFF list of chunks; only the ``EXIF`` chunk is
@@ -39,9 +47,16 @@ import io
 import struct
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from photocap.embedded import (
+    iptc_caption,
+    parse_packet,
+    xmp_app1,
+    xmp_description,
+    xmp_segment,
+)
 from photocap.errors import SidecarTaken, WriteError
 from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
 from photocap.writers import (
@@ -52,6 +67,10 @@ from photocap.writers import (
     register_writer,
 )
 from photocap.xmp import (
+    NS_DC,
+    NS_IPTC,
+    XmpDocument,
+    alt_text_for,
     load_or_new,
     one_line,
     read_provenance,
@@ -585,54 +604,186 @@ def _same_tags(before: dict[str, object], after: dict[str, object], ours: set[in
     return before.get("thumbnail") == after.get("thumbnail")
 
 
-def rebuild_jpeg(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
-    """The JPEG ``data`` with IFD0 ``updates`` applied to its Exif block; verified in memory."""
+@dataclass
+class InFileText:
+    """What a JPEG or WebP holds where a caption can be: the input of a rewrite's plan."""
+
+    format: str  # "JPEG" or "WebP"
+    tiff: bytes | None  # the EXIF TIFF block
+    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk)
+    iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
+
+    @property
+    def description(self) -> str | None:
+        """EXIF ImageDescription."""
+        return decode_ascii(read_tag(self.tiff, TAG_IMAGE_DESCRIPTION))
+
+    @property
+    def comment(self) -> str | None:
+        """EXIF XPComment."""
+        return decode_xp(read_tag(self.tiff, TAG_XP_COMMENT))
+
+    def xmp(self) -> XmpDocument | None:
+        """The embedded packet, parsed; a malformed one raises :class:`WriteError`."""
+        return None if self.packet is None else parse_packet(self.packet)
+
+    def human_caption(self, *ours: str | None, strict: bool = True) -> str | None:
+        """The first description in the file a person wrote: not blank, none of ``ours``.
+
+        A malformed embedded packet raises :class:`WriteError` (nobody can tell what it
+        says), or with ``strict=False`` counts as holding none.
+        """
+
+        def human(text: str | None) -> bool:
+            return not is_blank_description(text) and text not in ours
+
+        if human(self.description):
+            return self.description
+        try:
+            xdesc = xmp_description(self.xmp())
+        except WriteError:
+            if strict:
+                raise
+            xdesc = None
+        if human(xdesc):
+            return xdesc
+        return self.iptc_caption if human(self.iptc_caption) else None
+
+
+def read_in_file_text(data: bytes) -> InFileText:
+    """The caption-bearing parts of a JPEG's or WebP's bytes. Raises WriteError."""
+    if detect_format(data) == "WebP":
+        chunks, _ = parse_webp(data)
+        xmp = next((c.payload(data) for c in chunks if c.fourcc == b"XMP "), None)
+        return InFileText("WebP", webp_exif_tiff(data, chunks)[1], xmp, None)
     segments, _ = parse_jpeg(data)
-    index, tiff = exif_tiff(data, segments)
-    if tiff is None:
-        # A new EXIF block gets the IFD0 tags EXIF requires, as exiftool adds them.
-        updates = {**NEW_IFD0_DEFAULTS, **updates}
-    new_tiff = set_ifd0_tags(tiff, updates)
-    length = 2 + len(EXIF_HEADER) + len(new_tiff)
-    if length > MAX_SEGMENT:
-        raise WriteError(f"EXIF block would exceed 64 KB ({length} bytes); not written")
-    app1 = b"\xff\xe1" + struct.pack(">H", length) + EXIF_HEADER + new_tiff
-    if index is not None:
-        seg = segments[index]
-        new = data[: seg.start] + app1 + data[seg.end :]
-    else:
-        # Exif goes right after SOI, or after a leading JFIF/JFXX APP0 (both specs agree).
-        at = 2
-        for seg in segments:
-            if seg.marker != APP0:
-                break
-            at = seg.end
-        new = data[:at] + app1 + data[at:]
-    verify_jpeg(data, new, updates)
+    tiff = exif_tiff(data, segments)[1]
+    return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
+
+
+@dataclass
+class FileEdit:
+    """The changes a rewrite makes: IFD0 tags, and x-default texts of the embedded XMP."""
+
+    tags: dict[int, tuple[int, bytes] | None] = field(default_factory=dict)  # None removes
+    xmp: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (ns, name) -> text
+
+    def __bool__(self) -> bool:
+        return bool(self.tags or self.xmp)
+
+
+def _after_app0(segments: list[Segment]) -> int:
+    """Where a new APP1 goes: after SOI, or after a leading JFIF/JFXX APP0 (both specs agree)."""
+    at = 2
+    for seg in segments:
+        if seg.marker != APP0:
+            break
+        at = seg.end
+    return at
+
+
+def rebuild_jpeg(data: bytes, edit: FileEdit) -> bytes:
+    """The JPEG ``data`` with ``edit`` applied to its Exif block and XMP packet; verified in
+    memory."""
+    new = data
+    if edit.tags:
+        segments, _ = parse_jpeg(new)
+        index, tiff = exif_tiff(new, segments)
+        updates = edit.tags
+        if tiff is None:
+            # A new EXIF block gets the IFD0 tags EXIF requires, as exiftool adds them.
+            updates = {**NEW_IFD0_DEFAULTS, **updates}
+        new_tiff = set_ifd0_tags(tiff, updates)
+        length = 2 + len(EXIF_HEADER) + len(new_tiff)
+        if length > MAX_SEGMENT:
+            raise WriteError(f"EXIF block would exceed 64 KB ({length} bytes); not written")
+        app1 = b"\xff\xe1" + struct.pack(">H", length) + EXIF_HEADER + new_tiff
+        if index is not None:
+            seg = segments[index]
+            new = new[: seg.start] + app1 + new[seg.end :]
+        else:
+            at = _after_app0(segments)
+            new = new[:at] + app1 + new[at:]
+    if edit.xmp:
+        segments, _ = parse_jpeg(new)
+        index, packet = xmp_segment(new, segments)
+        doc = XmpDocument.new() if packet is None else parse_packet(packet)
+        apply_xmp_edit(doc, edit.xmp)
+        # A packet left with nothing in it (a revert of one photocap added) goes altogether.
+        app1 = b"" if doc.is_empty() else xmp_app1(doc)
+        if index is not None:
+            seg = segments[index]
+            new = new[: seg.start] + app1 + new[seg.end :]
+        else:  # XMP follows Exif (XMP spec part 3), or goes where Exif would
+            exif_index, _ = exif_tiff(new, segments)
+            at = _after_app0(segments) if exif_index is None else segments[exif_index].end
+            new = new[:at] + app1 + new[at:]
+    verify_jpeg(data, new, edit)
     return new
 
 
-def verify_jpeg(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | None]) -> None:
-    """Raise WriteError unless ``new`` differs from ``old`` only in the intended EXIF tags."""
+def apply_xmp_edit(doc: XmpDocument, changes: dict[tuple[str, str], str | None]) -> None:
+    """Set (or, for None, remove) the x-default entry of each lang-alt property."""
+    for (ns, name), text in changes.items():
+        if text is None:
+            doc.remove_default(ns, name)
+        else:
+            doc.set_default(ns, name, text)
+
+
+def verify_jpeg(old: bytes, new: bytes, edit: FileEdit) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only as ``edit`` says."""
     old_segs, old_sos = parse_jpeg(old)
     new_segs, new_sos = parse_jpeg(new)
     if old[old_sos:] != new[new_sos:]:
         raise WriteError("verification failed: image data changed")
     old_index, old_tiff = exif_tiff(old, old_segs)
     new_index, new_tiff = exif_tiff(new, new_segs)
-    if new_index is None or new_tiff is None:
-        raise WriteError("verification failed: EXIF block missing")
-    old_other = [old[s.start : s.end] for i, s in enumerate(old_segs) if i != old_index]
-    new_other = [new[s.start : s.end] for i, s in enumerate(new_segs) if i != new_index]
+    old_x, old_packet = xmp_segment(old, old_segs)
+    new_x, new_packet = xmp_segment(new, new_segs)
+    ours_old = {old_index if edit.tags else None, old_x if edit.xmp else None}
+    ours_new = {new_index if edit.tags else None, new_x if edit.xmp else None}
+    old_other = [old[s.start : s.end] for i, s in enumerate(old_segs) if i not in ours_old]
+    new_other = [new[s.start : s.end] for i, s in enumerate(new_segs) if i not in ours_new]
     if old_other != new_other:
         raise WriteError("verification failed: other JPEG segments changed")
     old_mp, new_mp = mpf_images(old, old_segs), mpf_images(new, new_segs)
     if [old[a:b] for a, b in old_mp] != [new[a:b] for a, b in new_mp]:
         raise WriteError(
             "its Multi-Picture index (depth map, gain map or second view) precedes the EXIF "
-            "block and would lose its images; not written"
+            "or XMP block and would lose its images; not written"
         )
-    _verify_tags(old_tiff, new_tiff, updates)
+    if edit.tags:
+        if new_index is None or new_tiff is None:
+            raise WriteError("verification failed: EXIF block missing")
+        _verify_tags(old_tiff, new_tiff, edit.tags)
+    if edit.xmp:
+        _verify_xmp(old_packet, new_packet, edit.xmp)
+
+
+def _verify_xmp(
+    old: bytes | None, new: bytes | None, changes: dict[tuple[str, str], str | None]
+) -> None:
+    """Our texts read back from the new packet; with them taken out, both packets say the same."""
+    after = parse_packet(new) if new is not None else None
+    for (ns, name), text in changes.items():
+        got = after.get_default(ns, name) if after is not None else None
+        if got != text:
+            raise WriteError(f"verification failed: XMP {name} not as written")
+
+    def rest(packet: bytes | None) -> bytes:
+        if packet is None:
+            return b""
+        doc = parse_packet(packet)
+        for ns, name in changes:
+            doc.remove_default(ns, name)
+        for elem in doc.root.iter():  # layout whitespace is not content (RDF/XML ignores it)
+            if elem.text is not None and not elem.text.strip() and len(elem) == 0:
+                elem.text = None
+        return b"" if doc.is_empty() else doc.serialize()
+
+    if rest(old) != rest(new):
+        raise WriteError("verification failed: other XMP properties changed")
 
 
 def _verify_tags(
@@ -674,33 +825,31 @@ def verify_decodes(path: Path) -> None:
 
 def rewrite_photo(
     photo: Path,
-    updates: Callable[[bytes | None], dict[int, tuple[int, bytes] | None] | None],
+    plan: Callable[[InFileText], FileEdit | None],
     *,
     touch: bool = False,
     dry_run: bool = False,
 ) -> bool:
-    """Apply ``updates(current TIFF block)`` to a JPEG or WebP in place, safely. False: nothing
+    """Apply ``plan(what the file holds)`` to a JPEG or WebP in place, safely. False: nothing
     to do.
 
-    ``updates`` sees the current EXIF TIFF block (or None) and returns the IFD0 changes, or
-    None to leave the file alone.
+    ``plan`` sees the file's current texts and returns the changes, or None to leave the file
+    alone. (A WebP's embedded XMP is not written: ``plan`` must not change it.)
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    webp = detect_format(data) == "WebP"
-    changes = updates(current_tiff(data))
-    if not changes:
+    current = read_in_file_text(data)
+    edit = plan(current)
+    if not edit:
         return False
-    new = rebuild_webp(data, changes) if webp else rebuild_jpeg(data, changes)
+    if current.format == "WebP":
+        if edit.xmp:
+            raise WriteError("the XMP of a WebP is not written by photocap")
+        new = rebuild_webp(data, edit.tags)
+    else:
+        new = rebuild_jpeg(data, edit)
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
     return True
-
-
-def current_tiff(data: bytes) -> bytes | None:
-    """The EXIF TIFF block of a JPEG or WebP file's bytes, or None when it has none."""
-    if detect_format(data) == "WebP":
-        return webp_exif_tiff(data, parse_webp(data)[0])[1]
-    return exif_tiff(data, parse_jpeg(data)[0])[1]
 
 
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
@@ -708,18 +857,16 @@ def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     if detect_format(data) not in IN_FILE_FORMATS:
         return None, None
-    tiff = current_tiff(data)
-    return (
-        decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION)),
-        decode_xp(read_tag(tiff, TAG_XP_COMMENT)),
-    )
+    text = read_in_file_text(data)
+    return text.description, text.comment
 
 
 # --------------------------------------------------------------------------- the writer
 
 
 class ExifWriter:
-    """``--write exif``: ImageDescription + XPComment inside JPEG and WebP files."""
+    """``--write exif``: ImageDescription + XPComment inside JPEG and WebP files, and in a
+    JPEG the embedded XMP description and alt text."""
 
     name = "exif"
 
@@ -741,38 +888,58 @@ class ExifWriter:
             doc, existed = load_or_new(sidecar)
             prov = read_provenance(doc)
             caption = " ".join(record.caption.split())
+            alt = alt_text_for(caption)
             state: dict[str, object] = {}
 
-            def updates(tiff: bytes | None) -> dict[int, tuple[int, bytes] | None] | None:
-                desc = decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION))
-                comment = decode_xp(read_tag(tiff, TAG_XP_COMMENT))
-                ours = desc is not None and desc == prov.exif_description
-                human = not is_blank_description(desc) and not ours
+            def plan(text: InFileText) -> FileEdit | None:
+                desc, comment = text.description, text.comment
+                written = prov.exif_description
+                human = text.human_caption(written, prov.description) is not None
                 state["human"] = human
                 if human and not self.options.overwrite_human:
                     return None
-                changes: dict[int, tuple[int, bytes] | None] = {}
+                edit = FileEdit()
                 if desc != caption:
-                    changes[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
-                comment_ours = comment is not None and comment == prov.exif_description
+                    edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
+                comment_ours = comment is not None and comment == written
                 if comment != caption and (
                     is_blank_description(comment) or comment_ours or self.options.overwrite_human
                 ):
-                    changes[TAG_XP_COMMENT] = encode_xp(caption)
-                if not ours:  # first write over someone else's (or no) text: remember it
+                    edit.tags[TAG_XP_COMMENT] = encode_xp(caption)
+                if not (desc is not None and desc == written):
+                    # first write over someone else's (or no) text: remember it
                     prov.exif_previous_description = desc
                     prov.exif_previous_comment = None if comment_ours else comment
-                state["claim"] = prov.exif_description != caption
-                return changes or None
+                state["claim"] = written != caption
+                if text.format == "JPEG":  # the caption and alt text in the embedded XMP too
+                    doc = text.xmp()
+                    xdesc = xmp_description(doc)
+                    if xdesc != caption:
+                        edit.xmp[(NS_DC, "description")] = caption
+                    if xdesc is None or xdesc != written:
+                        prov.exif_previous_xmp_description = xdesc
+                    cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility") if doc else None
+                    alt_ours = cur_alt is not None and cur_alt == prov.exif_alt_text
+                    alt_empty = not (cur_alt and cur_alt.strip())
+                    if alt_empty or alt_ours or self.options.overwrite_human:
+                        if cur_alt != alt:
+                            edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
+                        if not alt_ours:
+                            prov.exif_previous_alt_text = cur_alt
+                        state["claim"] = state["claim"] or prov.exif_alt_text != alt
+                        state["alt"] = alt
+                return edit or None
 
             changed = rewrite_photo(
-                photo, updates, touch=self.options.touch, dry_run=self.options.dry_run
+                photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
             )
             if state.get("human") and not self.options.overwrite_human:
                 return WriteOutcome(self.name, photo, "kept_human", "kept human caption")
             if not changed and not state.get("claim"):
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
+            if "alt" in state:
+                prov.exif_alt_text = alt
             if not existed:
                 prov.created_sidecar = True
             stamp(prov, record)

@@ -5,8 +5,9 @@ exact texts it wrote and the values they replaced. Reverting therefore only touc
 that provenance and only values that are still photocap's own - a caption a person edited after
 photocap wrote it is left alone. Per sidecar:
 
-* ``exif``: the photo's ImageDescription / XPComment get their earlier values back (or are
-  removed), with the same lossless, verified, atomic rewrite the writer uses.
+* ``exif``: the photo's ImageDescription / XPComment, and in a JPEG the embedded XMP
+  description and alt text, get their earlier values back (or are removed; an XMP packet left
+  empty goes), with the same lossless, verified, atomic rewrite the writer uses.
 * ``xmp``: ``dc:description`` / ``AltTextAccessibility`` x-default entries get their earlier
   values back (or are removed); every other field stays as it is.
 * The photocap fields go; a sidecar photocap created from nothing that is now empty is deleted.
@@ -25,12 +26,11 @@ from photocap.exif import (
     IN_FILE_FORMATS,
     TAG_IMAGE_DESCRIPTION,
     TAG_XP_COMMENT,
-    decode_ascii,
-    decode_xp,
+    FileEdit,
+    InFileText,
     detect_file_format,
     encode_ascii,
     encode_xp,
-    read_tag,
     rewrite_photo,
 )
 from photocap.safeio import atomic_delete, describe_os_error, is_temp_file
@@ -179,18 +179,31 @@ def _revert_exif(
         )
     written = prov.exif_description
 
-    def updates(tiff: bytes | None) -> dict[int, tuple[int, bytes] | None] | None:
-        changes: dict[int, tuple[int, bytes] | None] = {}
-        if decode_ascii(read_tag(tiff, TAG_IMAGE_DESCRIPTION)) == written:
+    def plan(text: InFileText) -> FileEdit | None:
+        edit = FileEdit()
+        if text.description == written:
             before = prov.exif_previous_description
-            changes[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
+            edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
         else:
             notes.append("EXIF description was edited after photocap wrote it; left as is")
-        if decode_xp(read_tag(tiff, TAG_XP_COMMENT)) == written:
+        if text.comment == written:
             before = prov.exif_previous_comment
-            changes[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-        return changes or None
+            edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
+        if text.format == "JPEG":
+            doc = text.xmp()
+            fields = (
+                (NS_DC, "description", written, prov.exif_previous_xmp_description),
+                (NS_IPTC, "AltTextAccessibility", prov.exif_alt_text, prov.exif_previous_alt_text),
+            )
+            for ns, name, ours, before_text in fields:
+                current = doc.get_default(ns, name) if doc is not None else None
+                if ours is not None and current == ours:
+                    edit.xmp[(ns, name)] = before_text
+                elif ours is not None and current is not None and name == "description":
+                    notes.append("embedded XMP description was edited after photocap; left as is")
+        return edit or None
 
-    rewrite_photo(in_file[0], updates, touch=touch, dry_run=dry_run)
-    prov.exif_description = None
+    rewrite_photo(in_file[0], plan, touch=touch, dry_run=dry_run)
+    prov.exif_description = prov.exif_alt_text = None
     prov.exif_previous_description = prov.exif_previous_comment = None
+    prov.exif_previous_xmp_description = prov.exif_previous_alt_text = None

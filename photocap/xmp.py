@@ -539,6 +539,11 @@ class Provenance:
     exif_description: str | None = None  # what the exif writer wrote to ImageDescription
     exif_previous_description: str | None = None
     exif_previous_comment: str | None = None  # XPComment before photocap
+    # The exif writer also writes a JPEG's embedded XMP packet: what it replaced there, and
+    # the alt text it wrote (its caption there is exif_description).
+    exif_previous_xmp_description: str | None = None
+    exif_alt_text: str | None = None
+    exif_previous_alt_text: str | None = None
     model: str | None = None
     score: str | None = None
     date: str | None = None
@@ -554,12 +559,22 @@ _PROV_FIELDS = {
     "exif_description": "exifDescription",
     "exif_previous_description": "exifPreviousDescription",
     "exif_previous_comment": "exifPreviousComment",
+    "exif_previous_xmp_description": "exifPreviousXmpDescription",
+    "exif_alt_text": "exifAltText",
+    "exif_previous_alt_text": "exifPreviousAltText",
     "model": "captionModel",
     "score": "captionScore",
     "date": "captionDate",
 }
 XMP_OWN_FIELDS = ("description", "alt_text", "previous_description", "previous_alt_text")
-EXIF_OWN_FIELDS = ("exif_description", "exif_previous_description", "exif_previous_comment")
+EXIF_OWN_FIELDS = (
+    "exif_description",
+    "exif_previous_description",
+    "exif_previous_comment",
+    "exif_previous_xmp_description",
+    "exif_alt_text",
+    "exif_previous_alt_text",
+)
 
 
 def read_provenance(doc: XmpDocument) -> Provenance:
@@ -757,7 +772,9 @@ class XmpWriter:
             target = sidecar_for_write(photo, self.options.sidecar_name)
             doc, existed = load_or_new(target)
             other_naming: SidecarName = "stem" if self.options.sidecar_name == "full" else "full"
-            human_elsewhere = _human_caption_in(photo, sidecar_path(photo, other_naming))
+            human_elsewhere = _human_caption_in(
+                photo, sidecar_path(photo, other_naming)
+            ) or _human_caption_in_file(photo, read_provenance(doc), record.caption)
             status, changed = apply_caption(
                 doc,
                 record,
@@ -790,6 +807,25 @@ def _human_caption_in(photo: Path, other: Path) -> bool:
         return False  # an unreadable other sidecar is not ours to judge; leave it alone
     current = doc.get_default(NS_DC, "description")
     return not is_blank_description(current) and current != read_provenance(doc).description
+
+
+def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> bool:
+    """True when a JPEG or WebP holds a description a person wrote (EXIF, embedded XMP, IPTC).
+
+    Apps that read sidecars first (digiKam, darktable, Immich) would show photocap's caption
+    over it. A file that cannot be read or parsed here is left to the decoder to report.
+    """
+    from photocap.exif import IN_FILE_FORMATS, MAX_PHOTO_BYTES, detect_format, read_in_file_text
+
+    try:
+        data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
+        if detect_format(data) not in IN_FILE_FORMATS:
+            return False
+        text = read_in_file_text(data)
+        ours = (prov.description, prov.exif_description, " ".join(caption.split()))
+        return text.human_caption(*ours, strict=False) is not None
+    except WriteError:
+        return False
 
 
 register_writer("xmp", XmpWriter)

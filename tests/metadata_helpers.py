@@ -87,6 +87,53 @@ def camera_exif(description: str | None = None) -> bytes:
     )
 
 
+def xmp_packet(description: str | None = None, extra: str = "") -> bytes:
+    """An XMP packet as cameras and photo tools embed it, with a rating and a description."""
+    desc = (
+        ""
+        if description is None
+        else "<dc:description><rdf:Alt><rdf:li xml:lang='x-default'>"
+        f"{description}</rdf:li></rdf:Alt></dc:description>"
+    )
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:Rating="4">'
+        f"{desc}{extra}</rdf:Description></rdf:RDF></x:xmpmeta>"
+        + " " * 200  # the padding writers leave for in-place edits
+        + '<?xpacket end="w"?>'
+    ).encode()
+
+
+def app_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def xmp_segment(packet: bytes) -> bytes:
+    return app_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + packet)
+
+
+def iptc_segment(caption: bytes) -> bytes:
+    """A Photoshop APP13 segment holding an IPTC record with a Caption-Abstract (2:120)."""
+    record = b"\x1c\x02\x00\x00\x02\x00\x04"  # RecordVersion 4
+    record += b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record
+    resource += b"\x00" * (len(record) & 1)
+    return app_segment(0xED, b"Photoshop 3.0\x00" + resource)
+
+
+def insert_after_app(data: bytes, blob: bytes) -> bytes:
+    """``blob`` inserted after the JPEG's last leading APPn segment."""
+    at = 2
+    for seg in segments(data)[:-1]:
+        if not 0xE0 <= seg[1] <= 0xEF:
+            break
+        at += len(seg)
+    return data[:at] + blob + data[at:]
+
+
 def make_jpeg(
     path: Path, *, exif: bytes | None = None, icc: bool = False, extras: bool = False
 ) -> Path:
@@ -106,12 +153,7 @@ def make_jpeg(
         com_text = b"made by a test"
         com = b"\xff\xfe" + struct.pack(">H", len(com_text) + 2) + com_text
         # after the last APPn segment (SOI, APP0, Exif APP1, ICC APP2 come first)
-        at = 2
-        for seg in segments(data)[:-1]:
-            if not 0xE0 <= seg[1] <= 0xEF:
-                break
-            at += len(seg)
-        data = data[:at] + xmp + com + data[at:]
+        data = insert_after_app(data, xmp + com)
     path.write_bytes(data)
     return path
 
@@ -130,6 +172,16 @@ def segments(data: bytes) -> list[bytes]:
 
 def is_exif(seg: bytes) -> bool:
     return seg[:2] == b"\xff\xe1" and seg[4:10] == b"Exif\x00\x00"
+
+
+def is_xmp(seg: bytes) -> bool:
+    """The standard XMP APP1 segment (not an Extended XMP part)."""
+    return seg[:2] == b"\xff\xe1" and seg[4:33] == b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def is_caption_segment(seg: bytes) -> bool:
+    """A segment ``--write exif`` may change: the Exif block or the XMP packet."""
+    return is_exif(seg) or is_xmp(seg)
 
 
 def pixels(path: Path) -> bytes:

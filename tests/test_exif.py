@@ -13,20 +13,28 @@ import pytest
 from metadata_helpers import (
     EXIFTOOL,
     EXIV2,
+    app_segment,
     camera_exif,
     exiftool_json,
     exiftool_warnings,
     exiv2,
+    insert_after_app,
+    iptc_segment,
+    is_caption_segment,
     is_exif,
+    is_xmp,
     make_jpeg,
     record,
     segments,
+    xmp_packet,
+    xmp_segment,
 )
 from PIL import Image
 
 from photocap.exif import ExifWriter, _load_piexif, read_exif_caption
+from photocap.revert import revert_paths
 from photocap.writers import WriteOptions
-from photocap.xmp import XmpDocument, read_provenance
+from photocap.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument, XmpWriter, read_provenance
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
@@ -46,10 +54,12 @@ def write(photo: Path, caption: str = CAPTION, **opts: object):  # type: ignore[
 
 
 def assert_lossless(before: bytes, after: bytes) -> None:
-    """Pixels identical, every non-Exif segment byte-identical and in order, one Exif block."""
+    """Pixels identical, every segment but Exif and XMP byte-identical and in order, one Exif
+    block and one XMP packet."""
     old, new = segments(before), segments(after)
-    assert [s for s in old if not is_exif(s)] == [s for s in new if not is_exif(s)]
-    assert sum(is_exif(s) for s in new) == 1
+    keep = [s for s in old if not is_caption_segment(s)]
+    assert keep == [s for s in new if not is_caption_segment(s)]
+    assert sum(is_exif(s) for s in new) == 1 and sum(is_xmp(s) for s in new) == 1
     assert new[0][:2] == old[0][:2]  # the first segment (JFIF APP0) stays first
     with Image.open(io.BytesIO(before)) as a, Image.open(io.BytesIO(after)) as b:
         assert a.tobytes() == b.tobytes()
@@ -413,6 +423,141 @@ def test_exiv2_reads_caption(lib: Path) -> None:
     assert f"Exif.Image.ImageDescription                  Ascii      30  {CAPTION}" in out
     assert "Exif.Image.XPComment" in out and CAPTION in out.split("Exif.Image.XPComment")[1]
     assert "Exif.GPSInfo.GPSLatitude" in out and "Exif.Image.Make" in out
+
+
+# --------------------------------------------------------------------------- embedded XMP, IPTC
+
+
+def embedded(photo: Path) -> XmpDocument:
+    """The photo's one standard XMP packet."""
+    [seg] = [s for s in segments(photo.read_bytes()) if is_xmp(s)]
+    return XmpDocument.parse(seg[33:])
+
+
+def with_segment(photo: Path, segment: bytes) -> Path:
+    photo.write_bytes(insert_after_app(photo.read_bytes(), segment))
+    return photo
+
+
+def test_caption_and_alt_text_go_into_a_new_xmp_packet_after_exif(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    before = photo.read_bytes()
+    assert write(photo, "A photo of a dog runs.").status == "written"
+    assert_lossless(before, photo.read_bytes())
+    segs = segments(photo.read_bytes())
+    assert is_exif(segs[1]) and is_xmp(segs[2])  # JFIF, Exif, XMP: the order the specs give
+    doc = embedded(photo)
+    assert doc.get_default(NS_DC, "description") == "A photo of a dog runs."
+    assert doc.get_default(NS_IPTC, "AltTextAccessibility") == "A dog runs."
+    assert not doc.has_namespace(NS_PHOTOCAP)  # provenance stays in the sidecar
+    prov = read_provenance(XmpDocument.load(lib / "photo.jpg.xmp"))
+    assert (prov.exif_alt_text, prov.exif_previous_xmp_description) == ("A dog runs.", None)
+
+
+def test_existing_packet_is_merged_not_replaced(lib: Path) -> None:
+    extra = "<dc:subject><rdf:Bag><rdf:li>dog</rdf:li></rdf:Bag></dc:subject>"
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    with_segment(photo, xmp_segment(xmp_packet(extra=extra)))
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    assert_lossless(before, photo.read_bytes())
+    doc = embedded(photo)
+    assert doc.get_default(NS_DC, "description") == CAPTION
+    assert doc.get_text("http://ns.adobe.com/xap/1.0/", "Rating") == "4"
+    assert b"<rdf:li>dog</rdf:li>" in doc.serialize()
+    assert write(photo, "Second caption.").status == "written"  # a re-caption replaces ours
+    assert embedded(photo).get_default(NS_DC, "description") == "Second caption."
+
+
+@pytest.mark.parametrize("where", ["xmp", "iptc", "iptc-latin1"])
+def test_human_caption_in_xmp_or_iptc_is_kept(lib: Path, where: str) -> None:
+    # EXIF empty, a person's caption elsewhere in the file: MWG readers take EXIF first, so an
+    # EXIF caption of ours would hide theirs.
+    segment = {
+        "xmp": xmp_segment(xmp_packet("Grandma's 80th birthday")),
+        "iptc": iptc_segment(b"Grandma's 80th birthday"),
+        "iptc-latin1": iptc_segment("Oma in Köln".encode("latin-1")),
+    }[where]
+    photo = with_segment(make_jpeg(lib / "photo.jpg", exif=camera_exif()), segment)
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.message) == ("kept_human", "kept human caption")
+    assert photo.read_bytes() == before
+    # The sidecar does not shadow it either (digiKam and Immich read the sidecar first) ...
+    assert XmpWriter(WriteOptions()).write(record(photo, CAPTION)).status == "kept_human"
+    sidecar = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert sidecar.get_default(NS_DC, "description") is None
+    assert sidecar.get_default(NS_IPTC, "AltTextAccessibility") == CAPTION  # alt text is added
+    # ... unless asked to.
+    assert write(photo, overwrite_human=True).status == "written"
+    assert read_exif_caption(photo)[0] == CAPTION
+
+
+def test_overwritten_xmp_caption_comes_back_on_revert(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    with_segment(photo, xmp_segment(xmp_packet("Grandma's 80th birthday")))
+    assert write(photo, overwrite_human=True).status == "written"
+    assert embedded(photo).get_default(NS_DC, "description") == CAPTION
+    [outcome] = list(revert_paths([photo]))
+    assert outcome.status == "deleted"  # the sidecar held only photocap's record
+    doc = embedded(photo)
+    assert doc.get_default(NS_DC, "description") == "Grandma's 80th birthday"
+    assert doc.get_default(NS_IPTC, "AltTextAccessibility") is None
+    assert doc.get_text("http://ns.adobe.com/xap/1.0/", "Rating") == "4"
+
+
+def test_revert_removes_the_packet_photocap_added(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg")
+    write(photo)
+    assert any(is_xmp(s) for s in segments(photo.read_bytes()))
+    assert [o.status for o in revert_paths([photo])] == ["deleted"]
+    assert not any(is_xmp(s) for s in segments(photo.read_bytes()))
+
+
+@pytest.mark.parametrize("kind", ["malformed", "two packets", "too large"])
+def test_packet_photocap_cannot_merge_leaves_the_photo_untouched(lib: Path, kind: str) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    if kind == "malformed":
+        with_segment(photo, xmp_segment(b"<x:xmpmeta><rdf:RDF>broken"))
+    elif kind == "two packets":
+        with_segment(photo, xmp_segment(xmp_packet()) + xmp_segment(xmp_packet()))
+    else:  # a packet near the 64 KB a segment holds (a long edit history, say)
+        history = "<xmp:Label>" + "x" * 65000 + "</xmp:Label>"
+        with_segment(photo, xmp_segment(xmp_packet(extra=history).replace(b" " * 200, b"")))
+    before = photo.read_bytes()
+    outcome = write(photo)
+    expected = {"malformed": "malformed XML", "two packets": "two XMP", "too large": "64 KB"}
+    assert outcome.status == "failed" and expected[kind] in outcome.message
+    assert photo.read_bytes() == before
+
+
+def test_extended_xmp_parts_are_kept(lib: Path) -> None:
+    guid = b"0123456789ABCDEF0123456789ABCDEF"
+    part = b"http://ns.adobe.com/xmp/extension/\x00" + guid + struct.pack(">II", 5, 0) + b"<x/> "
+    note = f"<xmpNote:HasExtendedXMP xmlns:xmpNote='http://ns.adobe.com/xmp/note/'>{guid.decode()}"
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    with_segment(photo, xmp_segment(xmp_packet(extra=note + "</xmpNote:HasExtendedXMP>")))
+    with_segment(photo, app_segment(0xE1, part))
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    assert_lossless(before, photo.read_bytes())  # the extension segment is byte-identical
+    assert embedded(photo).get_text("http://ns.adobe.com/xmp/note/", "HasExtendedXMP") == (
+        guid.decode()
+    )
+
+
+@needs_exiftool
+def test_exiftool_reads_the_embedded_caption(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    with_segment(photo, xmp_segment(xmp_packet()))
+    warnings_before = exiftool_warnings(photo)
+    assert write(photo, "Ein Café in Köln.").status == "written"
+    data = exiftool_json(photo, "-XMP-dc:Description", "-AltTextAccessibility", "-XMP:Rating")
+    assert data["Description"] == "Ein Café in Köln."
+    assert data["AltTextAccessibility"] == "Ein Café in Köln."
+    assert data["Rating"] == 4
+    new_warnings = exiftool_warnings(photo) - warnings_before
+    assert not {w for w in new_warnings if not w.startswith("Validate")}
 
 
 # --------------------------------------------------------------------------- WebP

@@ -1,0 +1,144 @@
+"""Captions embedded in a photo file beside EXIF: the XMP packet and the IPTC caption.
+
+A JPEG can hold a caption in three places, and photo software reads different ones: EXIF
+``ImageDescription`` (written by :mod:`photocap.exif`), ``dc:description`` in the XMP packet
+embedded in an APP1 segment (Lightroom, digiKam), and IPTC ``Caption-Abstract`` in a Photoshop
+APP13 segment (older tools). The Metadata Working Group's
+rule, which exiftool follows, is that a writer keeps them in step and a reader takes EXIF first.
+So ``--write exif`` writes the caption to EXIF *and* to the embedded XMP packet (this module
+builds the packet's segment), and a caption a person wrote in *any* of the three counts as
+human: photocap writes over none of them, and no sidecar or EXIF caption of photocap's may
+shadow it. IPTC is only read: photocap never writes it (an existing IPTC block keeps its digest
+valid that way; MWG readers take EXIF before IPTC in any case).
+
+A WebP's XMP lives in an ``XMP `` chunk; photocap reads it for the human check only.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from photocap.errors import WriteError
+from photocap.xmp import NS_DC, XmpDocument
+
+if TYPE_CHECKING:
+    from photocap.exif import Segment
+
+APP1, APP13 = 0xE1, 0xED
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"  # standard XMP APP1 (XMP spec part 3)
+EXTENDED_XMP_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
+PHOTOSHOP_HEADER = b"Photoshop 3.0\x00"
+# A segment's length field counts itself (2 bytes) and the header: the rest is the packet.
+MAX_XMP_PACKET = 0xFFFF - 2 - len(XMP_HEADER)
+IPTC_RESOURCE = 0x0404  # the IPTC-NAA record in a Photoshop image resource block
+IPTC_CAPTION = (2, 120)  # IIM record 2, dataset 120: Caption-Abstract
+
+
+def is_xmp_segment(data: bytes, seg: Segment) -> bool:
+    """True for the standard XMP APP1 segment (not an Extended XMP part)."""
+    header = data[seg.start + 4 : seg.start + 4 + len(XMP_HEADER)]
+    return seg.marker == APP1 and header == XMP_HEADER
+
+
+def xmp_segment(data: bytes, segments: Sequence[Segment]) -> tuple[int | None, bytes | None]:
+    """(index of the JPEG's standard XMP segment, its packet) or (None, None).
+
+    Two standard packets are against the XMP spec, and which one a reader takes is anyone's
+    guess, so such a file raises :class:`WriteError` rather than being merged.
+    """
+    found = [i for i, seg in enumerate(segments) if is_xmp_segment(data, seg)]
+    if len(found) > 1:
+        raise WriteError("the photo holds two XMP packets; not written")
+    if not found:
+        return None, None
+    seg = segments[found[0]]
+    return found[0], data[seg.start + 4 + len(XMP_HEADER) : seg.end]
+
+
+def parse_packet(packet: bytes) -> XmpDocument:
+    """The embedded packet as a document; a malformed one raises :class:`WriteError`.
+
+    A packet is XML padded with whitespace, sometimes NUL-terminated by its writer.
+    """
+    return XmpDocument.parse(packet.rstrip(b"\x00 \t\r\n"), "the photo's embedded XMP")
+
+
+def xmp_app1(doc: XmpDocument) -> bytes:
+    """The standard XMP APP1 segment for ``doc``; over 64 KB raises :class:`WriteError`."""
+    packet = doc.serialize()
+    if len(packet) > MAX_XMP_PACKET:
+        raise WriteError(
+            f"embedded XMP would exceed 64 KB ({len(packet)} bytes; Extended XMP is not "
+            "written); not written"
+        )
+    return b"\xff\xe1" + struct.pack(">H", 2 + len(XMP_HEADER) + len(packet)) + XMP_HEADER + packet
+
+
+def iptc_caption(data: bytes, segments: Sequence[Segment]) -> str | None:
+    """IPTC ``Caption-Abstract`` of a JPEG (Photoshop APP13), or None; damage reads as None.
+
+    IIM text is UTF-8 when the record says so (1:90) and in practice Latin-1 otherwise.
+    """
+    irb = b"".join(
+        data[seg.start + 4 + len(PHOTOSHOP_HEADER) : seg.end]
+        for seg in segments
+        if seg.marker == APP13
+        and data[seg.start + 4 : seg.start + 4 + len(PHOTOSHOP_HEADER)] == PHOTOSHOP_HEADER
+    )
+    record = _image_resource(irb, IPTC_RESOURCE)
+    if record is None:
+        return None
+    raw = _iim_dataset(record, IPTC_CAPTION)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _image_resource(irb: bytes, wanted: int) -> bytes | None:
+    """The data of resource ``wanted`` in a Photoshop image resource block."""
+    pos = 0
+    while pos + 12 <= len(irb) and irb[pos : pos + 4] == b"8BIM":
+        (rid,) = struct.unpack(">H", irb[pos + 4 : pos + 6])
+        name_len = irb[pos + 6]
+        pos += 6 + ((name_len + 2) & ~1)  # Pascal name (length byte included), padded to even
+        if pos + 4 > len(irb):
+            return None
+        (size,) = struct.unpack(">I", irb[pos : pos + 4])
+        pos += 4
+        if pos + size > len(irb):
+            return None
+        if rid == wanted:
+            return irb[pos : pos + size]
+        pos += size + (size & 1)
+    return None
+
+
+def _iim_dataset(record: bytes, wanted: tuple[int, int]) -> bytes | None:
+    """The first dataset (record, number) of an IPTC-IIM stream."""
+    pos = 0
+    while pos + 5 <= len(record) and record[pos] == 0x1C:
+        number = (record[pos + 1], record[pos + 2])
+        (size,) = struct.unpack(">H", record[pos + 3 : pos + 5])
+        pos += 5
+        if size & 0x8000:  # extended dataset: the next (size & 0x7FFF) bytes hold the length
+            width = size & 0x7FFF
+            if width > 4 or pos + width > len(record):
+                return None
+            size = int.from_bytes(record[pos : pos + width], "big")
+            pos += width
+        if pos + size > len(record):
+            return None
+        if number == wanted:
+            return record[pos : pos + size]
+        pos += size
+    return None
+
+
+def xmp_description(doc: XmpDocument | None) -> str | None:
+    """The x-default ``dc:description`` of an embedded packet, or None."""
+    return None if doc is None else doc.get_default(NS_DC, "description")
