@@ -29,7 +29,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
-     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py"],
+     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -76,6 +76,14 @@ def test_bench_raw_smoke(tmp_path: Path) -> None:
     _run("bench_raw.py", "--size", "320x240", "--repeats", "1", "--json", str(tmp_path / "r.json"))
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["raw_ms"] > 0 and data["jpeg_ms"] > 0
+
+
+def test_bench_writers_smoke(tmp_path: Path) -> None:
+    _run("make_library.py", str(tmp_path / "lib"), "--count", "2", "--size", "320x240")
+    _run("bench_writers.py", str(tmp_path / "lib"), "--json", str(tmp_path / "w.json"))
+    rows = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == ["read", "check", "xmp", "exif"]
+    assert all(r["photos"] == 2 and r["median ms"] > 0 for r in rows)
 
 
 def test_heic_thumbnails_smoke(tmp_path: Path) -> None:

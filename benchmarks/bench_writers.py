@@ -1,0 +1,87 @@
+"""What each file writer costs per photo, and how much of it is reading the photo's own caption.
+
+Both writers look for a caption a person wrote inside the photo (EXIF, embedded XMP, IPTC)
+before writing theirs, which means reading the photo's bytes again after the decoder did. This
+script times, on camera-sized JPEGs (``make_library.py``), in one run:
+
+* ``read``: reading the photo's bytes alone (the floor of any in-file check);
+* ``check``: the sidecar writer's in-file check (read + parse EXIF / XMP / IPTC);
+* ``xmp``: the whole ``--write xmp`` writer (check + sidecar merge + atomic write);
+* ``exif``: the whole ``--write exif`` writer (read, rebuild, verify, decode check at 1/8
+  scale, atomic write, provenance sidecar).
+
+Each photo is written once per writer on a fresh copy of the library (first writes, the
+common case). Run twice: the first run warms the page cache, as a caption run's decoder does.
+
+    python benchmarks/make_library.py /tmp/lib --count 48
+    python benchmarks/bench_writers.py /tmp/lib
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table, report
+
+from photocap.exif import ExifWriter
+from photocap.writers import CaptionRecord, WriteOptions
+from photocap.xmp import Provenance, XmpWriter, _human_caption_in_file
+
+
+def _time(photos: list[Path], fn: Callable[[Path], object]) -> list[float]:
+    out = []
+    for photo in photos:
+        start = time.perf_counter()
+        fn(photo)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("library", type=Path, help="a folder of JPEGs (make_library.py)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    sources = sorted(p for p in args.library.rglob("*.jpg"))
+    if not sources:
+        sys.exit(f"no JPEGs in {args.library}")
+    caption = "A dog runs through the grass."
+
+    def record(photo: Path) -> CaptionRecord:
+        now = datetime.now(timezone.utc)
+        return CaptionRecord(photo, caption, -0.5, (), "bench", now)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("read", "check", "xmp", "exif"):
+            work = Path(tmp) / name
+            shutil.copytree(args.library, work)
+            photos = sorted(work.rglob("*.jpg"))
+            for p in photos:  # warm the page cache, as the decoder does before any writer
+                p.read_bytes()
+            if name == "read":
+                ms = _time(photos, lambda p: p.read_bytes())
+            elif name == "check":
+                ms = _time(photos, lambda p: _human_caption_in_file(p, Provenance(), caption))
+            else:
+                writer = (XmpWriter if name == "xmp" else ExifWriter)(WriteOptions())
+                ms = _time(photos, lambda p, w=writer: w.write(record(p)))  # type: ignore[misc]
+            size = sum(p.stat().st_size for p in photos) / len(photos) / 1e6
+            rows.append([name, len(photos), statistics.median(ms), statistics.fmean(ms), size])
+            shutil.rmtree(work)
+    header = ["step", "photos", "median ms", "mean ms", "MB/photo"]
+    data = {"rows": [dict(zip(header, row, strict=True)) for row in rows]}
+    report("File writers, per photo", markdown_table(rows, header), data, args.json)
+
+
+if __name__ == "__main__":
+    main()
