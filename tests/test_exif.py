@@ -546,6 +546,50 @@ def test_extended_xmp_parts_are_kept(lib: Path) -> None:
     )
 
 
+# A Pixel's packet (Ultra HDR gain map + motion photo): the GContainer directory gives the
+# lengths of the items after EOI, so it must come through the merge whole.
+PIXEL_PACKET = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 5.1.0-jc003">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/"
+    xmlns:GCamera="http://ns.google.com/photos/1.0/camera/"
+    xmlns:Container="http://ns.google.com/photos/1.0/container/"
+    xmlns:Item="http://ns.google.com/photos/1.0/container/item/"
+    hdrgm:Version="1.0" GCamera:MotionPhoto="1" GCamera:MotionPhotoVersion="1"
+    GCamera:MotionPhotoPresentationTimestampUs="968644">
+   <Container:Directory>
+    <rdf:Seq>
+     <rdf:li rdf:parseType="Resource">
+      <Container:Item Item:Mime="image/jpeg" Item:Semantic="Primary" Item:Length="0"
+        Item:Padding="0"/>
+     </rdf:li>
+     <rdf:li rdf:parseType="Resource">
+      <Container:Item Item:Mime="image/jpeg" Item:Semantic="GainMap" Item:Length="32512"/>
+     </rdf:li>
+     <rdf:li rdf:parseType="Resource">
+      <Container:Item Item:Mime="video/mp4" Item:Semantic="MotionPhoto" Item:Length="2617356"
+        Item:Padding="0"/>
+     </rdf:li>
+    </rdf:Seq>
+   </Container:Directory>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+
+
+@needs_exiftool
+def test_phone_packet_reads_the_same_but_for_the_caption(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    with_segment(photo, xmp_segment(PIXEL_PACKET.encode()))
+    before = exiftool_json(photo, "-XMP:all", "-struct")
+    assert write(photo).status == "written"
+    after = exiftool_json(photo, "-XMP:all", "-struct")
+    assert after.pop("Description") == after.pop("AltTextAccessibility") == CAPTION
+    assert after == before
+    assert len(before["Directory"]) == 3  # type: ignore[arg-type]
+
+
 @needs_exiftool
 def test_exiftool_reads_the_embedded_caption(lib: Path) -> None:
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
