@@ -29,7 +29,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
-     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py"],
+     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -107,6 +107,30 @@ def test_bench_train_smoke() -> None:
     out = _run("bench_train.py", "--encoder", "tiny", "--limit", "8", "--batch-size", "8",
                timeout=600)  # fmt: skip
     assert "samples/s" in out or "skipped" in out
+
+
+@pytest.mark.shared
+def test_rarely_final_words_match_the_train_captions(tmp_path: Path) -> None:
+    # The decoding rule's word list is derived from data; the list in the code must be that.
+    if not (ROOT.parent / "shared" / "flickr8k").is_dir():
+        pytest.skip("needs ../shared/flickr8k")
+    _run("final_words.py", "--data", str(ROOT.parent / "shared" / "flickr8k"),
+         "--json", str(tmp_path / "w.json"))  # fmt: skip
+    data = json.loads((tmp_path / "w.json").read_text())
+    assert data["matches_code"], (data["only_derived"], data["only_in_code"])
+
+
+def test_final_words_compare_smoke(tmp_path: Path) -> None:
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=2, n_dev=3)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    _run("final_words.py", "--data", str(fake.root), "--model", str(model), "--limit", "3",
+         "--min-count", "1", "--compare", "--json", str(tmp_path / "w.json"))  # fmt: skip
+    data = json.loads((tmp_path / "w.json").read_text())
+    assert set(data["with"]["scores"]) >= {"BLEU-4", "CIDEr"} and data["with"]["scores"]
 
 
 def test_beam_check_smoke(tmp_path: Path) -> None:

@@ -10,8 +10,14 @@ import torch
 from flickr_fixtures import one_torch_thread  # noqa: F401
 
 from photocap.checkpoint import build_random_captioner
-from photocap.model import DANGLING_WORDS, FUNCTION_WORDS, Captioner, ModelConfig
-from photocap.vocab import SPECIALS, to_sentence, tokenize
+from photocap.model import (
+    DANGLING_WORDS,
+    FUNCTION_WORDS,
+    RARELY_FINAL_WORDS,
+    Captioner,
+    ModelConfig,
+)
+from photocap.vocab import SPECIALS, Vocab, to_sentence, tokenize
 
 L, D = 4, 32  # tiny captioner: 64 px -> 2x2 grid, 32 feature channels
 
@@ -264,6 +270,20 @@ def test_content_words_are_not_repeated_and_captions_never_end_dangling() -> Non
             assert len(content) == len(set(content)), caption.text
             if len(words) < c.config.max_words:
                 assert words[-1] not in DANGLING_WORDS, caption.text
+
+
+def test_no_end_after_a_word_that_waits_for_its_noun() -> None:
+    # "A boy is sitting on a wooden." - an adjective that almost never ends a person's caption.
+    c = build_random_captioner(device="cpu", seed=0)
+    words = list(c.vocab.words)
+    words[words.index("red")] = "wooden"  # same size: the tiny model's weights still fit
+    c.vocab = Vocab(tuple(words))
+    v = c.vocab
+    assert "wooden" in RARELY_FINAL_WORDS and "grass" not in RARELY_FINAL_WORDS
+    for last, ends in (("wooden", False), ("grass", True)):
+        history = torch.tensor([[v.id("a"), v.id("dog"), v.id("on"), v.id("a"), v.id(last)]])
+        out = c._banned(torch.zeros(1, len(v)), history, 5)
+        assert (out[0, v.end_id] == 0) == ends, last
 
 
 def test_sample_shapes_masks_and_gradients() -> None:
