@@ -9,6 +9,7 @@ so one bad file never stops a run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,9 +20,22 @@ from photocap.errors import PhotocapError
 
 WriteStatus = Literal["written", "unchanged", "kept_human", "skipped", "failed"]
 
-# What cameras write into EXIF ImageDescription when nobody wrote a description (and what some
-# photo tools then copy into XMP): not a caption, so photocap may replace it. What it replaced is
-# still recorded, so ``photocap revert`` puts it back.
+# What cameras, phones and apps write into EXIF ImageDescription when nobody wrote a description
+# (and what some photo tools then copy into XMP): not a caption, so photocap may replace it, and
+# a photo holding one counts as uncaptioned. What it replaced is still recorded, so ``photocap
+# revert`` puts it back. Every entry is a string seen in real files, not a guess (a too-eager
+# list would treat a person's one-word caption as noise); besides the classic camera texts,
+# most come from PhotoPrism's list of unwanted descriptions.
+#
+# The scene and shooting modes Huawei phones write there ("rhdr": rear HDR, "fbt": front
+# beauty, ...).
+# fmt: off
+_HUAWEI_MODES = (
+    "rhdr", "hdrpl", "oznorWO", "frontbhdp", "fbt", "rbt", "ptr", "fbthdr", "btr", "mon", "nor",
+    "dav", "mde", "mde_soft", "edf", "btfmdn", "btf", "btfhdr", "frem", "oznor", "rpt", "burst",
+    "sdr_HDRB", "cof", "qrf", "fshbty",
+)
+# fmt: on
 CAMERA_DEFAULT_DESCRIPTIONS = frozenset(
     text.casefold()
     for text in (
@@ -32,13 +46,33 @@ CAMERA_DEFAULT_DESCRIPTIONS = frozenset(
         "KONICA MINOLTA DIGITAL CAMERA",
         "SAMSUNG DIGITAL CAMERA",
         "DIGITAL CAMERA",
+        "Exif_JPEG_PICTURE",  # many Android phones (Samsung, LG, ...)
+        "SAMSUNG",
+        "SAMSUNG CAMERA PICTURES",
+        "<Digimax i5, Samsung #1>",
+        "Scanner",  # KODAK Slide N Scan
+        "default",
+        "untitled",
+        "DCIM",
+        "binary comment",
+        "charset=Ascii",
+        "Created by Imlib",
+        "DVC 10.1 HDMI",
+        "iClarified",
+        *_HUAWEI_MODES,
     )
 )
+# A folder path some cameras put there ("DCIM\100MEDIA"), and what exiftool-based tools write
+# for a value they could not read.
+_NON_CAPTION = re.compile(r"DCIM\\\S*|\(binary data.*|string with binary data.*", re.IGNORECASE)
 
 
 def is_blank_description(text: str | None) -> bool:
-    """True when no person wrote ``text``: none, only whitespace, or a camera's default text."""
-    return not text or " ".join(text.split()).casefold() in CAMERA_DEFAULT_DESCRIPTIONS
+    """True when no person wrote ``text``: none, only whitespace, or a device's default text."""
+    if not text:
+        return True
+    text = " ".join(text.split())
+    return text.casefold() in CAMERA_DEFAULT_DESCRIPTIONS or bool(_NON_CAPTION.fullmatch(text))
 
 
 @dataclass(frozen=True)

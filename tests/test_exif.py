@@ -147,6 +147,18 @@ def test_human_description_kept(lib: Path) -> None:
     assert prov.exif_description == CAPTION
 
 
+@pytest.mark.parametrize("text", ["Exif_JPEG_PICTURE", "rhdr", "DCIM\\100MEDIA", "SONY DSC"])
+def test_device_default_description_is_not_a_persons(lib: Path, text: str) -> None:
+    # Android phones, Huawei's shooting-mode codes, a camera's folder: a photo with one of
+    # these is uncaptioned, for the sidecar as for EXIF.
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description=text))
+    assert XmpWriter(WriteOptions()).write(record(photo, CAPTION)).status == "written"
+    assert write(photo).status == "written"
+    assert read_exif_caption(photo)[0] == CAPTION
+    prov = read_provenance(XmpDocument.load(lib / "photo.jpg.xmp"))
+    assert prov.exif_previous_description == text  # revert puts it back
+
+
 def test_description_edited_after_photocap_is_kept(lib: Path) -> None:
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
     write(photo, "First caption.")
