@@ -528,6 +528,8 @@ def search(
 ) -> None:
     """Search captions: best matches first, matching words highlighted.
 
+    A caption a person wrote (in a sidecar or in the photo, found when captioning with the xmp
+    or exif writer) is searched too and shown under photocap's, after ✎.
     Quotes are optional: `photocap search dog on a beach`. The dates are the EXIF date taken;
     photos without one are left out when `--since` or `--until` is given.
     """
@@ -545,6 +547,7 @@ def search(
             _emit_json({
                 "path": hit.path, "caption": hit.caption, "rank": round(hit.rank, 4),
                 "matched": hit.matched, "date_taken": hit.date_taken, "camera": hit.camera,
+                "human_caption": hit.human_caption,
             })  # fmt: skip
         return
     from rich.text import Text
@@ -557,6 +560,10 @@ def search(
         line.append("  ")
         for text, matched in hit.segments:
             line.append(text, style="bold yellow" if matched else "")
+        if hit.human_caption:  # the person's own caption, on the next line
+            line.append("\n  ✎ ", style="dim")
+            for text, matched in hit.human_segments:
+                line.append(text, style="bold yellow" if matched else "italic")
         out.print(line)
     if not hits:
         typer.echo("No photos match.", err=True)

@@ -894,9 +894,9 @@ class ExifWriter:
             def plan(text: InFileText) -> FileEdit | None:
                 desc, comment = text.description, text.comment
                 written = prov.exif_description
-                human = text.human_caption(written, prov.description) is not None
+                human = text.human_caption(written, prov.description)
                 state["human"] = human
-                if human and not self.options.overwrite_human:
+                if human is not None and not self.options.overwrite_human:
                     return None
                 edit = FileEdit()
                 if desc != caption:
@@ -933,8 +933,12 @@ class ExifWriter:
             changed = rewrite_photo(
                 photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
             )
-            if state.get("human") and not self.options.overwrite_human:
-                return WriteOutcome(self.name, photo, "kept_human", "kept human caption")
+            found = state.get("human")
+            human = found if isinstance(found, str) else None
+            if human is not None and not self.options.overwrite_human:
+                return WriteOutcome(
+                    self.name, photo, "kept_human", "kept human caption", human_caption=human
+                )
             if not changed and not state.get("claim"):
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
@@ -960,7 +964,7 @@ class ExifWriter:
             return WriteOutcome(self.name, photo, "failed", one_line(err))
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
-        return WriteOutcome(self.name, photo, "written")
+        return WriteOutcome(self.name, photo, "written", human_caption=human)
 
     def close(self) -> None:
         """Nothing buffered: each photo is rewritten (atomically) in :meth:`write`."""

@@ -3,8 +3,8 @@
 Table ``photos`` (primary key ``path``, absolute) holds the caption shown to users plus what an
 incremental run needs (size, mtime_ns, content hash, model id) and what a user searches by
 (date taken, camera). Full-text search is configured the sqlite-utils way
-(``enable_fts(["caption"], tokenize="porter unicode61", create_triggers=True)``), so
-``datasette photocap.db`` offers search with no setup.
+(``enable_fts(["caption", "human_caption"], tokenize="porter unicode61",
+create_triggers=True)``), so ``datasette photocap.db`` offers search with no setup.
 
 The schema evolves through named migrations recorded in ``_migrations`` (each runs once). The
 database runs in WAL mode with a busy timeout and every batch is written in one
@@ -35,6 +35,7 @@ BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
 RANK_WINDOW = 5_000
 PHOTOS = "photos"
+FTS_COLUMNS = ["caption", "human_caption"]  # what search looks in, in photos_fts column order
 
 # Column order of the photos table; also the keys of a row dict.
 PHOTO_COLUMNS: dict[str, type] = {
@@ -56,6 +57,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     "camera": str,  # EXIF Make + Model
     "error": str,  # one-line reason of the last failure, NULL when fine
     "updated_at": str,  # ISO 8601 UTC of the last change of this row
+    # A caption a person wrote (in the sidecar, EXIF, embedded XMP or IPTC), as the xmp / exif
+    # writers found it; searched together with ``caption``.
+    "human_caption": str,
 }
 
 
@@ -90,10 +94,12 @@ class SearchHit:
     rank: float  # bm25; lower is better
     date_taken: str | None = None
     camera: str | None = None
+    human_caption: str | None = None  # a person's own caption of the photo, if one was found
+    human_segments: tuple[tuple[str, bool], ...] = ()
 
     @property
     def matched(self) -> list[str]:
-        return [text for text, hit in self.segments if hit]
+        return [text for text, hit in (*self.segments, *self.human_segments) if hit]
 
 
 @dataclass(frozen=True)
@@ -206,12 +212,22 @@ def _m004_index_date_taken(db: sqlite_utils.Database) -> None:
     db.table(PHOTOS).create_index(["date_taken"], if_not_exists=True)
 
 
+def _m005_search_human_captions(db: sqlite_utils.Database) -> None:
+    # search finds a person's own caption too ("grandma"); FTS5 cannot add a column, so the
+    # full-text index is rebuilt over both (once; idempotent if interrupted).
+    table = db.table(PHOTOS)
+    if "human_caption" not in table.columns_dict:
+        table.add_column("human_caption", str)
+    table.enable_fts(FTS_COLUMNS, tokenize="porter unicode61", create_triggers=True, replace=True)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
     ("002_enable_fts_caption", _m002_enable_fts),
     ("003_index_content_hash_error", _m003_index_hash),
     ("004_index_date_taken", _m004_index_date_taken),
+    ("005_search_human_captions", _m005_search_human_captions),
 ]
 
 
@@ -393,7 +409,8 @@ class PhotoIndex:
         only: SearchFilter | None = None,
         rank_window: int | None = RANK_WINDOW,
     ) -> list[SearchHit]:
-        """Full-text search over captions, best first (bm25), with matches highlighted.
+        """Full-text search over captions (photocap's and a person's), best first (bm25), with
+        matches highlighted.
 
         ``only`` keeps photos below some folders / taken within some dates; it applies before
         the ranking window below, so a folder of old photos is searched whole.
@@ -456,6 +473,12 @@ class PhotoIndex:
     def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
         """SearchHits for the given FTS row ids (id -> bm25), best first, ties by path."""
         ids = sorted(ranks)
+        # An index opened read-only is not migrated: before 005 it has no human captions.
+        human = (
+            "photos.human_caption, highlight(photos_fts, 1, char(2), char(3))"
+            if self._searches_human_captions()
+            else "NULL, NULL"
+        )
         rows: list[Any] = []
         for start in range(0, len(ids), 500):  # well below SQLite's limit on bound variables
             chunk = ids[start : start + 500]
@@ -465,7 +488,8 @@ class PhotoIndex:
             # queries). highlight() and the photos join run for the listed rows only.
             rows += self.db.conn.execute(
                 "SELECT photos.rowid, photos.path, photos.caption, "
-                "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera "
+                "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera, "
+                f"{human} "
                 "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
                 "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
                 f"AND +photos_fts.rowid IN ({marks}) AND photos.error IS NULL",
@@ -474,12 +498,20 @@ class PhotoIndex:
         hits = [
             SearchHit(
                 path=r[1], caption=r[2], segments=_segments(r[3]), rank=float(ranks[r[0]]),
-                date_taken=r[4], camera=r[5],
+                date_taken=r[4], camera=r[5], human_caption=r[6],
+                human_segments=_segments(r[7]) if r[6] else (),
             )
             for r in rows
         ]  # fmt: skip
         hits.sort(key=lambda h: (h.rank, h.path))
         return hits
+
+    def _searches_human_captions(self) -> bool:
+        cached: bool | None = getattr(self, "_human_fts", None)
+        if cached is None:
+            cached = "human_caption" in self.db.table(f"{PHOTOS}_fts").columns_dict
+            self._human_fts = cached
+        return cached
 
     @_sqlite_errors
     def stats(self, failures_limit: int = 50) -> IndexStats:

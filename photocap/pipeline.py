@@ -59,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]
 # Writers that only add files next to the photo; any other writer may change the photo's bytes.
 SIDECAR_WRITERS = frozenset({"xmp", "index"})
+# The writers that look for a caption a person wrote (sidecar, EXIF, embedded XMP, IPTC).
+HUMAN_CAPTION_WRITERS = frozenset({"xmp", "exif"})
 # Write outcomes that mean "this output holds the caption".
 _HELD = frozenset({"written", "unchanged", "kept_human"})
 
@@ -587,6 +589,14 @@ class _Run:
             held.add("index")
         if files.facts is not None:  # EXIF written into the photo: new size/hash
             self.index_writer.note_photo(record.path, **files.facts)
+        looked = [
+            o
+            for o in outcomes
+            if o.writer in HUMAN_CAPTION_WRITERS and o.status not in ("failed", "skipped")
+        ]
+        if looked:  # what they found now replaces what an earlier run found (or clears it)
+            human = next((o.human_caption for o in looked if o.human_caption), None)
+            self.index_writer.note_photo(record.path, human_caption=human)
         self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(self.index_writer.write(record))

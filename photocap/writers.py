@@ -95,6 +95,9 @@ class WriteOutcome:
     path: Path
     status: WriteStatus
     message: str = ""  # one line: the reason for failed/skipped/kept_human, else empty
+    # A caption a person wrote that this writer found for the photo (its sidecar, or inside
+    # the file), kept or, with overwrite_human, replaced; the index makes it searchable.
+    human_caption: str | None = None
 
 
 @dataclass

@@ -772,14 +772,18 @@ class XmpWriter:
             target = sidecar_for_write(photo, self.options.sidecar_name)
             doc, existed = load_or_new(target)
             other_naming: SidecarName = "stem" if self.options.sidecar_name == "full" else "full"
-            human_elsewhere = _human_caption_in(
-                photo, sidecar_path(photo, other_naming)
-            ) or _human_caption_in_file(photo, read_provenance(doc), record.caption)
+            prov = read_provenance(doc)
+            here = doc.get_default(NS_DC, "description")
+            human = (
+                (here if not is_blank_description(here) and here != prov.description else None)
+                or _human_caption_in(photo, sidecar_path(photo, other_naming))
+                or _human_caption_in_file(photo, prov, record.caption)
+            )
             status, changed = apply_caption(
                 doc,
                 record,
                 overwrite_human=self.options.overwrite_human,
-                human_elsewhere=human_elsewhere,
+                human_elsewhere=human is not None and human != here,
                 existed=existed,
             )
             if changed and not self.options.dry_run:
@@ -791,26 +795,28 @@ class XmpWriter:
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
         message = "kept human caption" if status == "kept_human" else ""
-        return WriteOutcome(self.name, photo, status, message)
+        return WriteOutcome(self.name, photo, status, message, human_caption=human)
 
     def close(self) -> None:
         """Nothing buffered: every sidecar is written (atomically) in :meth:`write`."""
 
 
-def _human_caption_in(photo: Path, other: Path) -> bool:
-    """True when the other naming form's sidecar holds a description not written by photocap."""
+def _human_caption_in(photo: Path, other: Path) -> str | None:
+    """The description in the other naming form's sidecar, when photocap did not write it."""
     if other not in find_sidecars(photo):
-        return False
+        return None
     try:
         doc = XmpDocument.load(other)
     except WriteError:
-        return False  # an unreadable other sidecar is not ours to judge; leave it alone
+        return None  # an unreadable other sidecar is not ours to judge; leave it alone
     current = doc.get_default(NS_DC, "description")
-    return not is_blank_description(current) and current != read_provenance(doc).description
+    if is_blank_description(current) or current == read_provenance(doc).description:
+        return None
+    return current
 
 
-def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> bool:
-    """True when a JPEG or WebP holds a description a person wrote (EXIF, embedded XMP, IPTC).
+def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> str | None:
+    """A description a person wrote inside a JPEG or WebP (EXIF, embedded XMP, IPTC), if any.
 
     Apps that read sidecars first (digiKam, darktable, Immich) would show photocap's caption
     over it. A file that cannot be read or parsed here is left to the decoder to report.
@@ -820,12 +826,12 @@ def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> bool:
     try:
         data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
         if detect_format(data) not in IN_FILE_FORMATS:
-            return False
+            return None
         text = read_in_file_text(data)
         ours = (prov.description, prov.exif_description, " ".join(caption.split()))
-        return text.human_caption(*ours, strict=False) is not None
+        return text.human_caption(*ours, strict=False)
     except WriteError:
-        return False
+        return None
 
 
 register_writer("xmp", XmpWriter)

@@ -61,6 +61,7 @@ def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
     assert db["photos"].pks == ["path"]
     assert db["photos"].detect_fts() == "photos_fts"  # what datasette uses for search
     assert "porter" in db["photos_fts"].schema
+    assert list(db["photos_fts"].columns_dict) == ["caption", "human_caption"]
     assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
 
 
@@ -96,6 +97,38 @@ def test_an_index_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT rowid FROM photos WHERE date_taken >= '2023'"
         ).fetchall()
         assert "idx_photos_date_taken" in str(plan)
+
+
+def test_an_index_before_human_captions_is_searched_then_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An index as 004 left it: no human_caption column, full-text index on the caption only.
+    path = tmp_path / "share" / "photocap.db"
+    with PhotoIndex(path) as idx:
+        idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
+        idx.db.table("photos").enable_fts(
+            ["caption"], tokenize="porter unicode61", create_triggers=True, replace=True
+        )
+        idx.db.execute("ALTER TABLE photos DROP COLUMN human_caption")
+        idx.db.execute("DELETE FROM _migrations WHERE name = '005_search_human_captions'")
+        idx.db.conn.commit()
+    # Read-only (a card, a share): searched as it is, without the new column.
+    real_access = os.access
+    read_only = {path.parent, path}
+    with monkeypatch.context() as m:
+        m.setattr(os, "access", lambda p, mode: Path(p) not in read_only and real_access(p, mode))
+        with PhotoIndex(path, create=False) as idx:
+            [hit] = idx.search("dog")
+            assert (hit.path, hit.human_caption, hit.human_segments) == ("/p/dog.jpg", None, ())
+    # Writable: migrated once; old captions stay searchable, a person's caption is searched too.
+    with PhotoIndex(path) as idx:
+        assert idx.applied_migrations()[-1] == "005_search_human_captions"
+        assert [h.path for h in idx.search("dog")] == ["/p/dog.jpg"]
+        idx.upsert_photos([{"path": "/p/dog.jpg", "human_caption": "Rex and Grandma, 1998"}])
+        [hit] = idx.search("grandma dog")  # one word in each caption
+        assert hit.human_caption == "Rex and Grandma, 1998"
+        assert hit.matched == ["dog", "Grandma"]
+        assert [h.path for h in idx.search("rex")] == ["/p/dog.jpg"]
 
 
 def test_an_index_on_read_only_media_is_searched_as_it_is(

@@ -331,3 +331,28 @@ def test_writer_thread_error_ends_the_run_with_a_consistent_index(
     monkeypatch.setattr(pipeline, "_write_files", real)
     _, rest = run([tmp_path / "lib"], captioner, tmp_path / "i.db")
     assert (rest.captioned, rest.skipped) == (8, 4)
+
+
+def test_a_persons_caption_is_kept_and_searchable(tmp_path: Path, captioner) -> None:
+    # A photo whose file holds a person's caption (embedded XMP): the sidecar does not hide it,
+    # and `photocap search` finds the photo by the person's words as well as by photocap's.
+    from metadata_helpers import insert_after_app, xmp_packet, xmp_segment
+
+    [photo, plain] = make_tiny_jpegs(tmp_path / "lib", 2)
+    photo.write_bytes(
+        insert_after_app(photo.read_bytes(), xmp_segment(xmp_packet("Oma's garden in Kassel")))
+    )
+    db = tmp_path / "i.db"
+    results, _ = run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"])
+    by_path = {r.path: r for r in results}
+    [xmp] = [o for o in by_path[photo].outputs if o.writer == "xmp"]
+    assert (xmp.status, xmp.human_caption) == ("kept_human", "Oma's garden in Kassel")
+    with PhotoIndex(db) as index:
+        [hit] = index.search("garden kassel")
+        assert (hit.path, hit.caption) == (str(photo), by_path[photo].caption)
+        assert index.get_dict(plain)["human_caption"] is None  # type: ignore[index]
+    # The person removes their caption: the next run (forced) finds none and forgets it.
+    photo.write_bytes(photo.read_bytes().replace(b"Oma's garden in Kassel", b"DCIM"))
+    run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"], force=True)
+    with PhotoIndex(db) as index:
+        assert index.search("kassel") == []
