@@ -661,6 +661,40 @@ def read_in_file_text(data: bytes) -> InFileText:
     return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
 
 
+# Formats whose own captions (EXIF ImageDescription, XMP) Pillow reads, for the human check;
+# photocap writes none of them (their caption goes to the sidecar).
+PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
+
+
+def read_photo_text(photo: Path) -> InFileText | None:
+    """The captions a photo file holds, for JPEG, WebP and :data:`PILLOW_TEXT_FORMATS`; None
+    for other formats (camera RAW, GIF, ...). Raises WriteError when the file cannot be read."""
+    data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
+    fmt = detect_format(data, photo)
+    if fmt in IN_FILE_FORMATS:
+        return read_in_file_text(data)
+    if fmt not in PILLOW_TEXT_FORMATS:
+        return None
+    from PIL import Image
+
+    from photocap.image import register_heif
+
+    try:
+        if fmt in ("HEIC", "AVIF"):
+            register_heif("HEIF" if fmt == "HEIC" else fmt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large photo's bomb warning: headers only here
+            with Image.open(io.BytesIO(data)) as img:
+                exif = img.getexif()
+                tiff = exif.tobytes()[len(EXIF_HEADER) :] if len(exif) else None
+                packet = img.info.get("xmp") or getattr(img, "tag_v2", {}).get(700)
+    except Exception as err:  # any reader error: the caller decides what an unreadable file means
+        raise WriteError(f"cannot read the photo's metadata: {err}") from None
+    if isinstance(packet, str):
+        packet = packet.encode()
+    return InFileText(fmt, tiff, packet if isinstance(packet, bytes) else None, None)
+
+
 @dataclass
 class FileEdit:
     """The changes a rewrite makes: IFD0 tags, and x-default texts of the embedded XMP."""

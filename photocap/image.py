@@ -279,7 +279,7 @@ def _open_upright(
     if kind == "RAW":
         return _open_raw(data, draft_size, max_pixels)
     if kind in ("HEIF", "AVIF"):
-        _register_heif(kind)
+        register_heif(kind)
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     # A JPEG is decoded at up to 1/8 scale (draft, below), so for a JPEG the limit bounds what
     # is decoded, and the declared size may be up to twice the limit (Pillow's own line for a
@@ -519,8 +519,9 @@ def _exif_date(value: str | None) -> str | None:
     return f"{y}-{mo}-{d}T{h}:{mi}:{s}"
 
 
-def _register_heif(kind: str) -> None:
-    """Register pillow-heif's opener on first use (it is slow to import and optional)."""
+def register_heif(kind: str) -> None:
+    """Make Pillow read ``kind`` (HEIF, AVIF): pillow-heif's opener, registered on first use
+    (it is slow to import and optional). Raises ImageError without it."""
     from PIL import features
 
     if kind == "AVIF" and features.check("avif"):

@@ -816,18 +816,18 @@ def _human_caption_in(photo: Path, other: Path) -> str | None:
 
 
 def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> str | None:
-    """A description a person wrote inside a JPEG or WebP (EXIF, embedded XMP, IPTC), if any.
+    """A description a person wrote inside the photo (EXIF, XMP, IPTC), if any: JPEG, WebP,
+    TIFF, PNG, HEIC, AVIF.
 
     Apps that read sidecars first (digiKam, darktable, Immich) would show photocap's caption
     over it. A file that cannot be read or parsed here is left to the decoder to report.
     """
-    from photocap.exif import IN_FILE_FORMATS, MAX_PHOTO_BYTES, detect_format, read_in_file_text
+    from photocap.exif import read_photo_text
 
     try:
-        data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-        if detect_format(data) not in IN_FILE_FORMATS:
+        text = read_photo_text(photo)
+        if text is None:
             return None
-        text = read_in_file_text(data)
         ours = (prov.description, prov.exif_description, " ".join(caption.split()))
         return text.human_caption(*ours, strict=False)
     except WriteError:

@@ -423,3 +423,33 @@ def test_exiv2_reads_new_sidecar(lib: Path) -> None:
     )
     assert "Xmp.iptc.AltTextAccessibility" in out
     assert "Xmp.photocap.captionModel" in out
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "HEIC"])
+def test_a_persons_caption_inside_other_formats_is_kept(tmp_path: Path, fmt: str) -> None:
+    # Not only JPEG: a PNG's iTXt XMP, a TIFF's ImageDescription (a scan a person labelled), a
+    # HEIC's XMP. The sidecar must not hide them from apps that read sidecars first.
+    from metadata_helpers import xmp_packet
+    from PIL import Image, PngImagePlugin
+
+    img = Image.new("RGB", (32, 24), "teal")
+    photo = tmp_path / f"photo.{fmt.lower()}"
+    exif = Image.Exif()
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp_packet("Oma in Kassel").decode(), zip=False)
+        img.save(photo, "PNG", pnginfo=info)
+    elif fmt == "TIFF":
+        exif[0x010E] = "Oma in Kassel"
+        img.save(photo, "TIFF", exif=exif)
+    else:
+        pillow_heif = pytest.importorskip("pillow_heif")
+        pillow_heif.register_heif_opener()
+        img.save(photo, "HEIF", xmp=xmp_packet("Oma in Kassel"))
+    outcome = XmpWriter(WriteOptions()).write(record(photo, "A dog runs."))
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
+    # A device's text in the same place is no caption: the sidecar gets ours.
+    other = tmp_path / "plain.tiff"
+    exif[0x010E] = "OLYMPUS DIGITAL CAMERA"
+    img.save(other, "TIFF", exif=exif)
+    assert XmpWriter(WriteOptions()).write(record(other, "A dog runs.")).status == "written"
