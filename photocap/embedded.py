@@ -11,7 +11,7 @@ human: photocap writes over none of them, and no sidecar or EXIF caption of phot
 shadow it. IPTC is only read: photocap never writes it (an existing IPTC block keeps its digest
 valid that way; MWG readers take EXIF before IPTC in any case).
 
-A WebP's XMP lives in an ``XMP `` chunk; photocap reads it for the human check only.
+A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Captions inside JPEG and WebP files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
-(UTF-16LE, the "Comments" field of Windows Explorer). In a JPEG it also goes into the embedded
-XMP packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibility``),
-merged into the packet the file has or in a new one after the Exif block, so that software
+(UTF-16LE, the "Comments" field of Windows Explorer). It also goes into the file's embedded XMP
+packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibility``),
+merged into the packet the file has or in a new one after the EXIF block, so that software
 reading either place shows the same caption (the Metadata Working Group's rule; see
 :mod:`photocap.embedded`). A description a person wrote in EXIF, the XMP packet or IPTC is
 kept. JPEG and WebP are written in-file; every other format returns ``skipped`` (the caption
@@ -17,14 +17,14 @@ How the file stays intact:
   IPTC APP13, COM, tables, the entropy-coded scan and anything after EOI - is copied byte for
   byte, so decoded pixels are identical. The XMP packet is merged, never replaced: every
   property, language and comment in it is kept, and it is checked to say the same as before
-  apart from our two texts. (piexif.insert
-  is not used: it drops JFIF APP0 and can add a second Exif block.) The extra images of a
-  Multi-Picture file (after EOI) must still be where its index says, or nothing is written.
-* **Chunk surgery for WebP.** A WebP file is a RIFF list of chunks; only the ``EXIF`` chunk is
-  replaced or added (after the image data, before ``XMP``, as the container spec orders them),
-  and the ``VP8X`` header's EXIF flag set. A "simple" WebP (one ``VP8``/``VP8L`` chunk) gets
-  the ``VP8X`` header the extended format requires, its canvas size read from the bitstream.
-  Every other chunk is copied byte for byte.
+  apart from our two texts. (piexif.insert is not used: it drops JFIF APP0 and can add a
+  second Exif block.) The extra images of a Multi-Picture file (after EOI) must still be where
+  its index says, or nothing is written.
+* **Chunk surgery for WebP.** A WebP file is a RIFF list of chunks; only the ``EXIF`` and
+  ``XMP `` chunks are replaced or added (after the image data, EXIF then XMP, as the container
+  spec orders them), and the ``VP8X`` header's EXIF and XMP flags set. A "simple" WebP (one
+  ``VP8``/``VP8L`` chunk) gets the ``VP8X`` header the extended format requires, its canvas
+  size read from the bitstream. Every other chunk is copied byte for byte.
 * **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
   moves maker notes, breaking their internal offsets. Instead the original TIFF block is kept
   byte for byte and a *new IFD0* (old entries plus ours) is appended at its end, with the header
@@ -394,7 +394,7 @@ def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | Non
 
 # --------------------------------------------------------------------------- WebP chunks
 
-VP8X_EXIF, VP8X_ALPHA = 0x08, 0x10
+VP8X_XMP, VP8X_EXIF, VP8X_ALPHA = 0x04, 0x08, 0x10
 # Chunks that come before EXIF in an extended WebP (container spec order); EXIF goes after
 # the last of them, so XMP and unknown chunks stay after it.
 WEBP_BEFORE_EXIF = {b"VP8X", b"ICCP", b"ANIM", b"ANMF", b"ALPH", b"VP8 ", b"VP8L"}
@@ -464,8 +464,18 @@ def _chunk_bytes(fourcc: bytes, payload: bytes) -> bytes:
     return fourcc + struct.pack("<I", len(payload)) + payload + (b"\x00" * (len(payload) & 1))
 
 
-def rebuild_webp(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
-    """The WebP ``data`` with IFD0 ``updates`` applied to its EXIF chunk; verified in memory."""
+def rebuild_webp(data: bytes, edit: FileEdit) -> bytes:
+    """The WebP ``data`` with ``edit`` applied to its EXIF and XMP chunks; verified in memory."""
+    new = data
+    if edit.tags:
+        new = _webp_with_exif(new, edit.tags)
+    if edit.xmp:
+        new = _webp_with_xmp(new, edit.xmp, edit.drop_empty_xmp)
+    verify_webp(data, new, edit)
+    return new
+
+
+def _webp_with_exif(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
     chunks, riff_end = parse_webp(data)
     index, tiff, prefixed = webp_exif_tiff(data, chunks)
     if tiff is None:
@@ -491,34 +501,81 @@ def rebuild_webp(data: bytes, updates: dict[int, tuple[int, bytes] | None]) -> b
         flags = VP8X_EXIF | (VP8X_ALPHA if alpha else 0)
         payload = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little")
         parts.insert(0, _chunk_bytes(b"VP8X", payload + (height - 1).to_bytes(3, "little")))
+    return _riff(parts, data[riff_end:])
+
+
+def _webp_with_xmp(data: bytes, changes: dict[tuple[str, str], str | None], drop: bool) -> bytes:
+    """The XMP chunk merged (or added after EXIF, or with ``drop`` dropped when left empty),
+    and the VP8X header's XMP flag to match. Called after the EXIF chunk is in place."""
+    chunks, riff_end = parse_webp(data)
+    if chunks[0].fourcc != b"VP8X":
+        raise WriteError("unusual WebP layout (no VP8X header); not written")
+    found = [i for i, c in enumerate(chunks) if c.fourcc == b"XMP "]
+    if len(found) > 1:
+        raise WriteError("the photo holds two XMP packets; not written")
+    doc = parse_packet(chunks[found[0]].payload(data)) if found else XmpDocument.new()
+    apply_xmp_edit(doc, changes)
+    parts = [data[c.start : c.end] for c in chunks]
+    chunk = b"" if drop and doc.is_empty() else _chunk_bytes(b"XMP ", doc.serialize())
+    if found:
+        parts[found[0]] = chunk
+    else:  # XMP follows EXIF (container spec order)
+        after = [i for i, c in enumerate(chunks) if c.fourcc in WEBP_BEFORE_EXIF | {b"EXIF"}]
+        parts.insert(after[-1] + 1, chunk)
+    header = bytearray(parts[0])
+    header[8] = (header[8] | VP8X_XMP) if chunk else (header[8] & ~VP8X_XMP)
+    parts[0] = bytes(header)
+    return _riff(parts, data[riff_end:])
+
+
+def _riff(parts: list[bytes], trailer: bytes) -> bytes:
     body = b"".join(parts)
-    new = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body + data[riff_end:]
-    verify_webp(data, new, updates)
-    return new
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body + trailer
 
 
-def verify_webp(old: bytes, new: bytes, updates: dict[int, tuple[int, bytes] | None]) -> None:
-    """Raise WriteError unless ``new`` differs from ``old`` only in the EXIF chunk, the VP8X
-    EXIF flag (or a new VP8X header) and the intended tags, and decodes to the same pixels."""
+def verify_webp(old: bytes, new: bytes, edit: FileEdit) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only in the EXIF and XMP chunks
+    ``edit`` changes, the VP8X flags for them (or a new VP8X header) and the intended texts,
+    and decodes to the same pixels."""
     old_chunks, old_end = parse_webp(old)
     new_chunks, new_end = parse_webp(new)
     if old[old_end:] != new[new_end:]:
         raise WriteError("verification failed: data after the WebP changed")
-    keep = [old[c.start : c.end] for c in old_chunks if c.fourcc not in (b"EXIF", b"VP8X")]
-    got = [new[c.start : c.end] for c in new_chunks if c.fourcc not in (b"EXIF", b"VP8X")]
+    ours = {b"VP8X"} | ({b"EXIF"} if edit.tags else set()) | ({b"XMP "} if edit.xmp else set())
+    keep = [old[c.start : c.end] for c in old_chunks if c.fourcc not in ours]
+    got = [new[c.start : c.end] for c in new_chunks if c.fourcc not in ours]
     if keep != got:
         raise WriteError("verification failed: other WebP chunks changed")
     old_x = [c.payload(old) for c in old_chunks if c.fourcc == b"VP8X"]
     new_x = [c.payload(new) for c in new_chunks if c.fourcc == b"VP8X"]
-    if len(new_x) != 1 or new_chunks[0].fourcc != b"VP8X" or not new_x[0][0] & VP8X_EXIF:
-        raise WriteError("verification failed: VP8X header missing or without the EXIF flag")
-    if old_x and (old_x[0][1:] != new_x[0][1:] or (old_x[0][0] | VP8X_EXIF) != new_x[0][0]):
-        raise WriteError("verification failed: VP8X header changed")
-    _, old_tiff, _ = webp_exif_tiff(old, old_chunks)
-    _, new_tiff, _ = webp_exif_tiff(new, new_chunks)
-    if new_tiff is None or sum(c.fourcc == b"EXIF" for c in new_chunks) != 1:
-        raise WriteError("verification failed: not exactly one EXIF chunk")
-    _verify_tags(old_tiff, new_tiff, updates)
+    if len(new_x) != 1 or new_chunks[0].fourcc != b"VP8X":
+        raise WriteError("verification failed: VP8X header missing")
+    flags = new_x[0][0]
+    if edit.tags and not flags & VP8X_EXIF:
+        raise WriteError("verification failed: VP8X header without the EXIF flag")
+    has_xmp = any(c.fourcc == b"XMP " for c in new_chunks)
+    if edit.xmp and bool(flags & VP8X_XMP) != has_xmp:
+        raise WriteError("verification failed: VP8X XMP flag does not match")
+    if old_x:
+        mask = (VP8X_EXIF if edit.tags else 0) | (VP8X_XMP if edit.xmp else 0)
+        if old_x[0][1:] != new_x[0][1:] or (old_x[0][0] | mask) != (flags | mask):
+            raise WriteError("verification failed: VP8X header changed")
+    if edit.tags:
+        _, old_tiff, _ = webp_exif_tiff(old, old_chunks)
+        _, new_tiff, _ = webp_exif_tiff(new, new_chunks)
+        if new_tiff is None or sum(c.fourcc == b"EXIF" for c in new_chunks) != 1:
+            raise WriteError("verification failed: not exactly one EXIF chunk")
+        _verify_tags(old_tiff, new_tiff, edit.tags)
+    if edit.xmp:
+        old_packets = [c.payload(old) for c in old_chunks if c.fourcc == b"XMP "]
+        new_packets = [c.payload(new) for c in new_chunks if c.fourcc == b"XMP "]
+        if len(new_packets) > 1:
+            raise WriteError("verification failed: more than one XMP chunk")
+        _verify_xmp(
+            old_packets[0] if old_packets else None,
+            new_packets[0] if new_packets else None,
+            edit.xmp,
+        )
     try:
         same = _webp_frames(old) == _webp_frames(new)
     except Exception as err:  # any decoder error means we must not install this file
@@ -701,6 +758,7 @@ class FileEdit:
 
     tags: dict[int, tuple[int, bytes] | None] = field(default_factory=dict)  # None removes
     xmp: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (ns, name) -> text
+    drop_empty_xmp: bool = False  # a packet left empty goes (a revert of one photocap added)
 
     def __bool__(self) -> bool:
         return bool(self.tags or self.xmp)
@@ -743,8 +801,7 @@ def rebuild_jpeg(data: bytes, edit: FileEdit) -> bytes:
         index, packet = xmp_segment(new, segments)
         doc = XmpDocument.new() if packet is None else parse_packet(packet)
         apply_xmp_edit(doc, edit.xmp)
-        # A packet left with nothing in it (a revert of one photocap added) goes altogether.
-        app1 = b"" if doc.is_empty() else xmp_app1(doc)
+        app1 = b"" if edit.drop_empty_xmp and doc.is_empty() else xmp_app1(doc)
         if index is not None:
             seg = segments[index]
             new = new[: seg.start] + app1 + new[seg.end :]
@@ -868,19 +925,14 @@ def rewrite_photo(
     to do.
 
     ``plan`` sees the file's current texts and returns the changes, or None to leave the file
-    alone. (A WebP's embedded XMP is not written: ``plan`` must not change it.)
+    alone.
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     current = read_in_file_text(data)
     edit = plan(current)
     if not edit:
         return False
-    if current.format == "WebP":
-        if edit.xmp:
-            raise WriteError("the XMP of a WebP is not written by photocap")
-        new = rebuild_webp(data, edit.tags)
-    else:
-        new = rebuild_jpeg(data, edit)
+    new = rebuild_webp(data, edit) if current.format == "WebP" else rebuild_jpeg(data, edit)
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
     return True
@@ -945,23 +997,25 @@ class ExifWriter:
                     prov.exif_previous_description = desc
                     prov.exif_previous_comment = None if comment_ours else comment
                 state["claim"] = written != caption
-                if text.format == "JPEG":  # the caption and alt text in the embedded XMP too
-                    doc = text.xmp()
-                    xdesc = xmp_description(doc)
-                    if xdesc != caption:
-                        edit.xmp[(NS_DC, "description")] = caption
-                    if xdesc is None or xdesc != written:
-                        prov.exif_previous_xmp_description = xdesc
-                    cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility") if doc else None
-                    alt_ours = cur_alt is not None and cur_alt == prov.exif_alt_text
-                    alt_empty = not (cur_alt and cur_alt.strip())
-                    if alt_empty or alt_ours or self.options.overwrite_human:
-                        if cur_alt != alt:
-                            edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
-                        if not alt_ours:
-                            prov.exif_previous_alt_text = cur_alt
-                        state["claim"] = state["claim"] or prov.exif_alt_text != alt
-                        state["alt"] = alt
+                # The caption and alt text go into the embedded XMP too (MWG).
+                doc = text.xmp()
+                if doc is None:
+                    prov.exif_added_xmp = "True"
+                xdesc = xmp_description(doc)
+                if xdesc != caption:
+                    edit.xmp[(NS_DC, "description")] = caption
+                if xdesc is None or xdesc != written:
+                    prov.exif_previous_xmp_description = xdesc
+                cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility") if doc else None
+                alt_ours = cur_alt is not None and cur_alt == prov.exif_alt_text
+                alt_empty = not (cur_alt and cur_alt.strip())
+                if alt_empty or alt_ours or self.options.overwrite_human:
+                    if cur_alt != alt:
+                        edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
+                    if not alt_ours:
+                        prov.exif_previous_alt_text = cur_alt
+                    state["claim"] = state["claim"] or prov.exif_alt_text != alt
+                    state["alt"] = alt
                 return edit or None
 
             changed = rewrite_photo(

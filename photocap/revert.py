@@ -5,8 +5,8 @@ exact texts it wrote and the values they replaced. Reverting therefore only touc
 that provenance and only values that are still photocap's own - a caption a person edited after
 photocap wrote it is left alone. Per sidecar:
 
-* ``exif``: the photo's ImageDescription / XPComment, and in a JPEG the embedded XMP
-  description and alt text, get their earlier values back (or are removed; an XMP packet left
+* ``exif``: the photo's ImageDescription / XPComment, and the embedded XMP description and
+  alt text, get their earlier values back (or are removed; an XMP packet left
   empty goes), with the same lossless, verified, atomic rewrite the writer uses.
 * ``xmp``: ``dc:description`` / ``AltTextAccessibility`` x-default entries get their earlier
   values back (or are removed); every other field stays as it is.
@@ -180,7 +180,7 @@ def _revert_exif(
     written = prov.exif_description
 
     def plan(text: InFileText) -> FileEdit | None:
-        edit = FileEdit()
+        edit = FileEdit(drop_empty_xmp=prov.exif_added_xmp == "True")
         if text.description == written:
             before = prov.exif_previous_description
             edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
@@ -189,21 +189,22 @@ def _revert_exif(
         if text.comment == written:
             before = prov.exif_previous_comment
             edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-        if text.format == "JPEG":
-            doc = text.xmp()
-            fields = (
-                (NS_DC, "description", written, prov.exif_previous_xmp_description),
-                (NS_IPTC, "AltTextAccessibility", prov.exif_alt_text, prov.exif_previous_alt_text),
-            )
-            for ns, name, ours, before_text in fields:
-                current = doc.get_default(ns, name) if doc is not None else None
-                if ours is not None and current == ours:
-                    edit.xmp[(ns, name)] = before_text
-                elif ours is not None and current is not None and name == "description":
-                    notes.append("embedded XMP description was edited after photocap; left as is")
+        # The embedded XMP (JPEG, WebP).
+        doc = text.xmp()
+        fields = (
+            (NS_DC, "description", written, prov.exif_previous_xmp_description),
+            (NS_IPTC, "AltTextAccessibility", prov.exif_alt_text, prov.exif_previous_alt_text),
+        )
+        for ns, name, ours, before_text in fields:
+            current = doc.get_default(ns, name) if doc is not None else None
+            if ours is not None and current == ours:
+                edit.xmp[(ns, name)] = before_text
+            elif ours is not None and current is not None and name == "description":
+                notes.append("embedded XMP description was edited after photocap; left as is")
         return edit or None
 
     rewrite_photo(in_file[0], plan, touch=touch, dry_run=dry_run)
     prov.exif_description = prov.exif_alt_text = None
     prov.exif_previous_description = prov.exif_previous_comment = None
     prov.exif_previous_xmp_description = prov.exif_previous_alt_text = None
+    prov.exif_added_xmp = None

@@ -544,6 +544,7 @@ class Provenance:
     exif_previous_xmp_description: str | None = None
     exif_alt_text: str | None = None
     exif_previous_alt_text: str | None = None
+    exif_added_xmp: str | None = None  # "True": the file had no XMP packet before photocap's
     model: str | None = None
     score: str | None = None
     date: str | None = None
@@ -562,6 +563,7 @@ _PROV_FIELDS = {
     "exif_previous_xmp_description": "exifPreviousXmpDescription",
     "exif_alt_text": "exifAltText",
     "exif_previous_alt_text": "exifPreviousAltText",
+    "exif_added_xmp": "exifAddedXmp",
     "model": "captionModel",
     "score": "captionScore",
     "date": "captionDate",
@@ -574,6 +576,7 @@ EXIF_OWN_FIELDS = (
     "exif_previous_xmp_description",
     "exif_alt_text",
     "exif_previous_alt_text",
+    "exif_added_xmp",
 )
 
 

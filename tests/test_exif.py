@@ -668,18 +668,18 @@ def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
     assert write(photo).status == "written"
     after = photo.read_bytes()
     old, new = _webp_chunks(before), _webp_chunks(after)
-    # every chunk but EXIF and the VP8X header is byte-identical and in the same order
-    assert [c for c in old if c[0] not in (b"EXIF", b"VP8X")] == [
-        c for c in new if c[0] not in (b"EXIF", b"VP8X")
-    ]
+    # every chunk but EXIF, XMP and the VP8X header is byte-identical and in the same order
+    ours = (b"EXIF", b"XMP ", b"VP8X")
+    assert [c for c in old if c[0] not in ours] == [c for c in new if c[0] not in ours]
     order = [fourcc for fourcc, _ in new]
-    assert order[0] == b"VP8X" and order.count(b"EXIF") == 1
-    assert new[0][1][8] & 0x08  # VP8X: EXIF flag
+    assert order[0] == b"VP8X" and order.count(b"EXIF") == 1 and order.count(b"XMP ") == 1
+    assert new[0][1][8] & 0x08 and new[0][1][8] & 0x04  # VP8X: EXIF and XMP flags
+    packet = XmpDocument.parse(dict(new)[b"XMP "][8:].rstrip(b"\x00"))
+    assert packet.get_default(NS_DC, "description") == CAPTION
     if kind == "alpha":  # a simple VP8L file got a VP8X header: alpha flag and canvas size
         assert old[0][0] == b"VP8L" and new[0][1][8] & 0x10
         assert new[0][1][12:18] == (47).to_bytes(3, "little") + (31).to_bytes(3, "little")
-    if b"XMP " in order:
-        assert order.index(b"EXIF") < order.index(b"XMP ")  # container spec order
+    assert order.index(b"EXIF") < order.index(b"XMP ")  # container spec order
     image_chunks = [i for i, f in enumerate(order) if f in (b"VP8 ", b"VP8L", b"ANMF", b"ALPH")]
     assert order.index(b"EXIF") > max(image_chunks)
     assert _frames(before) == _frames(after)  # pixels (every frame) identical
@@ -703,11 +703,24 @@ def test_webp_read_by_exiftool(lib: Path, kind: str) -> None:
     photo = _make_webp(lib / "photo.webp", kind)
     warnings_before = exiftool_warnings(photo)
     write(photo)
-    data = exiftool_json(photo, "-EXIF:ImageDescription", "-EXIF:XPComment", "-EXIF:Make")
+    data = exiftool_json(
+        photo, "-EXIF:ImageDescription", "-EXIF:XPComment", "-EXIF:Make", "-XMP-dc:Description"
+    )
     assert data["ImageDescription"] == CAPTION and data["XPComment"] == CAPTION
+    assert data["Description"] == CAPTION
     if kind == "xmp_and_exif":
         assert data["Make"] == "TestCam"
     assert exiftool_warnings(photo) <= warnings_before
+
+
+def test_webp_with_a_persons_caption_in_its_xmp_is_kept(lib: Path) -> None:
+    gradient = Image.linear_gradient("L").resize((48, 32))
+    photo = lib / "photo.webp"
+    gradient.convert("RGB").save(photo, "WEBP", xmp=xmp_packet("Oma in Kassel"))
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
+    assert photo.read_bytes() == before
 
 
 def test_corrupt_webp_fails_and_is_untouched(lib: Path) -> None:

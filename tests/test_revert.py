@@ -166,9 +166,26 @@ def test_webp_exif_reverted(lib: Path) -> None:
     assert [(o.path.name, o.status) for o in outcomes] == [("photo.webp.xmp", "deleted")]
     assert read_exif_caption(photo) == (None, None)
     after = photo.read_bytes()
-    assert [c for c in _webp_chunks(after) if c[0] != b"EXIF"] == [
-        c for c in _webp_chunks(before) if c[0] != b"EXIF"
-    ]  # VP8X already had its EXIF flag: unchanged
+    assert [c for c in _webp_chunks(after) if c[0] not in (b"EXIF", b"XMP ")] == [
+        c for c in _webp_chunks(before) if c[0] not in (b"EXIF", b"XMP ")
+    ]  # VP8X already had its EXIF and XMP flags: unchanged
+    # Its XMP chunk (empty, the camera's) stays, empty again: photocap did not add it.
+    packet = XmpDocument.parse(dict(_webp_chunks(after))[b"XMP "][8:].rstrip(b"\x00"))
+    assert packet.is_empty()
     assert _frames(after) == _frames(before)
     exif = piexif.load(dict(_webp_chunks(after))[b"EXIF"][8:])
     assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
+
+
+def test_webp_xmp_chunk_photocap_added_goes_on_revert(lib: Path) -> None:
+    from test_exif import _frames, _make_webp, _webp_chunks
+
+    photo = _make_webp(lib / "photo.webp", "lossy")  # simple format: no VP8X, no XMP
+    before = photo.read_bytes()
+    caption_all(photo)
+    assert b"XMP " in dict(_webp_chunks(photo.read_bytes()))
+    [outcome] = list(revert_paths([photo]))
+    assert outcome.status == "deleted"
+    chunks = _webp_chunks(photo.read_bytes())
+    assert b"XMP " not in dict(chunks) and not chunks[0][1][8] & 0x04  # chunk and flag gone
+    assert _frames(photo.read_bytes()) == _frames(before)
