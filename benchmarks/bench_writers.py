@@ -1,11 +1,14 @@
 """What each file writer costs per photo, and how much of it is reading the photo's own caption.
 
 Both writers look for a caption a person wrote inside the photo (EXIF, embedded XMP, IPTC)
-before writing theirs, which means reading the photo's bytes again after the decoder did. This
+before writing theirs (and a ``--write index`` run looks for the index), which means reading the
+photo's bytes again after the decoder did. This
 script times, on camera-sized JPEGs (``make_library.py``), in one run:
 
 * ``read``: reading the photo's bytes alone (the floor of any in-file check);
-* ``check``: the sidecar writer's in-file check (read + parse EXIF / XMP / IPTC);
+* ``check``: the look for a person's caption (``find_human_caption``: its sidecars, then the
+  file read and its EXIF / XMP / IPTC parsed), which the sidecar writer and ``--write index``
+  runs do for every photo;
 * ``xmp``: the whole ``--write xmp`` writer (check + sidecar merge + atomic write);
 * ``exif``: the whole ``--write exif`` writer (read, rebuild, verify, decode check at 1/8
   scale, atomic write, provenance sidecar).
@@ -34,7 +37,7 @@ from _common import markdown_table, report
 
 from photocap.exif import ExifWriter
 from photocap.writers import CaptionRecord, WriteOptions
-from photocap.xmp import Provenance, XmpWriter, _human_caption_in_file
+from photocap.xmp import XmpWriter, find_human_caption
 
 
 def _time(photos: list[Path], fn: Callable[[Path], object]) -> list[float]:
@@ -71,7 +74,7 @@ def main() -> None:
             if name == "read":
                 ms = _time(photos, lambda p: p.read_bytes())
             elif name == "check":
-                ms = _time(photos, lambda p: _human_caption_in_file(p, Provenance(), caption))
+                ms = _time(photos, lambda p: find_human_caption(p, caption))
             else:
                 writer = (XmpWriter if name == "xmp" else ExifWriter)(WriteOptions())
                 ms = _time(photos, lambda p, w=writer: w.write(record(p)))  # type: ignore[misc]

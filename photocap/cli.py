@@ -528,8 +528,8 @@ def search(
 ) -> None:
     """Search captions: best matches first, matching words highlighted.
 
-    A caption a person wrote (in a sidecar or in the photo, found when captioning with the xmp
-    or exif writer) is searched too and shown under photocap's, after ✎.
+    A caption a person wrote (in a sidecar or in the photo, found while captioning) is
+    searched too and shown under photocap's, after ✎.
     Quotes are optional: `photocap search dog on a beach`. The dates are the EXIF date taken;
     photos without one are left out when `--since` or `--until` is given.
     """

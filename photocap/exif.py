@@ -726,12 +726,15 @@ PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
 def read_photo_text(photo: Path) -> InFileText | None:
     """The captions a photo file holds, for JPEG, WebP and :data:`PILLOW_TEXT_FORMATS`; None
     for other formats (camera RAW, GIF, ...). Raises WriteError when the file cannot be read."""
+    try:
+        fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
+    except OSError as err:
+        raise WriteError(f"cannot read photo: {err.strerror}") from None
+    if fmt not in IN_FILE_FORMATS + PILLOW_TEXT_FORMATS:
+        return None
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    fmt = detect_format(data, photo)
     if fmt in IN_FILE_FORMATS:
         return read_in_file_text(data)
-    if fmt not in PILLOW_TEXT_FORMATS:
-        return None
     from PIL import Image
 
     from photocap.image import register_heif

@@ -57,8 +57,8 @@ PHOTO_COLUMNS: dict[str, type] = {
     "camera": str,  # EXIF Make + Model
     "error": str,  # one-line reason of the last failure, NULL when fine
     "updated_at": str,  # ISO 8601 UTC of the last change of this row
-    # A caption a person wrote (in the sidecar, EXIF, embedded XMP or IPTC), as the xmp / exif
-    # writers found it; searched together with ``caption``.
+    # A caption a person wrote (in the sidecar, EXIF, embedded XMP or IPTC), found while
+    # captioning (photocap.xmp.find_human_caption); searched together with ``caption``.
     "human_caption": str,
 }
 

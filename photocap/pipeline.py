@@ -51,6 +51,7 @@ from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_p
 from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
+from photocap.xmp import find_human_caption
 
 if TYPE_CHECKING:  # pragma: no cover
     from photocap.model import Captioner
@@ -194,6 +195,7 @@ class _FilesDone:
 
     outcomes: tuple[WriteOutcome, ...]
     facts: dict[str, Any] | None  # new size/mtime/hash when a writer changed the photo's bytes
+    human_caption: str | None = None  # a caption a person wrote for the photo, if any
 
 
 @dataclass
@@ -589,14 +591,8 @@ class _Run:
             held.add("index")
         if files.facts is not None:  # EXIF written into the photo: new size/hash
             self.index_writer.note_photo(record.path, **files.facts)
-        looked = [
-            o
-            for o in outcomes
-            if o.writer in HUMAN_CAPTION_WRITERS and o.status not in ("failed", "skipped")
-        ]
-        if looked:  # what they found now replaces what an earlier run found (or clears it)
-            human = next((o.human_caption for o in looked if o.human_caption), None)
-            self.index_writer.note_photo(record.path, human_caption=human)
+        # What was found now replaces what an earlier run found (or clears it).
+        self.index_writer.note_photo(record.path, human_caption=files.human_caption)
         self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(self.index_writer.write(record))
@@ -646,8 +642,24 @@ def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone
             if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
                 changed_bytes = True
         facts = _file_facts(job.record.path) if changed_bytes else None
-        done.append(_FilesDone(tuple(outcomes), facts))
+        done.append(_FilesDone(tuple(outcomes), facts, _human_caption(job.record, outcomes)))
     return done
+
+
+def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str | None:
+    """A caption a person wrote for the photo: what the xmp / exif writers found, or (when
+    neither looked: ``--write index``) a look at its sidecars and its file."""
+    looked = [
+        o
+        for o in outcomes
+        if o.writer in HUMAN_CAPTION_WRITERS and o.status not in ("failed", "skipped")
+    ]
+    if looked:
+        return next((o.human_caption for o in looked if o.human_caption), None)
+    try:
+        return find_human_caption(record.path, record.caption)
+    except OSError:  # the photo or its folder went away: nothing to find
+        return None
 
 
 def _file_facts(path: Path) -> dict[str, Any] | None:

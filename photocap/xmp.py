@@ -774,14 +774,8 @@ class XmpWriter:
         try:
             target = sidecar_for_write(photo, self.options.sidecar_name)
             doc, existed = load_or_new(target)
-            other_naming: SidecarName = "stem" if self.options.sidecar_name == "full" else "full"
-            prov = read_provenance(doc)
             here = doc.get_default(NS_DC, "description")
-            human = (
-                (here if not is_blank_description(here) and here != prov.description else None)
-                or _human_caption_in(photo, sidecar_path(photo, other_naming))
-                or _human_caption_in_file(photo, prov, record.caption)
-            )
+            human = find_human_caption(photo, record.caption)
             status, changed = apply_caption(
                 doc,
                 record,
@@ -804,27 +798,34 @@ class XmpWriter:
         """Nothing buffered: every sidecar is written (atomically) in :meth:`write`."""
 
 
-def _human_caption_in(photo: Path, other: Path) -> str | None:
-    """The description in the other naming form's sidecar, when photocap did not write it."""
-    if other not in find_sidecars(photo):
-        return None
-    try:
-        doc = XmpDocument.load(other)
-    except WriteError:
-        return None  # an unreadable other sidecar is not ours to judge; leave it alone
-    current = doc.get_default(NS_DC, "description")
-    if is_blank_description(current) or current == read_provenance(doc).description:
-        return None
-    return current
+def find_human_caption(photo: Path, caption: str = "") -> str | None:
+    """A caption a person wrote for ``photo``, if any: in its sidecars (either naming form), or
+    inside the file (:func:`_human_caption_in_file`). Text photocap recorded writing, and
+    ``caption`` itself, are not a person's. Unreadable sidecars are skipped, not judged.
+
+    Apps that read sidecars first (digiKam, darktable, Immich) would show a sidecar caption of
+    photocap's over a person's caption in the file; the index makes a person's searchable.
+    """
+    prov = Provenance()
+    found: str | None = None
+    for sidecar in find_sidecars(photo):
+        try:
+            doc = XmpDocument.load(sidecar)
+        except WriteError:
+            continue
+        mine = read_provenance(doc)
+        prov.description = prov.description or mine.description
+        prov.exif_description = prov.exif_description or mine.exif_description
+        text = doc.get_default(NS_DC, "description")
+        if found is None and not is_blank_description(text) and text != mine.description:
+            found = text
+    return found or _human_caption_in_file(photo, prov, caption)
 
 
 def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> str | None:
     """A description a person wrote inside the photo (EXIF, XMP, IPTC), if any: JPEG, WebP,
-    TIFF, PNG, HEIC, AVIF.
-
-    Apps that read sidecars first (digiKam, darktable, Immich) would show photocap's caption
-    over it. A file that cannot be read or parsed here is left to the decoder to report.
-    """
+    TIFF, PNG, HEIC, AVIF. A file that cannot be read or parsed here is left to the decoder
+    to report."""
     from photocap.exif import read_photo_text
 
     try:

@@ -356,3 +356,23 @@ def test_a_persons_caption_is_kept_and_searchable(tmp_path: Path, captioner) -> 
     run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"], force=True)
     with PhotoIndex(db) as index:
         assert index.search("kassel") == []
+
+
+def test_index_only_run_finds_a_persons_caption_too(tmp_path: Path, captioner) -> None:
+    # `--write index` (read-only media, say): no writer looks, so the run looks itself, in the
+    # sidecar digiKam wrote and inside the file.
+    from metadata_helpers import insert_after_app, iptc_segment
+
+    from photocap.xmp import NS_DC, XmpDocument
+
+    [labelled, inside, plain] = make_tiny_jpegs(tmp_path / "lib", 3)
+    doc = XmpDocument.new()
+    doc.set_default(NS_DC, "description", "Rex at the allotment")
+    (tmp_path / "lib" / f"{labelled.name}.xmp").write_bytes(doc.serialize())
+    inside.write_bytes(insert_after_app(inside.read_bytes(), iptc_segment(b"Oma in Kassel")))
+    db = tmp_path / "i.db"
+    run([tmp_path / "lib"], captioner, db, writers=["index"])
+    with PhotoIndex(db) as index:
+        assert [h.path for h in index.search("allotment")] == [str(labelled)]
+        assert [h.path for h in index.search("kassel")] == [str(inside)]
+        assert index.get_dict(plain)["human_caption"] is None  # type: ignore[index]
