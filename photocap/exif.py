@@ -663,11 +663,12 @@ def _same_tags(before: dict[str, object], after: dict[str, object], ours: set[in
 
 @dataclass
 class InFileText:
-    """What a JPEG or WebP holds where a caption can be: the input of a rewrite's plan."""
+    """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
+    WebP), and of the look for a person's caption (those and :data:`PILLOW_TEXT_FORMATS`)."""
 
-    format: str  # "JPEG" or "WebP"
+    format: str  # "JPEG", "WebP", or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
-    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk)
+    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
 
     @property

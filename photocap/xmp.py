@@ -539,7 +539,7 @@ class Provenance:
     exif_description: str | None = None  # what the exif writer wrote to ImageDescription
     exif_previous_description: str | None = None
     exif_previous_comment: str | None = None  # XPComment before photocap
-    # The exif writer also writes a JPEG's embedded XMP packet: what it replaced there, and
+    # The exif writer also writes the file's embedded XMP packet: what it replaced there, and
     # the alt text it wrote (its caption there is exif_description).
     exif_previous_xmp_description: str | None = None
     exif_alt_text: str | None = None
