@@ -692,8 +692,14 @@ class InFileText:
         says), or with ``strict=False`` counts as holding none.
         """
 
+        # A camera that writes its own name there ("CASIO COMPUTER CO.,LTD.", "SAMSUNG SM-G960F")
+        make, model = (decode_ascii(read_tag(self.tiff, tag)) or "" for tag in (0x010F, 0x0110))
+        device = {" ".join(t.split()).casefold() for t in (make, model, f"{make} {model}") if t}
+
         def human(text: str | None) -> bool:
-            return not is_blank_description(text) and text not in ours
+            if is_blank_description(text) or text in ours:
+                return False
+            return " ".join((text or "").split()).casefold() not in device
 
         if human(self.description):
             return self.description

@@ -62,9 +62,14 @@ CAMERA_DEFAULT_DESCRIPTIONS = frozenset(
         *_HUAWEI_MODES,
     )
 )
-# A folder path some cameras put there ("DCIM\100MEDIA"), and what exiftool-based tools write
-# for a value they could not read.
-_NON_CAPTION = re.compile(r"DCIM\\\S*|\(binary data.*|string with binary data.*", re.IGNORECASE)
+# The pattern of most camera texts ("RICOH DIGITAL CAMERA", "NIKON DIGITAL CAMERA"), a folder
+# path some cameras put there ("DCIM\100MEDIA"), and what exiftool-based tools write for a
+# value they could not read.
+_NON_CAPTION = re.compile(
+    r"(?!(?:a|an|the|my|our|his|her|their) )(?:\S+ ){1,2}digital (?:still )?camera"
+    r"|DCIM\\\S*|\(binary data.*|string with binary data.*",
+    re.IGNORECASE,
+)
 
 
 def is_blank_description(text: str | None) -> bool:

@@ -147,7 +147,11 @@ def test_human_description_kept(lib: Path) -> None:
     assert prov.exif_description == CAPTION
 
 
-@pytest.mark.parametrize("text", ["Exif_JPEG_PICTURE", "rhdr", "DCIM\\100MEDIA", "SONY DSC"])
+@pytest.mark.parametrize(
+    "text",
+    ["Exif_JPEG_PICTURE", "rhdr", "DCIM\\100MEDIA", "SONY DSC", "RICOH DIGITAL CAMERA",
+     "TestCam", "TestCam TC-1"],  # the last two: the camera's own Make / Model (camera_exif)
+)  # fmt: skip
 def test_device_default_description_is_not_a_persons(lib: Path, text: str) -> None:
     # Android phones, Huawei's shooting-mode codes, a camera's folder: a photo with one of
     # these is uncaptioned, for the sidecar as for EXIF.
@@ -157,6 +161,12 @@ def test_device_default_description_is_not_a_persons(lib: Path, text: str) -> No
     assert read_exif_caption(photo)[0] == CAPTION
     prov = read_provenance(XmpDocument.load(lib / "photo.jpg.xmp"))
     assert prov.exif_previous_description == text  # revert puts it back
+
+
+@pytest.mark.parametrize("text", ["A digital camera", "TestCam at the fair"])
+def test_text_like_a_device_default_can_still_be_a_persons(lib: Path, text: str) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description=text))
+    assert write(photo).status == "kept_human"
 
 
 def test_description_edited_after_photocap_is_kept(lib: Path) -> None:
