@@ -725,6 +725,7 @@ def read_in_file_text(data: bytes) -> InFileText:
     return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
 
 
+JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
 # Formats whose own captions (EXIF ImageDescription, XMP) Pillow reads, for the human check;
 # photocap writes none of them (their caption goes to the sidecar).
 PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
@@ -739,9 +740,16 @@ def read_photo_text(photo: Path) -> InFileText | None:
         raise WriteError(f"cannot read photo: {err.strerror}") from None
     if fmt not in IN_FILE_FORMATS + PILLOW_TEXT_FORMATS:
         return None
-    data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    if fmt in IN_FILE_FORMATS:
-        return read_in_file_text(data)
+    if fmt == "JPEG":
+        # Its metadata segments come before the image data: the head of the file is enough,
+        # unless they run past it (a big ICC profile, say).
+        try:
+            with open(photo, "rb") as fh:
+                return read_in_file_text(fh.read(JPEG_HEAD_BYTES))
+        except (WriteError, OSError):
+            pass
+    if fmt in IN_FILE_FORMATS:  # a WebP's EXIF and XMP chunks come after the image data
+        return read_in_file_text(read_capped(photo, MAX_PHOTO_BYTES, "photo"))
     from PIL import Image
 
     from photocap.image import register_heif
@@ -751,7 +759,7 @@ def read_photo_text(photo: Path) -> InFileText | None:
             register_heif("HEIF" if fmt == "HEIC" else fmt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a large photo's bomb warning: headers only here
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(photo) as img:  # reads the headers, not the pixels
                 exif = img.getexif()
                 tiff = exif.tobytes()[len(EXIF_HEADER) :] if len(exif) else None
                 packet = img.info.get("xmp") or getattr(img, "tag_v2", {}).get(700)

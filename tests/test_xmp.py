@@ -14,6 +14,7 @@ from photocap.xmp import (
     XmpDocument,
     XmpWriter,
     alt_text_for,
+    find_human_caption,
     read_caption,
     read_provenance,
 )
@@ -453,3 +454,17 @@ def test_a_persons_caption_inside_other_formats_is_kept(tmp_path: Path, fmt: str
     exif[0x010E] = "OLYMPUS DIGITAL CAMERA"
     img.save(other, "TIFF", exif=exif)
     assert XmpWriter(WriteOptions()).write(record(other, "A dog runs.")).status == "written"
+
+
+def test_a_persons_caption_past_a_large_jpeg_header_is_found(tmp_path: Path) -> None:
+    # Only the head of a JPEG is read for the check, unless its metadata runs past it.
+    from metadata_helpers import app_segment, insert_after_app, make_jpeg, xmp_packet, xmp_segment
+
+    from photocap.exif import JPEG_HEAD_BYTES
+
+    photo = make_jpeg(tmp_path / "photo.jpg")
+    filler = app_segment(0xEF, b"\0" * 65000) * (JPEG_HEAD_BYTES // 65000 + 1)
+    data = insert_after_app(photo.read_bytes(), filler + xmp_segment(xmp_packet("Oma in Kassel")))
+    photo.write_bytes(data)
+    assert data.index(b"Oma in Kassel") > JPEG_HEAD_BYTES
+    assert find_human_caption(photo) == "Oma in Kassel"
