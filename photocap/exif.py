@@ -71,6 +71,7 @@ from photocap.xmp import (
     NS_IPTC,
     XmpDocument,
     alt_text_for,
+    human_caption_in_sidecars,
     load_or_new,
     one_line,
     read_provenance,
@@ -994,11 +995,14 @@ class ExifWriter:
             caption = " ".join(record.caption.split())
             alt = alt_text_for(caption)
             state: dict[str, object] = {}
+            # A person's caption in a sidecar (digiKam's, say) keeps ours out of the file too:
+            # apps reading the file would show ours, apps reading the sidecar theirs.
+            in_sidecar, _ = human_caption_in_sidecars(photo)
 
             def plan(text: InFileText) -> FileEdit | None:
                 desc, comment = text.description, text.comment
                 written = prov.exif_description
-                human = text.human_caption(written, prov.description)
+                human = in_sidecar or text.human_caption(written, prov.description)
                 state["human"] = human
                 if human is not None and not self.options.overwrite_human:
                     return None

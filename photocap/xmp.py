@@ -806,6 +806,13 @@ def find_human_caption(photo: Path, caption: str = "") -> str | None:
     Apps that read sidecars first (digiKam, darktable, Immich) would show a sidecar caption of
     photocap's over a person's caption in the file; the index makes a person's searchable.
     """
+    found, prov = human_caption_in_sidecars(photo)
+    return found or _human_caption_in_file(photo, prov, caption)
+
+
+def human_caption_in_sidecars(photo: Path) -> tuple[str | None, Provenance]:
+    """(The first sidecar description of ``photo`` a person wrote, or None; what photocap
+    recorded writing, gathered from its sidecars)."""
     prov = Provenance()
     found: str | None = None
     for sidecar in find_sidecars(photo):
@@ -819,7 +826,7 @@ def find_human_caption(photo: Path, caption: str = "") -> str | None:
         text = doc.get_default(NS_DC, "description")
         if found is None and not is_blank_description(text) and text != mine.description:
             found = text
-    return found or _human_caption_in_file(photo, prov, caption)
+    return found, prov
 
 
 def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> str | None:

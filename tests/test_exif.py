@@ -163,6 +163,21 @@ def test_device_default_description_is_not_a_persons(lib: Path, text: str) -> No
     assert prov.exif_previous_description == text  # revert puts it back
 
 
+def test_a_persons_caption_in_the_sidecar_keeps_ours_out_of_the_file(lib: Path) -> None:
+    # digiKam wrote the person's caption to the sidecar: EXIF/XMP readers of the file would
+    # otherwise show ours while digiKam shows theirs.
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    doc = XmpDocument.new()
+    doc.set_default(NS_DC, "description", "Grandma's 80th birthday")
+    (lib / "photo.jpg.xmp").write_bytes(doc.serialize())
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Grandma's 80th birthday")
+    assert photo.read_bytes() == before
+    assert write(photo, overwrite_human=True).status == "written"
+    assert read_exif_caption(photo)[0] == CAPTION
+
+
 @pytest.mark.parametrize("text", ["A digital camera", "TestCam at the fair"])
 def test_text_like_a_device_default_can_still_be_a_persons(lib: Path, text: str) -> None:
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif(description=text))
