@@ -3,13 +3,13 @@
 A JPEG can hold a caption in three places, and photo software reads different ones: EXIF
 ``ImageDescription`` (written by :mod:`photocap.exif`), ``dc:description`` in the XMP packet
 embedded in an APP1 segment (Lightroom, digiKam), and IPTC ``Caption-Abstract`` in a Photoshop
-APP13 segment (older tools). The Metadata Working Group's
-rule, which exiftool follows, is that a writer keeps them in step and a reader takes EXIF first.
-So ``--write exif`` writes the caption to EXIF *and* to the embedded XMP packet (this module
-builds the packet's segment), and a caption a person wrote in *any* of the three counts as
-human: photocap writes over none of them, and no sidecar or EXIF caption of photocap's may
-shadow it. IPTC is only read: photocap never writes it (an existing IPTC block keeps its digest
-valid that way; MWG readers take EXIF before IPTC in any case).
+APP13 segment (older tools). The Metadata Working Group's rule, which exiftool follows, is that
+a writer keeps them in step and a reader takes EXIF first. So ``--write exif`` writes the
+caption to EXIF *and* to the embedded XMP packet (this module builds the packet's segment),
+and a caption a person wrote in *any* of the three counts as human: unless told to
+(``--overwrite-human``), photocap writes over none of them, and no sidecar or EXIF caption of
+photocap's shadows it. IPTC is only read: photocap never writes it (an existing IPTC block
+keeps its digest valid that way; MWG readers take EXIF before IPTC in any case).
 
 A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`).
 """
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 APP1, APP13 = 0xE1, 0xED
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"  # standard XMP APP1 (XMP spec part 3)
-EXTENDED_XMP_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
+# Extended XMP parts (APP1 "http://ns.adobe.com/xmp/extension/") are other segments to us:
+# copied byte for byte; their GUID stays in the packet's xmpNote:HasExtendedXMP.
 PHOTOSHOP_HEADER = b"Photoshop 3.0\x00"
 # A segment's length field counts itself (2 bytes) and the header: the rest is the packet.
 MAX_XMP_PACKET = 0xFFFF - 2 - len(XMP_HEADER)
