@@ -969,6 +969,15 @@ def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- the writer
 
 
+@dataclass
+class _PlanSeen:
+    """What the exif writer's plan found in the photo, for the outcome and the provenance."""
+
+    human: str | None = None  # a caption a person wrote (in the file or a sidecar)
+    claim: bool = False  # our caption or alt text differs from what the provenance records
+    wrote_alt: bool = False  # the alt text in the embedded XMP is ours (now or before)
+
+
 class ExifWriter:
     """``--write exif``: ImageDescription + XPComment inside JPEG and WebP files, and in a
     JPEG the embedded XMP description and alt text."""
@@ -994,7 +1003,7 @@ class ExifWriter:
             prov = read_provenance(doc)
             caption = " ".join(record.caption.split())
             alt = alt_text_for(caption)
-            state: dict[str, object] = {}
+            seen = _PlanSeen()
             # A person's caption in a sidecar (digiKam's, say) keeps ours out of the file too:
             # apps reading the file would show ours, apps reading the sidecar theirs.
             in_sidecar, _ = human_caption_in_sidecars(photo)
@@ -1002,9 +1011,8 @@ class ExifWriter:
             def plan(text: InFileText) -> FileEdit | None:
                 desc, comment = text.description, text.comment
                 written = prov.exif_description
-                human = in_sidecar or text.human_caption(written, prov.description)
-                state["human"] = human
-                if human is not None and not self.options.overwrite_human:
+                seen.human = in_sidecar or text.human_caption(written, prov.description)
+                if seen.human is not None and not self.options.overwrite_human:
                     return None
                 edit = FileEdit()
                 if desc != caption:
@@ -1018,17 +1026,17 @@ class ExifWriter:
                     # first write over someone else's (or no) text: remember it
                     prov.exif_previous_description = desc
                     prov.exif_previous_comment = None if comment_ours else comment
-                state["claim"] = written != caption
+                seen.claim = written != caption
                 # The caption and alt text go into the embedded XMP too (MWG).
-                doc = text.xmp()
-                if doc is None:
+                packet = text.xmp()
+                if packet is None:
                     prov.exif_added_xmp = "True"
-                xdesc = xmp_description(doc)
+                xdesc = xmp_description(packet)
                 if xdesc != caption:
                     edit.xmp[(NS_DC, "description")] = caption
                 if xdesc is None or xdesc != written:
                     prov.exif_previous_xmp_description = xdesc
-                cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility") if doc else None
+                cur_alt = packet.get_default(NS_IPTC, "AltTextAccessibility") if packet else None
                 alt_ours = cur_alt is not None and cur_alt == prov.exif_alt_text
                 alt_empty = not (cur_alt and cur_alt.strip())
                 if alt_empty or alt_ours or self.options.overwrite_human:
@@ -1036,23 +1044,21 @@ class ExifWriter:
                         edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
                     if not alt_ours:
                         prov.exif_previous_alt_text = cur_alt
-                    state["claim"] = state["claim"] or prov.exif_alt_text != alt
-                    state["alt"] = alt
+                    seen.claim = seen.claim or prov.exif_alt_text != alt
+                    seen.wrote_alt = True
                 return edit or None
 
             changed = rewrite_photo(
                 photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
             )
-            found = state.get("human")
-            human = found if isinstance(found, str) else None
-            if human is not None and not self.options.overwrite_human:
+            if seen.human is not None and not self.options.overwrite_human:
                 return WriteOutcome(
-                    self.name, photo, "kept_human", "kept human caption", human_caption=human
+                    self.name, photo, "kept_human", "kept human caption", human_caption=seen.human
                 )
-            if not changed and not state.get("claim"):
+            if not changed and not seen.claim:
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
-            if "alt" in state:
+            if seen.wrote_alt:
                 prov.exif_alt_text = alt
             if not existed:
                 prov.created_sidecar = True
@@ -1074,7 +1080,7 @@ class ExifWriter:
             return WriteOutcome(self.name, photo, "failed", one_line(err))
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
-        return WriteOutcome(self.name, photo, "written", human_caption=human)
+        return WriteOutcome(self.name, photo, "written", human_caption=seen.human)
 
     def close(self) -> None:
         """Nothing buffered: each photo is rewritten (atomically) in :meth:`write`."""

@@ -281,6 +281,7 @@ class PhotoIndex:
         # WAL needs its folder writable, and a migration writes. "immutable" tells SQLite that
         # nothing else changes it either, so it needs no lock or -shm file.
         self.read_only = not (memory or create or _writable(self.path))
+        self._human_fts: bool | None = None  # whether photos_fts has human_caption (005)
         try:
             if self.read_only:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
@@ -507,11 +508,9 @@ class PhotoIndex:
         return hits
 
     def _searches_human_captions(self) -> bool:
-        cached: bool | None = getattr(self, "_human_fts", None)
-        if cached is None:
-            cached = "human_caption" in self.db.table(f"{PHOTOS}_fts").columns_dict
-            self._human_fts = cached
-        return cached
+        if self._human_fts is None:
+            self._human_fts = "human_caption" in self.db.table(f"{PHOTOS}_fts").columns_dict
+        return self._human_fts
 
     @_sqlite_errors
     def stats(self, failures_limit: int = 50) -> IndexStats:
