@@ -60,6 +60,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     # A caption a person wrote (in the sidecar, EXIF, embedded XMP or IPTC), found while
     # captioning (photocap.xmp.find_human_caption); searched together with ``caption``.
     "human_caption": str,
+    # photocap.xmp.sidecar_stamp after the last write: a re-run that finds it changed looks at
+    # the sidecars again (an edit in another app) without captioning the photo again.
+    "sidecar_stamp": str,
 }
 
 
@@ -78,6 +81,7 @@ class PhotoRow:
     mtime_ns: int | None
     content_hash: str | None
     error: str | None
+    sidecar_stamp: str | None = None  # None: not recorded (a row from before migration 006)
 
     @property
     def is_captioned(self) -> bool:
@@ -221,6 +225,12 @@ def _m005_search_human_captions(db: sqlite_utils.Database) -> None:
     table.enable_fts(FTS_COLUMNS, tokenize="porter unicode61", create_triggers=True, replace=True)
 
 
+def _m006_sidecar_stamp(db: sqlite_utils.Database) -> None:
+    # NULL in older rows: their sidecars are looked at once by the next run, then recorded.
+    if "sidecar_stamp" not in db.table(PHOTOS).columns_dict:
+        db.table(PHOTOS).add_column("sidecar_stamp", str)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -228,6 +238,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("003_index_content_hash_error", _m003_index_hash),
     ("004_index_date_taken", _m004_index_date_taken),
     ("005_search_human_captions", _m005_search_human_captions),
+    ("006_sidecar_stamp", _m006_sidecar_stamp),
 ]
 
 
@@ -297,6 +308,10 @@ class PhotoIndex:
                     self.db.enable_wal()
                 self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
                 self._migrate()
+            # A read-only index an earlier version wrote may lack later columns: read as NULL.
+            self._row_sql = _ROW_SQL
+            if self.read_only and "sidecar_stamp" not in self.db.table(PHOTOS).columns_dict:
+                self._row_sql = _ROW_SQL.replace("sidecar_stamp", "NULL")
         except sqlite3.DatabaseError as err:
             raise index_error(self.path, err, "open") from None
         except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
@@ -367,7 +382,9 @@ class PhotoIndex:
     @_sqlite_errors
     def get(self, path: str | os.PathLike[str]) -> PhotoRow | None:
         """The row for ``path`` (absolute), or None."""
-        cur = self.db.execute(f"SELECT {_ROW_SQL} FROM photos WHERE path = ?", [os.fspath(path)])
+        cur = self.db.execute(
+            f"SELECT {self._row_sql} FROM photos WHERE path = ?", [os.fspath(path)]
+        )
         row = cur.fetchone()
         return _to_row(row) if row else None
 
@@ -381,7 +398,7 @@ class PhotoIndex:
     def find_moved(self, content_hash: str, new_path: str | os.PathLike[str]) -> PhotoRow | None:
         """A captioned row with this content whose file is gone: the photo was moved/renamed."""
         cur = self.db.execute(
-            f"SELECT {_ROW_SQL} FROM photos WHERE content_hash = ? AND path != ? "
+            f"SELECT {self._row_sql} FROM photos WHERE content_hash = ? AND path != ? "
             "AND caption IS NOT NULL AND error IS NULL ORDER BY captioned_at DESC",
             [content_hash, os.fspath(new_path)],
         )
@@ -712,7 +729,7 @@ def mtime_iso(mtime_ns: int) -> str:
 
 _ROW_SQL = (
     "path, caption, score, alternatives, model_id, captioned_at, outputs, size, mtime_ns, "
-    "content_hash, error"
+    "content_hash, error, sidecar_stamp"
 )
 
 
@@ -724,7 +741,7 @@ def _to_row(r: Sequence[Any]) -> PhotoRow:
     return PhotoRow(
         path=r[0], caption=r[1], score=r[2], alternatives=alternatives, model_id=r[4],
         captioned_at=r[5], outputs=frozenset(x for x in (r[6] or "").split(",") if x),
-        size=r[7], mtime_ns=r[8], content_hash=r[9], error=r[10],
+        size=r[7], mtime_ns=r[8], content_hash=r[9], error=r[10], sidecar_stamp=r[11],
     )  # fmt: skip
 
 

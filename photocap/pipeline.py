@@ -51,7 +51,7 @@ from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_p
 from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
-from photocap.xmp import find_human_caption
+from photocap.xmp import find_human_caption, sidecar_stamp
 
 if TYPE_CHECKING:  # pragma: no cover
     from photocap.model import Captioner
@@ -196,6 +196,7 @@ class _FilesDone:
     outcomes: tuple[WriteOutcome, ...]
     facts: dict[str, Any] | None  # new size/mtime/hash when a writer changed the photo's bytes
     human_caption: str | None = None  # a caption a person wrote for the photo, if any
+    sidecar_stamp: str | None = None  # photocap.xmp.sidecar_stamp once the writers are done
 
 
 @dataclass
@@ -211,6 +212,11 @@ _PROGRESS = object()  # in the output queue: a caption Progress event, counted w
 # Most write hand-offs queued at once: one model batch plus a few single-photo carries.
 _MAX_QUEUED_WRITES = 3
 DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
+# Why an unchanged photo is carried: its sidecar changed since photocap last wrote (a caption a
+# person typed in another app becomes searchable; a deleted sidecar is written again), or the
+# index, from an earlier version, never recorded its sidecars.
+SIDECAR_CHANGED = "unchanged, sidecar changed"
+SIDECARS_UNRECORDED = "unchanged, sidecars looked at"
 
 
 def caption_library(
@@ -330,7 +336,7 @@ class _Run:
         """Walk the library; skip or complete what needs no decoding; collect the rest."""
         limit = self.options.limit
         scanned = 0
-        completions: list[tuple[PhotoFile, PhotoRow]] = []
+        completions: list[tuple[PhotoFile, PhotoRow, str]] = []
         for item in discover_photos(paths):
             if self.stop.is_set():
                 return
@@ -349,12 +355,13 @@ class _Run:
                 and row.model_id == self.model_id
             )
             if captioned_as_is and row is not None:
-                if self.wanted <= row.outputs:
+                reason = _carry_reason(row, self.wanted, sidecar_stamp(item.path))
+                if not reason:
                     self.counts["skipped"] += 1
                     yield PhotoResult(item.path, "skipped", row.caption, row.score,
                                       row.alternatives, reason="unchanged")  # fmt: skip
                 elif limit is None or len(work) + len(completions) < limit:
-                    completions.append((item, row))  # caption known; outputs missing
+                    completions.append((item, row, reason))  # caption known; outputs to redo
                 continue
             if limit is None or len(work) + len(completions) < limit:
                 work.append(_Work(item, row))
@@ -363,8 +370,7 @@ class _Run:
             if self.stop.is_set():
                 return
             chunk = completions[start : start + self.options.batch_size]
-            reason = "unchanged, outputs added"
-            self._hand_off([self._carry(photo, row, reason) for photo, row in chunk])
+            self._hand_off([self._carry(photo, row, reason) for photo, row, reason in chunk])
             yield from self._drain()
 
     # -------------------------------------------------------------- decode + caption
@@ -534,6 +540,8 @@ class _Run:
             captioned_at=_parse_time(row.captioned_at),
         )  # fmt: skip
         skip = row.outputs if moved_from is None else frozenset()
+        if reason == SIDECAR_CHANGED:  # the sidecar may have lost the caption: write it again
+            skip -= {"xmp"}
         return _Job(record, "carried", reason, already=skip, photo=photo, moved_from=moved_from)
 
     def _hand_off(self, jobs: list[_Job], commit: bool = True) -> None:
@@ -592,7 +600,8 @@ class _Run:
         if files.facts is not None:  # EXIF written into the photo: new size/hash
             self.index_writer.note_photo(record.path, **files.facts)
         # What was found now replaces what an earlier run found (or clears it).
-        self.index_writer.note_photo(record.path, human_caption=files.human_caption)
+        self.index_writer.note_photo(record.path, human_caption=files.human_caption,
+                                     sidecar_stamp=files.sidecar_stamp)  # fmt: skip
         self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(self.index_writer.write(record))
@@ -642,8 +651,21 @@ def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone
             if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
                 changed_bytes = True
         facts = _file_facts(job.record.path) if changed_bytes else None
-        done.append(_FilesDone(tuple(outcomes), facts, _human_caption(job.record, outcomes)))
+        human = _human_caption(job.record, outcomes)
+        done.append(_FilesDone(tuple(outcomes), facts, human, sidecar_stamp(job.record.path)))
     return done
+
+
+def _carry_reason(row: PhotoRow, wanted: frozenset[str], stamp: str) -> str:
+    """Why a photo captioned as it is now needs its outputs written or looked at again; ""
+    when it needs nothing (skipped)."""
+    if not wanted <= row.outputs:
+        return "unchanged, outputs added"
+    if row.sidecar_stamp is None:  # recorded by an earlier version: look once, then record
+        return SIDECARS_UNRECORDED
+    if row.sidecar_stamp != stamp:  # edited in another app, or deleted, since photocap wrote
+        return SIDECAR_CHANGED
+    return ""
 
 
 def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str | None:

@@ -177,6 +177,31 @@ def find_sidecars(photo: Path) -> list[Path]:
     return [p for p in found if p.exists() or p.is_symlink()]
 
 
+def sidecar_stamp(photo: Path) -> str:
+    """A fingerprint of the sidecars ``photo`` may have: the name, size and mtime of each one
+    that exists (either naming form, either case); ``""`` when there are none.
+
+    The index keeps it, so a re-run that skips an unchanged photo still notices that another
+    app wrote in its sidecar (a caption a person typed in digiKam), or that it was deleted,
+    from two to four ``stat`` calls and without parsing anything. The names are those
+    :func:`sidecar_path` picks (the capitalised one only when the other is missing). A
+    stem-named sidecar counts even when it belongs to the RAW of a pair: noticing too much
+    costs one look, too little a stale index.
+    """
+    # Plain strings, not Path: this runs for every photo of an unchanged re-run.
+    folder, name = os.path.split(os.fspath(photo))
+    parts = []
+    for base in dict.fromkeys((name, os.path.splitext(name)[0])):  # one if there is no suffix
+        for ext in (".xmp", ".XMP"):
+            try:
+                st = os.stat(os.path.join(folder, base + ext))  # a symlink: its target's
+            except (OSError, ValueError):
+                continue
+            parts.append(f"{base}{ext}:{st.st_size}:{st.st_mtime_ns}")
+            break  # as in sidecar_path: photo.jpg.xmp hides photo.jpg.XMP
+    return "/".join(parts)  # "/" never occurs in a file name
+
+
 # --------------------------------------------------------------------------- the document
 
 

@@ -95,8 +95,9 @@ def test_heic_thumbnails_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_scale_smoke(tmp_path: Path) -> None:
-    out = _run("bench_scale.py", "--count", "20", "--size", "160x120")
-    assert "re-run, 20 unchanged" in out
+    out = _run("bench_scale.py", "--count", "20", "--size", "160x120", "--write", "xmp,index",
+               "--reruns", "2")  # fmt: skip
+    assert out.count("| re-run, 20 unchanged | 20 |") == 2  # every photo skipped, sidecars too
 
 
 @pytest.mark.slow

@@ -140,9 +140,10 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     path = folder / "photocap.db"
     with PhotoIndex(path) as idx:
         idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
-    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004 still to apply
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-006 to apply
         conn.execute("DROP INDEX idx_photos_date_taken")
-        conn.execute("DELETE FROM _migrations WHERE name = '004_index_date_taken'")
+        conn.execute("ALTER TABLE photos DROP COLUMN sidecar_stamp")
+        conn.execute("DELETE FROM _migrations WHERE name >= '004'")
     conn.close()
     before = sorted(p.name for p in folder.iterdir())
     real_access = os.access
@@ -151,6 +152,8 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     with PhotoIndex(path, create=False) as idx:
         assert [h.path for h in idx.search("dog")] == ["/p/dog.jpg"]
         assert "004_index_date_taken" not in idx.applied_migrations()
+        row = idx.get("/p/dog.jpg")  # `photocap status`: columns added since read as NULL
+        assert row is not None and (row.caption, row.sidecar_stamp) == ("A dog runs.", None)
         with pytest.raises(IndexDbError, match=r"readonly|read-only"):
             idx.upsert_photos([{"path": "/p/cat.jpg", "caption": "A cat.", "model_id": "m"}])
     assert sorted(p.name for p in folder.iterdir()) == before  # no -wal/-shm left behind
@@ -160,6 +163,11 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     assert str(index_error(path, err, "write to")).endswith(
         "(it is read-only here: read-only media or permissions; --db FILE for another)"
     )
+    monkeypatch.undo()  # writable again: migrated, and the new column is there
+    with PhotoIndex(path) as idx:
+        assert idx.applied_migrations()[-1] == "006_sidecar_stamp"
+        idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
+        assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
 
 
 def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:

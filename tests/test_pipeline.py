@@ -376,3 +376,65 @@ def test_index_only_run_finds_a_persons_caption_too(tmp_path: Path, captioner) -
         assert [h.path for h in index.search("allotment")] == [str(labelled)]
         assert [h.path for h in index.search("kassel")] == [str(inside)]
         assert index.get_dict(plain)["human_caption"] is None  # type: ignore[index]
+
+
+def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, captioner) -> None:
+    # After photocap captioned, a person types their own caption in digiKam (into the sidecar)
+    # and deletes another photo's sidecar. The photos are unchanged, so a re-run skips them,
+    # but the index would then never learn the person's words, and the sidecar stay gone.
+    from photocap.pipeline import SIDECAR_CHANGED
+    from photocap.xmp import NS_DC, XmpDocument, read_caption
+
+    [edited, deleted, untouched] = make_tiny_jpegs(tmp_path / "lib", 3)
+    db = tmp_path / "i.db"
+    first, _ = run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"])
+    ours = {r.path: r.caption for r in first}
+    sidecar = tmp_path / "lib" / f"{edited.name}.xmp"
+    doc = XmpDocument.load(sidecar)
+    doc.set_default(NS_DC, "description", "Rex at the allotment")
+    sidecar.write_bytes(doc.serialize())
+    (tmp_path / "lib" / f"{deleted.name}.xmp").unlink()
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([tmp_path / "lib"], counting, db, writers=["xmp", "index"])
+    assert counting.batches == 0  # nothing decoded or captioned again
+    assert (summary.carried, summary.skipped, summary.failed) == (2, 1, 0)
+    by_path = {r.path: r for r in results}
+    assert by_path[edited].reason == by_path[deleted].reason == SIDECAR_CHANGED
+    assert by_path[untouched].status == "skipped"
+    assert {o.writer: o.status for o in by_path[edited].outputs}["xmp"] == "kept_human"
+    assert read_caption(edited) == "Rex at the allotment"  # the person's, kept
+    assert read_caption(deleted) == ours[deleted]  # written again
+    with PhotoIndex(db) as index:
+        [hit] = index.search("allotment")
+        assert (hit.path, hit.caption) == (str(edited), ours[edited])
+    _, again = run([tmp_path / "lib"], counting, db, writers=["xmp", "index"])
+    assert (again.carried, again.skipped) == (0, 3)
+
+
+def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, captioner) -> None:
+    # An index an earlier version wrote has no sidecar stamps: the next run looks at each
+    # photo's sidecars once (a person's caption becomes searchable), leaving the files alone.
+    from photocap.pipeline import SIDECARS_UNRECORDED
+    from photocap.xmp import NS_DC, XmpDocument
+
+    labelled, _ = make_tiny_jpegs(tmp_path / "lib", 2)
+    db = tmp_path / "i.db"
+    run([tmp_path / "lib"], captioner, db, writers=["index"])
+    doc = XmpDocument.new()
+    doc.set_default(NS_DC, "description", "Rex at the allotment")
+    sidecar = tmp_path / "lib" / f"{labelled.name}.xmp"
+    sidecar.write_bytes(doc.serialize())
+    with PhotoIndex(db) as index:
+        index.db.execute("UPDATE photos SET sidecar_stamp = NULL")
+        index.db.conn.commit()
+    before = sidecar.stat()
+    results, summary = run([tmp_path / "lib"], captioner, db, writers=["index"])
+    assert (summary.carried, summary.skipped) == (2, 0)
+    assert {r.reason for r in results} == {SIDECARS_UNRECORDED}
+    assert (sidecar.stat().st_mtime_ns, sidecar.stat().st_size) == (
+        before.st_mtime_ns, before.st_size,
+    )  # fmt: skip
+    with PhotoIndex(db) as index:
+        assert [h.path for h in index.search("allotment")] == [str(labelled)]
+    _, again = run([tmp_path / "lib"], captioner, db, writers=["index"])
+    assert (again.carried, again.skipped) == (0, 2)

@@ -17,6 +17,7 @@ from photocap.xmp import (
     find_human_caption,
     read_caption,
     read_provenance,
+    sidecar_stamp,
 )
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
@@ -364,6 +365,27 @@ def test_huge_sidecar_refused(lib: Path) -> None:
     assert outcome.status == "failed" and "too large (50 MB > 10 MB)" in outcome.message
     assert sidecar.stat().st_size > 50 * 1024 * 1024
     assert sidecar.stat().st_mtime_ns == mtime
+
+
+def test_sidecar_stamp_changes_with_any_sidecar_of_the_photo(lib: Path) -> None:
+    # What a re-run compares to notice an edit made in another app, without parsing anything.
+    photo = photo_in(lib, "IMG_1.JPG")
+    assert sidecar_stamp(photo) == ""
+    write(photo)
+    written = sidecar_stamp(photo)
+    assert written.startswith("IMG_1.JPG.xmp:") and sidecar_stamp(photo) == written
+    sidecar = lib / "IMG_1.JPG.xmp"
+    stat = sidecar.stat()
+    sidecar.write_bytes(sidecar.read_bytes().replace(b"A dog", b"A cat"))  # same size
+    os.utime(sidecar, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    edited = sidecar_stamp(photo)
+    assert edited not in ("", written)
+    (lib / "IMG_1.XMP").write_bytes(b"<x:xmpmeta/>")  # Lightroom's name, in capitals
+    assert sidecar_stamp(photo).startswith(edited + "/IMG_1.XMP:12:")
+    (lib / "IMG_1.xmp").write_bytes(b"<x:xmpmeta/>")  # hides the capitalised one, as in use
+    assert sidecar_stamp(photo).startswith(edited + "/IMG_1.xmp:12:")
+    sidecar.unlink()
+    assert sidecar_stamp(photo).startswith("IMG_1.xmp:12:")
 
 
 def test_sidecar_path_is_a_folder(lib: Path) -> None:
