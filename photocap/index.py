@@ -45,7 +45,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     "alternatives": str,  # JSON list of the other beam hypotheses
     "model_id": str,
     "captioned_at": str,  # ISO 8601 UTC
-    "outputs": str,  # comma-separated writers that hold this caption, e.g. "index,xmp"
+    # Comma-separated writers done with this caption, e.g. "exif,index,xmp": each holds it, or
+    # does not apply to the photo (exif for a PNG); a re-run writes the others.
+    "outputs": str,
     "size": int,  # bytes
     "mtime": str,  # ISO 8601 UTC, for people
     "mtime_ns": int,  # for change detection

@@ -62,8 +62,10 @@ PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]
 SIDECAR_WRITERS = frozenset({"xmp", "index"})
 # The writers that look for a caption a person wrote (sidecar, EXIF, embedded XMP, IPTC).
 HUMAN_CAPTION_WRITERS = frozenset({"xmp", "exif"})
-# Write outcomes that mean "this output holds the caption".
-_HELD = frozenset({"written", "unchanged", "kept_human"})
+# Write outcomes after which an output needs nothing more for this caption: it holds it, or it
+# does not apply to the photo ("skipped": EXIF for a PNG or a RAW, the JPEG of a RAW+JPEG pair
+# under stem naming). A re-run retries neither; it retries "failed".
+_SETTLED = frozenset({"written", "unchanged", "kept_human", "skipped"})
 
 
 @dataclass
@@ -594,15 +596,16 @@ class _Run:
                                          mtime=mtime_iso(job.photo.mtime_ns))  # fmt: skip
         if job.moved_from is not None:  # same transaction as the row: never a half-moved row
             self.index_writer.note_move(job.moved_from, os.fspath(record.path))
-        held = {o.writer for o in outcomes if o.status in _HELD} | (job.already & self.wanted)
+        settled = {o.writer for o in outcomes if o.status in _SETTLED}
+        settled |= job.already & self.wanted
         if "index" in self.wanted:
-            held.add("index")
+            settled.add("index")
         if files.facts is not None:  # EXIF written into the photo: new size/hash
             self.index_writer.note_photo(record.path, **files.facts)
         # What was found now replaces what an earlier run found (or clears it).
         self.index_writer.note_photo(record.path, human_caption=files.human_caption,
                                      sidecar_stamp=files.sidecar_stamp)  # fmt: skip
-        self.index_writer.note_photo(record.path, outputs=",".join(sorted(held)))
+        self.index_writer.note_photo(record.path, outputs=",".join(sorted(settled)))
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(self.index_writer.write(record))
         else:
