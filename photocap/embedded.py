@@ -12,21 +12,44 @@ photocap's shadows it. IPTC is only read: photocap never writes it (an existing 
 keeps its digest valid that way; MWG readers take EXIF before IPTC in any case).
 
 A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`).
+
+:func:`read_photo_text` gathers what a file says in all these places (:class:`InFileText`):
+for the exif writer's plan, and for the look for a person's caption
+(:func:`photocap.xmp.find_human_caption`), also in TIFF, PNG, HEIC and AVIF files.
 """
 
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
+from photocap.container import (
+    APP1,
+    EXIF_HEADER,
+    IN_FILE_FORMATS,
+    MAX_PHOTO_BYTES,
+    TAG_IMAGE_DESCRIPTION,
+    TAG_XP_COMMENT,
+    Segment,
+    decode_ascii,
+    decode_xp,
+    detect_file_format,
+    detect_format,
+    exif_tiff,
+    parse_jpeg,
+    parse_webp,
+    read_tag,
+    webp_exif_tiff,
+)
 from photocap.errors import WriteError
+from photocap.safeio import read_capped
+from photocap.writers import is_blank_description
 from photocap.xmp import NS_DC, XmpDocument
 
-if TYPE_CHECKING:
-    from photocap.exif import Segment
-
-APP1, APP13 = 0xE1, 0xED
+APP13 = 0xED
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"  # standard XMP APP1 (XMP spec part 3)
 # Extended XMP parts (APP1 "http://ns.adobe.com/xmp/extension/") are other segments to us:
 # copied byte for byte; their GUID stays in the packet's xmpNote:HasExtendedXMP.
@@ -143,3 +166,115 @@ def _iim_dataset(record: bytes, wanted: tuple[int, int]) -> bytes | None:
 def xmp_description(doc: XmpDocument | None) -> str | None:
     """The x-default ``dc:description`` of an embedded packet, or None."""
     return None if doc is None else doc.get_default(NS_DC, "description")
+
+
+# --------------------------------------------------------------------------- what a file says
+
+
+@dataclass
+class InFileText:
+    """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
+    WebP), and of the look for a person's caption (those and :data:`PILLOW_TEXT_FORMATS`)."""
+
+    format: str  # "JPEG", "WebP", or one of PILLOW_TEXT_FORMATS
+    tiff: bytes | None  # the EXIF TIFF block
+    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk, ...)
+    iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
+
+    @property
+    def description(self) -> str | None:
+        """EXIF ImageDescription."""
+        return decode_ascii(read_tag(self.tiff, TAG_IMAGE_DESCRIPTION))
+
+    @property
+    def comment(self) -> str | None:
+        """EXIF XPComment."""
+        return decode_xp(read_tag(self.tiff, TAG_XP_COMMENT))
+
+    def xmp(self) -> XmpDocument | None:
+        """The embedded packet, parsed; a malformed one raises :class:`WriteError`."""
+        return None if self.packet is None else parse_packet(self.packet)
+
+    def human_caption(self, *ours: str | None, strict: bool = True) -> str | None:
+        """The first description in the file a person wrote: not blank, none of ``ours``.
+
+        A malformed embedded packet raises :class:`WriteError` (nobody can tell what it
+        says), or with ``strict=False`` counts as holding none.
+        """
+
+        # A camera that writes its own name there ("CASIO COMPUTER CO.,LTD.", "SAMSUNG SM-G960F")
+        make, model = (decode_ascii(read_tag(self.tiff, tag)) or "" for tag in (0x010F, 0x0110))
+        device = {" ".join(t.split()).casefold() for t in (make, model, f"{make} {model}") if t}
+
+        def human(text: str | None) -> bool:
+            if is_blank_description(text) or text in ours:
+                return False
+            return " ".join((text or "").split()).casefold() not in device
+
+        if human(self.description):
+            return self.description
+        try:
+            xdesc = xmp_description(self.xmp())
+        except WriteError:
+            if strict:
+                raise
+            xdesc = None
+        if human(xdesc):
+            return xdesc
+        return self.iptc_caption if human(self.iptc_caption) else None
+
+
+def read_in_file_text(data: bytes) -> InFileText:
+    """The caption-bearing parts of a JPEG's or WebP's bytes. Raises WriteError."""
+    if detect_format(data) == "WebP":
+        chunks, _ = parse_webp(data)
+        xmp = next((c.payload(data) for c in chunks if c.fourcc == b"XMP "), None)
+        return InFileText("WebP", webp_exif_tiff(data, chunks)[1], xmp, None)
+    segments, _ = parse_jpeg(data)
+    tiff = exif_tiff(data, segments)[1]
+    return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
+
+
+JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
+# Formats whose own captions (EXIF ImageDescription, XMP) Pillow reads, for the human check;
+# photocap writes none of them (their caption goes to the sidecar).
+PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
+
+
+def read_photo_text(photo: Path) -> InFileText | None:
+    """The captions a photo file holds, for JPEG, WebP and :data:`PILLOW_TEXT_FORMATS`; None
+    for other formats (camera RAW, GIF, ...). Raises WriteError when the file cannot be read."""
+    try:
+        fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
+    except OSError as err:
+        raise WriteError(f"cannot read photo: {err.strerror}") from None
+    if fmt not in IN_FILE_FORMATS + PILLOW_TEXT_FORMATS:
+        return None
+    if fmt == "JPEG":
+        # Its metadata segments come before the image data: the head of the file is enough,
+        # unless they run past it (a big ICC profile, say).
+        try:
+            with open(photo, "rb") as fh:
+                return read_in_file_text(fh.read(JPEG_HEAD_BYTES))
+        except (WriteError, OSError):
+            pass
+    if fmt in IN_FILE_FORMATS:  # a WebP's EXIF and XMP chunks come after the image data
+        return read_in_file_text(read_capped(photo, MAX_PHOTO_BYTES, "photo"))
+    from PIL import Image
+
+    from photocap.image import register_heif
+
+    try:
+        if fmt in ("HEIC", "AVIF"):
+            register_heif("HEIF" if fmt == "HEIC" else fmt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large photo's bomb warning: headers only here
+            with Image.open(photo) as img:  # reads the headers, not the pixels
+                exif = img.getexif()
+                tiff = exif.tobytes()[len(EXIF_HEADER) :] if len(exif) else None
+                packet = img.info.get("xmp") or getattr(img, "tag_v2", {}).get(700)
+    except Exception as err:  # any reader error: the caller decides what an unreadable file means
+        raise WriteError(f"cannot read the photo's metadata: {err}") from None
+    if isinstance(packet, str):
+        packet = packet.encode()
+    return InFileText(fmt, tiff, packet if isinstance(packet, bytes) else None, None)

@@ -21,18 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from photocap.errors import WriteError
-from photocap.exif import (
+from photocap.container import (
     IN_FILE_FORMATS,
     TAG_IMAGE_DESCRIPTION,
     TAG_XP_COMMENT,
-    FileEdit,
-    InFileText,
     detect_file_format,
     encode_ascii,
     encode_xp,
-    rewrite_photo,
 )
+from photocap.embedded import InFileText
+from photocap.errors import WriteError
+from photocap.exif import FileEdit, rewrite_photo
 from photocap.safeio import atomic_delete, describe_os_error, is_temp_file
 from photocap.xmp import (
     NS_DC,

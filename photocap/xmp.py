@@ -858,7 +858,7 @@ def _human_caption_in_file(photo: Path, prov: Provenance, caption: str) -> str |
     """A description a person wrote inside the photo (EXIF, XMP, IPTC), if any: JPEG, WebP,
     TIFF, PNG, HEIC, AVIF. A file that cannot be read or parsed here is left to the decoder
     to report."""
-    from photocap.exif import read_photo_text
+    from photocap.embedded import read_photo_text
 
     try:
         text = read_photo_text(photo)

@@ -482,7 +482,7 @@ def test_a_persons_caption_past_a_large_jpeg_header_is_found(tmp_path: Path) -> 
     # Only the head of a JPEG is read for the check, unless its metadata runs past it.
     from metadata_helpers import app_segment, insert_after_app, make_jpeg, xmp_packet, xmp_segment
 
-    from photocap.exif import JPEG_HEAD_BYTES
+    from photocap.embedded import JPEG_HEAD_BYTES
 
     photo = make_jpeg(tmp_path / "photo.jpg")
     filler = app_segment(0xEF, b"\0" * 65000) * (JPEG_HEAD_BYTES // 65000 + 1)

@@ -1,0 +1,394 @@
+"""The containers photocap reads and rewrites metadata in: JPEG marker segments, the EXIF TIFF
+block and its IFDs, WebP RIFF chunks; and telling a file's format from its first bytes.
+
+Parsers and low-level builders only, with no policy: what may change and how a change is
+verified lives in :mod:`photocap.exif`; what the file says about its caption in
+:mod:`photocap.embedded`. Damage raises :class:`~photocap.errors.WriteError` with one line.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from photocap.errors import WriteError
+
+TAG_IMAGE_DESCRIPTION = 0x010E
+TAG_XP_COMMENT = 0x9C9C
+TYPE_BYTE, TYPE_ASCII, TYPE_LONG, TYPE_IFD = 1, 2, 4, 13
+TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+SUB_IFD_TAGS = {0x8769, 0x8825, 0xA005, 0x014A}  # Exif, GPS, Interop, SubIFDs
+
+TYPE_SHORT, TYPE_RATIONAL = 3, 5
+NEW_IFD0_DEFAULTS: dict[int, tuple[int, bytes] | None] = {
+    0x011A: (TYPE_RATIONAL, struct.pack("<II", 72, 1)),  # XResolution
+    0x011B: (TYPE_RATIONAL, struct.pack("<II", 72, 1)),  # YResolution
+    0x0128: (TYPE_SHORT, struct.pack("<H", 2)),  # ResolutionUnit: inches
+    0x0213: (TYPE_SHORT, struct.pack("<H", 1)),  # YCbCrPositioning: centered
+}
+
+EXIF_HEADER = b"Exif\x00\x00"
+MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
+MAX_PHOTO_BYTES = 2 * 1024**3
+
+SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
+IN_FILE_FORMATS = ("JPEG", "WebP")  # formats --write exif changes in place
+
+
+# --------------------------------------------------------------------------- format sniffing
+
+
+def detect_format(data: bytes, name: str | Path | None = None) -> str:
+    """A short format name from a file's bytes (its first ones are enough) and, for RAW, its
+    name: "JPEG", "WebP", "RAW", ... as :func:`photocap.image.sniff_format` finds it."""
+    from photocap.image import SNIFF_BYTES, sniff_format
+
+    kind = sniff_format(data[:SNIFF_BYTES], name)
+    return {"WEBP": "WebP", "HEIF": "HEIC"}.get(kind, kind) if kind else "this file type"
+
+
+def detect_file_format(path: Path) -> str:
+    """:func:`detect_format` of a file, reading only its first bytes."""
+    from photocap.image import SNIFF_BYTES
+
+    with open(path, "rb") as fh:
+        return detect_format(fh.read(SNIFF_BYTES), path)
+
+
+# --------------------------------------------------------------------------- JPEG segments
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One marker segment before SOS: ``data[start:end]`` is FF, marker, length, payload."""
+
+    marker: int
+    start: int
+    end: int
+
+
+def parse_jpeg(data: bytes) -> tuple[list[Segment], int]:
+    """(segments between SOI and SOS, offset of the SOS marker). Raises WriteError."""
+    if data[:2] != b"\xff\xd8":
+        raise WriteError("not a JPEG (no SOI marker)")
+    pos, segments = 2, list[Segment]()
+    while True:
+        if pos >= len(data) or data[pos] != 0xFF:
+            raise WriteError(f"corrupt JPEG: no marker at byte {pos}")
+        start = pos
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes are allowed before a marker
+            pos += 1
+        if pos >= len(data):
+            raise WriteError("corrupt JPEG: truncated before image data")
+        marker = data[pos]
+        pos += 1
+        if marker == SOS:
+            return segments, start
+        if marker in (0x01, *range(0xD0, 0xD8)):  # TEM / RSTn: no length
+            segments.append(Segment(marker, start, pos))
+            continue
+        if marker in (SOI, 0xD9, 0x00):
+            raise WriteError(f"corrupt JPEG: unexpected marker FF{marker:02X} at byte {start}")
+        if pos + 2 > len(data):
+            raise WriteError("corrupt JPEG: truncated segment")
+        (length,) = struct.unpack(">H", data[pos : pos + 2])
+        if length < 2 or pos + length > len(data):
+            raise WriteError(f"corrupt JPEG: bad segment length at byte {start}")
+        pos += length
+        segments.append(Segment(marker, start, pos))
+
+
+def is_exif_segment(data: bytes, seg: Segment) -> bool:
+    return seg.marker == APP1 and data[seg.start + 4 : seg.start + 10] == EXIF_HEADER
+
+
+def exif_tiff(data: bytes, segments: list[Segment]) -> tuple[int | None, bytes | None]:
+    """(index of the first Exif APP1 segment, its TIFF block) or (None, None)."""
+    for i, seg in enumerate(segments):
+        if is_exif_segment(data, seg):
+            return i, data[seg.start + 10 : seg.end]
+    return None, None
+
+
+def mpf_images(data: bytes, segments: list[Segment]) -> list[tuple[int, int]]:
+    """(start, end) in ``data`` of each extra image a Multi-Picture index points to.
+
+    A Multi-Picture APP2 segment ("MPF") lists the images stored after the primary one's EOI
+    (a stereo pair's second view, a depth map, an Ultra HDR gain map), by offsets counted from
+    the segment itself. Resizing a segment that comes *before* it leaves them in place; one
+    *after* it moves them away from the index. Entries that do not already point at a JPEG are
+    left out: a broken index is not ours to judge.
+    """
+    spans: list[tuple[int, int]] = []
+    for seg in segments:
+        if seg.marker != 0xE2 or data[seg.start + 4 : seg.start + 8] != b"MPF\x00":
+            continue
+        base = seg.start + 8  # the MP Endian field: offsets count from here
+        try:
+            tiff = Tiff(data[base : seg.end])
+            entries, _ = tiff.read_ifd(tiff.ifd0)
+            table = next((tiff.value(e) for e in entries if e.tag == 0xB002), b"")
+        except WriteError:
+            continue
+        for i in range(1, len(table) // 16):  # entry 0 is the primary image (offset 0)
+            size, offset = struct.unpack(tiff.end + "II", table[16 * i + 4 : 16 * i + 12])
+            start = base + offset
+            is_jpeg = data[start : start + 2] == b"\xff\xd8"
+            if offset and size and start + size <= len(data) and is_jpeg:
+                spans.append((start, start + size))
+    return spans
+
+
+# --------------------------------------------------------------------------- TIFF / IFDs
+
+
+@dataclass(frozen=True)
+class Entry:
+    tag: int
+    type: int
+    count: int
+    raw: bytes  # the 4-byte value/offset field, as stored
+
+    def size(self) -> int:
+        return TYPE_SIZES.get(self.type, 1) * self.count
+
+
+class Tiff:
+    """Read-only view of an EXIF TIFF block (either byte order), bounds-checked."""
+
+    def __init__(self, data: bytes) -> None:
+        if data[:4] == b"II*\x00":
+            self.end = "<"
+        elif data[:4] == b"MM\x00*":
+            self.end = ">"
+        else:
+            raise WriteError("corrupt EXIF: bad TIFF header")
+        self.data = data
+        self.ifd0 = self.u32(4)
+
+    def u16(self, off: int) -> int:
+        if off + 2 > len(self.data):
+            raise WriteError("corrupt EXIF: offset out of range")
+        return int(struct.unpack(self.end + "H", self.data[off : off + 2])[0])
+
+    def u32(self, off: int) -> int:
+        if off + 4 > len(self.data):
+            raise WriteError("corrupt EXIF: offset out of range")
+        return int(struct.unpack(self.end + "I", self.data[off : off + 4])[0])
+
+    def read_ifd(self, off: int) -> tuple[list[Entry], int]:
+        """(entries, offset of the next IFD or 0)."""
+        n = self.u16(off)
+        if off + 2 + 12 * n + 4 > len(self.data):
+            raise WriteError("corrupt EXIF: IFD runs past the end")
+        entries = []
+        for i in range(n):
+            p = off + 2 + 12 * i
+            tag, typ, count = struct.unpack(self.end + "HHI", self.data[p : p + 8])
+            entries.append(Entry(tag, typ, count, self.data[p + 8 : p + 12]))
+        return entries, self.u32(off + 2 + 12 * n)
+
+    def value(self, entry: Entry) -> bytes:
+        size = entry.size()
+        if size <= 4:
+            return entry.raw[:size]
+        off = int(struct.unpack(self.end + "I", entry.raw)[0])
+        if off + size > len(self.data):
+            raise WriteError("corrupt EXIF: value out of range")
+        return self.data[off : off + size]
+
+    def longs(self, entry: Entry) -> list[int]:
+        raw = self.value(entry)
+        return [int(v) for v in struct.unpack(f"{self.end}{len(raw) // 4}I", raw)]
+
+    def ifd0_entries(self) -> list[Entry]:
+        return self.read_ifd(self.ifd0)[0] if self.ifd0 else []
+
+    def references(self, skip_ifd0_tags: set[int]) -> list[tuple[int, int]]:
+        """(start, end) of everything in the block something points to, except IFD0 itself
+        and the out-of-line data of ``skip_ifd0_tags``. LONG values that might be pointers
+        to unknown structures count as zero-length references (conservative)."""
+        refs: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        queue = [(self.ifd0, True)] if self.ifd0 else []
+        while queue:
+            off, is_ifd0 = queue.pop()
+            if off in seen or off == 0 or len(seen) > 64:
+                continue
+            seen.add(off)
+            entries, nxt = self.read_ifd(off)
+            if not is_ifd0:
+                refs.append((off, off + 2 + 12 * len(entries) + 4))
+            for e in entries:
+                if is_ifd0 and e.tag in skip_ifd0_tags:
+                    continue
+                if e.size() > 4:
+                    start = int(struct.unpack(self.end + "I", e.raw)[0])
+                    refs.append((start, start + e.size()))
+                if e.type in (TYPE_LONG, TYPE_IFD) and e.count <= 4096:
+                    values = self.longs(e)
+                    refs.extend((v, v) for v in values)
+                    if e.tag in SUB_IFD_TAGS:
+                        queue.extend((v, False) for v in values)
+            if nxt and is_ifd0:  # IFD1 (thumbnail). Sub-IFD "next" fields are often junk.
+                refs.append((nxt, nxt))
+                queue.append((nxt, False))
+        return refs
+
+
+def read_tag(tiff: bytes | None, tag: int) -> bytes | None:
+    """The raw value of an IFD0 tag, or None."""
+    if not tiff:
+        return None
+    t = Tiff(tiff)
+    for e in t.ifd0_entries():
+        if e.tag == tag:
+            return t.value(e)
+    return None
+
+
+def decode_ascii(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.split(b"\x00", 1)[0].decode("utf-8", errors="replace").strip()
+
+
+def decode_xp(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) % 2:
+        raw = raw[:-1]
+    return raw.decode("utf-16-le", errors="replace").split("\x00", 1)[0].strip()
+
+
+def encode_ascii(text: str) -> tuple[int, bytes]:
+    return TYPE_ASCII, text.encode("utf-8") + b"\x00"
+
+
+def encode_xp(text: str) -> tuple[int, bytes]:
+    return TYPE_BYTE, text.encode("utf-16-le") + b"\x00\x00"
+
+
+def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
+    """A new TIFF block: the old one byte for byte plus a new IFD0 with ``updates`` applied.
+
+    ``updates`` maps tag -> (type, value bytes), or None to remove the tag. Old IFD0 entries are
+    copied verbatim (their offsets still point into the unchanged old bytes).
+    """
+    if tiff is None:
+        tiff = b"II*\x00\x00\x00\x00\x00"  # empty little-endian TIFF, IFD0 comes next
+    t = Tiff(tiff)
+    entries, next_ifd = t.read_ifd(t.ifd0) if t.ifd0 else ([], 0)
+    base = tiff
+    # If the old IFD0 is at the very end and nothing else points into it (photocap appended
+    # it last time), cut it off instead of leaving it behind as dead bytes.
+    if t.ifd0 >= 8:
+        try:
+            refs = t.references(skip_ifd0_tags=set(updates))
+        except WriteError:  # something odd in other IFDs: do not risk cutting anything
+            refs = [(len(tiff), len(tiff))]
+        own_kept = [e for e in entries if e.tag not in updates and e.size() > 4]
+        if all(s < t.ifd0 and end <= t.ifd0 for s, end in refs) and not any(
+            int(struct.unpack(t.end + "I", e.raw)[0]) >= t.ifd0 for e in own_kept
+        ):
+            base = tiff[: t.ifd0]
+    e_ = t.end
+    kept = [e for e in entries if e.tag not in updates]
+    new_values = {tag: v for tag, v in updates.items() if v is not None}
+    count = len(kept) + len(new_values)
+    out = bytearray(base)
+    if len(out) % 2:
+        out += b"\x00"  # TIFF offsets are word-aligned
+    ifd_off = len(out)
+    data_off = ifd_off + 2 + 12 * count + 4
+    table: list[tuple[int, bytes]] = [
+        (e.tag, struct.pack(e_ + "HHI", e.tag, e.type, e.count) + e.raw) for e in kept
+    ]
+    blobs = bytearray()
+    for tag, (typ, value) in sorted(new_values.items()):
+        n = len(value) // TYPE_SIZES[typ]
+        if len(value) <= 4:
+            field = value.ljust(4, b"\x00")
+        else:
+            field = struct.pack(e_ + "I", data_off + len(blobs))
+            blobs += value
+            if len(blobs) % 2:
+                blobs += b"\x00"
+        table.append((tag, struct.pack(e_ + "HHI", tag, typ, n) + field))
+    table.sort(key=lambda item: item[0])  # TIFF: entries in ascending tag order
+    out += struct.pack(e_ + "H", count)
+    for _, raw in table:
+        out += raw
+    out += struct.pack(e_ + "I", next_ifd)
+    out += blobs
+    out[4:8] = struct.pack(e_ + "I", ifd_off)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- WebP chunks
+
+VP8X_XMP, VP8X_EXIF, VP8X_ALPHA = 0x04, 0x08, 0x10
+# Chunks that come before EXIF in an extended WebP (container spec order); EXIF goes after
+# the last of them, so XMP and unknown chunks stay after it.
+WEBP_BEFORE_EXIF = {b"VP8X", b"ICCP", b"ANIM", b"ANMF", b"ALPH", b"VP8 ", b"VP8L"}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One RIFF chunk: ``data[start:end]`` is FourCC, size, payload and the pad byte."""
+
+    fourcc: bytes
+    start: int
+    end: int
+    size: int  # payload bytes
+
+    def payload(self, data: bytes) -> bytes:
+        return data[self.start + 8 : self.start + 8 + self.size]
+
+
+def parse_webp(data: bytes) -> tuple[list[Chunk], int]:
+    """(chunks of the RIFF ``WEBP`` form, offset where the RIFF data ends). Raises WriteError."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise WriteError("not a WebP (no RIFF WEBP header)")
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    end = 8 + riff_size
+    if end > len(data):
+        raise WriteError("corrupt WebP: truncated")
+    pos, chunks = 12, list[Chunk]()
+    while pos < end:
+        if pos + 8 > end:
+            raise WriteError(f"corrupt WebP: truncated chunk header at byte {pos}")
+        fourcc = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if pos + 8 + size > end:
+            raise WriteError(f"corrupt WebP: chunk {fourcc!r} runs past the end")
+        stop = min(pos + 8 + size + (size & 1), end)
+        chunks.append(Chunk(fourcc, pos, stop, size))
+        pos = stop
+    if not chunks:
+        raise WriteError("corrupt WebP: no chunks")
+    return chunks, end
+
+
+def webp_exif_tiff(data: bytes, chunks: list[Chunk]) -> tuple[int | None, bytes | None, bool]:
+    """(index of the EXIF chunk, its TIFF block, whether it carried an "Exif\\0\\0" prefix)."""
+    for i, chunk in enumerate(chunks):
+        if chunk.fourcc == b"EXIF":
+            payload = chunk.payload(data)
+            if payload.startswith(EXIF_HEADER):  # some writers add the JPEG-style prefix
+                return i, payload[len(EXIF_HEADER) :], True
+            return i, payload, False
+    return None, None, False
+
+
+def webp_canvas(data: bytes, chunk: Chunk) -> tuple[int, int, bool]:
+    """(width, height, has alpha) from a simple WebP's VP8 / VP8L bitstream header."""
+    payload = chunk.payload(data)
+    if chunk.fourcc == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", payload[6:10])
+        return width & 0x3FFF, height & 0x3FFF, False
+    if chunk.fourcc == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+        (bits,) = struct.unpack("<I", payload[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1)
+    raise WriteError("unusual WebP bitstream header; not written")
