@@ -11,10 +11,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from photocap.errors import WriteError
 
 TAG_IMAGE_DESCRIPTION = 0x010E
+TAG_MAKE, TAG_MODEL = 0x010F, 0x0110
+TAG_XMP = 0x02BC  # the XMP packet of a TIFF file (700)
 TAG_XP_COMMENT = 0x9C9C
 TYPE_BYTE, TYPE_ASCII, TYPE_LONG, TYPE_IFD = 1, 2, 4, 13
 TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
@@ -246,6 +249,50 @@ def read_tag(tiff: bytes | None, tag: int) -> bytes | None:
         if e.tag == tag:
             return t.value(e)
     return None
+
+
+# A camera RAW that is TIFF inside: TIFF (DNG, NEF, CR2, ARW, PEF, ...), Olympus ORF ("IIRO",
+# "IIRS", "MMOR") and Panasonic RW2 ("IIU\0") headers; IFD0 offset at byte 4 in all of them.
+TIFF_FILE_HEADERS = (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
+TYPES_OF_BYTES = (TYPE_BYTE, TYPE_ASCII, 7)  # BYTE, ASCII, UNDEFINED: no byte order inside
+MAX_TIFF_FILE_VALUE = 4 * 1024 * 1024  # an XMP packet of a DNG is KBs
+
+
+def read_tiff_file_tags(fh: BinaryIO, tags: set[int]) -> dict[int, tuple[int, bytes]] | None:
+    """IFD0's ``tags`` of a TIFF-structured file open at ``fh``, as {tag: (type, value bytes)},
+    for byte-typed values only (text, XMP); None when the file is not TIFF inside.
+
+    Reads by seeking, not the whole file: a camera RAW is tens of MB, and its IFD0 and values
+    can be anywhere in it (Adobe appends a DNG's updated XMP at the end). Damage raises
+    :class:`WriteError`.
+    """
+    fh.seek(0)
+    header = fh.read(8)
+    if len(header) < 8 or header[:4] not in TIFF_FILE_HEADERS:
+        return None
+    end = "<" if header[:2] == b"II" else ">"
+
+    def read_at(offset: int, size: int) -> bytes:
+        fh.seek(offset)
+        data = fh.read(size)
+        if len(data) != size:
+            raise WriteError("corrupt TIFF: offset out of range")
+        return data
+
+    (ifd0,) = struct.unpack(end + "I", header[4:8])
+    (count,) = struct.unpack(end + "H", read_at(ifd0, 2))
+    table = read_at(ifd0 + 2, 12 * count)
+    found: dict[int, tuple[int, bytes]] = {}
+    for i in range(0, len(table), 12):
+        tag, typ, n = struct.unpack(end + "HHI", table[i : i + 8])
+        if tag not in tags or typ not in TYPES_OF_BYTES or tag in found:
+            continue
+        if n > MAX_TIFF_FILE_VALUE:
+            raise WriteError(f"TIFF tag {tag} too large ({n} bytes)")
+        field = table[i + 8 : i + 12]  # the value itself, or its offset when over 4 bytes
+        (offset,) = struct.unpack(end + "I", field)
+        found[tag] = (typ, field[:n] if n <= 4 else read_at(offset, n))
+    return found
 
 
 def decode_ascii(raw: bytes | None) -> str | None:

@@ -32,6 +32,9 @@ from photocap.container import (
     IN_FILE_FORMATS,
     MAX_PHOTO_BYTES,
     TAG_IMAGE_DESCRIPTION,
+    TAG_MAKE,
+    TAG_MODEL,
+    TAG_XMP,
     TAG_XP_COMMENT,
     Segment,
     decode_ascii,
@@ -42,6 +45,8 @@ from photocap.container import (
     parse_jpeg,
     parse_webp,
     read_tag,
+    read_tiff_file_tags,
+    set_ifd0_tags,
     webp_exif_tiff,
 )
 from photocap.errors import WriteError
@@ -176,7 +181,7 @@ class InFileText:
     """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
     WebP), and of the look for a person's caption (those and :data:`PILLOW_TEXT_FORMATS`)."""
 
-    format: str  # "JPEG", "WebP", or one of PILLOW_TEXT_FORMATS
+    format: str  # "JPEG", "WebP", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
     packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
@@ -203,7 +208,7 @@ class InFileText:
         """
 
         # A camera that writes its own name there ("CASIO COMPUTER CO.,LTD.", "SAMSUNG SM-G960F")
-        make, model = (decode_ascii(read_tag(self.tiff, tag)) or "" for tag in (0x010F, 0x0110))
+        make, model = (decode_ascii(read_tag(self.tiff, t)) or "" for t in (TAG_MAKE, TAG_MODEL))
         device = {" ".join(t.split()).casefold() for t in (make, model, f"{make} {model}") if t}
 
         def human(text: str | None) -> bool:
@@ -242,10 +247,13 @@ PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
 
 
 def read_photo_text(photo: Path) -> InFileText | None:
-    """The captions a photo file holds, for JPEG, WebP and :data:`PILLOW_TEXT_FORMATS`; None
-    for other formats (camera RAW, GIF, ...). Raises WriteError when the file cannot be read."""
+    """The captions a photo file holds, for JPEG, WebP, :data:`PILLOW_TEXT_FORMATS` and camera
+    RAW files that are TIFF inside; None for other formats (CR3, RAF, GIF, ...). Raises
+    WriteError when the file cannot be read."""
     try:
         fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
+        if fmt == "RAW":
+            return _read_raw_text(photo)
     except OSError as err:
         raise WriteError(f"cannot read photo: {err.strerror}") from None
     if fmt not in IN_FILE_FORMATS + PILLOW_TEXT_FORMATS:
@@ -278,3 +286,25 @@ def read_photo_text(photo: Path) -> InFileText | None:
     if isinstance(packet, str):
         packet = packet.encode()
     return InFileText(fmt, tiff, packet if isinstance(packet, bytes) else None, None)
+
+
+# What a RAW's IFD0 may say about its caption: ImageDescription, Make and Model (a camera's own
+# name there is not a caption), XPComment, and the XMP packet.
+_RAW_TEXT_TAGS = {TAG_IMAGE_DESCRIPTION, TAG_MAKE, TAG_MODEL, TAG_XP_COMMENT, TAG_XMP}
+
+
+def _read_raw_text(photo: Path) -> InFileText | None:
+    """The texts in a camera RAW's IFD0 when it is TIFF inside (DNG, NEF, CR2, ARW, ORF, ...).
+
+    Lightroom writes a DNG's caption into the file's XMP packet (tag 700), not a sidecar; a
+    sidecar caption of photocap's would hide it in apps that read sidecars first. Only what
+    is asked is read, by seeking (:func:`photocap.container.read_tiff_file_tags`).
+    """
+    with open(photo, "rb") as fh:
+        values = read_tiff_file_tags(fh, _RAW_TEXT_TAGS)
+    if values is None:
+        return None
+    packet = values.pop(TAG_XMP, (0, None))[1]
+    # The texts as a small TIFF block of their own, which InFileText reads like any EXIF.
+    texts = set_ifd0_tags(None, dict(values)) if values else None
+    return InFileText("RAW", texts, packet, None)

@@ -48,10 +48,11 @@ def make_dng(
     taken: str | None = None,
     sensor: tuple[int, int] = (128, 96),
     picture: Image.Image | None = None,
+    ifd0: list[Tag] | None = None,
 ) -> Path:
     """A DNG with a ``preview``-sized JPEG of one ``colour`` (or of ``picture``; or none: IFD0
     is then the sensor data itself), EXIF ``orientation``, DateTime ``taken`` ("YYYY:MM:DD
-    HH:MM:SS") and ``sensor``-sized 16-bit sensor data."""
+    HH:MM:SS"), ``sensor``-sized 16-bit sensor data and more ``ifd0`` tags (a caption)."""
     width, height = sensor
     cfa = b"\xe8\x03" * (width * height)  # 1000 in every photosite
     jpeg = b""
@@ -70,6 +71,7 @@ def make_dng(
     ]  # fmt: skip
     if taken:
         camera.append((306, 2, taken))
+    camera += ifd0 or []
     sensor_tags: list[Tag] = [
         (254, 4, [0]), (256, 4, [width]), (257, 4, [height]), (258, 3, [16]), (259, 3, [1]),
         (262, 3, [32803]), (273, 4, [cfa_at]), (277, 3, [1]), (278, 4, [height]),

@@ -490,3 +490,27 @@ def test_a_persons_caption_past_a_large_jpeg_header_is_found(tmp_path: Path) -> 
     photo.write_bytes(data)
     assert data.index(b"Oma in Kassel") > JPEG_HEAD_BYTES
     assert find_human_caption(photo) == "Oma in Kassel"
+
+
+def test_a_persons_caption_inside_a_raw_file_is_respected(tmp_path: Path) -> None:
+    # Lightroom writes a DNG's caption into the file's XMP packet (TIFF tag 700), often
+    # appended at the end of the file, and never into a sidecar. The sidecar photocap writes
+    # must not hide it from apps that read sidecars first (darktable, digiKam).
+    from metadata_helpers import xmp_packet
+    from raw_helpers import make_dng
+
+    packet = xmp_packet("Oma in Kassel")
+    photo = make_dng(tmp_path / "IMG_0001.DNG", sensor=(256, 256), ifd0=[(700, 1, list(packet))])
+    assert photo.read_bytes().index(b"Oma in Kassel") > 128 * 1024  # past IFD0's 8-byte pointer
+    outcome = XmpWriter(WriteOptions()).write(record(photo, "A dog runs."))
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
+    # A person's caption in ImageDescription.
+    nef = make_dng(tmp_path / "DSC_0001.NEF", ifd0=[(270, 2, "Grandpa's 80th")])
+    data = nef.read_bytes()
+    assert find_human_caption(nef) == "Grandpa's 80th"
+    # A camera's own text there (its maker, a device default) is no caption: ours is written.
+    for junk in ("Canon", "OLYMPUS DIGITAL CAMERA"):
+        other = make_dng(tmp_path / f"{junk[:3]}.ORF", ifd0=[(270, 2, junk)])
+        assert find_human_caption(other) is None
+        assert XmpWriter(WriteOptions()).write(record(other, "A dog runs.")).status == "written"
+    assert nef.read_bytes() == data  # read, never written
