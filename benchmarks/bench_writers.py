@@ -18,6 +18,8 @@ common case). Run twice: the first run warms the page cache, as a caption run's 
 
     python benchmarks/make_library.py /tmp/lib --count 48
     python benchmarks/bench_writers.py /tmp/lib
+    python benchmarks/make_library.py /tmp/scans --count 0 --tiff 6    # film scans, TIFF
+    python benchmarks/bench_writers.py /tmp/scans --pattern '*.tif'
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def _time(photos: list[Path], fn: Callable[[Path], object]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("library", type=Path, help="a folder of JPEGs (make_library.py)")
+    parser.add_argument("--pattern", default="*.jpg", help="which photos (default *.jpg)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    sources = sorted(p for p in args.library.rglob("*.jpg"))
+    sources = sorted(p for p in args.library.rglob(args.pattern))
     if not sources:
-        sys.exit(f"no JPEGs in {args.library}")
+        sys.exit(f"no {args.pattern} in {args.library}")
     caption = "A dog runs through the grass."
 
     def record(photo: Path) -> CaptionRecord:
@@ -68,7 +71,7 @@ def main() -> None:
         for name in ("read", "check", "xmp", "exif"):
             work = Path(tmp) / name
             shutil.copytree(args.library, work)
-            photos = sorted(work.rglob("*.jpg"))
+            photos = sorted(work.rglob(args.pattern))
             for p in photos:  # warm the page cache, as the decoder does before any writer
                 p.read_bytes()
             if name == "read":

@@ -13,8 +13,9 @@ entropy (Huffman) decoding, whose cost grows with the number of bytes, so an ups
 * every third photo stored rotated (pixels turned 90 degrees) with EXIF Orientation 6, as phones
   do, so the reader must rotate it back.
 
-``--png`` / ``--heic`` add a few screenshots (PNG, 1920x1080) and iPhone-style HEIC photos
-(pillow-heif; 1008x756, since x265 needs ~20 s for 12 MP). ``--size 640x480`` makes small, cheap
+``--png`` / ``--heic`` / ``--tiff`` add a few screenshots (PNG, 1920x1080), iPhone-style HEIC
+photos (pillow-heif; 1008x756, since x265 needs ~20 s for 12 MP) and film scans as archivists
+keep them (TIFF, LZW, 8-bit RGB at ``--size``: ~30 MB each). ``--size 640x480`` makes small, cheap
 files for runs where decode cost does not matter (re-runs, memory with 10,000 photos).
 
     python benchmarks/make_library.py /tmp/lib --count 100            # 100 camera JPEGs
@@ -96,7 +97,7 @@ def base_frames(sources: Path, size: tuple[int, int], count: int) -> list[np.nda
 def generate(
     out: Path, count: int, size: tuple[int, int] = (4032, 3024), quality: int = 92,
     noise: float = 7.0, png: int = 0, heic: int = 0, seed: int = 0, sources: Path | None = None,
-    frames: int = 6, jobs: int = 1,
+    frames: int = 6, jobs: int = 1, tiff: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Write the library into ``out``; returns a summary (counts, bytes, seconds).
 
@@ -120,14 +121,17 @@ def generate(
         parts = [_write_range(t) for t in tasks]
     total_bytes = sum(p[0] for p in parts)
     rotated = sum(p[1] for p in parts)
-    first = base_frames(src, size, 1)[0] if png or heic else None
-    extras = _extras(out, first, png, heic, quality) if first is not None else {"png": 0, "heic": 0}
+    first = base_frames(src, size, 1)[0] if png or heic or tiff else None
+    extras = {"png": 0, "heic": 0, "tiff": 0}
+    if first is not None:
+        extras = _extras(out, first, png, heic, quality, tiff, noise)
     w, h = size
     return {
         "folder": str(out), "jpegs": count, "size": f"{w}x{h}", "quality": quality,
         "noise_sigma": noise, "rotated_exif6": rotated, "mean_jpeg_mb": round(
             total_bytes / max(count, 1) / 1e6, 2), "png": extras["png"], "heic": extras["heic"],
-        "seconds": round(time.perf_counter() - started, 1), "sources": str(src),
+        "tiff": extras["tiff"], "seconds": round(time.perf_counter() - started, 1),
+        "sources": str(src),
     }  # fmt: skip
 
 
@@ -161,10 +165,21 @@ def _write_range(task: tuple[Any, ...]) -> tuple[int, int]:
     return total_bytes, rotated
 
 
-def _extras(out: Path, frame: np.ndarray, png: int, heic: int, quality: int) -> dict[str, int]:
-    """A few PNG screenshots and HEIC photos (1008x756: x265 encoding 12 MP takes ~20 s)."""
-    made = {"png": 0, "heic": 0}
+def _extras(
+    out: Path, frame: np.ndarray, png: int, heic: int, quality: int, tiff: int = 0,
+    noise: float = 0.0,
+) -> dict[str, int]:  # fmt: skip
+    """A few PNG screenshots, HEIC photos (1008x756: x265 encoding 12 MP takes ~20 s) and
+    film scans (TIFF, LZW, grain like the JPEGs' noise, a scanner's Make/Model)."""
+    made = {"png": 0, "heic": 0, "tiff": 0}
     base = Image.fromarray(frame)
+    rng = np.random.default_rng(1)
+    for i in range(tiff):
+        grain = rng.normal(0.0, noise, frame.shape)
+        scan = Image.fromarray(np.clip(frame + grain, 0, 255).astype(np.uint8))
+        info = {271: "ScanCo", 272: "FilmScan 9", 305: "ScanSoft 2.0"}
+        scan.save(out / f"Scan_{i:03d}.tif", "TIFF", compression="tiff_lzw", tiffinfo=info)
+        made["tiff"] += 1
     for i in range(png):
         shot = base.resize((1920, 1080), Image.Resampling.BILINEAR)
         shot.save(out / f"Screenshot_{i:03d}.png", optimize=False)
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise", type=float, default=7.0, help="sensor noise sigma (0-255)")
     parser.add_argument("--png", type=int, default=0, help="PNG screenshots to add")
     parser.add_argument("--heic", type=int, default=0, help="HEIC photos to add (pillow-heif)")
+    parser.add_argument("--tiff", type=int, default=0, help="TIFF film scans to add")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--frames", type=int, default=6, help="distinct source photos to reuse")
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     summary = generate(
         args.out, args.count, parse_size(args.size), args.quality, args.noise, args.png,
-        args.heic, args.seed, args.sources, args.frames, args.jobs,
+        args.heic, args.seed, args.sources, args.frames, args.jobs, args.tiff,
     )  # fmt: skip
     print(json.dumps(summary))
 

@@ -36,7 +36,7 @@ MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
 MAX_PHOTO_BYTES = 2 * 1024**3
 
 SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
-IN_FILE_FORMATS = ("JPEG", "WebP")  # formats --write exif changes in place
+IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF")  # formats --write exif changes in place
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -158,33 +158,35 @@ class Entry:
 
 
 class Tiff:
-    """Read-only view of an EXIF TIFF block (either byte order), bounds-checked."""
+    """Read-only view of a TIFF block (either byte order), bounds-checked: an EXIF block, or a
+    whole TIFF file (``what`` names it in errors)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, what: str = "EXIF") -> None:
+        self.what = what
         if data[:4] == b"II*\x00":
             self.end = "<"
         elif data[:4] == b"MM\x00*":
             self.end = ">"
         else:
-            raise WriteError("corrupt EXIF: bad TIFF header")
+            raise WriteError(f"corrupt {what}: bad TIFF header")
         self.data = data
         self.ifd0 = self.u32(4)
 
     def u16(self, off: int) -> int:
         if off + 2 > len(self.data):
-            raise WriteError("corrupt EXIF: offset out of range")
+            raise WriteError(f"corrupt {self.what}: offset out of range")
         return int(struct.unpack(self.end + "H", self.data[off : off + 2])[0])
 
     def u32(self, off: int) -> int:
         if off + 4 > len(self.data):
-            raise WriteError("corrupt EXIF: offset out of range")
+            raise WriteError(f"corrupt {self.what}: offset out of range")
         return int(struct.unpack(self.end + "I", self.data[off : off + 4])[0])
 
     def read_ifd(self, off: int) -> tuple[list[Entry], int]:
         """(entries, offset of the next IFD or 0)."""
         n = self.u16(off)
         if off + 2 + 12 * n + 4 > len(self.data):
-            raise WriteError("corrupt EXIF: IFD runs past the end")
+            raise WriteError(f"corrupt {self.what}: IFD runs past the end")
         entries = []
         for i in range(n):
             p = off + 2 + 12 * i
@@ -198,7 +200,7 @@ class Tiff:
             return entry.raw[:size]
         off = int(struct.unpack(self.end + "I", entry.raw)[0])
         if off + size > len(self.data):
-            raise WriteError("corrupt EXIF: value out of range")
+            raise WriteError(f"corrupt {self.what}: value out of range")
         return self.data[off : off + size]
 
     def longs(self, entry: Entry) -> list[int]:
@@ -240,11 +242,11 @@ class Tiff:
         return refs
 
 
-def read_tag(tiff: bytes | None, tag: int) -> bytes | None:
+def read_tag(tiff: bytes | None, tag: int, what: str = "EXIF") -> bytes | None:
     """The raw value of an IFD0 tag, or None."""
     if not tiff:
         return None
-    t = Tiff(tiff)
+    t = Tiff(tiff, what)
     for e in t.ifd0_entries():
         if e.tag == tag:
             return t.value(e)
@@ -317,7 +319,9 @@ def encode_xp(text: str) -> tuple[int, bytes]:
     return TYPE_BYTE, text.encode("utf-16-le") + b"\x00\x00"
 
 
-def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | None]) -> bytes:
+def set_ifd0_tags(
+    tiff: bytes | None, updates: dict[int, tuple[int, bytes] | None], what: str = "EXIF"
+) -> bytes:
     """A new TIFF block: the old one byte for byte plus a new IFD0 with ``updates`` applied.
 
     ``updates`` maps tag -> (type, value bytes), or None to remove the tag. Old IFD0 entries are
@@ -325,7 +329,7 @@ def set_ifd0_tags(tiff: bytes | None, updates: dict[int, tuple[int, bytes] | Non
     """
     if tiff is None:
         tiff = b"II*\x00\x00\x00\x00\x00"  # empty little-endian TIFF, IFD0 comes next
-    t = Tiff(tiff)
+    t = Tiff(tiff, what)
     entries, next_ifd = t.read_ifd(t.ifd0) if t.ifd0 else ([], 0)
     base = tiff
     # If the old IFD0 is at the very end and nothing else points into it (photocap appended

@@ -29,7 +29,6 @@ from pathlib import Path
 from photocap.container import (
     APP1,
     EXIF_HEADER,
-    IN_FILE_FORMATS,
     MAX_PHOTO_BYTES,
     TAG_IMAGE_DESCRIPTION,
     TAG_MAKE,
@@ -181,7 +180,7 @@ class InFileText:
     """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
     WebP), and of the look for a person's caption (those and :data:`PILLOW_TEXT_FORMATS`)."""
 
-    format: str  # "JPEG", "WebP", "RAW" or one of PILLOW_TEXT_FORMATS
+    format: str  # "JPEG", "WebP", "TIFF", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
     packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
@@ -230,8 +229,11 @@ class InFileText:
 
 
 def read_in_file_text(data: bytes) -> InFileText:
-    """The caption-bearing parts of a JPEG's or WebP's bytes. Raises WriteError."""
-    if detect_format(data) == "WebP":
+    """The caption-bearing parts of a JPEG's, WebP's or TIFF's bytes. Raises WriteError."""
+    fmt = detect_format(data)
+    if fmt == "TIFF":  # the file is one TIFF block; its XMP packet is IFD0's tag 700
+        return InFileText("TIFF", data, read_tag(data, TAG_XMP, "TIFF"), None)
+    if fmt == "WebP":
         chunks, _ = parse_webp(data)
         xmp = next((c.payload(data) for c in chunks if c.fourcc == b"XMP "), None)
         return InFileText("WebP", webp_exif_tiff(data, chunks)[1], xmp, None)
@@ -243,20 +245,20 @@ def read_in_file_text(data: bytes) -> InFileText:
 JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
 # Formats whose own captions (EXIF ImageDescription, XMP) Pillow reads, for the human check;
 # photocap writes none of them (their caption goes to the sidecar).
-PILLOW_TEXT_FORMATS = ("TIFF", "PNG", "HEIC", "AVIF")
+PILLOW_TEXT_FORMATS = ("PNG", "HEIC", "AVIF")
 
 
 def read_photo_text(photo: Path) -> InFileText | None:
-    """The captions a photo file holds, for JPEG, WebP, :data:`PILLOW_TEXT_FORMATS` and camera
-    RAW files that are TIFF inside; None for other formats (CR3, RAF, GIF, ...). Raises
+    """The captions a photo file holds, for JPEG, WebP, TIFF, :data:`PILLOW_TEXT_FORMATS` and
+    camera RAW files that are TIFF inside; None for other formats (CR3, RAF, GIF, ...). Raises
     WriteError when the file cannot be read."""
     try:
         fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
-        if fmt == "RAW":
-            return _read_raw_text(photo)
+        if fmt in ("TIFF", "RAW"):
+            return _read_tiff_text(photo, fmt)
     except OSError as err:
         raise WriteError(f"cannot read photo: {err.strerror}") from None
-    if fmt not in IN_FILE_FORMATS + PILLOW_TEXT_FORMATS:
+    if fmt not in ("JPEG", "WebP", *PILLOW_TEXT_FORMATS):
         return None
     if fmt == "JPEG":
         # Its metadata segments come before the image data: the head of the file is enough,
@@ -266,7 +268,7 @@ def read_photo_text(photo: Path) -> InFileText | None:
                 return read_in_file_text(fh.read(JPEG_HEAD_BYTES))
         except (WriteError, OSError):
             pass
-    if fmt in IN_FILE_FORMATS:  # a WebP's EXIF and XMP chunks come after the image data
+    if fmt == "WebP":  # its EXIF and XMP chunks come after the image data
         return read_in_file_text(read_capped(photo, MAX_PHOTO_BYTES, "photo"))
     from PIL import Image
 
@@ -288,23 +290,25 @@ def read_photo_text(photo: Path) -> InFileText | None:
     return InFileText(fmt, tiff, packet if isinstance(packet, bytes) else None, None)
 
 
-# What a RAW's IFD0 may say about its caption: ImageDescription, Make and Model (a camera's own
-# name there is not a caption), XPComment, and the XMP packet.
-_RAW_TEXT_TAGS = {TAG_IMAGE_DESCRIPTION, TAG_MAKE, TAG_MODEL, TAG_XP_COMMENT, TAG_XMP}
+# What a TIFF's IFD0 may say about its caption: ImageDescription, Make and Model (a camera's
+# own name there is not a caption), XPComment, and the XMP packet.
+_TIFF_TEXT_TAGS = {TAG_IMAGE_DESCRIPTION, TAG_MAKE, TAG_MODEL, TAG_XP_COMMENT, TAG_XMP}
 
 
-def _read_raw_text(photo: Path) -> InFileText | None:
-    """The texts in a camera RAW's IFD0 when it is TIFF inside (DNG, NEF, CR2, ARW, ORF, ...).
+def _read_tiff_text(photo: Path, fmt: str) -> InFileText | None:
+    """The texts in the IFD0 of a TIFF, or of a camera RAW that is TIFF inside (DNG, NEF, CR2,
+    ARW, ORF, ...); None for a RAW that is not.
 
-    Lightroom writes a DNG's caption into the file's XMP packet (tag 700), not a sidecar; a
-    sidecar caption of photocap's would hide it in apps that read sidecars first. Only what
-    is asked is read, by seeking (:func:`photocap.container.read_tiff_file_tags`).
+    Lightroom writes a DNG's or TIFF's caption into the file's XMP packet (tag 700), not a
+    sidecar; a sidecar caption of photocap's would hide it in apps that read sidecars first.
+    Only what is asked is read, by seeking: a scan or a RAW is tens or hundreds of MB
+    (:func:`photocap.container.read_tiff_file_tags`).
     """
     with open(photo, "rb") as fh:
-        values = read_tiff_file_tags(fh, _RAW_TEXT_TAGS)
+        values = read_tiff_file_tags(fh, _TIFF_TEXT_TAGS)
     if values is None:
         return None
     packet = values.pop(TAG_XMP, (0, None))[1]
     # The texts as a small TIFF block of their own, which InFileText reads like any EXIF.
     texts = set_ifd0_tags(None, dict(values)) if values else None
-    return InFileText("RAW", texts, packet, None)
+    return InFileText(fmt, texts, packet, None)

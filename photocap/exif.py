@@ -1,4 +1,4 @@
-"""Captions inside JPEG and WebP files, written losslessly.
+"""Captions inside JPEG, WebP and TIFF files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
 (UTF-16LE, the "Comments" field of Windows Explorer). It also goes into the file's embedded XMP
@@ -6,8 +6,8 @@ packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibi
 merged into the packet the file has or in a new one after the EXIF block, so that software
 reading either place shows the same caption (the Metadata Working Group's rule; see
 :mod:`photocap.embedded`). A description a person wrote in EXIF, the XMP packet or IPTC is
-kept. JPEG and WebP are written in-file; every other format returns ``skipped`` (the caption
-stays in the sidecar).
+kept. JPEG, WebP and TIFF are written in-file; every other format returns ``skipped`` (the
+caption stays in the sidecar; a camera RAW is never written).
 
 How the file stays intact:
 
@@ -25,6 +25,10 @@ How the file stays intact:
   spec orders them), and the ``VP8X`` header's EXIF and XMP flags set. A "simple" WebP (one
   ``VP8``/``VP8L`` chunk) gets the ``VP8X`` header the extended format requires, its canvas
   size read from the bitstream. Every other chunk is copied byte for byte.
+* **TIFF: a new first IFD.** A TIFF file is one TIFF block, changed as an EXIF block is
+  (below): its IFD0 entries plus ours (the XMP packet is tag 700) go into a new IFD0 appended at
+  the end; pages, strips and other IFDs stay byte for byte, and every page must decode to the
+  same pixels.
 * **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
   moves maker notes, breaking their internal offsets. Instead the original TIFF block is kept
   byte for byte and a *new IFD0* (old entries plus ours) is appended at its end, with the header
@@ -58,7 +62,9 @@ from photocap.container import (
     MAX_SEGMENT,
     NEW_IFD0_DEFAULTS,
     TAG_IMAGE_DESCRIPTION,
+    TAG_XMP,
     TAG_XP_COMMENT,
+    TYPE_BYTE,
     TYPE_SIZES,
     VP8X_ALPHA,
     VP8X_EXIF,
@@ -375,6 +381,74 @@ def rebuild_jpeg(data: bytes, edit: FileEdit) -> bytes:
     return new
 
 
+def rebuild_tiff(data: bytes, edit: FileEdit) -> bytes:
+    """The TIFF ``data`` with ``edit`` applied to IFD0 (the XMP packet is its tag 700); verified
+    in memory.
+
+    A TIFF file is one TIFF block, so it is changed the way an EXIF block is: a new IFD0 (the
+    old entries, copied verbatim, plus ours) is appended and the header points to it. The
+    image data, every other IFD (further pages, EXIF, GPS) and every value stay where they
+    are, byte for byte.
+    """
+    updates = dict(edit.tags)
+    if edit.xmp:
+        packet = read_tag(data, TAG_XMP, "TIFF")
+        doc = parse_packet(packet) if packet is not None else XmpDocument.new()
+        apply_xmp_edit(doc, edit.xmp)
+        drop = edit.drop_empty_xmp and doc.is_empty()
+        updates[TAG_XMP] = None if drop else (TYPE_BYTE, doc.serialize())
+    new = set_ifd0_tags(data, updates, "TIFF")
+    verify_tiff(data, new, edit, updates)
+    return new
+
+
+def verify_tiff(
+    old: bytes, new: bytes, edit: FileEdit, updates: dict[int, tuple[int, bytes] | None]
+) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only in IFD0's ``updates``: the
+    bytes before the old IFD0 (or all of them) unchanged, the other IFD0 entries and the next
+    IFD the same, our texts read back, and every page decodes to the same pixels."""
+    before, after = Tiff(old, "TIFF"), Tiff(new, "TIFF")
+    if old[:4] != new[:4]:
+        raise WriteError("verification failed: TIFF header changed")
+    # All old bytes are kept, or all before the old IFD0 (which was last: cut and rebuilt).
+    if new[8 : len(old)] != old[8:] and new[8 : before.ifd0] != old[8 : before.ifd0]:
+        raise WriteError("verification failed: TIFF data changed")
+    old_entries, old_next = before.read_ifd(before.ifd0)
+    new_entries, new_next = after.read_ifd(after.ifd0)
+    if old_next != new_next or [e for e in old_entries if e.tag not in updates] != [
+        e for e in new_entries if e.tag not in updates
+    ]:
+        raise WriteError("verification failed: other TIFF tags changed")
+    _verify_tags(old, new, updates)  # the XMP tag too: it reads back as serialised
+    if edit.xmp:
+        _verify_xmp(read_tag(old, TAG_XMP), read_tag(new, TAG_XMP), edit.xmp)
+    try:
+        same = _same_frames(old, new)
+    except Exception as err:  # any decoder error means we must not install this file
+        raise WriteError(f"verification failed: TIFF does not decode ({err})") from None
+    if not same:
+        raise WriteError("verification failed: pixels changed")
+
+
+def _same_frames(old: bytes, new: bytes) -> bool:
+    """Whether both files decode to the same pages (size, mode, pixels), one page at a time."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(old)) as a, Image.open(io.BytesIO(new)) as b:
+            pages = getattr(a, "n_frames", 1)
+            if pages != getattr(b, "n_frames", 1):
+                return False
+            for i in range(pages):
+                a.seek(i)
+                b.seek(i)
+                if (a.size, a.mode) != (b.size, b.mode) or a.tobytes() != b.tobytes():
+                    return False
+    return True
+
+
 def apply_xmp_edit(doc: XmpDocument, changes: dict[tuple[str, str], str | None]) -> None:
     """Set (or, for None, remove) the x-default entry of each lang-alt property."""
     for (ns, name), text in changes.items():
@@ -483,7 +557,7 @@ def rewrite_photo(
     touch: bool = False,
     dry_run: bool = False,
 ) -> bool:
-    """Apply ``plan(what the file holds)`` to a JPEG or WebP in place, safely. False: nothing
+    """Apply ``plan(what the file holds)`` to a JPEG, WebP or TIFF in place, safely. False: nothing
     to do.
 
     ``plan`` sees the file's current texts and returns the changes, or None to leave the file
@@ -494,14 +568,15 @@ def rewrite_photo(
     edit = plan(current)
     if not edit:
         return False
-    new = rebuild_webp(data, edit) if current.format == "WebP" else rebuild_jpeg(data, edit)
+    rebuild = {"WebP": rebuild_webp, "TIFF": rebuild_tiff}.get(current.format, rebuild_jpeg)
+    new = rebuild(data, edit)
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
     return True
 
 
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
-    """(ImageDescription, XPComment) of a JPEG or WebP; (None, None) for other formats."""
+    """(ImageDescription, XPComment) of a JPEG, WebP or TIFF; (None, None) for other formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     if detect_format(data) not in IN_FILE_FORMATS:
         return None, None
@@ -522,8 +597,8 @@ class _PlanSeen:
 
 
 class ExifWriter:
-    """``--write exif``: ImageDescription + XPComment inside JPEG and WebP files, and in a
-    JPEG the embedded XMP description and alt text."""
+    """``--write exif``: ImageDescription + XPComment inside JPEG, WebP and TIFF files, and the
+    embedded XMP description and alt text."""
 
     name = "exif"
 

@@ -166,7 +166,7 @@ def _revert_exif(
     sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
 ) -> None:
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
-    in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP)
+    in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP, TIFF)
     for p in photos:
         if detect_file_format(p) in IN_FILE_FORMATS:
             in_file.append(p)
@@ -188,7 +188,7 @@ def _revert_exif(
         if text.comment == written:
             before = prov.exif_previous_comment
             edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-        # The embedded XMP (JPEG, WebP).
+        # The embedded XMP (JPEG, WebP, TIFF).
         doc = text.xmp()
         fields = (
             (NS_DC, "description", written, prov.exif_previous_xmp_description),

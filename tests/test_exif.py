@@ -788,3 +788,117 @@ def test_damaged_webps_fail_cleanly_or_stay_pixel_identical(lib: Path, kind: str
         else:
             assert _frames(photo.read_bytes()) == _frames(bytes(data))
     assert "failed" in statuses
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+def _make_tiff(path: Path, kind: str) -> Path:
+    """A scan as archivists keep them: 8-bit RGB (LZW), 16-bit grey, CMYK, several pages, or
+    with the EXIF and XMP a photo tool left (a keyword, a rating)."""
+    gradient = Image.linear_gradient("L").resize((48, 32))
+    rgb = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                              Image.new("L", (48, 32), 90)))  # fmt: skip
+    if kind == "rgb":
+        rgb.save(path, "TIFF", compression="tiff_lzw")
+    elif kind == "grey16":
+        gradient.convert("I").point(lambda v: v * 257).convert("I;16").save(path, "TIFF")
+    elif kind == "cmyk":
+        rgb.convert("CMYK").save(path, "TIFF")
+    elif kind == "pages":
+        pages = [rgb.transpose(Image.Transpose.FLIP_TOP_BOTTOM), gradient.convert("RGB")]
+        rgb.save(path, "TIFF", save_all=True, append_images=pages)
+    elif kind == "tagged":
+        xmp = (
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+            '02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.'
+            'com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:Rating="4"><dc:'
+            "subject><rdf:Bag><rdf:li>grandma</rdf:li></rdf:Bag></dc:subject></rdf:Description>"
+            "</rdf:RDF></x:xmpmeta>"
+        )
+        info = {271: "ScanCo", 272: "FilmScan 9", 305: "ScanSoft 2.0", 700: xmp.encode()}
+        rgb.save(path, "TIFF", tiffinfo=info)
+    return path
+
+
+def _pages(data: bytes) -> list[tuple[tuple[int, int], str, bytes]]:
+    with Image.open(io.BytesIO(data)) as img:
+        out = []
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            out.append((img.size, img.mode, img.tobytes()))
+        return out
+
+
+def _tags(data: bytes) -> dict[int, object]:
+    """Every IFD0 tag Pillow reads but ours (ImageDescription, XMP, XPComment)."""
+    with Image.open(io.BytesIO(data)) as img:
+        tags = dict(img.tag_v2)  # type: ignore[attr-defined]
+    return {k: v for k, v in tags.items() if k not in (0x010E, 700, 0x9C9C)}
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey16", "cmyk", "pages", "tagged"])
+def test_tiff_lossless_round_trip(lib: Path, kind: str) -> None:
+    # Lightroom reads a TIFF's caption from the file (its XMP), never from a sidecar.
+    photo = _make_tiff(lib / "scan.tif", kind)
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    after = photo.read_bytes()
+    assert after[: len(before)][8:] == before[8:]  # every old byte kept; a new IFD0 appended
+    assert _pages(after) == _pages(before)  # every page, every pixel
+    assert _tags(after) == _tags(before)
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+    with Image.open(photo) as img:
+        packet = XmpDocument.parse(img.tag_v2[700])  # type: ignore[attr-defined]
+    assert packet.get_default(NS_DC, "description") == CAPTION
+    assert packet.get_default(NS_IPTC, "AltTextAccessibility") == CAPTION
+    if kind == "tagged":  # the packet was merged: the keyword and rating are still there
+        assert b"grandma" in packet.serialize() and b'Rating="4"' in packet.serialize()
+    # A re-caption replaces the IFD0 photocap appended instead of stacking another.
+    assert write(photo, "A cat sleeps.").status == "written"
+    assert read_exif_caption(photo)[0] == "A cat sleeps."
+    assert len(photo.read_bytes()) - len(after) < 64
+    assert _pages(photo.read_bytes()) == _pages(before)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("kind", ["rgb", "pages", "tagged"])
+def test_tiff_read_by_exiftool(lib: Path, kind: str) -> None:
+    photo = _make_tiff(lib / "scan.tif", kind)
+    warnings_before = exiftool_warnings(photo)
+    write(photo)
+    data = exiftool_json(
+        photo, "-IFD0:ImageDescription", "-IFD0:XPComment", "-XMP-dc:Description", "-IFD0:Make"
+    )
+    assert data["ImageDescription"] == CAPTION and data["XPComment"] == CAPTION
+    assert data["Description"] == CAPTION
+    if kind == "tagged":
+        assert data["Make"] == "ScanCo"
+    new_warnings = exiftool_warnings(photo) - warnings_before  # the count line aside
+    assert not {w for w in new_warnings if not w.startswith("Validate")}
+
+
+def test_tiff_with_a_persons_caption_is_kept(lib: Path) -> None:
+    photo = _make_tiff(lib / "scan.tif", "rgb")
+    with Image.open(photo) as img:
+        img.load()
+        img.save(photo, "TIFF", tiffinfo={270: "Oma's kitchen, 1962"})
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma's kitchen, 1962")
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "ifd_past_end"])
+def test_damaged_tiff_fails_untouched(lib: Path, damage: str) -> None:
+    photo = _make_tiff(lib / "scan.tif", "rgb")
+    data = photo.read_bytes()
+    if damage == "truncated":  # a download cut short: IFD0 (last, as Pillow writes) is gone
+        data = data[:-100]
+    else:
+        data = data[:4] + struct.pack("<I", len(data) + 1000) + data[8:]
+    photo.write_bytes(data)
+    outcome = write(photo)
+    assert outcome.status == "failed" and outcome.message.startswith("corrupt TIFF: ")
+    assert "\n" not in outcome.message
+    assert photo.read_bytes() == data

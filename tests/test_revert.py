@@ -189,3 +189,25 @@ def test_webp_xmp_chunk_photocap_added_goes_on_revert(lib: Path) -> None:
     chunks = _webp_chunks(photo.read_bytes())
     assert b"XMP " not in dict(chunks) and not chunks[0][1][8] & 0x04  # chunk and flag gone
     assert _frames(photo.read_bytes()) == _frames(before)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "tagged"])
+def test_tiff_reverted(lib: Path, kind: str) -> None:
+    from test_exif import _make_tiff, _pages, _tags
+
+    from photocap.container import TAG_XMP, read_tag
+
+    photo = _make_tiff(lib / "scan.tif", kind)
+    before = photo.read_bytes()
+    caption_all(photo)
+    assert read_exif_caption(photo) == ("A dog runs.", "A dog runs.")
+    [outcome] = list(revert_paths([lib]))
+    assert (outcome.path.name, outcome.status) == ("scan.tif.xmp", "deleted")
+    after = photo.read_bytes()
+    assert read_exif_caption(photo) == (None, None)
+    assert _pages(after) == _pages(before) and _tags(after) == _tags(before)
+    packet = read_tag(after, TAG_XMP)
+    if kind == "rgb":  # the packet photocap added is gone
+        assert packet is None
+    else:  # the scanner's packet stays, as it was apart from layout
+        assert packet is not None and b"grandma" in packet and b"A dog runs" not in packet
