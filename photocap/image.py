@@ -78,6 +78,10 @@ class DecodedPhoto:
     path: str
     pixels: np.ndarray  # uint8 (3, S, S), exactly what Preset.to_uint8 would produce
     content_hash: str  # blake2b-256 hex of the file bytes
+    # blake2b-256 hex of ``pixels``: what the model sees. Unchanged after an edit of the file's
+    # metadata only (a rating, keywords, a caption written in another app), so the photo's
+    # caption is kept instead of computed again.
+    pixels_hash: str
     size: int  # bytes, as read
     mtime_ns: int  # as read
     width: int  # as displayed (after EXIF orientation)
@@ -252,6 +256,7 @@ def _decode_bytes(
         path=path,
         pixels=pixels,
         content_hash=content_hash,
+        pixels_hash=hash_bytes(pixels.tobytes()),
         size=size,
         mtime_ns=mtime_ns,
         width=width,

@@ -65,6 +65,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     # photocap.xmp.sidecar_stamp after the last write: a re-run that finds it changed looks at
     # the sidecars again (an edit in another app) without captioning the photo again.
     "sidecar_stamp": str,
+    # photocap.image.DecodedPhoto.pixels_hash: the model's input when captioned. A photo whose
+    # file changed but whose pixels did not (its metadata was edited) keeps its caption.
+    "pixels_hash": str,
 }
 
 
@@ -84,6 +87,7 @@ class PhotoRow:
     content_hash: str | None
     error: str | None
     sidecar_stamp: str | None = None  # None: not recorded (a row from before migration 006)
+    pixels_hash: str | None = None  # None: not recorded (a row from before migration 007)
 
     @property
     def is_captioned(self) -> bool:
@@ -233,6 +237,12 @@ def _m006_sidecar_stamp(db: sqlite_utils.Database) -> None:
         db.table(PHOTOS).add_column("sidecar_stamp", str)
 
 
+def _m007_pixels_hash(db: sqlite_utils.Database) -> None:
+    # NULL in older rows: recorded the next time each photo is decoded.
+    if "pixels_hash" not in db.table(PHOTOS).columns_dict:
+        db.table(PHOTOS).add_column("pixels_hash", str)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -241,6 +251,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("004_index_date_taken", _m004_index_date_taken),
     ("005_search_human_captions", _m005_search_human_captions),
     ("006_sidecar_stamp", _m006_sidecar_stamp),
+    ("007_pixels_hash", _m007_pixels_hash),
 ]
 
 
@@ -312,8 +323,11 @@ class PhotoIndex:
                 self._migrate()
             # A read-only index an earlier version wrote may lack later columns: read as NULL.
             self._row_sql = _ROW_SQL
-            if self.read_only and "sidecar_stamp" not in self.db.table(PHOTOS).columns_dict:
-                self._row_sql = _ROW_SQL.replace("sidecar_stamp", "NULL")
+            if self.read_only:
+                have = self.db.table(PHOTOS).columns_dict
+                for column in ("sidecar_stamp", "pixels_hash"):
+                    if column not in have:
+                        self._row_sql = self._row_sql.replace(column, "NULL")
         except sqlite3.DatabaseError as err:
             raise index_error(self.path, err, "open") from None
         except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
@@ -731,7 +745,7 @@ def mtime_iso(mtime_ns: int) -> str:
 
 _ROW_SQL = (
     "path, caption, score, alternatives, model_id, captioned_at, outputs, size, mtime_ns, "
-    "content_hash, error, sidecar_stamp"
+    "content_hash, error, sidecar_stamp, pixels_hash"
 )
 
 
@@ -744,6 +758,7 @@ def _to_row(r: Sequence[Any]) -> PhotoRow:
         path=r[0], caption=r[1], score=r[2], alternatives=alternatives, model_id=r[4],
         captioned_at=r[5], outputs=frozenset(x for x in (r[6] or "").split(",") if x),
         size=r[7], mtime_ns=r[8], content_hash=r[9], error=r[10], sidecar_stamp=r[11],
+        pixels_hash=r[12],
     )  # fmt: skip
 
 

@@ -484,11 +484,17 @@ class _Run:
         self._note_facts(item.photo.path, result)
         if not self.options.force:
             row = item.row
-            if (row is not None and row.is_captioned and row.content_hash == result.content_hash
-                    and row.model_id == self.model_id):  # fmt: skip
-                job = self._carry(item.photo, row, reason="content unchanged")
-                self._hand_off([job], commit=False)  # committed with the next batch
-                return
+            if row is not None and row.is_captioned and row.model_id == self.model_id:
+                # The same bytes (touched), or the same pixels (its metadata edited elsewhere):
+                # the model would say the same. Its outputs are written where missing.
+                reason = ""
+                if row.content_hash == result.content_hash:
+                    reason = "content unchanged"
+                elif row.pixels_hash == result.pixels_hash:
+                    reason = "pixels unchanged"
+                if reason:
+                    self._hand_off([self._carry(item.photo, row, reason)], commit=False)
+                    return  # committed with the next batch
             moved = self.index.find_moved(result.content_hash, item.photo.path)
             if moved is not None and moved.model_id == self.model_id:
                 reason = f"moved from {describe_path(moved.path)}"
@@ -628,7 +634,8 @@ class _Run:
     def _note_facts(self, path: Path, d: DecodedPhoto) -> None:
         self.index_writer.note_photo(
             path, size=d.size, mtime_ns=d.mtime_ns, mtime=mtime_iso(d.mtime_ns),
-            content_hash=d.content_hash, width=d.width, height=d.height, format=d.format,
+            content_hash=d.content_hash, pixels_hash=d.pixels_hash, width=d.width,
+            height=d.height, format=d.format,
             date_taken=d.date_taken, camera=d.camera,
         )  # fmt: skip
 

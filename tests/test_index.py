@@ -140,9 +140,10 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     path = folder / "photocap.db"
     with PhotoIndex(path) as idx:
         idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
-    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-006 to apply
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-007 to apply
         conn.execute("DROP INDEX idx_photos_date_taken")
         conn.execute("ALTER TABLE photos DROP COLUMN sidecar_stamp")
+        conn.execute("ALTER TABLE photos DROP COLUMN pixels_hash")
         conn.execute("DELETE FROM _migrations WHERE name >= '004'")
     conn.close()
     before = sorted(p.name for p in folder.iterdir())
@@ -153,7 +154,8 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
         assert [h.path for h in idx.search("dog")] == ["/p/dog.jpg"]
         assert "004_index_date_taken" not in idx.applied_migrations()
         row = idx.get("/p/dog.jpg")  # `photocap status`: columns added since read as NULL
-        assert row is not None and (row.caption, row.sidecar_stamp) == ("A dog runs.", None)
+        assert row is not None and row.caption == "A dog runs."
+        assert (row.sidecar_stamp, row.pixels_hash) == (None, None)
         with pytest.raises(IndexDbError, match=r"readonly|read-only"):
             idx.upsert_photos([{"path": "/p/cat.jpg", "caption": "A cat.", "model_id": "m"}])
     assert sorted(p.name for p in folder.iterdir()) == before  # no -wal/-shm left behind
@@ -165,7 +167,7 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     )
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
-        assert idx.applied_migrations()[-1] == "006_sidecar_stamp"
+        assert idx.applied_migrations()[-2:] == ["006_sidecar_stamp", "007_pixels_hash"]
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
 

@@ -456,3 +456,32 @@ def test_an_output_that_does_not_apply_is_not_retried(tmp_path: Path, captioner)
     assert outputs[jpeg]["exif"] == "written"
     results, summary = run([tmp_path / "lib"], captioner, db, writers=writers)
     assert (summary.skipped, summary.carried) == (2, 0), [(r.path, r.reason) for r in results]
+
+
+def test_a_metadata_edit_keeps_the_caption_without_the_model(tmp_path: Path, captioner) -> None:
+    # Lightroom, digiKam and others write ratings and keywords into the file: new bytes, the
+    # same pixels. The model would say the same, so it is not asked; the caption is kept.
+    import piexif
+    from metadata_helpers import app_segment, insert_after_app
+    from PIL import Image
+
+    photo = tmp_path / "lib" / "gradient.jpg"
+    photo.parent.mkdir()
+    Image.linear_gradient("L").resize((48, 32)).convert("RGB").save(photo, quality=90)
+    db = tmp_path / "i.db"
+    [first], _ = run([photo], captioner, db)
+    before = rows(db)[0]
+    photo.write_bytes(insert_after_app(photo.read_bytes(), app_segment(0xEB, b"rating=5")))
+    counting = _CountingCaptioner(captioner)
+    [again], summary = run([photo], counting, db)
+    assert counting.batches == 0 and (summary.carried, summary.captioned) == (1, 0)
+    assert (again.reason, again.caption) == ("pixels unchanged", first.caption)
+    after = rows(db)[0]
+    assert after["content_hash"] != before["content_hash"]  # the new bytes are recorded
+    assert after["pixels_hash"] == before["pixels_hash"] and after["caption"] == first.caption
+    # An edit that turns the photo (EXIF orientation) changes what the model sees: captioned.
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Orientation: 6}})
+    piexif.insert(exif, str(photo))
+    _, turned = run([photo], counting, db)
+    assert (turned.captioned, counting.batches) == (1, 1)
+    assert rows(db)[0]["pixels_hash"] != before["pixels_hash"]
