@@ -218,7 +218,7 @@ DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 # person typed in another app becomes searchable; a deleted sidecar is written again), or the
 # index, from an earlier version, never recorded its sidecars.
 SIDECAR_CHANGED = "unchanged, sidecar changed"
-SIDECARS_UNRECORDED = "unchanged, sidecars looked at"
+SIDECARS_UNRECORDED = "unchanged, sidecars looked at"  # a "skipped" photo's reason
 
 
 def caption_library(
@@ -550,7 +550,10 @@ class _Run:
         skip = row.outputs if moved_from is None else frozenset()
         if reason == SIDECAR_CHANGED:  # the sidecar may have lost the caption: write it again
             skip -= {"xmp"}
-        return _Job(record, "carried", reason, already=skip, photo=photo, moved_from=moved_from)
+        # Looking at the sidecars of a library an earlier version captioned changes nothing the
+        # user sees (the index may learn a person's caption): counted as skipped, not listed.
+        status: PhotoStatus = "skipped" if reason == SIDECARS_UNRECORDED else "carried"
+        return _Job(record, status, reason, already=skip, photo=photo, moved_from=moved_from)
 
     def _hand_off(self, jobs: list[_Job], commit: bool = True) -> None:
         """Queue ``jobs``' file writes on the writer thread, after those queued before."""
