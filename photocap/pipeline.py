@@ -218,6 +218,9 @@ DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 # person typed in another app becomes searchable; a deleted sidecar is written again), or the
 # index, from an earlier version, never recorded its sidecars.
 SIDECAR_CHANGED = "unchanged, sidecar changed"
+# Why a changed photo is carried: only its metadata changed (pixels as captioned). A person's
+# caption may have come with it: the sidecar writer looks again.
+PIXELS_UNCHANGED = "pixels unchanged"
 SIDECARS_UNRECORDED = "unchanged, sidecars looked at"  # a "skipped" photo's reason
 
 
@@ -491,7 +494,7 @@ class _Run:
                 if row.content_hash == result.content_hash:
                     reason = "content unchanged"
                 elif row.pixels_hash == result.pixels_hash:
-                    reason = "pixels unchanged"
+                    reason = PIXELS_UNCHANGED
                 if reason:
                     self._hand_off([self._carry(item.photo, row, reason)], commit=False)
                     return  # committed with the next batch
@@ -548,7 +551,9 @@ class _Run:
             captioned_at=_parse_time(row.captioned_at),
         )  # fmt: skip
         skip = row.outputs if moved_from is None else frozenset()
-        if reason == SIDECAR_CHANGED:  # the sidecar may have lost the caption: write it again
+        if reason in (SIDECAR_CHANGED, PIXELS_UNCHANGED):
+            # The sidecar may have lost the caption, or a person's caption may have come in the
+            # file (ours in the sidecar would hide it): the sidecar writer looks again.
             skip -= {"xmp"}
         # Looking at the sidecars of a library an earlier version captioned changes nothing the
         # user sees (the index may learn a person's caption): counted as skipped, not listed.

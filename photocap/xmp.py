@@ -757,6 +757,15 @@ def apply_caption(
             changed = True
         changed |= prov.description != caption
         prov.description = caption
+    elif ours and human_elsewhere:
+        # A person's caption came after ours, in the file or the other sidecar: ours here would
+        # hide it in apps that read this sidecar first. Ours goes, as `photocap revert` does it.
+        if prov.previous_description is None:
+            doc.remove_default(NS_DC, "description")
+        else:
+            doc.set_default(NS_DC, "description", prov.previous_description)
+        prov.description = prov.previous_description = None
+        changed = True
 
     cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility")
     alt_ours = cur_alt is not None and cur_alt == prov.alt_text

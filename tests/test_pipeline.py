@@ -486,3 +486,27 @@ def test_a_metadata_edit_keeps_the_caption_without_the_model(tmp_path: Path, cap
     _, turned = run([photo], counting, db)
     assert (turned.captioned, counting.batches) == (1, 1)
     assert rows(db)[0]["pixels_hash"] != before["pixels_hash"]
+
+
+def test_a_persons_caption_written_into_the_file_later_is_kept_and_found(
+    tmp_path: Path, captioner
+) -> None:
+    # A person captions a photo in Lightroom, which writes into the file: same pixels, so the
+    # caption is carried, and the sidecar writer looks again: ours leaves the sidecar (it would
+    # hide theirs in digiKam), and the index finds the photo by their words.
+    from metadata_helpers import insert_after_app, xmp_packet, xmp_segment
+
+    from photocap.xmp import read_caption
+
+    [photo] = make_tiny_jpegs(tmp_path / "lib", 1)
+    db = tmp_path / "i.db"
+    run([photo], captioner, db, writers=["xmp", "index"])
+    photo.write_bytes(
+        insert_after_app(photo.read_bytes(), xmp_segment(xmp_packet("Oma's garden in Kassel")))
+    )
+    [again], _ = run([photo], captioner, db, writers=["xmp", "index"])
+    assert (again.status, again.reason) == ("carried", "pixels unchanged")
+    assert {o.writer: o.status for o in again.outputs}["xmp"] == "kept_human"
+    assert read_caption(photo) is None  # no caption of ours left in the sidecar
+    with PhotoIndex(db) as index:
+        assert [h.path for h in index.search("kassel")] == [str(photo)]

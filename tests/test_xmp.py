@@ -11,6 +11,7 @@ from metadata_helpers import EXIFTOOL, EXIV2, exiftool_json, exiftool_warnings, 
 from photocap.writers import WriteOptions, get_writers
 from photocap.xmp import (
     NS_DC,
+    NS_IPTC,
     XmpDocument,
     XmpWriter,
     alt_text_for,
@@ -514,3 +515,24 @@ def test_a_persons_caption_inside_a_raw_file_is_respected(tmp_path: Path) -> Non
         assert find_human_caption(other) is None
         assert XmpWriter(WriteOptions()).write(record(other, "A dog runs.")).status == "written"
     assert nef.read_bytes() == data  # read, never written
+
+
+def test_ours_goes_when_a_persons_caption_comes_later_in_the_file(lib: Path) -> None:
+    # photocap captioned first; later a person wrote a caption into the file (Lightroom). Ours,
+    # still in the sidecar, would now hide theirs in apps that read the sidecar first.
+    from metadata_helpers import insert_after_app, make_jpeg, xmp_packet, xmp_segment
+
+    photo = make_jpeg(lib / "photo.jpg")
+    assert write(photo).status == "written"
+    photo.write_bytes(
+        insert_after_app(photo.read_bytes(), xmp_segment(xmp_packet("Oma in Kassel")))
+    )
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
+    doc = XmpDocument.load(lib / "photo.jpg.xmp")
+    assert doc.get_default(NS_DC, "description") is None
+    assert read_provenance(doc).description is None
+    assert read_caption(photo) is None and find_human_caption(photo) == "Oma in Kassel"
+    assert doc.get_default(NS_IPTC, "AltTextAccessibility") == alt_text_for(
+        "A dog runs through the grass."
+    )  # the alt text stays: it shows nowhere a caption does
