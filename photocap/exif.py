@@ -235,24 +235,7 @@ def verify_webp(old: bytes, new: bytes, edit: FileEdit) -> None:
             new_packets[0] if new_packets else None,
             edit.xmp,
         )
-    try:
-        same = _webp_frames(old) == _webp_frames(new)
-    except Exception as err:  # any decoder error means we must not install this file
-        raise WriteError(f"verification failed: WebP does not decode ({err})") from None
-    if not same:
-        raise WriteError("verification failed: pixels changed")
-
-
-def _webp_frames(data: bytes) -> list[tuple[tuple[int, int], str, bytes]]:
-    """(size, mode, pixels) of every frame (an animated WebP has several)."""
-    from PIL import Image
-
-    frames = []
-    with Image.open(io.BytesIO(data)) as img:
-        for i in range(getattr(img, "n_frames", 1)):
-            img.seek(i)
-            frames.append((img.size, img.mode, img.tobytes()))
-    return frames
+    _verify_same_frames(old, new, "WebP")
 
 
 # --------------------------------------------------------------------------- rewrite + verify
@@ -423,30 +406,30 @@ def verify_tiff(
     _verify_tags(old, new, updates)  # the XMP tag too: it reads back as serialised
     if edit.xmp:
         _verify_xmp(read_tag(old, TAG_XMP), read_tag(new, TAG_XMP), edit.xmp)
-    try:
-        same = _same_frames(old, new)
-    except Exception as err:  # any decoder error means we must not install this file
-        raise WriteError(f"verification failed: TIFF does not decode ({err})") from None
-    if not same:
-        raise WriteError("verification failed: pixels changed")
+    _verify_same_frames(old, new, "TIFF")
 
 
-def _same_frames(old: bytes, new: bytes) -> bool:
-    """Whether both files decode to the same pages (size, mode, pixels), one page at a time."""
+def _verify_same_frames(old: bytes, new: bytes, kind: str) -> None:
+    """Raise WriteError unless both files decode to the same frames (an animated WebP's, a
+    TIFF's pages): size, mode and pixels, compared one frame at a time (memory)."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(old)) as a, Image.open(io.BytesIO(new)) as b:
-            pages = getattr(a, "n_frames", 1)
-            if pages != getattr(b, "n_frames", 1):
-                return False
-            for i in range(pages):
-                a.seek(i)
-                b.seek(i)
-                if (a.size, a.mode) != (b.size, b.mode) or a.tobytes() != b.tobytes():
-                    return False
-    return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(old)) as a, Image.open(io.BytesIO(new)) as b:
+                frames = getattr(a, "n_frames", 1)
+                same = frames == getattr(b, "n_frames", 1)
+                for i in range(frames if same else 0):
+                    a.seek(i)
+                    b.seek(i)
+                    if (a.size, a.mode) != (b.size, b.mode) or a.tobytes() != b.tobytes():
+                        same = False
+                        break
+    except Exception as err:  # any decoder error means we must not install this file
+        raise WriteError(f"verification failed: {kind} does not decode ({err})") from None
+    if not same:
+        raise WriteError("verification failed: pixels changed")
 
 
 def apply_xmp_edit(doc: XmpDocument, changes: dict[tuple[str, str], str | None]) -> None:

@@ -726,6 +726,12 @@ def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["lossy", "alpha", "xmp_and_exif"])
 def test_webp_read_by_exiftool(lib: Path, kind: str) -> None:
     photo = _make_webp(lib / "photo.webp", kind)
+    _written_as_exiftool_reads_it(photo, "TestCam" if kind == "xmp_and_exif" else None)
+
+
+def _written_as_exiftool_reads_it(photo: Path, make: str | None) -> None:
+    """Write ``photo``: exiftool reads our caption in EXIF (both tags) and the XMP packet, the
+    camera's (scanner's) ``make`` still there, and reports no new warning."""
     warnings_before = exiftool_warnings(photo)
     write(photo)
     data = exiftool_json(
@@ -733,9 +739,9 @@ def test_webp_read_by_exiftool(lib: Path, kind: str) -> None:
     )
     assert data["ImageDescription"] == CAPTION and data["XPComment"] == CAPTION
     assert data["Description"] == CAPTION
-    if kind == "xmp_and_exif":
-        assert data["Make"] == "TestCam"
-    assert exiftool_warnings(photo) <= warnings_before
+    assert data.get("Make") == make
+    new_warnings = exiftool_warnings(photo) - warnings_before  # the count line aside
+    assert not {w for w in new_warnings if not w.startswith("Validate")}
 
 
 def test_webp_with_a_persons_caption_in_its_xmp_is_kept(lib: Path) -> None:
@@ -865,17 +871,7 @@ def test_tiff_lossless_round_trip(lib: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["rgb", "pages", "tagged"])
 def test_tiff_read_by_exiftool(lib: Path, kind: str) -> None:
     photo = _make_tiff(lib / "scan.tif", kind)
-    warnings_before = exiftool_warnings(photo)
-    write(photo)
-    data = exiftool_json(
-        photo, "-IFD0:ImageDescription", "-IFD0:XPComment", "-XMP-dc:Description", "-IFD0:Make"
-    )
-    assert data["ImageDescription"] == CAPTION and data["XPComment"] == CAPTION
-    assert data["Description"] == CAPTION
-    if kind == "tagged":
-        assert data["Make"] == "ScanCo"
-    new_warnings = exiftool_warnings(photo) - warnings_before  # the count line aside
-    assert not {w for w in new_warnings if not w.startswith("Validate")}
+    _written_as_exiftool_reads_it(photo, "ScanCo" if kind == "tagged" else None)
 
 
 def test_tiff_with_a_persons_caption_is_kept(lib: Path) -> None:
