@@ -760,10 +760,7 @@ def apply_caption(
     elif ours and human_elsewhere:
         # A person's caption came after ours, in the file or the other sidecar: ours here would
         # hide it in apps that read this sidecar first. Ours goes, as `photocap revert` does it.
-        if prov.previous_description is None:
-            doc.remove_default(NS_DC, "description")
-        else:
-            doc.set_default(NS_DC, "description", prov.previous_description)
+        restore_default(doc, NS_DC, "description", prov.previous_description)
         prov.description = prov.previous_description = None
         changed = True
 
@@ -789,6 +786,14 @@ def apply_caption(
     if status == "written" and not changed:
         status = "unchanged"
     return status, changed
+
+
+def restore_default(doc: XmpDocument, ns: str, name: str, previous: str | None) -> None:
+    """Put back the x-default text photocap replaced; ``None``: there was none, so remove it."""
+    if previous is None:
+        doc.remove_default(ns, name)
+    else:
+        doc.set_default(ns, name, previous)
 
 
 def one_line(err: BaseException) -> str:
