@@ -898,3 +898,16 @@ def test_damaged_tiff_fails_untouched(lib: Path, damage: str) -> None:
     assert outcome.status == "failed" and outcome.message.startswith("corrupt TIFF: ")
     assert "\n" not in outcome.message
     assert photo.read_bytes() == data
+
+
+@needs_exiv2
+def test_tiff_read_by_exiv2(lib: Path) -> None:
+    photo = _make_tiff(lib / "scan.tif", "tagged")
+    write(photo)
+    out = exiv2(photo, "-pa")
+    assert f"Exif.Image.ImageDescription                  Ascii      30  {CAPTION}" in out
+    assert (
+        f'Xmp.dc.description                           LangAlt     1  lang="x-default" {CAPTION}'
+        in out
+    )
+    assert "Exif.Image.Make                              Ascii       7  ScanCo" in out
