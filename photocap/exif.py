@@ -106,6 +106,7 @@ from photocap.writers import (
 from photocap.xmp import (
     NS_DC,
     NS_IPTC,
+    Provenance,
     XmpDocument,
     alt_text_for,
     human_caption_in_sidecars,
@@ -558,6 +559,39 @@ def rewrite_photo(
     return True
 
 
+def restore_edit(
+    prov: Provenance, text: InFileText, notes: list[str] | None = None, *, alt_text: bool = True
+) -> FileEdit | None:
+    """The edit that puts back what the exif writer replaced in a file, wherever the file still
+    holds what it wrote (``prov``): ImageDescription, XPComment, the embedded XMP description
+    and, with ``alt_text``, the alt text. A text edited since is left, with a line in ``notes``.
+    None: nothing to put back. ``photocap revert`` uses it, and the writer when a person's
+    caption came after ours."""
+    notes = [] if notes is None else notes
+    written = prov.exif_description
+    edit = FileEdit(drop_empty_xmp=prov.exif_added_xmp == "True")
+    if written is not None and text.description == written:
+        before = prov.exif_previous_description
+        edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
+    elif written is not None:
+        notes.append("EXIF description was edited after photocap wrote it; left as is")
+    if written is not None and text.comment == written:
+        before = prov.exif_previous_comment
+        edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
+    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF)
+    fields = [(NS_DC, "description", written, prov.exif_previous_xmp_description)]
+    if alt_text:
+        fields.append((NS_IPTC, "AltTextAccessibility", prov.exif_alt_text,
+                       prov.exif_previous_alt_text))  # fmt: skip
+    for ns, name, ours, before_text in fields:
+        current = doc.get_default(ns, name) if doc is not None else None
+        if ours is not None and current == ours:
+            edit.xmp[(ns, name)] = before_text
+        elif ours is not None and current is not None and name == "description":
+            notes.append("embedded XMP description was edited after photocap; left as is")
+    return edit or None
+
+
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
     """(ImageDescription, XPComment) of a JPEG, WebP or TIFF; (None, None) for other formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
@@ -577,6 +611,7 @@ class _PlanSeen:
     human: str | None = None  # a caption a person wrote (in the file or a sidecar)
     claim: bool = False  # our caption or alt text differs from what the provenance records
     wrote_alt: bool = False  # the alt text in the embedded XMP is ours (now or before)
+    retracted: bool = False  # our caption left the file: a person's came after it
 
 
 class ExifWriter:
@@ -614,7 +649,11 @@ class ExifWriter:
                 written = prov.exif_description
                 seen.human = in_sidecar or text.human_caption(written, prov.description)
                 if seen.human is not None and not self.options.overwrite_human:
-                    return None
+                    # A person's caption that came after ours: ours in the file would hide it
+                    # from apps that read the file first. Ours goes; the alt text stays.
+                    retract = restore_edit(prov, text, alt_text=False)
+                    seen.retracted = retract is not None
+                    return retract
                 edit = FileEdit()
                 if desc != caption:
                     edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
@@ -653,6 +692,11 @@ class ExifWriter:
                 photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
             )
             if seen.human is not None and not self.options.overwrite_human:
+                if seen.retracted and not self.options.dry_run:
+                    prov.exif_description = prov.exif_previous_description = None
+                    prov.exif_previous_comment = prov.exif_previous_xmp_description = None
+                    write_provenance(doc, prov)
+                    save_sidecar(sidecar, doc)
                 return WriteOutcome(
                     self.name, photo, "kept_human", "kept human caption", human_caption=seen.human
                 )

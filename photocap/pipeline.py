@@ -552,9 +552,9 @@ class _Run:
         )  # fmt: skip
         skip = row.outputs if moved_from is None else frozenset()
         if reason in (SIDECAR_CHANGED, PIXELS_UNCHANGED):
-            # The sidecar may have lost the caption, or a person's caption may have come in the
-            # file (ours in the sidecar would hide it): the sidecar writer looks again.
-            skip -= {"xmp"}
+            # The sidecar may have lost the caption, or a person's caption may have come (ours
+            # in the sidecar or the file would hide it): both writers look again.
+            skip -= {"xmp", "exif"}
         # Looking at the sidecars of a library an earlier version captioned changes nothing the
         # user sees (the index may learn a person's caption): counted as skipped, not listed.
         status: PhotoStatus = "skipped" if reason == SIDECARS_UNRECORDED else "carried"
@@ -666,7 +666,9 @@ def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone
                 continue
             outcome = _safe_write(writer, job.record)
             outcomes.append(outcome)
-            if outcome.status == "written" and writer.name not in SIDECAR_WRITERS:
+            # An in-file writer changed the photo's bytes: written, or it took its own caption
+            # back out for a person's (kept_human). Re-reading an unchanged photo costs a hash.
+            if outcome.status in ("written", "kept_human") and writer.name not in SIDECAR_WRITERS:
                 changed_bytes = True
         facts = _file_facts(job.record.path) if changed_bytes else None
         human = _human_caption(job.record, outcomes)

@@ -21,17 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from photocap.container import (
-    IN_FILE_FORMATS,
-    TAG_IMAGE_DESCRIPTION,
-    TAG_XP_COMMENT,
-    detect_file_format,
-    encode_ascii,
-    encode_xp,
-)
-from photocap.embedded import InFileText
+from photocap.container import IN_FILE_FORMATS, detect_file_format
 from photocap.errors import WriteError
-from photocap.exif import FileEdit, rewrite_photo
+from photocap.exif import restore_edit, rewrite_photo
 from photocap.safeio import atomic_delete, describe_os_error, is_temp_file
 from photocap.xmp import (
     NS_DC,
@@ -174,33 +166,8 @@ def _revert_exif(
             if in_file
             else f"photo for {sidecar.name} not found"
         )
-    written = prov.exif_description
-
-    def plan(text: InFileText) -> FileEdit | None:
-        edit = FileEdit(drop_empty_xmp=prov.exif_added_xmp == "True")
-        if text.description == written:
-            before = prov.exif_previous_description
-            edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
-        else:
-            notes.append("EXIF description was edited after photocap wrote it; left as is")
-        if text.comment == written:
-            before = prov.exif_previous_comment
-            edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-        # The embedded XMP (JPEG, WebP, TIFF).
-        doc = text.xmp()
-        fields = (
-            (NS_DC, "description", written, prov.exif_previous_xmp_description),
-            (NS_IPTC, "AltTextAccessibility", prov.exif_alt_text, prov.exif_previous_alt_text),
-        )
-        for ns, name, ours, before_text in fields:
-            current = doc.get_default(ns, name) if doc is not None else None
-            if ours is not None and current == ours:
-                edit.xmp[(ns, name)] = before_text
-            elif ours is not None and current is not None and name == "description":
-                notes.append("embedded XMP description was edited after photocap; left as is")
-        return edit or None
-
-    rewrite_photo(in_file[0], plan, touch=touch, dry_run=dry_run)
+    rewrite_photo(in_file[0], lambda text: restore_edit(prov, text, notes), touch=touch,
+                  dry_run=dry_run)  # fmt: skip
     prov.exif_description = prov.exif_alt_text = None
     prov.exif_previous_description = prov.exif_previous_comment = None
     prov.exif_previous_xmp_description = prov.exif_previous_alt_text = None

@@ -911,3 +911,28 @@ def test_tiff_read_by_exiv2(lib: Path) -> None:
         in out
     )
     assert "Exif.Image.Make                              Ascii       7  ScanCo" in out
+
+
+def test_ours_leaves_the_file_when_a_persons_caption_comes_later(lib: Path) -> None:
+    # photocap wrote its caption into the file; later a person captions the photo in digiKam,
+    # which writes the sidecar. Windows and Lightroom read the file: ours would hide theirs.
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    sidecar = lib / "photo.jpg.xmp"
+    doc = XmpDocument.load(sidecar)
+    doc.set_default(NS_DC, "description", "Grandma's 80th birthday")
+    sidecar.write_bytes(doc.serialize())
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Grandma's 80th birthday")
+    assert read_exif_caption(photo) == (None, None)  # as the camera left them
+    packet = embedded(photo)
+    assert packet.get_default(NS_DC, "description") is None
+    assert packet.get_default(NS_IPTC, "AltTextAccessibility") == CAPTION  # the alt text stays
+    after = photo.read_bytes()
+    keep = [s for s in segments(before) if not is_caption_segment(s)]
+    assert keep == [s for s in segments(after) if not is_caption_segment(s)]
+    with Image.open(io.BytesIO(before)) as a, Image.open(io.BytesIO(after)) as b:
+        assert a.tobytes() == b.tobytes()
+    assert read_provenance(XmpDocument.load(sidecar)).exif_description is None
+    assert write(photo).status == "kept_human" and photo.read_bytes() == after  # settled

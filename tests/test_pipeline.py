@@ -382,12 +382,14 @@ def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, capt
     # After photocap captioned, a person types their own caption in digiKam (into the sidecar)
     # and deletes another photo's sidecar. The photos are unchanged, so a re-run skips them,
     # but the index would then never learn the person's words, and the sidecar stay gone.
+    from photocap.exif import read_exif_caption
     from photocap.pipeline import SIDECAR_CHANGED
     from photocap.xmp import NS_DC, XmpDocument, read_caption
 
     [edited, deleted, untouched] = make_tiny_jpegs(tmp_path / "lib", 3)
     db = tmp_path / "i.db"
-    first, _ = run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"])
+    writers = ["xmp", "exif", "index"]
+    first, _ = run([tmp_path / "lib"], captioner, db, writers=writers)
     ours = {r.path: r.caption for r in first}
     sidecar = tmp_path / "lib" / f"{edited.name}.xmp"
     doc = XmpDocument.load(sidecar)
@@ -395,19 +397,22 @@ def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, capt
     sidecar.write_bytes(doc.serialize())
     (tmp_path / "lib" / f"{deleted.name}.xmp").unlink()
     counting = _CountingCaptioner(captioner)
-    results, summary = run([tmp_path / "lib"], counting, db, writers=["xmp", "index"])
+    results, summary = run([tmp_path / "lib"], counting, db, writers=writers)
     assert counting.batches == 0  # nothing decoded or captioned again
     assert (summary.carried, summary.skipped, summary.failed) == (2, 1, 0)
     by_path = {r.path: r for r in results}
     assert by_path[edited].reason == by_path[deleted].reason == SIDECAR_CHANGED
     assert by_path[untouched].status == "skipped"
-    assert {o.writer: o.status for o in by_path[edited].outputs}["xmp"] == "kept_human"
+    outputs = {o.writer: o.status for o in by_path[edited].outputs}
+    assert outputs == {"xmp": "kept_human", "exif": "kept_human", "index": "written"}
     assert read_caption(edited) == "Rex at the allotment"  # the person's, kept
+    assert read_exif_caption(edited) == (None, None)  # ours left the file: it would hide theirs
     assert read_caption(deleted) == ours[deleted]  # written again
+    assert read_exif_caption(deleted)[0] == ours[deleted]
     with PhotoIndex(db) as index:
         [hit] = index.search("allotment")
         assert (hit.path, hit.caption) == (str(edited), ours[edited])
-    _, again = run([tmp_path / "lib"], counting, db, writers=["xmp", "index"])
+    _, again = run([tmp_path / "lib"], counting, db, writers=writers)
     assert (again.carried, again.skipped) == (0, 3)
 
 
