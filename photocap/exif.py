@@ -649,8 +649,9 @@ class ExifWriter:
                 written = prov.exif_description
                 seen.human = in_sidecar or text.human_caption(written, prov.description)
                 if seen.human is not None and not self.options.overwrite_human:
-                    # A person's caption that came after ours: ours in the file would hide it
-                    # from apps that read the file first. Ours goes; the alt text stays.
+                    # A person's caption keeps ours out of the file. If ours is there already
+                    # (theirs came later), it would hide theirs from apps that read the file
+                    # first: ours goes, the alt text stays.
                     retract = restore_edit(prov, text, alt_text=False)
                     seen.retracted = retract is not None
                     return retract
