@@ -692,6 +692,7 @@ class ExifWriter:
             changed = rewrite_photo(
                 photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
             )
+            rewrote = changed and not self.options.dry_run  # the photo's bytes are new
             if seen.human is not None and not self.options.overwrite_human:
                 if seen.retracted and not self.options.dry_run:
                     prov.exif_description = prov.exif_previous_description = None
@@ -699,8 +700,9 @@ class ExifWriter:
                     write_provenance(doc, prov)
                     save_sidecar(sidecar, doc)
                 return WriteOutcome(
-                    self.name, photo, "kept_human", "kept human caption", human_caption=seen.human
-                )
+                    self.name, photo, "kept_human", "kept human caption",
+                    human_caption=seen.human, changed_photo=rewrote,
+                )  # fmt: skip
             if not changed and not seen.claim:
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
@@ -715,18 +717,19 @@ class ExifWriter:
                     save_sidecar(sidecar, doc)
                 except WriteError as err:
                     return WriteOutcome(
-                        self.name,
-                        photo,
-                        "failed",
+                        self.name, photo, "failed",
                         f"caption written to EXIF but provenance not saved: {one_line(err)}",
-                    )
+                        changed_photo=rewrote,
+                    )  # fmt: skip
         except SidecarTaken as err:  # no sidecar of its own to record provenance in
             return WriteOutcome(self.name, photo, "skipped", one_line(err))
         except WriteError as err:
             return WriteOutcome(self.name, photo, "failed", one_line(err))
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
-        return WriteOutcome(self.name, photo, "written", human_caption=seen.human)
+        return WriteOutcome(
+            self.name, photo, "written", human_caption=seen.human, changed_photo=rewrote
+        )
 
     def close(self) -> None:
         """Nothing buffered: each photo is rewritten (atomically) in :meth:`write`."""

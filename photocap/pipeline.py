@@ -58,8 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from photocap.preset import Preset
 
 PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]
-# Writers that only add files next to the photo; any other writer may change the photo's bytes.
-SIDECAR_WRITERS = frozenset({"xmp", "index"})
 # The writers that look for a caption a person wrote (sidecar, EXIF, embedded XMP, IPTC).
 HUMAN_CAPTION_WRITERS = frozenset({"xmp", "exif"})
 # Write outcomes after which an output needs nothing more for this caption: it holds it, or it
@@ -660,17 +658,12 @@ def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone
     done = []
     for job in jobs:
         outcomes = []
-        changed_bytes = False
         for writer in writers:
             if writer.name in job.already:
                 continue
-            outcome = _safe_write(writer, job.record)
-            outcomes.append(outcome)
-            # An in-file writer changed the photo's bytes: written, or it took its own caption
-            # back out for a person's (kept_human). Re-reading an unchanged photo costs a hash.
-            if outcome.status in ("written", "kept_human") and writer.name not in SIDECAR_WRITERS:
-                changed_bytes = True
-        facts = _file_facts(job.record.path) if changed_bytes else None
+            outcomes.append(_safe_write(writer, job.record))
+        changed_photo = any(o.changed_photo for o in outcomes)  # EXIF written into the photo
+        facts = _file_facts(job.record.path) if changed_photo else None
         human = _human_caption(job.record, outcomes)
         done.append(_FilesDone(tuple(outcomes), facts, human, sidecar_stamp(job.record.path)))
     return done

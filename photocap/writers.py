@@ -103,6 +103,9 @@ class WriteOutcome:
     # A caption a person wrote that this writer found for the photo (its sidecar, or inside
     # the file), kept or, with overwrite_human, replaced; the index makes it searchable.
     human_caption: str | None = None
+    # The writer rewrote the photo file itself (an in-file caption written or taken out): its
+    # size and hash are new. Sidecar and index writers never do.
+    changed_photo: bool = False
 
 
 @dataclass
