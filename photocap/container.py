@@ -1,5 +1,6 @@
 """The containers photocap reads and rewrites metadata in: JPEG marker segments, the EXIF TIFF
-block and its IFDs, WebP RIFF chunks; and telling a file's format from its first bytes.
+block and its IFDs, WebP RIFF chunks, PNG chunks; and telling a file's format from its first
+bytes.
 
 Parsers and low-level builders only, with no policy: what may change and how a change is
 verified lives in :mod:`photocap.exif`; what the file says about its caption in
@@ -9,6 +10,7 @@ verified lives in :mod:`photocap.exif`; what the file says about its caption in
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +38,7 @@ MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
 MAX_PHOTO_BYTES = 2 * 1024**3
 
 SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
-IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF")  # formats --write exif changes in place
+IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF", "PNG")  # formats --write exif changes in place
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -443,3 +445,155 @@ def webp_canvas(data: bytes, chunk: Chunk) -> tuple[int, int, bool]:
         (bits,) = struct.unpack("<I", payload[1:5])
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool((bits >> 28) & 1)
     raise WriteError("unusual WebP bitstream header; not written")
+
+
+# --------------------------------------------------------------------------- PNG chunks
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"  # the iTXt chunk holding the XMP packet (XMP spec part 3)
+# ImageMagick's (and older exiftool's) EXIF before eXIf existed: hex text in a text chunk.
+PNG_RAW_EXIF_KEYWORDS = (b"Raw profile type exif", b"Raw profile type APP1")
+PNG_TEXT_TYPES = (b"tEXt", b"zTXt", b"iTXt")
+MAX_PNG_TEXT = 16 * 1024 * 1024  # a text chunk inflated past this is not metadata: refused
+
+
+@dataclass(frozen=True)
+class PngChunk:
+    """One PNG chunk: ``data[start:end]`` is length, type, payload and CRC."""
+
+    type: bytes
+    start: int
+    end: int
+
+    def payload(self, data: bytes) -> bytes:
+        return data[self.start + 8 : self.end - 4]
+
+
+def parse_png(data: bytes) -> tuple[list[PngChunk], int]:
+    """(chunks from IHDR to IEND, offset after IEND), every CRC checked. Raises WriteError."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise WriteError("not a PNG (no PNG signature)")
+    pos, chunks = len(PNG_SIGNATURE), list[PngChunk]()
+    while not chunks or chunks[-1].type != b"IEND":
+        if pos + 12 > len(data):
+            raise WriteError("corrupt PNG: truncated (no IEND chunk)")
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + size
+        if size > 0x7FFFFFFF or end > len(data) or not kind.isalpha():
+            raise WriteError(f"corrupt PNG: bad chunk at byte {pos}")
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            raise WriteError(f"corrupt PNG: {kind.decode('latin-1')} chunk fails its CRC")
+        if not chunks and kind != b"IHDR":
+            raise WriteError("corrupt PNG: does not start with IHDR")
+        chunks.append(PngChunk(kind, pos, end))
+        pos = end
+    return chunks, pos
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """A whole chunk: length, type, payload, CRC."""
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_xmp_payload(packet: bytes) -> bytes:
+    """An uncompressed iTXt payload holding ``packet`` (the XMP spec forbids compressing it)."""
+    return PNG_XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + packet
+
+
+def png_keyword(payload: bytes) -> bytes:
+    """A text chunk's keyword: up to the first NUL (at most 79 bytes)."""
+    return payload[: payload.find(b"\x00")] if b"\x00" in payload[:80] else b""
+
+
+def png_text_value(kind: bytes, payload: bytes) -> bytes:
+    """The text of a tEXt, zTXt or iTXt chunk, inflated (at most :data:`MAX_PNG_TEXT`).
+    Raises WriteError."""
+    rest = payload[len(png_keyword(payload)) + 1 :]
+    compressed = kind == b"zTXt"
+    if kind == b"zTXt":
+        rest = rest[1:]  # the compression method
+    elif kind == b"iTXt":
+        if len(rest) < 2:
+            raise WriteError("corrupt PNG: short iTXt chunk")
+        compressed = rest[0] == 1
+        parts = rest[2:].split(b"\x00", 2)  # language tag, translated keyword, text
+        if len(parts) != 3:
+            raise WriteError("corrupt PNG: malformed iTXt chunk")
+        rest = parts[2]
+    if not compressed:
+        return rest
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(rest, MAX_PNG_TEXT)
+    except zlib.error:
+        raise WriteError("corrupt PNG: a compressed text chunk does not inflate") from None
+    if inflate.unconsumed_tail:
+        raise WriteError(f"PNG text chunk inflates past {MAX_PNG_TEXT // 2**20} MB; not read")
+    return text
+
+
+def png_raw_profile(text: bytes) -> bytes | None:
+    """The bytes of an ImageMagick raw profile ("\\nexif\\n   <length>\\n<hex lines>"), or None
+    when it is not one."""
+    lines = text.split(b"\n", 3)
+    if len(lines) != 4:
+        return None
+    try:
+        raw = bytes.fromhex(lines[3].decode("ascii"))
+    except ValueError:
+        return None
+    return raw[len(EXIF_HEADER) :] if raw.startswith(EXIF_HEADER) else raw
+
+
+def png_texts(chunks: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """(the EXIF TIFF block, the XMP packet) of a PNG's (type, payload) chunks: the first
+    ``eXIf`` (else a raw EXIF profile) and the first XMP ``iTXt``. Raises WriteError."""
+    tiff = packet = legacy = None
+    for kind, payload in chunks:
+        if kind == b"eXIf" and tiff is None:  # some writers add the JPEG-style prefix
+            tiff = payload[len(EXIF_HEADER) :] if payload.startswith(EXIF_HEADER) else payload
+        elif kind == b"iTXt" and packet is None and png_keyword(payload) == PNG_XMP_KEYWORD:
+            packet = png_text_value(kind, payload)
+        elif (
+            kind in PNG_TEXT_TYPES
+            and legacy is None
+            and png_keyword(payload) in PNG_RAW_EXIF_KEYWORDS
+        ):
+            legacy = png_raw_profile(png_text_value(kind, payload))
+    return (tiff if tiff is not None else legacy), packet
+
+
+def read_png_file_chunks(fh: BinaryIO) -> list[tuple[bytes, bytes]]:
+    """The (type, payload) of the chunks :func:`png_texts` looks at, of the PNG open at ``fh``,
+    by seeking past the rest (the image data is most of a PNG). Raises WriteError."""
+    fh.seek(0)
+    if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+        raise WriteError("not a PNG (no PNG signature)")
+    wanted = {PNG_XMP_KEYWORD, *PNG_RAW_EXIF_KEYWORDS}
+    found: list[tuple[bytes, bytes]] = []
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise WriteError("corrupt PNG: truncated (no IEND chunk)")
+        (size,) = struct.unpack(">I", head[:4])
+        kind = head[4:]
+        if kind == b"IEND":
+            return found
+        start = fh.tell()
+        if kind == b"eXIf" or kind in PNG_TEXT_TYPES:
+            payload = fh.read(min(size, 80))  # the keyword, to tell whether it is wanted
+            if kind == b"eXIf" or png_keyword(payload) in wanted:
+                if size > MAX_PNG_TEXT:
+                    raise WriteError(f"PNG {kind.decode()} chunk too large ({size} bytes)")
+                payload += fh.read(size - len(payload))
+                if len(payload) != size:
+                    raise WriteError("corrupt PNG: truncated chunk")
+                found.append((kind, payload))
+        fh.seek(start + size + 4)  # past the payload and the CRC

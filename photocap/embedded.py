@@ -11,11 +11,12 @@ and a caption a person wrote in *any* of the three counts as human: unless told 
 photocap's shadows it. IPTC is only read: photocap never writes it (an existing IPTC block
 keeps its digest valid that way; MWG readers take EXIF before IPTC in any case).
 
-A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`).
+A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`), a PNG's in
+an ``iTXt`` chunk beside its ``eXIf`` chunk (:func:`photocap.exif.rebuild_png`).
 
 :func:`read_photo_text` gathers what a file says in all these places (:class:`InFileText`):
 for the exif writer's plan, and for the look for a person's caption
-(:func:`photocap.xmp.find_human_caption`), also in TIFF, PNG, HEIC and AVIF files.
+(:func:`photocap.xmp.find_human_caption`), also in TIFF, PNG, HEIC and AVIF files and RAWs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ from photocap.container import (
     detect_format,
     exif_tiff,
     parse_jpeg,
+    parse_png,
     parse_webp,
+    png_texts,
+    read_png_file_chunks,
     read_tag,
     read_tiff_file_tags,
     set_ifd0_tags,
@@ -178,11 +182,12 @@ def xmp_description(doc: XmpDocument | None) -> str | None:
 @dataclass
 class InFileText:
     """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
-    WebP), and of the look for a person's caption (those and :data:`PILLOW_TEXT_FORMATS`)."""
+    WebP, TIFF, PNG), and of the look for a person's caption (those, RAWs and
+    :data:`PILLOW_TEXT_FORMATS`)."""
 
-    format: str  # "JPEG", "WebP", "TIFF", "RAW" or one of PILLOW_TEXT_FORMATS
+    format: str  # "JPEG", "WebP", "TIFF", "PNG", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
-    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP " chunk, ...)
+    packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP ", PNG iTXt, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
 
     @property
@@ -229,10 +234,14 @@ class InFileText:
 
 
 def read_in_file_text(data: bytes) -> InFileText:
-    """The caption-bearing parts of a JPEG's, WebP's or TIFF's bytes. Raises WriteError."""
+    """The caption-bearing parts of a JPEG's, WebP's, TIFF's or PNG's bytes. Raises
+    WriteError."""
     fmt = detect_format(data)
     if fmt == "TIFF":  # the file is one TIFF block; its XMP packet is IFD0's tag 700
         return InFileText("TIFF", data, read_tag(data, TAG_XMP, "TIFF"), None)
+    if fmt == "PNG":  # its EXIF is an eXIf chunk, its XMP packet an iTXt chunk
+        pngs = parse_png(data)[0]
+        return InFileText("PNG", *png_texts([(c.type, c.payload(data)) for c in pngs]), None)
     if fmt == "WebP":
         chunks, _ = parse_webp(data)
         xmp = next((c.payload(data) for c in chunks if c.fourcc == b"XMP "), None)
@@ -245,17 +254,20 @@ def read_in_file_text(data: bytes) -> InFileText:
 JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
 # Formats whose own captions (EXIF ImageDescription, XMP) Pillow reads, for the human check;
 # photocap writes none of them (their caption goes to the sidecar).
-PILLOW_TEXT_FORMATS = ("PNG", "HEIC", "AVIF")
+PILLOW_TEXT_FORMATS = ("HEIC", "AVIF")
 
 
 def read_photo_text(photo: Path) -> InFileText | None:
-    """The captions a photo file holds, for JPEG, WebP, TIFF, :data:`PILLOW_TEXT_FORMATS` and
-    camera RAW files that are TIFF inside; None for other formats (CR3, RAF, GIF, ...). Raises
+    """The captions a photo file holds, for JPEG, WebP, TIFF, PNG, :data:`PILLOW_TEXT_FORMATS`
+    and camera RAW files that are TIFF inside; None for other formats (CR3, RAF, GIF, ...). Raises
     WriteError when the file cannot be read."""
     try:
         fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
         if fmt in ("TIFF", "RAW"):
             return _read_tiff_text(photo, fmt)
+        if fmt == "PNG":  # its text chunks, by seeking past the image data
+            with open(photo, "rb") as fh:
+                return InFileText("PNG", *png_texts(read_png_file_chunks(fh)), None)
     except OSError as err:
         raise WriteError(f"cannot read photo: {err.strerror}") from None
     if fmt not in ("JPEG", "WebP", *PILLOW_TEXT_FORMATS):

@@ -1,4 +1,4 @@
-"""Captions inside JPEG, WebP and TIFF files, written losslessly.
+"""Captions inside JPEG, WebP, TIFF and PNG files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
 (UTF-16LE, the "Comments" field of Windows Explorer). It also goes into the file's embedded XMP
@@ -6,8 +6,8 @@ packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibi
 merged into the packet the file has or in a new one after the EXIF block, so that software
 reading either place shows the same caption (the Metadata Working Group's rule; see
 :mod:`photocap.embedded`). A description a person wrote in EXIF, the XMP packet or IPTC is
-kept. JPEG, WebP and TIFF are written in-file; every other format returns ``skipped`` (the
-caption stays in the sidecar; a camera RAW is never written).
+kept. JPEG, WebP, TIFF and PNG are written in-file; every other format returns ``skipped``
+(the caption stays in the sidecar; a camera RAW is never written).
 
 How the file stays intact:
 
@@ -29,6 +29,10 @@ How the file stays intact:
   (below): its IFD0 entries plus ours (the XMP packet is tag 700) go into a new IFD0 appended at
   the end; pages, strips and other IFDs stay byte for byte, and every page must decode to the
   same pixels.
+* **PNG: chunk surgery.** Only the ``eXIf`` chunk (a TIFF block, changed as below) and the
+  ``iTXt`` chunk of the XMP packet are replaced, or added before the first ``IDAT``; every other
+  chunk and anything after ``IEND`` is copied byte for byte, and every frame of an animated PNG
+  must decode to the same pixels.
 * **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
   moves maker notes, breaking their internal offsets. Instead the original TIFF block is kept
   byte for byte and a *new IFD0* (old entries plus ours) is appended at its end, with the header
@@ -61,6 +65,7 @@ from photocap.container import (
     MAX_PHOTO_BYTES,
     MAX_SEGMENT,
     NEW_IFD0_DEFAULTS,
+    PNG_XMP_KEYWORD,
     TAG_IMAGE_DESCRIPTION,
     TAG_XMP,
     TAG_XP_COMMENT,
@@ -71,6 +76,7 @@ from photocap.container import (
     VP8X_XMP,
     WEBP_BEFORE_EXIF,
     Entry,
+    PngChunk,
     Segment,
     Tiff,
     detect_file_format,
@@ -80,7 +86,12 @@ from photocap.container import (
     exif_tiff,
     mpf_images,
     parse_jpeg,
+    parse_png,
     parse_webp,
+    png_chunk,
+    png_keyword,
+    png_texts,
+    png_xmp_payload,
     read_tag,
     set_ifd0_tags,
     webp_canvas,
@@ -237,6 +248,102 @@ def verify_webp(old: bytes, new: bytes, edit: FileEdit) -> None:
             edit.xmp,
         )
     _verify_same_frames(old, new, "WebP")
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def rebuild_png(data: bytes, edit: FileEdit) -> bytes:
+    """The PNG ``data`` with ``edit`` applied to its ``eXIf`` chunk and XMP ``iTXt`` chunk;
+    verified in memory.
+
+    Either chunk is replaced where it is, or added just before the image data (``IDAT``):
+    readers that stop at the image (browsers, Pillow before ``load``) still see it, and every
+    version of the spec allows ``eXIf`` there. Every other chunk is copied byte for byte.
+    """
+    new = data
+    if edit.tags:
+        chunks, _ = parse_png(new)
+        found = _png_found(new, chunks, b"eXIf")
+        if len(found) > 1:
+            raise WriteError("the photo holds two eXIf chunks; not written")
+        tiff, _ = _png_texts(new, chunks, found)
+        updates = edit.tags if tiff is not None else {**NEW_IFD0_DEFAULTS, **edit.tags}
+        new = _png_put(new, chunks, found, png_chunk(b"eXIf", set_ifd0_tags(tiff, updates)))
+    if edit.xmp:
+        chunks, _ = parse_png(new)
+        found = _png_found(new, chunks, PNG_XMP_KEYWORD)
+        if len(found) > 1:
+            raise WriteError("the photo holds two XMP packets; not written")
+        _, packet = _png_texts(new, chunks, found)
+        doc = parse_packet(packet) if packet is not None else XmpDocument.new()
+        apply_xmp_edit(doc, edit.xmp)
+        drop = edit.drop_empty_xmp and doc.is_empty()
+        chunk = b"" if drop else png_chunk(b"iTXt", png_xmp_payload(doc.serialize()))
+        new = _png_put(new, chunks, found, chunk)
+    verify_png(data, new, edit)
+    return new
+
+
+def _png_found(data: bytes, chunks: list[PngChunk], what: bytes) -> list[int]:
+    """Where a PNG's ``eXIf`` chunks are (``what=b"eXIf"``), or its XMP ``iTXt`` chunks
+    (``what=PNG_XMP_KEYWORD``)."""
+    if what == b"eXIf":
+        return [i for i, c in enumerate(chunks) if c.type == what]
+    return [
+        i
+        for i, c in enumerate(chunks)
+        if c.type == b"iTXt" and png_keyword(c.payload(data)) == what
+    ]
+
+
+def _png_texts(
+    data: bytes, chunks: list[PngChunk], found: list[int]
+) -> tuple[bytes | None, bytes | None]:
+    """:func:`~photocap.container.png_texts` of the ``found`` chunks only."""
+    return png_texts([(chunks[i].type, chunks[i].payload(data)) for i in found])
+
+
+def _png_put(data: bytes, chunks: list[PngChunk], found: list[int], chunk: bytes) -> bytes:
+    """``chunk`` in place of ``chunks[found[0]]``, or, when none was found, before the first
+    ``IDAT``."""
+    if found:
+        old = chunks[found[0]]
+        return data[: old.start] + chunk + data[old.end :]
+    at = next((c.start for c in chunks if c.type == b"IDAT"), None)
+    if at is None:
+        raise WriteError("corrupt PNG: no image data (IDAT)")
+    return data[:at] + chunk + data[at:]
+
+
+def verify_png(old: bytes, new: bytes, edit: FileEdit) -> None:
+    """Raise WriteError unless ``new`` differs from ``old`` only in the ``eXIf`` and XMP chunks
+    ``edit`` changes, with the intended texts, and decodes to the same pixels (every frame of
+    an animated PNG)."""
+    old_chunks, old_end = parse_png(old)
+    new_chunks, new_end = parse_png(new)
+    if old[old_end:] != new[new_end:]:
+        raise WriteError("verification failed: data after the PNG changed")
+    ours = ([b"eXIf"] if edit.tags else []) + ([PNG_XMP_KEYWORD] if edit.xmp else [])
+    old_ours = {i for what in ours for i in _png_found(old, old_chunks, what)}
+    new_ours = {i for what in ours for i in _png_found(new, new_chunks, what)}
+    keep = [old[c.start : c.end] for i, c in enumerate(old_chunks) if i not in old_ours]
+    if keep != [new[c.start : c.end] for i, c in enumerate(new_chunks) if i not in new_ours]:
+        raise WriteError("verification failed: other PNG chunks changed")
+    if edit.tags:
+        found = _png_found(new, new_chunks, b"eXIf")
+        new_tiff, _ = _png_texts(new, new_chunks, found)
+        if len(found) != 1 or new_tiff is None:
+            raise WriteError("verification failed: not exactly one eXIf chunk")
+        old_tiff, _ = _png_texts(old, old_chunks, _png_found(old, old_chunks, b"eXIf"))
+        _verify_tags(old_tiff, new_tiff, edit.tags)
+    if edit.xmp:
+        found = _png_found(new, new_chunks, PNG_XMP_KEYWORD)
+        if len(found) > 1:
+            raise WriteError("verification failed: more than one XMP chunk")
+        _, old_packet = _png_texts(old, old_chunks, _png_found(old, old_chunks, PNG_XMP_KEYWORD))
+        _verify_xmp(old_packet, _png_texts(new, new_chunks, found)[1], edit.xmp)
+    _verify_same_frames(old, new, "PNG")
 
 
 # --------------------------------------------------------------------------- rewrite + verify
@@ -541,8 +648,8 @@ def rewrite_photo(
     touch: bool = False,
     dry_run: bool = False,
 ) -> bool:
-    """Apply ``plan(what the file holds)`` to a JPEG, WebP or TIFF in place, safely. False: nothing
-    to do.
+    """Apply ``plan(what the file holds)`` to a JPEG, WebP, TIFF or PNG in place, safely. False:
+    nothing to do.
 
     ``plan`` sees the file's current texts and returns the changes, or None to leave the file
     alone.
@@ -552,7 +659,8 @@ def rewrite_photo(
     edit = plan(current)
     if not edit:
         return False
-    rebuild = {"WebP": rebuild_webp, "TIFF": rebuild_tiff}.get(current.format, rebuild_jpeg)
+    rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "PNG": rebuild_png}
+    rebuild = rebuilds.get(current.format, rebuild_jpeg)
     new = rebuild(data, edit)
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
@@ -578,7 +686,7 @@ def restore_edit(
     if written is not None and text.comment == written:
         before = prov.exif_previous_comment
         edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF)
+    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF, PNG)
     fields = [(NS_DC, "description", written, prov.exif_previous_xmp_description)]
     if alt_text:
         fields.append((NS_IPTC, "AltTextAccessibility", prov.exif_alt_text,
@@ -593,7 +701,8 @@ def restore_edit(
 
 
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
-    """(ImageDescription, XPComment) of a JPEG, WebP or TIFF; (None, None) for other formats."""
+    """(ImageDescription, XPComment) of a JPEG, WebP, TIFF or PNG; (None, None) for other
+    formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     if detect_format(data) not in IN_FILE_FORMATS:
         return None, None
@@ -615,8 +724,8 @@ class _PlanSeen:
 
 
 class ExifWriter:
-    """``--write exif``: ImageDescription + XPComment inside JPEG, WebP and TIFF files, and the
-    embedded XMP description and alt text."""
+    """``--write exif``: ImageDescription + XPComment inside JPEG, WebP, TIFF and PNG files, and
+    the embedded XMP description and alt text."""
 
     name = "exif"
 

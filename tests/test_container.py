@@ -1,13 +1,23 @@
-"""The container parsers: reading a TIFF-structured file's IFD0 tags by seeking."""
+"""The container parsers: reading a TIFF-structured file's IFD0 tags by seeking; PNG chunks."""
 
 from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import pytest
 
-from photocap.container import read_tiff_file_tags
+from photocap.container import (
+    MAX_PNG_TEXT,
+    PNG_SIGNATURE,
+    parse_png,
+    png_chunk,
+    png_texts,
+    png_xmp_payload,
+    read_png_file_chunks,
+    read_tiff_file_tags,
+)
 from photocap.errors import WriteError
 
 
@@ -38,3 +48,66 @@ def test_not_tiff_inside_and_damage() -> None:
     cut = tiff_file(b"II*\0", "<", b"Grandpa's 80th\0")[:-4]
     with pytest.raises(WriteError, match="out of range"):
         read_tiff_file_tags(io.BytesIO(cut), {270})
+
+
+def png_file(*middle: bytes) -> bytes:
+    """A PNG: IHDR, the ``middle`` chunks, IEND (no real pixels: the parsers do not decode)."""
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    return PNG_SIGNATURE + ihdr + b"".join(middle) + png_chunk(b"IEND", b"")
+
+
+def test_png_texts_found_in_memory_and_by_seeking() -> None:
+    # eXIf (with the JPEG-style prefix some writers add), the XMP iTXt, and a text chunk after
+    # a large IDAT that the seeking reader skips without reading.
+    tiff = b"MM\0*\0\0\0\x08" + b"\0" * 6
+    data = png_file(
+        png_chunk(b"tEXt", b"Software\0GIMP"),
+        png_chunk(b"eXIf", b"Exif\0\0" + tiff),
+        png_chunk(b"IDAT", b"\0" * 1_000_000),
+        png_chunk(b"iTXt", png_xmp_payload(b"<x:xmpmeta/>")),
+    )
+    chunks, end = parse_png(data + b"trailer")
+    assert [c.type for c in chunks] == [b"IHDR", b"tEXt", b"eXIf", b"IDAT", b"iTXt", b"IEND"]
+    assert end == len(data)
+    in_memory = png_texts([(c.type, c.payload(data)) for c in chunks])
+    assert in_memory == (tiff, b"<x:xmpmeta/>")
+    fh = CountingReader(data)
+    found = read_png_file_chunks(fh)
+    assert [k for k, _ in found] == [b"eXIf", b"iTXt"] and png_texts(found) == in_memory
+    assert fh.bytes_read < 1000  # the image data was seeked past, not read
+
+
+class CountingReader(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = super().read(size)
+        self.bytes_read += len(out)
+        return out
+
+
+def test_png_raw_exif_profile_read_when_there_is_no_exif_chunk() -> None:
+    tiff = b"II*\0\x08\0\0\0" + b"\0" * 6
+    hexed = (b"Exif\0\0" + tiff).hex()
+    text = f"\nexif\n{len(hexed) // 2:8d}\n{hexed[:20]}\n{hexed[20:]}\n".encode()
+    ztxt = png_chunk(b"zTXt", b"Raw profile type exif\0\0" + zlib.compress(text))
+    assert png_texts([(b"zTXt", ztxt[8:-4])]) == (tiff, None)
+
+
+def test_png_damage_and_inflation_bombs_are_refused() -> None:
+    good = png_file(png_chunk(b"IDAT", b"x"))
+    with pytest.raises(WriteError, match="IDAT chunk fails its CRC"):
+        parse_png(good[:-14] + b"y" + good[-13:])
+    with pytest.raises(WriteError, match="no IEND"):
+        parse_png(good[:-12])
+    with pytest.raises(WriteError, match="no IEND"):
+        read_png_file_chunks(io.BytesIO(good[:-12]))
+    with pytest.raises(WriteError, match="does not start with IHDR"):
+        parse_png(PNG_SIGNATURE + good[33:])
+    # 1 KB that inflates past the limit: refused, not inflated into memory
+    bomb = zlib.compress(b"\0" * (MAX_PNG_TEXT + 1), 9)
+    payload = b"XML:com.adobe.xmp\0\x01\x00\0\0" + bomb
+    with pytest.raises(WriteError, match="inflates past"):
+        png_texts([(b"iTXt", payload)])

@@ -194,7 +194,7 @@ def test_description_edited_after_photocap_is_kept(lib: Path) -> None:
     assert read_exif_caption(photo)[0] == "Edited by me"
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("PNG", "photo.png"), ("GIF", "photo.gif")])
+@pytest.mark.parametrize(("fmt", "name"), [("GIF", "photo.gif"), ("BMP", "photo.bmp")])
 def test_other_formats_skipped(lib: Path, fmt: str, name: str) -> None:
     photo = lib / name
     Image.new("RGB", (8, 8), "red").save(photo, fmt)
@@ -936,3 +936,203 @@ def test_ours_leaves_the_file_when_a_persons_caption_comes_later(lib: Path) -> N
         assert a.tobytes() == b.tobytes()
     assert read_provenance(XmpDocument.load(sidecar)).exif_description is None
     assert write(photo).status == "kept_human" and photo.read_bytes() == after  # settled
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, whole chunk bytes) of a PNG, up to IEND, parsed here independently of photocap."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, out = 8, []
+    while not out or out[-1][0] != b"IEND":
+        size = struct.unpack(">I", data[pos : pos + 4])[0]
+        out.append((data[pos + 4 : pos + 8], data[pos : pos + 12 + size]))
+        pos += 12 + size
+    return out
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import zlib
+
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def _is_ours(chunk: tuple[bytes, bytes]) -> bool:
+    """An eXIf chunk, or the iTXt chunk of the XMP packet."""
+    kind, whole = chunk
+    return kind == b"eXIf" or (kind == b"iTXt" and whole[8:].startswith(b"XML:com.adobe.xmp\0"))
+
+
+PNG_TRAILER = b"\0trailing bytes a tool left after IEND"
+
+
+def _make_png(path: Path, kind: str) -> Path:
+    """A PNG as a library has them: a screenshot (RGB), a palette graphic with transparency,
+    16-bit grey, RGBA, an animated PNG, or one a photo tool tagged (XMP with a keyword and a
+    rating, camera EXIF, text chunks before and after the image data, bytes after IEND)."""
+    from PIL import PngImagePlugin
+
+    gradient = Image.linear_gradient("L").resize((48, 32))
+    rgb = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                              Image.new("L", (48, 32), 90)))  # fmt: skip
+    if kind == "rgb":
+        rgb.save(path, "PNG")
+    elif kind == "palette":
+        rgb.quantize(16).save(path, "PNG", transparency=3)
+    elif kind == "grey16":
+        gradient.convert("I").point(lambda v: v * 257).convert("I;16").save(path, "PNG")
+    elif kind == "alpha":
+        rgba = rgb.copy()
+        rgba.putalpha(gradient)
+        rgba.save(path, "PNG")
+    elif kind == "animated":
+        frames = [rgb, rgb.transpose(Image.Transpose.FLIP_TOP_BOTTOM)]
+        frames[0].save(path, "PNG", save_all=True, append_images=frames[1:], duration=100)
+    elif kind == "tagged":
+        info = PngImagePlugin.PngInfo()
+        keyword = "<dc:subject><rdf:Bag><rdf:li>grandma</rdf:li></rdf:Bag></dc:subject>"
+        xmp = xmp_packet(extra=keyword)
+        info.add_itxt("XML:com.adobe.xmp", xmp.decode(), zip=False)
+        info.add_text("Software", "darktable 4.6")
+        info.add_text("Comment", "Created with GIMP", zip=True)
+        rgb.save(path, "PNG", pnginfo=info, exif=camera_exif(), dpi=(300, 300))
+        data = path.read_bytes()
+        late = _png_chunk(b"tEXt", b"Source\0scanned 1962")  # a text chunk after the image
+        path.write_bytes(data[:-12] + late + data[-12:] + PNG_TRAILER)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgb", "palette", "grey16", "alpha", "animated", "tagged"])
+def test_png_lossless_round_trip(lib: Path, kind: str) -> None:
+    # Lightroom reads a PNG's caption from the file (its XMP), never from a sidecar.
+    photo = _make_png(lib / "photo.png", kind)
+    before = photo.read_bytes()
+    assert write(photo).status == "written"
+    after = photo.read_bytes()
+    old, new = _png_chunks(before), _png_chunks(after)
+    # every chunk but eXIf and the XMP iTXt is byte-identical and in the same order
+    assert [c for c in old if not _is_ours(c)] == [c for c in new if not _is_ours(c)]
+    kinds = [k for k, _ in new]
+    assert kinds.count(b"eXIf") == 1 and sum(map(_is_ours, new)) == 2
+    first_image = kinds.index(b"IDAT")
+    assert all(i < first_image for i, c in enumerate(new) if _is_ours(c))  # readers stop there
+    assert after.endswith(PNG_TRAILER) == (kind == "tagged")
+    assert _pages(after) == _pages(before)  # every frame, every pixel, the same mode
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+    with Image.open(photo) as img:
+        packet = XmpDocument.parse(img.info["xmp"])
+        assert img.getexif().get(0x010E) == CAPTION
+    assert packet.get_default(NS_DC, "description") == CAPTION
+    assert packet.get_default(NS_IPTC, "AltTextAccessibility") == CAPTION
+    if kind == "tagged":  # merged: the keyword and rating are kept, the camera's EXIF beside ours
+        assert b"grandma" in packet.serialize() and b'Rating="4"' in packet.serialize()
+        exif = piexif.load(dict(new)[b"eXIf"][8:-4])
+        assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam" and exif["GPS"]
+    # A re-caption replaces both chunks in place: still one of each, the same pixels.
+    assert write(photo, "A cat sleeps.").status == "written"
+    assert read_exif_caption(photo)[0] == "A cat sleeps."
+    again = _png_chunks(photo.read_bytes())
+    assert [k for k, _ in again] == kinds and sum(map(_is_ours, again)) == 2
+    assert _pages(photo.read_bytes()) == _pages(before)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("kind", ["rgb", "animated", "tagged"])
+def test_png_read_by_exiftool(lib: Path, kind: str) -> None:
+    photo = _make_png(lib / "photo.png", kind)
+    _written_as_exiftool_reads_it(photo, "TestCam" if kind == "tagged" else None)
+
+
+@needs_exiv2
+def test_png_read_by_exiv2(lib: Path) -> None:
+    photo = _make_png(lib / "photo.png", "tagged")
+    write(photo)
+    out = exiv2(photo, "-pa")
+    assert f"Exif.Image.ImageDescription                  Ascii      30  {CAPTION}" in out
+    assert (
+        f'Xmp.dc.description                           LangAlt     1  lang="x-default" {CAPTION}'
+        in out
+    )
+    assert "Exif.Image.Make                              Ascii       8  TestCam" in out
+
+
+@pytest.mark.parametrize("where", ["xmp", "compressed xmp", "exif", "raw profile"])
+def test_png_with_a_persons_caption_is_kept(lib: Path, where: str) -> None:
+    # Wherever a tool put it: the XMP packet (compressed, as some write it), the eXIf chunk,
+    # or ImageMagick's hex "Raw profile type exif" from before eXIf existed.
+    from PIL import PngImagePlugin
+
+    from photocap.xmp import find_human_caption
+
+    info = PngImagePlugin.PngInfo()
+    exif = b""
+    if where in ("xmp", "compressed xmp"):
+        packet = xmp_packet("Oma in Kassel").decode()
+        info.add_itxt("XML:com.adobe.xmp", packet, zip=where == "compressed xmp")
+    elif where == "exif":
+        exif = camera_exif("Oma in Kassel")
+    else:
+        raw = camera_exif("Oma in Kassel").hex()
+        text = f"\nexif\n{len(raw) // 2:8d}\n" + "\n".join(
+            raw[i : i + 72] for i in range(0, len(raw), 72)
+        )
+        info.add_text("Raw profile type exif", text, zip=True)
+    photo = lib / "photo.png"
+    Image.new("RGB", (32, 24), "teal").save(photo, "PNG", pnginfo=info, exif=exif)
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
+    assert photo.read_bytes() == before
+    assert find_human_caption(photo) == "Oma in Kassel"  # the sidecar writer's look, by seeking
+
+
+def test_png_with_two_xmp_packets_is_left_untouched(lib: Path) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for _ in range(2):
+        info.add_itxt("XML:com.adobe.xmp", xmp_packet().decode(), zip=False)
+    photo = lib / "photo.png"
+    Image.new("RGB", (32, 24), "teal").save(photo, "PNG", pnginfo=info)
+    before = photo.read_bytes()
+    outcome = write(photo)
+    assert outcome.status == "failed" and "two XMP packets" in outcome.message
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["rgb", "animated"])
+def test_damaged_pngs_fail_cleanly_or_stay_pixel_identical(lib: Path, kind: str) -> None:
+    """Truncated, bit-flipped and padded PNGs: a one-line failure with the file untouched, or
+    (damage outside the chunks, after IEND) a write that keeps every frame's pixels."""
+    import random
+
+    rng = random.Random(11)
+    src = _make_png(lib / "src.png", kind).read_bytes()
+    statuses = set()
+    for trial in range(30):
+        data = bytearray(src)
+        if trial % 3 == 0:
+            data = data[: rng.randrange(8, len(data))]
+        elif trial % 3 == 1:
+            for _ in range(3):
+                data[rng.randrange(8, len(data))] = rng.randrange(256)
+        else:
+            at = rng.randrange(8, len(data) + 1)
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        photo = lib / f"p{trial}.png"
+        photo.write_bytes(bytes(data))
+        outcome = write(photo)
+        statuses.add(outcome.status)
+        assert outcome.status in ("written", "failed"), outcome
+        if outcome.status == "failed":
+            assert photo.read_bytes() == bytes(data) and "\n" not in outcome.message
+            assert "PNG" in outcome.message or "does not decode" in outcome.message
+        else:
+            assert _pages(photo.read_bytes()) == _pages(bytes(data))
+    assert "failed" in statuses

@@ -447,18 +447,18 @@ def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, capt
 
 
 def test_an_output_that_does_not_apply_is_not_retried(tmp_path: Path, captioner) -> None:
-    # `--write exif` cannot write into a PNG (nor a RAW): that photo is done once its sidecar
+    # `--write exif` cannot write into a GIF (nor a RAW): that photo is done once its sidecar
     # and row are, not carried again by every re-run to be told "exif not supported" again.
     from PIL import Image
 
     [jpeg] = make_tiny_jpegs(tmp_path / "lib", 1)
-    png = tmp_path / "lib" / "scan.png"
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(png)
+    gif = tmp_path / "lib" / "scan.gif"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(gif)
     db = tmp_path / "i.db"
     writers = ["xmp", "exif", "index"]
     first, _ = run([tmp_path / "lib"], captioner, db, writers=writers)
     outputs = {r.path: {o.writer: o.status for o in r.outputs} for r in first}
-    assert outputs[png] == {"xmp": "written", "exif": "skipped", "index": "written"}
+    assert outputs[gif] == {"xmp": "written", "exif": "skipped", "index": "written"}
     assert outputs[jpeg]["exif"] == "written"
     results, summary = run([tmp_path / "lib"], captioner, db, writers=writers)
     assert (summary.skipped, summary.carried) == (2, 0), [(r.path, r.reason) for r in results]

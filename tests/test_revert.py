@@ -211,3 +211,27 @@ def test_tiff_reverted(lib: Path, kind: str) -> None:
         assert packet is None
     else:  # the scanner's packet stays, as it was apart from layout
         assert packet is not None and b"grandma" in packet and b"A dog runs" not in packet
+
+
+@pytest.mark.parametrize("kind", ["rgb", "tagged"])
+def test_png_reverted(lib: Path, kind: str) -> None:
+    from test_exif import _is_ours, _make_png, _pages, _png_chunks
+
+    photo = _make_png(lib / "photo.png", kind)
+    before = photo.read_bytes()
+    caption_all(photo)
+    assert read_exif_caption(photo) == ("A dog runs.", "A dog runs.")
+    [outcome] = list(revert_paths([lib]))
+    assert (outcome.path.name, outcome.status) == ("photo.png.xmp", "deleted")
+    after = photo.read_bytes()
+    assert read_exif_caption(photo) == (None, None)
+    assert _pages(after) == _pages(before)
+    old, new = _png_chunks(before), _png_chunks(after)
+    assert [c for c in old if not _is_ours(c)] == [c for c in new if not _is_ours(c)]
+    packets = [whole for kind_, whole in new if _is_ours((kind_, whole)) and kind_ == b"iTXt"]
+    if kind == "rgb":  # the packet photocap added is gone
+        assert packets == []
+    else:  # the tool's packet stays, as it was apart from layout; so does the camera's EXIF
+        assert len(packets) == 1 and b"grandma" in packets[0] and b"A dog runs" not in packets[0]
+        exif = piexif.load(dict(new)[b"eXIf"][8:-4])
+        assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
