@@ -1062,10 +1062,11 @@ def test_png_read_by_exiv2(lib: Path) -> None:
     assert "Exif.Image.Make                              Ascii       8  TestCam" in out
 
 
-@pytest.mark.parametrize("where", ["xmp", "compressed xmp", "exif", "raw profile"])
+@pytest.mark.parametrize("where", ["xmp", "compressed xmp", "late xmp", "exif", "raw profile"])
 def test_png_with_a_persons_caption_is_kept(lib: Path, where: str) -> None:
-    # Wherever a tool put it: the XMP packet (compressed, as some write it), the eXIf chunk,
-    # or ImageMagick's hex "Raw profile type exif" from before eXIf existed.
+    # Wherever a tool put it: the XMP packet (compressed, as some write it, or after the image
+    # data, where Pillow does not look before decoding), the eXIf chunk, or ImageMagick's hex
+    # "Raw profile type exif" from before eXIf existed.
     from PIL import PngImagePlugin
 
     from photocap.xmp import find_human_caption
@@ -1085,6 +1086,10 @@ def test_png_with_a_persons_caption_is_kept(lib: Path, where: str) -> None:
         info.add_text("Raw profile type exif", text, zip=True)
     photo = lib / "photo.png"
     Image.new("RGB", (32, 24), "teal").save(photo, "PNG", pnginfo=info, exif=exif)
+    if where == "late xmp":
+        data = photo.read_bytes()
+        late = _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp_packet("Oma in Kassel"))
+        photo.write_bytes(data[:-12] + late + data[-12:])
     before = photo.read_bytes()
     outcome = write(photo)
     assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma in Kassel")
