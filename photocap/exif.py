@@ -617,10 +617,10 @@ def _verify_tags(
         raise WriteError("verification failed: existing EXIF tags changed")
 
 
-def verify_decodes(path: Path) -> None:
-    """Pillow must open and fully decode the file.
+def verify_jpeg_decodes(path: Path) -> None:
+    """Pillow must open and fully decode the JPEG file.
 
-    A JPEG is decoded at 1/8 scale: every block is still read (damage is still found), but a
+    It is decoded at 1/8 scale: every block is still read (damage is still found), but a
     100-MP photo costs what a 1.6-MP one does, and Pillow's pixel limit, meant for untrusted
     input, does not refuse a camera's own large photo.
     """
@@ -629,13 +629,10 @@ def verify_decodes(path: Path) -> None:
     from photocap.image import open_jpeg
 
     try:
-        data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            jpeg = detect_format(data) == "JPEG"
-            with open_jpeg(data) if jpeg else Image.open(io.BytesIO(data)) as img:
-                if jpeg:
-                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            with open_jpeg(path.read_bytes()) as img:
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.load()
     except Exception as err:  # any decoder error means we must not install this file
         raise WriteError(f"verification failed: written file does not decode ({err})") from None
@@ -660,10 +657,13 @@ def rewrite_photo(
     if not edit:
         return False
     rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "PNG": rebuild_png}
-    rebuild = rebuilds.get(current.format, rebuild_jpeg)
-    new = rebuild(data, edit)
+    new = rebuilds.get(current.format, rebuild_jpeg)(data, edit)
+    # The WebP, TIFF and PNG rebuilds decoded every frame of ``new`` to the old pixels, and
+    # atomic_write reads the file back and checks it holds exactly ``new``: decoding it again
+    # would tell nothing more. A JPEG's rebuild compares its scan bytes without decoding them.
+    verify = verify_jpeg_decodes if current.format == "JPEG" else None
     if not dry_run:
-        atomic_write(photo, new, preserve_mtime=not touch, verify=verify_decodes)
+        atomic_write(photo, new, preserve_mtime=not touch, verify=verify)
     return True
 
 
