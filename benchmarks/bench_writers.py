@@ -20,6 +20,8 @@ common case). Run twice: the first run warms the page cache, as a caption run's 
     python benchmarks/bench_writers.py /tmp/lib
     python benchmarks/make_library.py /tmp/scans --count 0 --tiff 6    # film scans, TIFF
     python benchmarks/bench_writers.py /tmp/scans --pattern '*.tif'
+    python benchmarks/make_library.py /tmp/shots --count 0 --png 6     # screenshots, PNG
+    python benchmarks/bench_writers.py /tmp/shots --pattern '*.png'
 """
 
 from __future__ import annotations
