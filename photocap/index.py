@@ -243,6 +243,11 @@ def _m007_pixels_hash(db: sqlite_utils.Database) -> None:
         db.table(PHOTOS).add_column("pixels_hash", str)
 
 
+def _m008_index_pixels_hash(db: sqlite_utils.Database) -> None:
+    # find_moved looks photos up by their pixels too (moved and tagged on the way).
+    db.table(PHOTOS).create_index(["pixels_hash"], if_not_exists=True)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -252,6 +257,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("005_search_human_captions", _m005_search_human_captions),
     ("006_sidecar_stamp", _m006_sidecar_stamp),
     ("007_pixels_hash", _m007_pixels_hash),
+    ("008_index_pixels_hash", _m008_index_pixels_hash),
 ]
 
 
@@ -411,16 +417,28 @@ class PhotoIndex:
         return rows[0] if rows else None
 
     @_sqlite_errors
-    def find_moved(self, content_hash: str, new_path: str | os.PathLike[str]) -> PhotoRow | None:
-        """A captioned row with this content whose file is gone: the photo was moved/renamed."""
-        cur = self.db.execute(
-            f"SELECT {self._row_sql} FROM photos WHERE content_hash = ? AND path != ? "
-            "AND caption IS NOT NULL AND error IS NULL ORDER BY captioned_at DESC",
-            [content_hash, os.fspath(new_path)],
-        )
-        for row in cur.fetchall():
-            if not os.path.lexists(row[0]):
-                return _to_row(row)
+    def find_moved(
+        self,
+        content_hash: str,
+        new_path: str | os.PathLike[str],
+        pixels_hash: str | None = None,
+    ) -> PhotoRow | None:
+        """A captioned row whose file is gone, with this content or, failing that, these
+        pixels: the photo was moved or renamed (and maybe its metadata edited on the way, as
+        Lightroom and digiKam do when they move and tag photos)."""
+        # One indexed lookup per hash: with "content_hash = ? OR pixels_hash = ?" SQLite's
+        # planner walks the error index instead, every row (9 ms a photo at 50,000 rows).
+        for column, value in (("content_hash", content_hash), ("pixels_hash", pixels_hash)):
+            if value is None:
+                continue
+            cur = self.db.execute(
+                f"SELECT {self._row_sql} FROM photos WHERE {column} = ? AND path != ? "
+                "AND caption IS NOT NULL AND error IS NULL ORDER BY captioned_at DESC",
+                [value, os.fspath(new_path)],
+            )
+            for row in cur.fetchall():
+                if not os.path.lexists(row[0]):
+                    return _to_row(row)
         return None
 
     @_sqlite_errors

@@ -496,7 +496,9 @@ class _Run:
                 if reason:
                     self._hand_off([self._carry(item.photo, row, reason)], commit=False)
                     return  # committed with the next batch
-            moved = self.index.find_moved(result.content_hash, item.photo.path)
+            moved = self.index.find_moved(
+                result.content_hash, item.photo.path, pixels_hash=result.pixels_hash
+            )
             if moved is not None and moved.model_id == self.model_id:
                 reason = f"moved from {describe_path(moved.path)}"
                 job = self._carry(item.photo, moved, reason, moved_from=moved.path)

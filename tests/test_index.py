@@ -140,8 +140,9 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     path = folder / "photocap.db"
     with PhotoIndex(path) as idx:
         idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
-    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-007 to apply
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-008 to apply
         conn.execute("DROP INDEX idx_photos_date_taken")
+        conn.execute("DROP INDEX idx_photos_pixels_hash")
         conn.execute("ALTER TABLE photos DROP COLUMN sidecar_stamp")
         conn.execute("ALTER TABLE photos DROP COLUMN pixels_hash")
         conn.execute("DELETE FROM _migrations WHERE name >= '004'")
@@ -167,9 +168,45 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     )
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
-        assert idx.applied_migrations()[-2:] == ["006_sidecar_stamp", "007_pixels_hash"]
+        assert idx.applied_migrations()[-3:] == [
+            "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash",
+        ]  # fmt: skip
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
+
+
+def test_find_moved_by_bytes_then_by_pixels(tmp_path: Path) -> None:
+    # A moved photo is found by its bytes; one tagged on the way by its pixels; a row whose
+    # file is still there was copied, not moved; a row without pixels_hash (an older version
+    # wrote it) matches no photo by pixels.
+    gone, there = tmp_path / "gone", tmp_path / "there.jpg"
+    there.write_bytes(b"x")
+    with PhotoIndex(tmp_path / "i.db") as idx:
+        common = {"caption": "A dog runs.", "model_id": "m"}
+        idx.upsert_photos([
+            {"path": f"{gone}/a.jpg", "content_hash": "h1", "pixels_hash": "p1", **common},
+            {"path": f"{gone}/b.jpg", "content_hash": "h2", "pixels_hash": "p1", **common},
+            {"path": str(there), "content_hash": "h3", "pixels_hash": "p3", **common},
+            {"path": f"{gone}/c.jpg", "content_hash": "h4", "pixels_hash": None, **common},
+        ])  # fmt: skip
+        found = idx.find_moved("h2", "/new.jpg", pixels_hash="p1")
+        assert found is not None and found.path == f"{gone}/b.jpg"  # the same bytes first
+        found = idx.find_moved("h9", "/new.jpg", pixels_hash="p1")
+        assert found is not None and found.path in (f"{gone}/a.jpg", f"{gone}/b.jpg")
+        assert idx.find_moved("h3", "/new.jpg", pixels_hash="p3") is None
+        assert idx.find_moved("h9", "/new.jpg", pixels_hash=None) is None
+        assert idx.find_moved("h9", "/new.jpg") is None
+        # Each lookup goes through an index, never a walk of the table: it runs for every new
+        # photo of a run, and a library has 50,000 rows (an OR of both hashes walked them all).
+        statements: list[str] = []
+        idx.db.conn.set_trace_callback(statements.append)
+        idx.find_moved("h9", "/new.jpg", pixels_hash="p9")
+        idx.db.conn.set_trace_callback(None)
+        plans = [idx.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall() for sql in statements]
+        assert [plan[0][3].split(" (")[0] for plan in plans] == [
+            "SEARCH photos USING INDEX idx_photos_content_hash",
+            "SEARCH photos USING INDEX idx_photos_pixels_hash",
+        ]
 
 
 def test_search_stems_ranks_and_highlights(index: PhotoIndex) -> None:

@@ -111,6 +111,31 @@ def test_renamed_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:
     assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
 
 
+def test_a_photo_moved_and_tagged_on_the_way_keeps_its_caption(tmp_path: Path, captioner) -> None:
+    # Lightroom and digiKam move photos into folders and write keywords into them as they go:
+    # new bytes at a new path, the same pixels. The photo keeps its caption and its row, no
+    # model call, rather than a new caption beside a row left for a file that is gone.
+    from metadata_helpers import app_segment, insert_after_app
+
+    paths = make_tiny_jpegs(tmp_path / "lib", 2)
+    db = tmp_path / "i.db"
+    run([tmp_path / "lib"], captioner, db)
+    old = {r["path"]: r for r in rows(db)}[str(paths[0])]
+    new_path = tmp_path / "lib" / "2024" / "tagged.jpg"
+    new_path.parent.mkdir()
+    new_path.write_bytes(insert_after_app(paths[0].read_bytes(), app_segment(0xEB, b"rating=5")))
+    paths[0].unlink()
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([tmp_path / "lib"], counting, db)
+    assert counting.batches == 0 and (summary.carried, summary.skipped) == (1, 1)
+    moved = next(r for r in results if r.path == new_path)
+    assert moved.reason.startswith("moved from") and moved.caption == old["caption"]
+    table = {r["path"]: r for r in rows(db)}
+    assert sorted(table) == sorted([str(paths[1]), str(new_path)])
+    assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
+    assert table[str(new_path)]["content_hash"] != old["content_hash"]  # its new bytes
+
+
 def test_limit_dry_run_and_stop(tmp_path: Path, captioner) -> None:
     make_tiny_jpegs(tmp_path / "lib", 10)
     db = tmp_path / "i.db"
