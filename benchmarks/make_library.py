@@ -17,9 +17,13 @@ entropy (Huffman) decoding, whose cost grows with the number of bytes, so an ups
 photos (pillow-heif; 1008x756, since x265 needs ~20 s for 12 MP) and film scans as archivists
 keep them (TIFF, LZW, 8-bit RGB at ``--size``: ~30 MB each). ``--size 640x480`` makes small, cheap
 files for runs where decode cost does not matter (re-runs, memory with 10,000 photos).
+``--raw N`` shoots the first N photos as RAW+JPEG, as a camera set to both does: a DNG of the
+same stem beside each JPEG, the JPEG's picture as its preview, 16-bit sensor data at ``--size``
+(``tests/raw_helpers.make_dng``; ~25 MB at 12 MP).
 
     python benchmarks/make_library.py /tmp/lib --count 100            # 100 camera JPEGs
     python benchmarks/make_library.py /tmp/small --count 10000 --size 640x480 --noise 3
+    python benchmarks/make_library.py /tmp/pairs --count 16 --raw 16  # RAW+JPEG pairs
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def base_frames(sources: Path, size: tuple[int, int], count: int) -> list[np.nda
 def generate(
     out: Path, count: int, size: tuple[int, int] = (4032, 3024), quality: int = 92,
     noise: float = 7.0, png: int = 0, heic: int = 0, seed: int = 0, sources: Path | None = None,
-    frames: int = 6, jobs: int = 1, tiff: int = 0,
+    frames: int = 6, jobs: int = 1, tiff: int = 0, raw: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Write the library into ``out``; returns a summary (counts, bytes, seconds).
 
@@ -125,12 +129,13 @@ def generate(
     extras = {"png": 0, "heic": 0, "tiff": 0}
     if first is not None:
         extras = _extras(out, first, png, heic, quality, tiff, noise)
+    raws = _raw_pairs(out, min(raw, count), size)
     w, h = size
     return {
         "folder": str(out), "jpegs": count, "size": f"{w}x{h}", "quality": quality,
         "noise_sigma": noise, "rotated_exif6": rotated, "mean_jpeg_mb": round(
             total_bytes / max(count, 1) / 1e6, 2), "png": extras["png"], "heic": extras["heic"],
-        "tiff": extras["tiff"], "seconds": round(time.perf_counter() - started, 1),
+        "tiff": extras["tiff"], "raw": raws, "seconds": round(time.perf_counter() - started, 1),
         "sources": str(src),
     }  # fmt: skip
 
@@ -163,6 +168,22 @@ def _write_range(task: tuple[Any, ...]) -> tuple[int, int]:
         (out / f"IMG_{i:05d}.jpg").write_bytes(buf.getvalue())
         total_bytes += buf.tell()
     return total_bytes, rotated
+
+
+def _raw_pairs(out: Path, count: int, size: tuple[int, int]) -> int:
+    """A DNG beside each of the first ``count`` JPEGs: the RAW of a RAW+JPEG shot."""
+    if not count:
+        return 0
+    sys.path.insert(0, str(REPO / "tests"))  # make_dng: a DNG writer exists only there
+    from raw_helpers import make_dng
+
+    for i in range(count):
+        jpeg = out / f"IMG_{i:05d}.jpg"
+        with Image.open(jpeg) as img:
+            picture = img.convert("RGB")  # as stored: the DNG says the same orientation
+            orientation = img.getexif().get(0x0112, 1)
+        make_dng(jpeg.with_suffix(".DNG"), picture=picture, orientation=orientation, sensor=size)
+    return count
 
 
 def _extras(
@@ -210,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png", type=int, default=0, help="PNG screenshots to add")
     parser.add_argument("--heic", type=int, default=0, help="HEIC photos to add (pillow-heif)")
     parser.add_argument("--tiff", type=int, default=0, help="TIFF film scans to add")
+    parser.add_argument("--raw", type=int, default=0, help="photos shot as RAW+JPEG (a DNG each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--frames", type=int, default=6, help="distinct source photos to reuse")
@@ -217,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     summary = generate(
         args.out, args.count, parse_size(args.size), args.quality, args.noise, args.png,
-        args.heic, args.seed, args.sources, args.frames, args.jobs, args.tiff,
+        args.heic, args.seed, args.sources, args.frames, args.jobs, args.tiff, args.raw,
     )  # fmt: skip
     print(json.dumps(summary))
 

@@ -483,7 +483,7 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
     else:
         what = "Would caption" if summary.dry_run else "Captioned"
         line = (
-            f"{what} {summary.captioned}, kept {summary.carried} (moved/unchanged), "
+            f"{what} {summary.captioned}, kept {summary.carried} (caption known), "
             f"skipped {summary.skipped} unchanged, failed {summary.failed} "
             f"in {summary.elapsed_s:.1f} s ({summary.photos_per_s:.1f} photos/s)."
         )

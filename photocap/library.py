@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from photocap.image import has_image_extension, sniff_file
+from photocap.image import RAW_EXTENSIONS, has_image_extension, sniff_file
 
+# The camera's own rendering of a RAW+JPEG (or RAW+HEIF) shot: the same stem, one folder.
+PAIR_LEAD_EXTENSIONS = frozenset({".jpg", ".jpeg", ".heic", ".heif", ".hif"})
 # Files next to photos that are never photos themselves.
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm", ".pp3", ".dop", ".json"})
 
@@ -44,11 +46,17 @@ NOT_UTF8 = "name is not valid UTF-8: rename it (e.g. with convmv) to caption it"
 
 @dataclass(frozen=True)
 class PhotoFile:
-    """A photo found on disk (absolute path, not resolved through symlinks) and its stat."""
+    """A photo found on disk (absolute path, not resolved through symlinks) and its stat.
+
+    ``lead``: for the RAW of a RAW+JPEG pair (one shot, two files: ``IMG_0001.CR2`` and
+    ``IMG_0001.JPG`` in one folder), the JPEG, whose caption the RAW shares (see
+    :func:`pair_leads`).
+    """
 
     path: Path
     size: int
     mtime_ns: int
+    lead: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ def _walk(
     except OSError as err:
         yield DiscoveryFailure(folder, f"cannot read folder: {err.strerror or err}")
         return
+    leads = pair_leads(names)
     for name in names:
         if name.startswith("."):
             continue  # hidden files and folders (.thumbnails, .git, ._AppleDouble, ...)
@@ -127,7 +136,31 @@ def _walk(
         elif stat.S_ISREG(st.st_mode):
             found = _photo_file(path, st, explicit=False)
             if found is not None:
-                yield found
+                yield replace(found, lead=folder / leads[name]) if name in leads else found
+
+
+def pair_leads(names: Iterable[str]) -> dict[str, str]:
+    """{RAW name: JPEG name} for the RAW+JPEG pairs among the names of one folder.
+
+    A pair is a RAW and exactly one JPEG or HEIF file of the same stem (the case aside, as
+    Lightroom pairs them); the camera rendered the JPEG from the same exposure. Several
+    candidates (``IMG_1.JPG`` and ``IMG_1.HEIC``) pair nothing: which one the RAW should
+    follow is not clear.
+    """
+    raws: dict[str, list[str]] = {}
+    renderings: dict[str, list[str]] = {}
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        ext = ext.lower()
+        if ext in RAW_EXTENSIONS:
+            raws.setdefault(stem.casefold(), []).append(name)
+        elif ext in PAIR_LEAD_EXTENSIONS:
+            renderings.setdefault(stem.casefold(), []).append(name)
+    return {
+        raw[0]: lead[0]
+        for stem, raw in raws.items()
+        if len(raw) == 1 and len(lead := renderings.get(stem, [])) == 1
+    }
 
 
 def is_utf8_name(name: str) -> bool:

@@ -12,6 +12,9 @@ How it stays fast and flat on a 50,000-photo library:
   file once, hashing and decoding it.
 * A photo whose content hash matches its old row (touched, copied back) or a row whose file is
   gone (moved, renamed) keeps its caption: no model call.
+* The RAW of a RAW+JPEG pair (:attr:`PhotoFile.lead <photocap.library.PhotoFile>`) is decoded
+  (its hashes and facts go into its row) but not captioned: it waits, out of the batch, for its
+  JPEG's caption and is written with it; if the JPEG gets none, the RAW goes to the model.
 * Each batch goes through ``captioner.caption_batch``; its file writes (XMP, EXIF: parsing,
   atomic writes, fsyncs) then run on ONE background writer thread while the main thread decodes
   and captions the next batch. When they are done, the main thread writes the batch's index rows
@@ -41,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -263,6 +266,11 @@ class _Run:
         self.out: deque[PhotoResult | _Pending | object] = deque()
         self.write_thread: ThreadPoolExecutor | None = None
         self.dropped = False  # a captioned batch was dropped because of the stop flag
+        # RAW+JPEG pairs (PhotoFile.lead): the RAW takes its JPEG's caption, no model call.
+        self.paired: set[Path] = set()  # leads (JPEGs) whose RAW is decoded in this run too
+        self.parked: dict[Path, _Ready] = {}  # lead -> its decoded RAW, waiting for the caption
+        self.lead_captions: dict[Path, CaptionRecord | None] = {}  # lead done, RAW not seen yet
+        self.released: list[_Ready] = []  # RAWs whose lead got no caption: the model's after all
 
     # -------------------------------------------------------------- top level
 
@@ -273,6 +281,8 @@ class _Run:
         try:
             work: list[_Work] = []
             yield from self._plan(paths, work)
+            in_work = {w.photo.path for w in work}
+            self.paired = {w.photo.lead for w in work if w.photo.lead in in_work}
             self.total = len(work)
             self.counting_done = True
             yield Progress("caption", 0, self.total)
@@ -424,6 +434,7 @@ class _Run:
                             pending.append((lost, _done(self._decode_alone(lost.photo.path))))
                         continue
                     self._on_decoded(item, result, batch)
+                    batch += self._take_released()
                     yield from self._drain(max_queued=_MAX_QUEUED_WRITES)
                     if len(batch) < batch_size and pending:
                         continue
@@ -433,7 +444,7 @@ class _Run:
                     yield from self._caption_batch(batch)
                     if self.dropped:
                         break
-                    batch = []
+                    batch = self._take_released()
                 if self.stop.is_set() and (pending or not exhausted):
                     break
             yield from self._drain()  # writes in flight complete, even when stopping
@@ -481,6 +492,7 @@ class _Run:
                     mtime=mtime_iso(result.mtime_ns or 0),
                 )  # fmt: skip
             self.out.append(self._fail_event(item.photo.path, result.error, record=True))
+            self._resolve_lead(item.photo.path, None)
             return
         self._note_facts(item.photo.path, result)
         if not self.options.force:
@@ -494,17 +506,55 @@ class _Run:
                 elif row.pixels_hash == result.pixels_hash:
                     reason = PIXELS_UNCHANGED
                 if reason:
-                    self._hand_off([self._carry(item.photo, row, reason)], commit=False)
+                    self._hand_off_carry(self._carry(item.photo, row, reason))
                     return  # committed with the next batch
             moved = self.index.find_moved(
                 result.content_hash, item.photo.path, pixels_hash=result.pixels_hash
             )
             if moved is not None and moved.model_id == self.model_id:
                 reason = f"moved from {describe_path(moved.path)}"
-                job = self._carry(item.photo, moved, reason, moved_from=moved.path)
-                self._hand_off([job], commit=False)
+                self._hand_off_carry(self._carry(item.photo, moved, reason, moved_from=moved.path))
                 return
-        batch.append(_Ready(item.photo, item.row, result))
+        ready = _Ready(item.photo, item.row, result)
+        lead = item.photo.lead
+        if lead is not None:  # the RAW of a RAW+JPEG pair: its JPEG's caption, when it has one
+            if lead in self.paired and lead not in self.lead_captions:
+                self.parked[lead] = ready  # the JPEG is still on its way
+                return
+            if lead in self.paired:
+                record = self.lead_captions.pop(lead)
+            else:
+                row = self.index.get(lead)  # captioned by an earlier run, or not at all
+                captioned = row is not None and row.is_captioned and row.model_id == self.model_id
+                record = _row_record(lead, row) if captioned and row is not None else None
+            if record is not None:
+                self._hand_off([_paired_job(item.photo, record)], commit=False)
+                return
+        batch.append(ready)
+
+    def _hand_off_carry(self, job: _Job) -> None:
+        """Queue a carried photo's writes, with its RAW's when it leads a pair (committed with
+        the next batch)."""
+        self._hand_off([job, *self._resolve_lead(job.record.path, job.record)], commit=False)
+
+    def _resolve_lead(self, lead: Path, record: CaptionRecord | None) -> list[_Job]:
+        """``lead`` (a photo of this run) has ``record`` as its caption, or none: the jobs of
+        its RAW if that is waiting (without a caption it goes to the model instead), or the
+        caption kept for the RAW still to come."""
+        if lead not in self.paired:
+            return []
+        raw = self.parked.pop(lead, None)
+        if raw is None:
+            self.lead_captions[lead] = record
+        elif record is None:
+            self.released.append(raw)
+        else:
+            return [_paired_job(raw.photo, record)]
+        return []
+
+    def _take_released(self) -> list[_Ready]:
+        released, self.released = self.released, []
+        return released
 
     def _caption_batch(self, batch: list[_Ready]) -> Iterator[CaptionEvent]:
         """Caption ``batch``; once the previous batch's writes are done, hand its writes off."""
@@ -518,6 +568,7 @@ class _Run:
             message = f"captioning failed: {' '.join(str(err).split())[:200]}"
             for ready in batch:
                 self.out.append(self._fail_event(ready.photo.path, message, record=True))
+                self._resolve_lead(ready.photo.path, None)
             self.out.append(_PROGRESS)
             yield from self._drain()
             self.index_writer.flush()
@@ -530,6 +581,7 @@ class _Run:
                 alternatives=tuple(caption.alternatives), model_id=self.model_id, captioned_at=now,
             )  # fmt: skip
             jobs.append(_Job(record, "captioned", reason=""))
+            jobs += self._resolve_lead(record.path, record)  # its RAW, written with it
         # The previous batch was written while this one was on the model: record and yield it
         # (in order) before this one goes to the writer thread.
         yield from self._drain()
@@ -545,11 +597,7 @@ class _Run:
         self, photo: PhotoFile, row: PhotoRow, reason: str, moved_from: str | None = None
     ) -> _Job:
         """Keep an existing caption for ``photo`` (no model call), writing any missing outputs."""
-        record = CaptionRecord(
-            path=photo.path, caption=row.caption or "", score=float(row.score or 0.0),
-            alternatives=row.alternatives, model_id=row.model_id or self.model_id,
-            captioned_at=_parse_time(row.captioned_at),
-        )  # fmt: skip
+        record = _row_record(photo.path, row)
         skip = row.outputs if moved_from is None else frozenset()
         if reason in (SIDECAR_CHANGED, PIXELS_UNCHANGED):
             # The sidecar may have lost the caption, or a person's caption may have come (ours
@@ -669,6 +717,21 @@ def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone
         human = _human_caption(job.record, outcomes)
         done.append(_FilesDone(tuple(outcomes), facts, human, sidecar_stamp(job.record.path)))
     return done
+
+
+def _row_record(path: Path, row: PhotoRow) -> CaptionRecord:
+    """The caption ``row`` holds, for the photo at ``path``."""
+    return CaptionRecord(
+        path=path, caption=row.caption or "", score=float(row.score or 0.0),
+        alternatives=row.alternatives, model_id=row.model_id or "",
+        captioned_at=_parse_time(row.captioned_at),
+    )  # fmt: skip
+
+
+def _paired_job(raw: PhotoFile, lead: CaptionRecord) -> _Job:
+    """The RAW of a RAW+JPEG pair takes the caption of its JPEG, the camera's rendering of the
+    same exposure: one caption per shot, one model call. Every output is written."""
+    return _Job(replace(lead, path=raw.path), "carried", f"same shot as {lead.path.name}")
 
 
 def _carry_reason(row: PhotoRow, wanted: frozenset[str], stamp: str) -> str:

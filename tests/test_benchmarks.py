@@ -38,13 +38,25 @@ def test_help(script: str) -> None:
 def test_make_library(tmp_path: Path) -> None:
     from PIL import Image
 
+    from photocap.image import DecodeFailure, decode_photo
+    from photocap.library import discover_photos
+    from photocap.preset import Preset
+
     out = json.loads(_run("make_library.py", str(tmp_path / "lib"), "--count", "3",
-                          "--size", "320x240", "--png", "1"))  # fmt: skip
+                          "--size", "320x240", "--png", "1", "--raw", "3"))  # fmt: skip
     assert out["jpegs"] == 3 and out["rotated_exif6"] == 1 and out["png"] == 1
     with Image.open(tmp_path / "lib" / "IMG_00002.jpg") as img:
         assert img.size == (240, 320)  # stored sideways
         assert img.getexif()[0x0112] == 6
         assert img.getexif()[0x010F]  # camera Make
+    # RAW+JPEG shots: each DNG pairs with its JPEG and decodes, upright, to the same picture
+    found = {p.path.name: p.lead for p in discover_photos([tmp_path / "lib"])}
+    assert out["raw"] == 3 and found["IMG_00002.DNG"] == tmp_path / "lib" / "IMG_00002.jpg"
+    raw, jpeg = (decode_photo(str(tmp_path / "lib" / f"IMG_00002.{e}"), Preset(size=32))
+                 for e in ("DNG", "jpg"))  # fmt: skip
+    assert not isinstance(raw, DecodeFailure) and not isinstance(jpeg, DecodeFailure)
+    difference = abs(raw.pixels.astype(int) - jpeg.pixels.astype(int)).mean()  # JPEG-encoded again
+    assert raw.format == "RAW" and difference < 4, difference
 
 
 def test_bench_caption_smoke(tmp_path: Path) -> None:

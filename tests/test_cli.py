@@ -198,7 +198,7 @@ def test_fast_heic_reaches_the_decoder(tmp_path: Path, model_file: Path, monkeyp
         assert len(used) == len(flags)  # the thumbnail only with the flag
 
 
-def test_raw_and_jpeg_pair_both_captioned_raw_untouched(tmp_path: Path, model_file: Path) -> None:
+def test_raw_and_jpeg_pair_share_a_caption_raw_untouched(tmp_path: Path, model_file: Path) -> None:
     pytest.importorskip("rawpy")
     from raw_helpers import make_dng
 
@@ -212,7 +212,11 @@ def test_raw_and_jpeg_pair_both_captioned_raw_untouched(tmp_path: Path, model_fi
                      "xmp,exif,index", "--workers", "0", "--json")  # fmt: skip
     assert result.exit_code == 1, result.output  # broken.arw
     events = {Path(e["path"]).name: e for e in map(json.loads, result.stdout.splitlines()[:-1])}
-    assert events["IMG_0001.CR2"]["status"] == events["IMG_0001.JPG"]["status"] == "captioned"
+    # One shot, one caption: the RAW takes its JPEG's (the camera's rendering), no model call.
+    assert events["IMG_0001.JPG"]["status"] == "captioned"
+    assert events["IMG_0001.CR2"]["status"] == "carried"
+    assert events["IMG_0001.CR2"]["reason"] == "same shot as IMG_0001.JPG"
+    assert events["IMG_0001.CR2"]["caption"] == events["IMG_0001.JPG"]["caption"]
     assert events["IMG_0001.CR2"]["outputs"] == {"xmp": "written", "exif": "skipped",
                                                  "index": "written"}  # fmt: skip
     assert events["broken.arw"]["error"] == "truncated or corrupt RAW file"

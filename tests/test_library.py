@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
+from photocap.library import DiscoveryFailure, PhotoFile, discover_photos, pair_leads
 
 
 def test_finds_every_photo_once_in_sorted_order(sample_photos) -> None:
@@ -97,3 +97,28 @@ def test_names_that_are_not_utf8_fail_one_by_one(tmp_path: Path) -> None:
     assert failures == [(f"{latin} 2019", NOT_UTF8), (f"{latin}.jpg", NOT_UTF8)]
     assert [i.path for i in items if isinstance(i, PhotoFile)] == [tmp_path / "ok/img_0000.jpg"]
     assert describe_path(tmp_path / f"{latin}.jpg").endswith("caf\\xe9.jpg")
+
+
+def test_raw_jpeg_pairs_are_found_in_each_folder(tmp_path: Path) -> None:
+    from raw_helpers import make_dng
+
+    (tmp_path / "b").mkdir()
+    for name in ("IMG_1.CR2", "b/IMG_1.NEF", "b/img_2.nef", "b/IMG_3.DNG", "b/IMG_3.ARW"):
+        make_dng(tmp_path / name)
+    for name in ("IMG_1.JPG", "b/IMG_2.JPG", "b/IMG_3.jpg", "b/IMG_4.JPG"):
+        (tmp_path / name).write_bytes(b"\xff\xd8\xff")  # a JPEG's first bytes are enough here
+    leads = {p.path.relative_to(tmp_path).as_posix(): p.lead for p in discover_photos([tmp_path])}
+    assert leads == {
+        "IMG_1.CR2": tmp_path / "IMG_1.JPG",  # a pair
+        "IMG_1.JPG": None,  # the JPEG leads; it follows nothing
+        "b/IMG_1.NEF": None,  # its JPEG is in another folder
+        "b/IMG_2.JPG": None,
+        "b/IMG_3.ARW": None,  # two RAWs for one JPEG: which shot?
+        "b/IMG_3.DNG": None,
+        "b/IMG_3.jpg": None,
+        "b/IMG_4.JPG": None,
+        "b/img_2.nef": tmp_path / "b" / "IMG_2.JPG",  # the case aside, as Lightroom pairs
+    }
+    assert pair_leads(["A.CR3", "A.HEIC"]) == {"A.CR3": "A.HEIC"}
+    assert pair_leads(["A.CR3", "A.HEIC", "A.JPG"]) == {}  # two renderings: none is the lead
+    assert pair_leads(["A.PNG", "A.DNG", "B.DNG"]) == {}  # a PNG is no camera rendering

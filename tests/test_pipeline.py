@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import make_tiny_jpegs
+from PIL import Image
 
 from photocap.index import PhotoIndex
 from photocap.pipeline import CaptionOptions, PhotoResult, Progress, RunSummary, caption_library
@@ -285,6 +286,7 @@ class _CountingCaptioner:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.batches = 0
+        self.photos = 0  # photos the model captioned
         self.second_batch = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
@@ -292,6 +294,7 @@ class _CountingCaptioner:
 
     def caption_batch(self, pixels: Any, beam_size: int) -> Any:
         self.batches += 1
+        self.photos += len(pixels)
         if self.batches == 2:
             self.second_batch.set()
         return self.inner.caption_batch(pixels, beam_size=beam_size)
@@ -474,7 +477,6 @@ def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, capt
 def test_an_output_that_does_not_apply_is_not_retried(tmp_path: Path, captioner) -> None:
     # `--write exif` cannot write into a GIF (nor a RAW): that photo is done once its sidecar
     # and row are, not carried again by every re-run to be told "exif not supported" again.
-    from PIL import Image
 
     [jpeg] = make_tiny_jpegs(tmp_path / "lib", 1)
     gif = tmp_path / "lib" / "scan.gif"
@@ -494,7 +496,6 @@ def test_a_metadata_edit_keeps_the_caption_without_the_model(tmp_path: Path, cap
     # same pixels. The model would say the same, so it is not asked; the caption is kept.
     import piexif
     from metadata_helpers import app_segment, insert_after_app
-    from PIL import Image
 
     photo = tmp_path / "lib" / "gradient.jpg"
     photo.parent.mkdir()
@@ -540,3 +541,87 @@ def test_a_persons_caption_written_into_the_file_later_is_kept_and_found(
     assert read_caption(photo) is None  # no caption of ours left in the sidecar
     with PhotoIndex(db) as index:
         assert [h.path for h in index.search("kassel")] == [str(photo)]
+
+
+def _raw_jpeg_pairs(folder: Path, stems: list[str], raw_ext: str = ".CR2") -> list[Path]:
+    """For each stem a RAW (a DNG inside, its preview a shade of green) and the camera's JPEG
+    of the same shot (a shade of blue: another picture, so a caption of its own would be a
+    guess of the model's, not the JPEG's caption)."""
+    from raw_helpers import make_dng
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, stem in enumerate(stems):
+        out.append(make_dng(folder / f"{stem}{raw_ext}", colour=(30, 120 + 20 * i, 40)))
+        Image.new("RGB", (64, 48), (20, 40, 150 + 20 * i)).save(folder / f"{stem}.JPG")
+        out.append(folder / f"{stem}.JPG")
+    return out
+
+
+@pytest.mark.parametrize("raw_ext", [".CR2", ".RW2"])  # the RAW sorts before / after its JPEG
+def test_the_raw_of_a_raw_jpeg_pair_shares_its_jpegs_caption(
+    tmp_path: Path, captioner, raw_ext: str
+) -> None:
+    # One shot, two files: one caption for both, and the model asked once. Three pairs and a
+    # lone JPEG, four photos a batch: pairs across batch boundaries.
+    lib = tmp_path / "lib"
+    paired = _raw_jpeg_pairs(lib, ["IMG_0001", "IMG_0002", "IMG_0003"], raw_ext)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "lone.jpg")
+    db = tmp_path / "i.db"
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([lib], counting, db, writers=["xmp", "index"])
+    by_path = {r.path: r for r in results}
+    assert counting.photos == 4 and (summary.captioned, summary.carried) == (4, 3)
+    for raw, jpeg in zip(paired[::2], paired[1::2], strict=True):
+        assert (by_path[raw].status, by_path[raw].reason) == (
+            "carried",
+            f"same shot as {jpeg.name}",
+        )
+        assert by_path[raw].caption == by_path[jpeg].caption and by_path[jpeg].status == "captioned"
+        assert {o.writer: o.status for o in by_path[raw].outputs} == {
+            "xmp": "written", "index": "written"
+        }  # fmt: skip
+    table = {Path(r["path"]): r for r in rows(db)}
+    raw, jpeg = paired[0], paired[1]
+    assert table[raw]["caption"] == table[jpeg]["caption"]
+    assert (
+        table[raw]["format"] == "RAW" and table[raw]["content_hash"] != table[jpeg]["content_hash"]
+    )
+    again = _CountingCaptioner(captioner)
+    _, summary = run([lib], again, db, writers=["xmp", "index"])
+    assert again.photos == 0 and summary.skipped == 7
+
+
+def test_a_raw_whose_jpeg_cannot_be_captioned_is_captioned_itself(
+    tmp_path: Path, captioner
+) -> None:
+    lib = tmp_path / "lib"
+    raw, jpeg = _raw_jpeg_pairs(lib, ["IMG_0001"])
+    jpeg.write_bytes(jpeg.read_bytes()[:200])  # truncated: the JPEG fails
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([lib], counting, tmp_path / "i.db")
+    by_path = {r.path: r for r in results}
+    assert by_path[jpeg].status == "failed" and by_path[raw].status == "captioned"
+    assert counting.photos == 1 and (summary.captioned, summary.failed) == (1, 1)
+
+
+def test_a_raw_added_later_takes_the_caption_its_jpeg_has(tmp_path: Path, captioner) -> None:
+    # Photos imported as JPEGs first and their RAWs copied in later (or the other way round
+    # on the next import): the RAW takes the JPEG's caption from the index, no model call.
+    lib = tmp_path / "lib"
+    raw, _ = _raw_jpeg_pairs(lib, ["IMG_0001"])
+    raw.rename(tmp_path / raw.name)
+    db = tmp_path / "i.db"
+    [first], _ = run([lib], captioner, db)
+    (tmp_path / raw.name).rename(raw)
+    counting = _CountingCaptioner(captioner)
+    results, _ = run([lib], counting, db)
+    result = next(r for r in results if r.path == raw)
+    assert counting.photos == 0 and result.status == "carried"
+    assert (result.caption, result.reason) == (first.caption, "same shot as IMG_0001.JPG")
+    # A new model: both captioned again, the RAW still from its JPEG.
+    from photocap.checkpoint import build_random_captioner
+
+    other = _CountingCaptioner(build_random_captioner(seed=1))
+    results, _ = run([lib], other, db)
+    assert other.photos == 1 and {r.caption for r in results} == {results[0].caption}
