@@ -257,9 +257,10 @@ def rebuild_png(data: bytes, edit: FileEdit) -> bytes:
     """The PNG ``data`` with ``edit`` applied to its ``eXIf`` chunk and XMP ``iTXt`` chunk;
     verified in memory.
 
-    Either chunk is replaced where it is, or added just before the image data (``IDAT``):
-    readers that stop at the image (browsers, Pillow before ``load``) still see it, and every
-    version of the spec allows ``eXIf`` there. Every other chunk is copied byte for byte.
+    Either chunk is replaced where it is, or added just before the image data (``IDAT``, or an
+    animated PNG's ``acTL`` and ``fcTL`` ahead of it): readers that stop at the image
+    (browsers, Pillow before ``load``) still see it, and every version of the spec allows
+    ``eXIf`` there. Every other chunk is copied byte for byte.
     """
     new = data
     if edit.tags:
@@ -304,13 +305,18 @@ def _png_texts(
     return png_texts([(chunks[i].type, chunks[i].payload(data)) for i in found])
 
 
+# Where a new chunk goes: before the image data, and before an animated PNG's control chunks,
+# which encoders write just ahead of it.
+PNG_IMAGE_START = (b"acTL", b"fcTL", b"IDAT")
+
+
 def _png_put(data: bytes, chunks: list[PngChunk], found: list[int], chunk: bytes) -> bytes:
-    """``chunk`` in place of ``chunks[found[0]]``, or, when none was found, before the first
-    ``IDAT``."""
+    """``chunk`` in place of ``chunks[found[0]]``, or, when none was found, before the image
+    (:data:`PNG_IMAGE_START`)."""
     if found:
         old = chunks[found[0]]
         return data[: old.start] + chunk + data[old.end :]
-    at = next((c.start for c in chunks if c.type == b"IDAT"), None)
+    at = next((c.start for c in chunks if c.type in PNG_IMAGE_START), None)
     if at is None:
         raise WriteError("corrupt PNG: no image data (IDAT)")
     return data[:at] + chunk + data[at:]
