@@ -625,3 +625,35 @@ def test_a_raw_added_later_takes_the_caption_its_jpeg_has(tmp_path: Path, captio
     other = _CountingCaptioner(build_random_captioner(seed=1))
     results, _ = run([lib], other, db)
     assert other.photos == 1 and {r.caption for r in results} == {results[0].caption}
+
+
+def test_pairs_stay_one_caption_a_shot_across_an_interrupted_run(tmp_path: Path, captioner) -> None:
+    # Stopped while the model's second batch is on it (the last two JPEGs, their RAWs waiting
+    # for them): what was written is whole, pairs agree, and the next run captions only the
+    # two JPEGs left, once each.
+    lib = tmp_path / "lib"
+    files = _raw_jpeg_pairs(lib, [f"IMG_{i:04d}" for i in range(6)])
+    db = tmp_path / "i.db"
+    stop = threading.Event()
+
+    class StopInSecondBatch(_CountingCaptioner):
+        def caption_batch(self, pixels: Any, beam_size: int) -> Any:
+            if self.batches == 1:
+                stop.set()  # as Ctrl-C does
+            return super().caption_batch(pixels, beam_size)
+
+    first = StopInSecondBatch(captioner)
+    _, summary = run([lib], first, db, stop=stop)
+    assert summary.interrupted and (first.photos, summary.captioned, summary.carried) == (6, 4, 4)
+
+    def pairs_agree() -> dict[Path, str]:
+        table = {Path(r["path"]): r["caption"] for r in rows(db) if r["caption"]}
+        for raw, jpeg in zip(files[::2], files[1::2], strict=True):
+            assert (raw in table) == (jpeg in table) and table.get(raw) == table.get(jpeg)
+        return table
+
+    assert len(pairs_agree()) == 8
+    again = _CountingCaptioner(captioner)
+    _, summary = run([lib], again, db)
+    assert not summary.interrupted and (summary.captioned, summary.carried) == (2, 2)
+    assert len(pairs_agree()) == 12 and again.photos == 2
