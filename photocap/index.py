@@ -442,6 +442,18 @@ class PhotoIndex:
         return None
 
     @_sqlite_errors
+    def find_copy(self, pixels_hash: str, new_path: str | os.PathLike[str]) -> PhotoRow | None:
+        """A captioned row of another photo with these pixels (a copy, an export with other
+        metadata, a duplicate in a backup folder): the model would say the same."""
+        cur = self.db.execute(
+            f"SELECT {self._row_sql} FROM photos WHERE pixels_hash = ? AND path != ? "
+            "AND caption IS NOT NULL AND error IS NULL ORDER BY captioned_at DESC LIMIT 1",
+            [pixels_hash, os.fspath(new_path)],
+        )
+        row = cur.fetchone()
+        return None if row is None else _to_row(row)
+
+    @_sqlite_errors
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM photos").fetchone()[0])
 

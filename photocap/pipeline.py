@@ -515,6 +515,13 @@ class _Run:
                 reason = f"moved from {describe_path(moved.path)}"
                 self._hand_off_carry(self._carry(item.photo, moved, reason, moved_from=moved.path))
                 return
+            copy = self.index.find_copy(result.pixels_hash, item.photo.path)
+            if copy is not None and copy.model_id == self.model_id:
+                # A copy of a captioned photo (or the same picture with other metadata): the
+                # model would say the same. Its own outputs are all still to write.
+                reason = f"same picture as {describe_path(copy.path)}"
+                self._hand_off_carry(self._carry(item.photo, copy, reason, own_row=False))
+                return
         ready = _Ready(item.photo, item.row, result)
         lead = item.photo.lead
         if lead is not None:  # the RAW of a RAW+JPEG pair: its JPEG's caption, when it has one
@@ -594,11 +601,20 @@ class _Run:
     # -------------------------------------------------------------- writing
 
     def _carry(
-        self, photo: PhotoFile, row: PhotoRow, reason: str, moved_from: str | None = None
+        self,
+        photo: PhotoFile,
+        row: PhotoRow,
+        reason: str,
+        moved_from: str | None = None,
+        own_row: bool = True,
     ) -> _Job:
-        """Keep an existing caption for ``photo`` (no model call), writing any missing outputs."""
+        """Keep an existing caption for ``photo`` (no model call), writing any missing outputs.
+
+        ``row`` is the photo's own, or (``own_row=False``) another photo's with the same
+        pixels; ``moved_from``: the photo's row from before it moved, renamed to it.
+        """
         record = _row_record(photo.path, row)
-        skip = row.outputs if moved_from is None else frozenset()
+        skip = row.outputs if own_row and moved_from is None else frozenset()
         if reason in (SIDECAR_CHANGED, PIXELS_UNCHANGED):
             # The sidecar may have lost the caption, or a person's caption may have come (ours
             # in the sidecar or the file would hide it): both writers look again.

@@ -189,11 +189,13 @@ def sample_photos(tmp_path: Path) -> SamplePhotos:
 
 
 def make_tiny_jpegs(folder: Path, count: int, size: tuple[int, int] = (24, 16)) -> list[Path]:
-    """``count`` distinct tiny JPEGs (for runs over hundreds of photos)."""
+    """``count`` distinct tiny JPEGs (for runs over hundreds of photos): no two have the same
+    pixels (a copy would keep its original's caption)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        img = Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256))
+        blue = (i * 13 + (i // 256) * 101) % 256  # past 256 photos, the colours do not repeat
+        img = Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, blue))
         path = folder / f"img_{i:04d}.jpg"
         img.save(path, quality=70)
         paths.append(path)

@@ -175,7 +175,7 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
 
 
-def test_find_moved_by_bytes_then_by_pixels(tmp_path: Path) -> None:
+def test_find_moved_and_find_copy(tmp_path: Path) -> None:
     # A moved photo is found by its bytes; one tagged on the way by its pixels; a row whose
     # file is still there was copied, not moved; a row without pixels_hash (an older version
     # wrote it) matches no photo by pixels.
@@ -198,13 +198,19 @@ def test_find_moved_by_bytes_then_by_pixels(tmp_path: Path) -> None:
         assert idx.find_moved("h9", "/new.jpg") is None
         # Each lookup goes through an index, never a walk of the table: it runs for every new
         # photo of a run, and a library has 50,000 rows (an OR of both hashes walked them all).
+        # A copy: any captioned row with these pixels, its file there or not.
+        found = idx.find_copy("p3", "/new.jpg")
+        assert found is not None and found.path == str(there)
+        assert idx.find_copy("p3", there) is None and idx.find_copy("p9", "/new.jpg") is None
         statements: list[str] = []
         idx.db.conn.set_trace_callback(statements.append)
         idx.find_moved("h9", "/new.jpg", pixels_hash="p9")
+        idx.find_copy("p9", "/new.jpg")
         idx.db.conn.set_trace_callback(None)
         plans = [idx.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall() for sql in statements]
         assert [plan[0][3].split(" (")[0] for plan in plans] == [
             "SEARCH photos USING INDEX idx_photos_content_hash",
+            "SEARCH photos USING INDEX idx_photos_pixels_hash",
             "SEARCH photos USING INDEX idx_photos_pixels_hash",
         ]
 

@@ -85,7 +85,7 @@ def test_changed_content_and_new_model_recaption(tmp_path: Path, captioner) -> N
     paths = make_tiny_jpegs(tmp_path / "lib", 2)
     db = tmp_path / "i.db"
     run(paths, captioner, db)
-    shutil.copy(paths[1], paths[0])  # new content at paths[0]
+    Image.new("RGB", (24, 16), (250, 250, 5)).save(paths[0])  # new content at paths[0]
     _, summary = run(paths, captioner, db)
     assert (summary.captioned, summary.skipped) == (1, 1)
     other = build_random_captioner(seed=1)
@@ -135,6 +135,37 @@ def test_a_photo_moved_and_tagged_on_the_way_keeps_its_caption(tmp_path: Path, c
     assert sorted(table) == sorted([str(paths[1]), str(new_path)])
     assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
     assert table[str(new_path)]["content_hash"] != old["content_hash"]  # its new bytes
+
+
+def test_a_copy_of_a_captioned_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:
+    # A duplicate in a backup folder, or an export of the same picture with other metadata:
+    # the model would say the same, so it is not asked. Each copy gets its own row and sidecar.
+    from metadata_helpers import app_segment, insert_after_app
+
+    paths = make_tiny_jpegs(tmp_path / "lib", 2)
+    db = tmp_path / "i.db"
+    first, _ = run([tmp_path / "lib"], captioner, db, writers=["xmp", "index"])
+    captions = {r.path: r.caption for r in first}
+    backup = tmp_path / "lib" / "backup"
+    backup.mkdir()
+    shutil.copy2(paths[0], backup / paths[0].name)
+    tagged = backup / "tagged.jpg"
+    tagged.write_bytes(insert_after_app(paths[1].read_bytes(), app_segment(0xEB, b"rating=5")))
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([tmp_path / "lib"], counting, db, writers=["xmp", "index"])
+    by_path = {r.path: r for r in results}
+    assert counting.photos == 0 and (summary.carried, summary.skipped) == (2, 2)
+    for copy, source in ((backup / paths[0].name, paths[0]), (tagged, paths[1])):
+        assert by_path[copy].status == "carried" and by_path[copy].caption == captions[source]
+        assert by_path[copy].reason.startswith("same picture as ")
+        assert {o.writer: o.status for o in by_path[copy].outputs} == {
+            "xmp": "written", "index": "written"
+        }  # fmt: skip
+    assert len(rows(db)) == 4 and (backup / "tagged.jpg.xmp").is_file()
+    # With --force, every photo goes to the model again.
+    forced = _CountingCaptioner(captioner)
+    run([tmp_path / "lib"], forced, db, writers=["xmp", "index"], force=True)
+    assert forced.photos == 4
 
 
 def test_limit_dry_run_and_stop(tmp_path: Path, captioner) -> None:
