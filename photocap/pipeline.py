@@ -10,8 +10,9 @@ How it stays fast and flat on a 50,000-photo library:
 * Decoding runs in a process pool that works ahead of the model through a bounded queue of
   futures, so memory holds at most a few batches of 3x224x224 uint8 arrays. Each worker reads a
   file once, hashing and decoding it.
-* A photo whose content hash matches its old row (touched, copied back) or a row whose file is
-  gone (moved, renamed) keeps its caption: no model call.
+* A photo whose content hash (or pixels) match its old row (touched, copied back, tagged in
+  another app), a row whose file is gone (moved, renamed) or another photo's row (a copy)
+  keeps that caption: no model call.
 * The RAW of a RAW+JPEG pair (:attr:`PhotoFile.lead <photocap.library.PhotoFile>`) is decoded
   (its hashes and facts go into its row) but not captioned: it waits, out of the batch, for its
   JPEG's caption and is written with it; if the JPEG gets none, the RAW goes to the model.
