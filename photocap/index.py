@@ -244,7 +244,7 @@ def _m007_pixels_hash(db: sqlite_utils.Database) -> None:
 
 
 def _m008_index_pixels_hash(db: sqlite_utils.Database) -> None:
-    # find_moved looks photos up by their pixels too (moved and tagged on the way).
+    # find_moved and find_copy look photos up by their pixels (tagged on the way; copies).
     db.table(PHOTOS).create_index(["pixels_hash"], if_not_exists=True)
 
 

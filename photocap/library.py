@@ -20,6 +20,7 @@ from photocap.image import RAW_EXTENSIONS, has_image_extension, sniff_file
 
 # The camera's own rendering of a RAW+JPEG (or RAW+HEIF) shot: the same stem, one folder.
 PAIR_LEAD_EXTENSIONS = frozenset({".jpg", ".jpeg", ".heic", ".heif", ".hif"})
+
 # Files next to photos that are never photos themselves.
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm", ".pp3", ".dop", ".json"})
 

@@ -48,7 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
@@ -361,14 +361,7 @@ class _Run:
             if scanned % 500 == 0:
                 yield Progress("scan", scanned, None)
             row = self.index.get(item.path)
-            captioned_as_is = (
-                not self.options.force
-                and row is not None
-                and _same_stat(row, item)
-                and row.is_captioned
-                and row.model_id == self.model_id
-            )
-            if captioned_as_is and row is not None:
+            if not self.options.force and self._captioned_here(row) and _same_stat(row, item):
                 reason = _carry_reason(row, self.wanted, sidecar_stamp(item.path))
                 if not reason:
                     self.counts["skipped"] += 1
@@ -498,7 +491,7 @@ class _Run:
         self._note_facts(item.photo.path, result)
         if not self.options.force:
             row = item.row
-            if row is not None and row.is_captioned and row.model_id == self.model_id:
+            if self._captioned_here(row):
                 # The same bytes (touched), or the same pixels (its metadata edited elsewhere):
                 # the model would say the same. Its outputs are written where missing.
                 reason = ""
@@ -524,21 +517,32 @@ class _Run:
                 self._hand_off_carry(self._carry(item.photo, copy, reason, own_row=False))
                 return
         ready = _Ready(item.photo, item.row, result)
-        lead = item.photo.lead
-        if lead is not None:  # the RAW of a RAW+JPEG pair: its JPEG's caption, when it has one
-            if lead in self.paired and lead not in self.lead_captions:
-                self.parked[lead] = ready  # the JPEG is still on its way
-                return
-            if lead in self.paired:
-                record = self.lead_captions.pop(lead)
-            else:
-                row = self.index.get(lead)  # captioned by an earlier run, or not at all
-                captioned = row is not None and row.is_captioned and row.model_id == self.model_id
-                record = _row_record(lead, row) if captioned and row is not None else None
-            if record is not None:
-                self._hand_off([_paired_job(item.photo, record)], commit=False)
-                return
-        batch.append(ready)
+        if not self._follow_lead(ready):
+            batch.append(ready)
+
+    def _follow_lead(self, raw: _Ready) -> bool:
+        """The RAW of a RAW+JPEG pair takes its JPEG's caption: from this run (the RAW waits
+        for it if need be) or from the index. False: not a pair's RAW, or its JPEG has no
+        caption; the model captions it."""
+        lead = raw.photo.lead
+        if lead is None:
+            return False
+        if lead in self.paired and lead not in self.lead_captions:
+            self.parked[lead] = raw  # the JPEG is still on its way: _resolve_lead
+            return True
+        if lead in self.paired:
+            record = self.lead_captions.pop(lead)
+        else:  # not in this run: captioned by an earlier one, or not at all
+            row = self.index.get(lead)
+            record = _row_record(lead, row) if self._captioned_here(row) else None
+        if record is None:
+            return False
+        self._hand_off([_paired_job(raw.photo, record)], commit=False)
+        return True
+
+    def _captioned_here(self, row: PhotoRow | None) -> TypeGuard[PhotoRow]:
+        """``row`` holds a caption of this run's model."""
+        return row is not None and row.is_captioned and row.model_id == self.model_id
 
     def _hand_off_carry(self, job: _Job) -> None:
         """Queue a carried photo's writes, with its RAW's when it leads a pair (committed with

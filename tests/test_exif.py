@@ -33,7 +33,7 @@ from PIL import Image
 
 from photocap.exif import ExifWriter, _load_piexif, read_exif_caption
 from photocap.revert import revert_paths
-from photocap.writers import WriteOptions
+from photocap.writers import WriteOptions, WriteOutcome
 from photocap.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument, XmpWriter, read_provenance
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
@@ -677,15 +677,6 @@ def _make_webp(path: Path, kind: str) -> Path:
     return path
 
 
-def _frames(data: bytes) -> list[bytes]:
-    with Image.open(io.BytesIO(data)) as img:
-        out = []
-        for i in range(getattr(img, "n_frames", 1)):
-            img.seek(i)
-            out.append(img.convert("RGBA").tobytes())
-        return out
-
-
 @pytest.mark.parametrize("kind", ["lossy", "alpha", "xmp_and_exif", "animated"])
 def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
     photo = _make_webp(lib / "photo.webp", kind)
@@ -707,7 +698,7 @@ def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
     assert order.index(b"EXIF") < order.index(b"XMP ")  # container spec order
     image_chunks = [i for i, f in enumerate(order) if f in (b"VP8 ", b"VP8L", b"ANMF", b"ALPH")]
     assert order.index(b"EXIF") > max(image_chunks)
-    assert _frames(before) == _frames(after)  # pixels (every frame) identical
+    assert _pages(before) == _pages(after)  # pixels (every frame) identical
     assert read_exif_caption(photo) == (CAPTION, CAPTION)
     with Image.open(photo) as img:
         assert img.getexif().get(0x010E) == CAPTION
@@ -719,7 +710,7 @@ def test_webp_lossless_round_trip(lib: Path, kind: str) -> None:
     assert write(photo, "A cat sleeps.").status == "written"
     assert read_exif_caption(photo)[0] == "A cat sleeps."
     assert [f for f, _ in _webp_chunks(photo.read_bytes())].count(b"EXIF") == 1
-    assert _frames(photo.read_bytes()) == _frames(before)
+    assert _pages(photo.read_bytes()) == _pages(before)
 
 
 @needs_exiftool
@@ -767,33 +758,42 @@ def test_corrupt_webp_fails_and_is_untouched(lib: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["lossy", "animated"])
 def test_damaged_webps_fail_cleanly_or_stay_pixel_identical(lib: Path, kind: str) -> None:
-    """Truncated, bit-flipped and padded WebPs: a one-line failure with the file untouched, or
-    (damage outside the image data) a write that keeps every frame's pixels."""
+    src = _make_webp(lib / "src.webp", kind).read_bytes()
+    outcomes = _write_damaged_copies(lib, src, ".webp", seed=7, keep=12)  # RIFF, size, WEBP
+    assert "failed" in {o.status for o in outcomes}
+
+
+def _write_damaged_copies(
+    lib: Path, src: bytes, suffix: str, seed: int, keep: int
+) -> list[WriteOutcome]:
+    """Write 30 damaged copies of ``src`` (truncated, three bytes changed, a few bytes
+    inserted; its first ``keep`` bytes intact): each fails with a one-line reason and stays
+    untouched, or (damage the format tolerates) is written with every frame's pixels kept.
+    Returns the writer's outcomes."""
     import random
 
-    rng = random.Random(7)
-    src = _make_webp(lib / "src.webp", kind).read_bytes()
-    statuses = set()
+    rng = random.Random(seed)
+    outcomes: list[WriteOutcome] = []
     for trial in range(30):
         data = bytearray(src)
         if trial % 3 == 0:
-            data = data[: rng.randrange(12, len(data))]
+            data = data[: rng.randrange(keep, len(data))]
         elif trial % 3 == 1:
             for _ in range(3):
-                data[rng.randrange(12, len(data))] = rng.randrange(256)
+                data[rng.randrange(keep, len(data))] = rng.randrange(256)
         else:
-            at = rng.randrange(12, len(data))
+            at = rng.randrange(keep, len(data) + 1)
             data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
-        photo = lib / f"p{trial}.webp"
+        photo = lib / f"p{trial}{suffix}"
         photo.write_bytes(bytes(data))
         outcome = write(photo)
-        statuses.add(outcome.status)
+        outcomes.append(outcome)
         assert outcome.status in ("written", "failed"), outcome
         if outcome.status == "failed":
             assert photo.read_bytes() == bytes(data) and "\n" not in outcome.message
         else:
-            assert _frames(photo.read_bytes()) == _frames(bytes(data))
-    assert "failed" in statuses
+            assert _pages(photo.read_bytes()) == _pages(bytes(data))
+    return outcomes
 
 
 # --------------------------------------------------------------------------- TIFF
@@ -828,6 +828,7 @@ def _make_tiff(path: Path, kind: str) -> Path:
 
 
 def _pages(data: bytes) -> list[tuple[tuple[int, int], str, bytes]]:
+    """Every frame (page) of an image file: its size, mode and pixels."""
     with Image.open(io.BytesIO(data)) as img:
         out = []
         for i in range(getattr(img, "n_frames", 1)):
@@ -1115,31 +1116,7 @@ def test_png_with_two_xmp_packets_is_left_untouched(lib: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["rgb", "animated"])
 def test_damaged_pngs_fail_cleanly_or_stay_pixel_identical(lib: Path, kind: str) -> None:
-    """Truncated, bit-flipped and padded PNGs: a one-line failure with the file untouched, or
-    (damage outside the chunks, after IEND) a write that keeps every frame's pixels."""
-    import random
-
-    rng = random.Random(11)
     src = _make_png(lib / "src.png", kind).read_bytes()
-    statuses = set()
-    for trial in range(30):
-        data = bytearray(src)
-        if trial % 3 == 0:
-            data = data[: rng.randrange(8, len(data))]
-        elif trial % 3 == 1:
-            for _ in range(3):
-                data[rng.randrange(8, len(data))] = rng.randrange(256)
-        else:
-            at = rng.randrange(8, len(data) + 1)
-            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
-        photo = lib / f"p{trial}.png"
-        photo.write_bytes(bytes(data))
-        outcome = write(photo)
-        statuses.add(outcome.status)
-        assert outcome.status in ("written", "failed"), outcome
-        if outcome.status == "failed":
-            assert photo.read_bytes() == bytes(data) and "\n" not in outcome.message
-            assert "PNG" in outcome.message or "does not decode" in outcome.message
-        else:
-            assert _pages(photo.read_bytes()) == _pages(bytes(data))
-    assert "failed" in statuses
+    outcomes = _write_damaged_copies(lib, src, ".png", seed=11, keep=8)  # the signature
+    failed = [o.message for o in outcomes if o.status == "failed"]
+    assert failed and all("PNG" in m or "does not decode" in m for m in failed)

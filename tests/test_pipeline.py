@@ -94,47 +94,35 @@ def test_changed_content_and_new_model_recaption(tmp_path: Path, captioner) -> N
     assert {r["model_id"] for r in rows(db)} == {other.model_id}
 
 
-def test_renamed_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:
+@pytest.mark.parametrize("tagged", [False, True])
+def test_a_moved_photo_keeps_its_caption_and_row(tmp_path: Path, captioner, tagged: bool) -> None:
+    # Renamed, or moved into a folder with keywords written into it on the way, as Lightroom
+    # and digiKam do (new bytes, the same pixels): its row moves with it, no model call, rather
+    # than a new caption beside a row left for a file that is gone.
+    from metadata_helpers import app_segment, insert_after_app
+
     paths = make_tiny_jpegs(tmp_path / "lib", 3)
     db = tmp_path / "i.db"
     run([tmp_path / "lib"], captioner, db)
     old = {r["path"]: r for r in rows(db)}[str(paths[0])]
-    new_path = tmp_path / "lib" / "moved" / "renamed.jpg"
+    new_path = tmp_path / "lib" / "2024" / "renamed.jpg"
     new_path.parent.mkdir()
-    paths[0].rename(new_path)
-    results, summary = run([tmp_path / "lib"], captioner, db)
-    assert (summary.captioned, summary.carried, summary.skipped) == (0, 1, 2)
-    moved = next(r for r in results if r.path == new_path)
-    assert moved.reason.startswith("moved from")
-    table = {r["path"]: r for r in rows(db)}
-    assert str(paths[0]) not in table
-    assert table[str(new_path)]["caption"] == old["caption"]
-    assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
-
-
-def test_a_photo_moved_and_tagged_on_the_way_keeps_its_caption(tmp_path: Path, captioner) -> None:
-    # Lightroom and digiKam move photos into folders and write keywords into them as they go:
-    # new bytes at a new path, the same pixels. The photo keeps its caption and its row, no
-    # model call, rather than a new caption beside a row left for a file that is gone.
-    from metadata_helpers import app_segment, insert_after_app
-
-    paths = make_tiny_jpegs(tmp_path / "lib", 2)
-    db = tmp_path / "i.db"
-    run([tmp_path / "lib"], captioner, db)
-    old = {r["path"]: r for r in rows(db)}[str(paths[0])]
-    new_path = tmp_path / "lib" / "2024" / "tagged.jpg"
-    new_path.parent.mkdir()
-    new_path.write_bytes(insert_after_app(paths[0].read_bytes(), app_segment(0xEB, b"rating=5")))
+    data = paths[0].read_bytes()
+    new_path.write_bytes(insert_after_app(data, app_segment(0xEB, b"rating=5")) if tagged else data)
     paths[0].unlink()
     counting = _CountingCaptioner(captioner)
     results, summary = run([tmp_path / "lib"], counting, db)
-    assert counting.batches == 0 and (summary.carried, summary.skipped) == (1, 1)
+    assert counting.batches == 0 and (summary.captioned, summary.carried, summary.skipped) == (
+        0,
+        1,
+        2,
+    )
     moved = next(r for r in results if r.path == new_path)
     assert moved.reason.startswith("moved from") and moved.caption == old["caption"]
     table = {r["path"]: r for r in rows(db)}
-    assert sorted(table) == sorted([str(paths[1]), str(new_path)])
+    assert sorted(table) == sorted([str(paths[1]), str(paths[2]), str(new_path)])
     assert table[str(new_path)]["captioned_at"] == old["captioned_at"]
-    assert table[str(new_path)]["content_hash"] != old["content_hash"]  # its new bytes
+    assert (table[str(new_path)]["content_hash"] != old["content_hash"]) == tagged  # its bytes
 
 
 def test_a_copy_of_a_captioned_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:

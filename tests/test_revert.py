@@ -156,7 +156,7 @@ def test_cli_revert_exit_codes(lib: Path) -> None:
 
 
 def test_webp_exif_reverted(lib: Path) -> None:
-    from test_exif import _frames, _make_webp, _webp_chunks
+    from test_exif import _make_webp, _pages, _webp_chunks
 
     photo = _make_webp(lib / "photo.webp", "xmp_and_exif")
     before = photo.read_bytes()
@@ -172,13 +172,13 @@ def test_webp_exif_reverted(lib: Path) -> None:
     # Its XMP chunk (empty, the camera's) stays, empty again: photocap did not add it.
     packet = XmpDocument.parse(dict(_webp_chunks(after))[b"XMP "][8:].rstrip(b"\x00"))
     assert packet.is_empty()
-    assert _frames(after) == _frames(before)
+    assert _pages(after) == _pages(before)
     exif = piexif.load(dict(_webp_chunks(after))[b"EXIF"][8:])
     assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
 
 
 def test_webp_xmp_chunk_photocap_added_goes_on_revert(lib: Path) -> None:
-    from test_exif import _frames, _make_webp, _webp_chunks
+    from test_exif import _make_webp, _pages, _webp_chunks
 
     photo = _make_webp(lib / "photo.webp", "lossy")  # simple format: no VP8X, no XMP
     before = photo.read_bytes()
@@ -188,7 +188,7 @@ def test_webp_xmp_chunk_photocap_added_goes_on_revert(lib: Path) -> None:
     assert outcome.status == "deleted"
     chunks = _webp_chunks(photo.read_bytes())
     assert b"XMP " not in dict(chunks) and not chunks[0][1][8] & 0x04  # chunk and flag gone
-    assert _frames(photo.read_bytes()) == _frames(before)
+    assert _pages(photo.read_bytes()) == _pages(before)
 
 
 @pytest.mark.parametrize("kind", ["rgb", "tagged"])
