@@ -759,10 +759,16 @@ class ExifWriter:
             # apps reading the file would show ours, apps reading the sidecar theirs.
             in_sidecar, _ = human_caption_in_sidecars(photo)
 
+            def before_us(found: str | None) -> str | None:
+                """What a text in the file was before photocap wrote there. Our caption with no
+                provenance for it (the photo was copied, or moved without its sidecar, after
+                photocap wrote into it) is ours: nothing of anyone's to give back."""
+                return None if found == caption else found
+
             def plan(text: InFileText) -> FileEdit | None:
                 desc, comment = text.description, text.comment
                 written = prov.exif_description
-                seen.human = in_sidecar or text.human_caption(written, prov.description)
+                seen.human = in_sidecar or text.human_caption(written, prov.description, caption)
                 if seen.human is not None and not self.options.overwrite_human:
                     # A person's caption keeps ours out of the file. If ours is there already
                     # (theirs came later), it would hide theirs from apps that read the file
@@ -773,14 +779,14 @@ class ExifWriter:
                 edit = FileEdit()
                 if desc != caption:
                     edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
-                comment_ours = comment is not None and comment == written
+                comment_ours = comment is not None and comment in (written, caption)
                 if comment != caption and (
                     is_blank_description(comment) or comment_ours or self.options.overwrite_human
                 ):
                     edit.tags[TAG_XP_COMMENT] = encode_xp(caption)
                 if not (desc is not None and desc == written):
                     # first write over someone else's (or no) text: remember it
-                    prov.exif_previous_description = desc
+                    prov.exif_previous_description = before_us(desc)
                     prov.exif_previous_comment = None if comment_ours else comment
                 seen.claim = written != caption
                 # The caption and alt text go into the embedded XMP too (MWG).
@@ -791,9 +797,9 @@ class ExifWriter:
                 if xdesc != caption:
                     edit.xmp[(NS_DC, "description")] = caption
                 if xdesc is None or xdesc != written:
-                    prov.exif_previous_xmp_description = xdesc
+                    prov.exif_previous_xmp_description = before_us(xdesc)
                 cur_alt = packet.get_default(NS_IPTC, "AltTextAccessibility") if packet else None
-                alt_ours = cur_alt is not None and cur_alt == prov.exif_alt_text
+                alt_ours = cur_alt is not None and cur_alt in (prov.exif_alt_text, alt)
                 alt_empty = not (cur_alt and cur_alt.strip())
                 if alt_empty or alt_ours or self.options.overwrite_human:
                     if cur_alt != alt:

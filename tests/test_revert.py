@@ -235,3 +235,30 @@ def test_png_reverted(lib: Path, kind: str) -> None:
         assert len(packets) == 1 and b"grandma" in packets[0] and b"A dog runs" not in packets[0]
         exif = piexif.load(dict(new)[b"eXIf"][8:-4])
         assert exif["0th"][piexif.ImageIFD.Make] == b"TestCam"
+
+
+@pytest.mark.parametrize("writers", ["xmp,exif", "exif"])
+def test_a_copy_of_a_photo_photocap_wrote_into_reverts_whole(lib: Path, writers: str) -> None:
+    # A photo copied (or moved without its sidecar) after photocap wrote its caption into it:
+    # the copy holds our caption and no provenance. It is ours, not a person's: not kept as
+    # one, not recorded as what was there before, and gone from the copy on revert.
+    from photocap.embedded import read_photo_text
+
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption_all(photo)
+    copy = lib / "copies" / "copy.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(photo.read_bytes())
+    options = WriteOptions()
+    for writer in (XmpWriter(options), ExifWriter(options)):
+        if writer.name in writers.split(","):
+            outcome = writer.write(record(copy, "A dog runs."))
+            assert outcome.status in ("written", "unchanged"), outcome
+    assert read_exif_caption(copy) == ("A dog runs.", "A dog runs.")
+    list(revert_paths([copy]))
+    assert read_exif_caption(copy) == (None, None)
+    text = read_photo_text(copy)
+    assert text is not None and text.human_caption() is None
+    doc = text.xmp()
+    assert doc is None or doc.get_default(NS_DC, "description") is None
+    assert piexif.load(copy.read_bytes())["0th"][piexif.ImageIFD.Make] == b"TestCam"
