@@ -573,7 +573,13 @@ class _Run:
         import numpy as np
         import torch
 
-        pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in batch]))  # (B, 3, S, S) uint8
+        # Copies side by side ("IMG_1.jpg", "IMG_1 (1).jpg") have the same pixels: the model
+        # captions the first; the others take its caption (unless --force: every photo).
+        first: dict[str, _Ready] = {}
+        for ready in batch:
+            first.setdefault(self._twin_key(ready), ready)
+        unique = list(first.values())
+        pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in unique]))  # (U, 3, S, S)
         try:
             captions = self.captioner.caption_batch(pixels, beam_size=self.options.beam_size)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
@@ -586,13 +592,20 @@ class _Run:
             self.index_writer.flush()
             return
         now = datetime.now(timezone.utc)
+        caption_of = {id(r): c for r, c in zip(unique, captions, strict=True)}
         jobs = []
-        for ready, caption in zip(batch, captions, strict=True):
+        for ready in batch:
+            twin = first[self._twin_key(ready)]
+            caption = caption_of[id(twin)]
             record = CaptionRecord(
                 path=ready.photo.path, caption=caption.text, score=float(caption.score),
                 alternatives=tuple(caption.alternatives), model_id=self.model_id, captioned_at=now,
             )  # fmt: skip
-            jobs.append(_Job(record, "captioned", reason=""))
+            if twin is ready:
+                jobs.append(_Job(record, "captioned", reason=""))
+            else:
+                reason = f"same picture as {describe_path(twin.photo.path)}"
+                jobs.append(_Job(record, "carried", reason))
             jobs += self._resolve_lead(record.path, record)  # its RAW, written with it
         # The previous batch was written while this one was on the model: record and yield it
         # (in order) before this one goes to the writer thread.
@@ -602,6 +615,10 @@ class _Run:
             return
         self._hand_off(jobs)
         self.out.append(_PROGRESS)
+
+    def _twin_key(self, ready: _Ready) -> str:
+        """Photos of a batch with the same key are captioned once: the same pixels."""
+        return os.fspath(ready.photo.path) if self.options.force else ready.decoded.pixels_hash
 
     # -------------------------------------------------------------- writing
 

@@ -156,6 +156,23 @@ def test_a_copy_of_a_captioned_photo_keeps_its_caption(tmp_path: Path, captioner
     assert forced.photos == 4
 
 
+def test_copies_side_by_side_are_captioned_once(tmp_path: Path, captioner) -> None:
+    # "IMG_0001 (1).jpg" beside "IMG_0001.jpg" (a download twice, an import twice): both in one
+    # batch, the model captions the picture once and the copy takes its caption.
+    paths = make_tiny_jpegs(tmp_path / "lib", 3)
+    twin = paths[0].with_name(f"{paths[0].stem} (1).jpg")
+    shutil.copy2(paths[0], twin)
+    counting = _CountingCaptioner(captioner)
+    results, summary = run([tmp_path / "lib"], counting, tmp_path / "i.db")
+    by_path = {r.path: r for r in results}
+    assert counting.photos == 3 and (summary.captioned, summary.carried) == (3, 1)
+    first, second = sorted([paths[0], twin])  # the walk's order: the first is the model's
+    assert (by_path[first].status, by_path[second].status) == ("captioned", "carried")
+    assert by_path[second].reason == f"same picture as {first}"
+    assert by_path[second].caption == by_path[first].caption
+    assert len(rows(tmp_path / "i.db")) == 4
+
+
 def test_limit_dry_run_and_stop(tmp_path: Path, captioner) -> None:
     make_tiny_jpegs(tmp_path / "lib", 10)
     db = tmp_path / "i.db"
