@@ -2,9 +2,11 @@
 
 Runs the real CLI (``python -m photocap caption LIB``) twice on a library of ``--count`` photos:
 
-1. the first run captions every photo; the memory of the whole process tree (the CLI and its
-   decode workers) is sampled from /proc every 0.1 s: peak sum of RSS (shared pages counted once
-   per process: an upper bound) and peak sum of PSS (shared pages split: the real total);
+1. the first run captions every photo (``--force``: the library repeats 16 pictures, whose
+   copies would otherwise take their caption without the model); the memory of the whole
+   process tree (the CLI and its decode workers) is sampled from /proc every 0.1 s: peak sum of
+   RSS (shared pages counted once per process: an upper bound) and peak sum of PSS (shared
+   pages split: the real total);
 2. the re-run finds nothing to caption (stat-only skip: size + mtime match the index) and
    reports photos/s, with and without start-up (model load).
 
@@ -47,10 +49,14 @@ def make_small_library(folder: Path, count: int, size: tuple[int, int]) -> None:
         (sub / f"IMG_{i:05d}.jpg").write_bytes(datas[i % distinct] + f"{i:08d}".encode())
 
 
-def caption_run(library: Path, db: Path, args: argparse.Namespace, model: Path | None) -> dict:
+def caption_run(
+    library: Path, db: Path, args: argparse.Namespace, model: Path | None, force: bool = False
+) -> dict:
     cmd = [sys.executable, "-m", "photocap", "caption", str(library), "--db", str(db),
            "--write", args.write, "--batch-size", str(args.batch_size),
            "--device", args.device]  # fmt: skip
+    if force:
+        cmd.append("--force")
     if model is not None:
         cmd += ["--model", str(model)]
     run = run_timed([*cmd, "--json"], sample_memory=True)
@@ -95,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.model != "shipped":
             model = Path(args.model)
         db = workdir / "index.db"
-        first = caption_run(library, db, args, model)
+        # The library repeats 16 pictures: without --force, photocap would caption 16 and carry
+        # every copy ("same picture as"); --force sends each photo through the model.
+        first = caption_run(library, db, args, model, force=True)
         reruns = [caption_run(library, db, args, model) for _ in range(max(1, args.reruns))]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

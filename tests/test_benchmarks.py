@@ -109,6 +109,7 @@ def test_heic_thumbnails_smoke(tmp_path: Path) -> None:
 def test_bench_scale_smoke(tmp_path: Path) -> None:
     out = _run("bench_scale.py", "--count", "20", "--size", "160x120", "--write", "xmp,index",
                "--reruns", "2")  # fmt: skip
+    assert "| caption 20 new photos | 20 |" in out  # each through the model, copies too
     assert out.count("| re-run, 20 unchanged | 20 |") == 2  # every photo skipped, sidecars too
 
 
