@@ -30,7 +30,7 @@ How the file stays intact:
   the end; pages, strips and other IFDs stay byte for byte, and every page must decode to the
   same pixels.
 * **PNG: chunk surgery.** Only the ``eXIf`` chunk (a TIFF block, changed as below) and the
-  ``iTXt`` chunk of the XMP packet are replaced, or added before the first ``IDAT``; every other
+  ``iTXt`` chunk of the XMP packet are replaced, or added before the image data; every other
   chunk and anything after ``IEND`` is copied byte for byte, and every frame of an animated PNG
   must decode to the same pixels.
 * **No EXIF re-serialisation.** piexif's load/dump silently drops tags it does not know and
