@@ -575,10 +575,12 @@ class _Run:
 
         # Copies side by side ("IMG_1.jpg", "IMG_1 (1).jpg") have the same pixels: the model
         # captions the first; the others take its caption (unless --force: every photo).
-        first: dict[str, _Ready] = {}
-        for ready in batch:
-            first.setdefault(self._twin_key(ready), ready)
-        unique = list(first.values())
+        by_pixels: dict[str, _Ready] = {}
+        twin_of = {  # id(photo) -> the photo of this batch whose caption it gets
+            id(r): r if self.options.force else by_pixels.setdefault(r.decoded.pixels_hash, r)
+            for r in batch
+        }
+        unique = [r for r in batch if twin_of[id(r)] is r]
         pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in unique]))  # (U, 3, S, S)
         try:
             captions = self.captioner.caption_batch(pixels, beam_size=self.options.beam_size)
@@ -595,7 +597,7 @@ class _Run:
         caption_of = {id(r): c for r, c in zip(unique, captions, strict=True)}
         jobs = []
         for ready in batch:
-            twin = first[self._twin_key(ready)]
+            twin = twin_of[id(ready)]
             caption = caption_of[id(twin)]
             record = CaptionRecord(
                 path=ready.photo.path, caption=caption.text, score=float(caption.score),
@@ -615,10 +617,6 @@ class _Run:
             return
         self._hand_off(jobs)
         self.out.append(_PROGRESS)
-
-    def _twin_key(self, ready: _Ready) -> str:
-        """Photos of a batch with the same key are captioned once: the same pixels."""
-        return os.fspath(ready.photo.path) if self.options.force else ready.decoded.pixels_hash
 
     # -------------------------------------------------------------- writing
 
