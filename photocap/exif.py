@@ -549,10 +549,7 @@ def _verify_same_frames(old: bytes, new: bytes, kind: str) -> None:
 def apply_xmp_edit(doc: XmpDocument, changes: dict[tuple[str, str], str | None]) -> None:
     """Set (or, for None, remove) the x-default entry of each lang-alt property."""
     for (ns, name), text in changes.items():
-        if text is None:
-            doc.remove_default(ns, name)
-        else:
-            doc.set_default(ns, name, text)
+        doc.put_default(ns, name, text)
 
 
 def verify_jpeg(old: bytes, new: bytes, edit: FileEdit) -> None:

@@ -35,7 +35,6 @@ from photocap.xmp import (
     one_line,
     photos_for_sidecar,
     read_provenance,
-    restore_default,
     save_sidecar,
     write_provenance,
 )
@@ -147,7 +146,7 @@ def _revert_xmp(doc: XmpDocument, prov: Provenance, notes: list[str]) -> None:
         if doc.get_default(ns, name) != written:
             notes.append(f"{label} was edited after photocap wrote it; left as is")
             continue
-        restore_default(doc, ns, name, previous)
+        doc.put_default(ns, name, previous)
     prov.description = prov.alt_text = None
     prov.previous_description = prov.previous_alt_text = None
 

@@ -399,6 +399,14 @@ class XmpDocument:
         alt = ET.SubElement(elem, RDF_ALT)
         ET.SubElement(alt, RDF_LI, {XML_LANG: "x-default"}).text = text
 
+    def put_default(self, ns: str, name: str, text: str | None) -> None:
+        """:meth:`set_default`, or for ``None`` :meth:`remove_default`: an edit, or the undo
+        of one (``None``: there was no text before)."""
+        if text is None:
+            self.remove_default(ns, name)
+        else:
+            self.set_default(ns, name, text)
+
     def remove_default(self, ns: str, name: str) -> None:
         """Remove the ``x-default`` entry; the property goes when no language is left."""
         key = _q(ns, name)
@@ -760,7 +768,7 @@ def apply_caption(
     elif ours and human_elsewhere:
         # A person's caption came after ours, in the file or the other sidecar: ours here would
         # hide it in apps that read this sidecar first. Ours goes, as `photocap revert` does it.
-        restore_default(doc, NS_DC, "description", prov.previous_description)
+        doc.put_default(NS_DC, "description", prov.previous_description)
         prov.description = prov.previous_description = None
         changed = True
 
@@ -786,14 +794,6 @@ def apply_caption(
     if status == "written" and not changed:
         status = "unchanged"
     return status, changed
-
-
-def restore_default(doc: XmpDocument, ns: str, name: str, previous: str | None) -> None:
-    """Put back the x-default text photocap replaced; ``None``: there was none, so remove it."""
-    if previous is None:
-        doc.remove_default(ns, name)
-    else:
-        doc.set_default(ns, name, previous)
 
 
 def one_line(err: BaseException) -> str:
