@@ -29,7 +29,8 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     "script",
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
-     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py"],
+     "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
+     "user_path.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -196,3 +197,22 @@ def test_grid_proxy_smoke(tmp_path: Path) -> None:
         summary = json.loads((tmp_path / f"{grid}.json").read_text())
         assert summary["locations_at_224px"] == cells
         assert [row["epoch"] for row in summary["epochs"]] == [1]
+
+
+def test_user_path_smoke(tmp_path: Path) -> None:
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=2, n_dev=3)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    out = _run("user_path.py", "--data", str(fake.root), "--model", str(model), "--workers", "0",
+               "--compare-evaluate", "--json", str(tmp_path / "u.json"), timeout=300)  # fmt: skip
+    result = json.loads((tmp_path / "u.json").read_text())
+    # every dev photo went through `photocap caption` into the index and was scored from there
+    assert result["photos"] == result["captioned"] == 3 and result["missing_captions"] == 0
+    assert set(result["scores"]) >= {"BLEU-4", "CIDEr"}
+    # the CLI and `photocap evaluate` caption the same photos alike
+    assert result["evaluate"]["captions_differing"] == 0
+    assert result["evaluate"]["scores"] == result["scores"]
+    assert "| CIDEr |" in out
