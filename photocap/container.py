@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -259,16 +260,22 @@ def read_tag(tiff: bytes | None, tag: int, what: str = "EXIF") -> bytes | None:
 # "IIRS", "MMOR") and Panasonic RW2 ("IIU\0") headers; IFD0 offset at byte 4 in all of them.
 TIFF_FILE_HEADERS = (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
 TYPES_OF_BYTES = (TYPE_BYTE, TYPE_ASCII, 7)  # BYTE, ASCII, UNDEFINED: no byte order inside
+# Photoshop types a TIFF's IPTC-NAA record (33723) LONG, yet writes the record's bytes in order.
+_BLOB_TYPES = (*TYPES_OF_BYTES, TYPE_LONG)
 MAX_TIFF_FILE_VALUE = 4 * 1024 * 1024  # an XMP packet of a DNG is KBs
 
 
-def read_tiff_file_tags(fh: BinaryIO, tags: set[int]) -> dict[int, tuple[int, bytes]] | None:
+def read_tiff_file_tags(
+    fh: BinaryIO, tags: set[int], optional: Collection[int] = ()
+) -> dict[int, tuple[int, bytes]] | None:
     """IFD0's ``tags`` of a TIFF-structured file open at ``fh``, as {tag: (type, value bytes)},
-    for byte-typed values only (text, XMP); None when the file is not TIFF inside.
+    for values that are bytes (text, XMP, an IPTC record typed BYTE, UNDEFINED or LONG), as
+    stored; None when the file is not TIFF inside.
 
     Reads by seeking, not the whole file: a camera RAW is tens of MB, and its IFD0 and values
     can be anywhere in it (Adobe appends a DNG's updated XMP at the end). Damage raises
-    :class:`WriteError`.
+    :class:`WriteError`, except that a tag of ``optional`` whose value cannot be read is left
+    out.
     """
     fh.seek(0)
     header = fh.read(8)
@@ -289,13 +296,18 @@ def read_tiff_file_tags(fh: BinaryIO, tags: set[int]) -> dict[int, tuple[int, by
     found: dict[int, tuple[int, bytes]] = {}
     for i in range(0, len(table), 12):
         tag, typ, n = struct.unpack(end + "HHI", table[i : i + 8])
-        if tag not in tags or typ not in TYPES_OF_BYTES or tag in found:
+        if tag not in tags or typ not in _BLOB_TYPES or tag in found:
             continue
-        if n > MAX_TIFF_FILE_VALUE:
-            raise WriteError(f"TIFF tag {tag} too large ({n} bytes)")
+        size = n * TYPE_SIZES[typ]
         field = table[i + 8 : i + 12]  # the value itself, or its offset when over 4 bytes
         (offset,) = struct.unpack(end + "I", field)
-        found[tag] = (typ, field[:n] if n <= 4 else read_at(offset, n))
+        try:
+            if size > MAX_TIFF_FILE_VALUE:
+                raise WriteError(f"TIFF tag {tag} too large ({size} bytes)")
+            found[tag] = (typ, field[:size] if size <= 4 else read_at(offset, size))
+        except WriteError:
+            if tag not in optional:
+                raise
     return found
 
 

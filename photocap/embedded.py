@@ -12,7 +12,9 @@ photocap's shadows it. IPTC is only read: photocap never writes it (an existing 
 keeps its digest valid that way; MWG readers take EXIF before IPTC in any case).
 
 A WebP's XMP lives in an ``XMP `` chunk (see :func:`photocap.exif.rebuild_webp`), a PNG's in
-an ``iTXt`` chunk beside its ``eXIf`` chunk (:func:`photocap.exif.rebuild_png`).
+an ``iTXt`` chunk beside its ``eXIf`` chunk (:func:`photocap.exif.rebuild_png`). A TIFF (a scan,
+or a camera RAW that is TIFF inside) keeps its IPTC record in IFD0: the IPTC-NAA tag, or a
+Photoshop image resource block like a JPEG's APP13.
 
 :func:`read_photo_text` gathers what a file says in all these places (:class:`InFileText`):
 for the exif writer's plan, and for the look for a person's caption
@@ -66,6 +68,9 @@ PHOTOSHOP_HEADER = b"Photoshop 3.0\x00"
 MAX_XMP_PACKET = 0xFFFF - 2 - len(XMP_HEADER)
 IPTC_RESOURCE = 0x0404  # the IPTC-NAA record in a Photoshop image resource block
 IPTC_CAPTION = (2, 120)  # IIM record 2, dataset 120: Caption-Abstract
+# A TIFF's IFD0 tags that can hold an IPTC record: IPTC-NAA (33723), then Photoshop's image
+# resource block (34377); the order tiff_iptc_caption takes them in.
+_TIFF_IPTC_TAGS = (0x83BB, 0x8649)
 
 
 def is_xmp_segment(data: bytes, seg: Segment) -> bool:
@@ -109,20 +114,29 @@ def xmp_app1(doc: XmpDocument) -> bytes:
 
 
 def iptc_caption(data: bytes, segments: Sequence[Segment]) -> str | None:
-    """IPTC ``Caption-Abstract`` of a JPEG (Photoshop APP13), or None; damage reads as None.
-
-    IIM text is UTF-8 when the record says so (1:90) and in practice Latin-1 otherwise.
-    """
+    """IPTC ``Caption-Abstract`` of a JPEG (Photoshop APP13), or None; damage reads as None."""
     irb = b"".join(
         data[seg.start + 4 + len(PHOTOSHOP_HEADER) : seg.end]
         for seg in segments
         if seg.marker == APP13
         and data[seg.start + 4 : seg.start + 4 + len(PHOTOSHOP_HEADER)] == PHOTOSHOP_HEADER
     )
-    record = _image_resource(irb, IPTC_RESOURCE)
-    if record is None:
-        return None
-    raw = _iim_dataset(record, IPTC_CAPTION)
+    return _iim_caption(_image_resource(irb, IPTC_RESOURCE))
+
+
+def tiff_iptc_caption(iptc_naa: bytes | None, photoshop: bytes | None) -> str | None:
+    """IPTC ``Caption-Abstract`` of a TIFF, from IFD0's IPTC-NAA tag (the IIM record itself;
+    Photoshop types it LONG, but its bytes are the record's, in order) or else from its
+    Photoshop image resource block; None when neither holds one. Damage reads as None."""
+    return _iim_caption(iptc_naa) or _iim_caption(_image_resource(photoshop or b"", IPTC_RESOURCE))
+
+
+def _iim_caption(record: bytes | None) -> str | None:
+    """The Caption-Abstract of an IPTC-IIM record, or None.
+
+    IIM text is UTF-8 when the record says so (1:90) and in practice Latin-1 otherwise.
+    """
+    raw = None if record is None else _iim_dataset(record, IPTC_CAPTION)
     if raw is None:
         return None
     try:
@@ -188,7 +202,7 @@ class InFileText:
     format: str  # "JPEG", "WebP", "TIFF", "PNG", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
     packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP ", PNG iTXt, ...)
-    iptc_caption: str | None  # IPTC Caption-Abstract (JPEG only)
+    iptc_caption: str | None  # IPTC Caption-Abstract (JPEG, TIFF and TIFF-based RAW)
 
     @property
     def description(self) -> str | None:
@@ -238,7 +252,8 @@ def read_in_file_text(data: bytes) -> InFileText:
     WriteError."""
     fmt = detect_format(data)
     if fmt == "TIFF":  # the file is one TIFF block; its XMP packet is IFD0's tag 700
-        return InFileText("TIFF", data, read_tag(data, TAG_XMP, "TIFF"), None)
+        iptc = tiff_iptc_caption(*(_readable_tag(data, t) for t in _TIFF_IPTC_TAGS))
+        return InFileText("TIFF", data, read_tag(data, TAG_XMP, "TIFF"), iptc)
     if fmt == "PNG":  # its EXIF is an eXIf chunk, its XMP packet an iTXt chunk
         pngs = parse_png(data)[0]
         return InFileText("PNG", *png_texts([(c.type, c.payload(data)) for c in pngs]), None)
@@ -249,6 +264,15 @@ def read_in_file_text(data: bytes) -> InFileText:
     segments, _ = parse_jpeg(data)
     tiff = exif_tiff(data, segments)[1]
     return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
+
+
+def _readable_tag(tiff: bytes, tag: int) -> bytes | None:
+    """An IFD0 tag's value, or None when it is missing or cannot be read: a damaged IPTC
+    record holds no caption anyone can read, so ours shadows none (as in a JPEG)."""
+    try:
+        return read_tag(tiff, tag, "TIFF")
+    except WriteError:
+        return None
 
 
 JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
@@ -303,8 +327,9 @@ def read_photo_text(photo: Path) -> InFileText | None:
 
 
 # What a TIFF's IFD0 may say about its caption: ImageDescription, Make and Model (a camera's
-# own name there is not a caption), XPComment, and the XMP packet.
-_TIFF_TEXT_TAGS = {TAG_IMAGE_DESCRIPTION, TAG_MAKE, TAG_MODEL, TAG_XP_COMMENT, TAG_XMP}
+# own name there is not a caption), XPComment, the XMP packet and the IPTC record.
+_TIFF_TEXT_TAGS = {TAG_IMAGE_DESCRIPTION, TAG_MAKE, TAG_MODEL, TAG_XP_COMMENT, TAG_XMP,
+                   *_TIFF_IPTC_TAGS}  # fmt: skip
 
 
 def _read_tiff_text(photo: Path, fmt: str) -> InFileText | None:
@@ -317,10 +342,11 @@ def _read_tiff_text(photo: Path, fmt: str) -> InFileText | None:
     (:func:`photocap.container.read_tiff_file_tags`).
     """
     with open(photo, "rb") as fh:
-        values = read_tiff_file_tags(fh, _TIFF_TEXT_TAGS)
+        values = read_tiff_file_tags(fh, _TIFF_TEXT_TAGS, optional=_TIFF_IPTC_TAGS)
     if values is None:
         return None
     packet = values.pop(TAG_XMP, (0, None))[1]
+    iptc = tiff_iptc_caption(*(values.pop(t, (0, None))[1] for t in _TIFF_IPTC_TAGS))
     # The texts as a small TIFF block of their own, which InFileText reads like any EXIF.
     texts = set_ifd0_tags(None, dict(values)) if values else None
-    return InFileText(fmt, texts, packet, None)
+    return InFileText(fmt, texts, packet, iptc)

@@ -115,13 +115,22 @@ def xmp_segment(packet: bytes) -> bytes:
     return app_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + packet)
 
 
+def iptc_record(caption: bytes) -> bytes:
+    """An IPTC-IIM record with a Caption-Abstract (2:120)."""
+    record = b"\x1c\x02\x00\x00\x02\x00\x04"  # RecordVersion 4
+    return record + b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+
+
+def photoshop_resources(caption: bytes) -> bytes:
+    """A Photoshop image resource block whose IPTC resource (0x0404) has that caption."""
+    record = iptc_record(caption)
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record
+    return resource + b"\x00" * (len(record) & 1)
+
+
 def iptc_segment(caption: bytes) -> bytes:
     """A Photoshop APP13 segment holding an IPTC record with a Caption-Abstract (2:120)."""
-    record = b"\x1c\x02\x00\x00\x02\x00\x04"  # RecordVersion 4
-    record += b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
-    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record
-    resource += b"\x00" * (len(record) & 1)
-    return app_segment(0xED, b"Photoshop 3.0\x00" + resource)
+    return app_segment(0xED, b"Photoshop 3.0\x00" + photoshop_resources(caption))
 
 
 def insert_after_app(data: bytes, blob: bytes) -> bytes:

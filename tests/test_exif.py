@@ -19,11 +19,13 @@ from metadata_helpers import (
     exiftool_warnings,
     exiv2,
     insert_after_app,
+    iptc_record,
     iptc_segment,
     is_caption_segment,
     is_exif,
     is_xmp,
     make_jpeg,
+    photoshop_resources,
     record,
     segments,
     xmp_packet,
@@ -875,15 +877,53 @@ def test_tiff_read_by_exiftool(lib: Path, kind: str) -> None:
     _written_as_exiftool_reads_it(photo, "ScanCo" if kind == "tagged" else None)
 
 
-def test_tiff_with_a_persons_caption_is_kept(lib: Path) -> None:
+@pytest.mark.parametrize("where", ["description", "iptc", "iptc-long", "photoshop"])
+def test_tiff_with_a_persons_caption_is_kept(lib: Path, where: str) -> None:
+    # An archive's scans captioned in Photo Mechanic or an older Photoshop may hold their caption
+    # only in IPTC: in IFD0's IPTC-NAA tag, which Photoshop types LONG, or in its resource block.
+    caption = "Oma's kitchen, 1962"
+    iim = iptc_record(caption.encode())
+    iim += b"\x00" * (-len(iim) % 4)  # padded to 4-byte units, as Photoshop does
+    tag = {"description": (270, caption), "iptc": (33723, iim), "iptc-long": (33723, iim),
+           "photoshop": (34377, photoshop_resources(caption.encode()))}  # fmt: skip
     photo = _make_tiff(lib / "scan.tif", "rgb")
     with Image.open(photo) as img:
         img.load()
-        img.save(photo, "TIFF", tiffinfo={270: "Oma's kitchen, 1962"})
+        img.save(photo, "TIFF", tiffinfo=dict([tag[where]]))
+    if where == "iptc-long":  # the same bytes, typed LONG: 4-byte units
+        data = bytearray(photo.read_bytes())
+        at = data.index(struct.pack("<HHI", 33723, 7, len(iim)))
+        data[at : at + 8] = struct.pack("<HHI", 33723, 4, len(iim) // 4)
+        photo.write_bytes(bytes(data))
     before = photo.read_bytes()
     outcome = write(photo)
-    assert (outcome.status, outcome.human_caption) == ("kept_human", "Oma's kitchen, 1962")
+    assert (outcome.status, outcome.human_caption) == ("kept_human", caption)
     assert photo.read_bytes() == before
+    # nor does a sidecar caption of ours shadow it (a seek-based read of the file, not the above)
+    assert XmpWriter(WriteOptions()).write(record(photo, CAPTION)).status == "kept_human"
+    assert XmpDocument.load(lib / "scan.tif.xmp").get_default(NS_DC, "description") is None
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read")  # Pillow, checking the pages
+@pytest.mark.parametrize("description", [None, "Oma's kitchen, 1962"])
+def test_tiff_with_an_unreadable_iptc_record(lib: Path, description: str | None) -> None:
+    # The IPTC tag points past the end of the file: no app can read a caption there, so ours
+    # shadows none; the rest of IFD0 is read as ever, a person's ImageDescription included.
+    photo = _make_tiff(lib / "scan.tif", "rgb")
+    tags: dict[int, object] = {33723: iptc_record(b"Oma's kitchen")}
+    if description:
+        tags[270] = description
+    with Image.open(photo) as img:
+        img.load()
+        img.save(photo, "TIFF", tiffinfo=tags)
+    data = bytearray(photo.read_bytes())
+    at = data.index(struct.pack("<HH", 33723, 7)) + 8
+    data[at : at + 4] = struct.pack("<I", len(data) + 500)
+    photo.write_bytes(bytes(data))
+    expected = "kept_human" if description else "written"
+    assert XmpWriter(WriteOptions()).write(record(photo, CAPTION)).status == expected
+    assert write(photo).status == expected
+    assert read_exif_caption(photo)[0] == (description or CAPTION)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "ifd_past_end"])
