@@ -55,7 +55,7 @@ from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_p
 from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
-from photocap.xmp import find_human_caption, sidecar_stamp
+from photocap.xmp import adopt_sidecar, find_human_caption, sidecar_stamp
 
 if TYPE_CHECKING:  # pragma: no cover
     from photocap.model import Captioner
@@ -647,7 +647,9 @@ class _Run:
     def _hand_off(self, jobs: list[_Job], commit: bool = True) -> None:
         """Queue ``jobs``' file writes on the writer thread, after those queued before."""
         assert self.write_thread is not None
-        future = self.write_thread.submit(_write_files, self.file_writers, jobs)
+        future = self.write_thread.submit(
+            _write_files, self.file_writers, self.options.write_options, jobs
+        )
         self.out.append(_Pending(jobs, future, commit))
 
     def _drain(self, max_queued: int = 0) -> Iterator[CaptionEvent]:
@@ -739,10 +741,15 @@ class _Run:
         return PhotoResult(path, "failed", error=error)
 
 
-def _write_files(writers: Sequence[Writer], jobs: list[_Job]) -> list[_FilesDone]:
+def _write_files(
+    writers: Sequence[Writer], options: WriteOptions, jobs: list[_Job]
+) -> list[_FilesDone]:
     """The writer thread: every file writer for every job, in order. Touches no SQLite."""
     done = []
     for job in jobs:
+        if job.moved_from is not None and writers and not options.dry_run:
+            # Moved without its sidecar: photocap's own follows it, before the writers look.
+            adopt_sidecar(Path(job.moved_from), job.record.path, options.sidecar_name)
         outcomes = []
         for writer in writers:
             if writer.name in job.already:

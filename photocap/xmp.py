@@ -20,6 +20,7 @@ document has been re-parsed and checked.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -36,9 +37,11 @@ from defusedxml import DefusedXmlException
 from photocap.errors import SidecarTaken, WriteError
 from photocap.image import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 from photocap.safeio import (
+    atomic_delete,
     atomic_write,
     check_writable,
     describe_os_error,
+    fsync_dir,
     read_capped,
 )
 from photocap.writers import (
@@ -719,6 +722,51 @@ def save_sidecar(path: Path, doc: XmpDocument) -> None:
 
     check_writable(path, in_place=True)
     atomic_write(path, data, preserve_mtime=False, verify=verify)
+
+
+def adopt_sidecar(old_photo: Path, photo: Path, naming: SidecarName) -> bool:
+    """Move the sidecar photocap created for ``old_photo`` to ``photo``, the same photo moved
+    or renamed (nothing is at ``old_photo`` now; a file manager moves the photo alone), so
+    that its caption, and what photocap recorded about the file for ``photocap revert`` (a
+    person's in-file caption it replaced, say), go with the photo instead of staying behind
+    as an orphan. True when it was moved.
+
+    Only the full-form sidecar (``IMG_1.jpg.xmp`` names one photo; a stem-named one may be a
+    RAW's), only one holding nothing but photocap's own (one another app wrote in too is not
+    photocap's to move), never over a sidecar already at the new place, and never across file
+    systems: a hard link, then the old name removed.
+    """
+    old = sidecar_path(old_photo, "full")
+    try:
+        if os.path.lexists(old_photo) or old.is_symlink() or not old.is_file():
+            return False
+        target = sidecar_for_write(photo, naming)
+        if os.path.lexists(target) or not _holds_only_photocap(XmpDocument.load(old)):
+            return False
+        os.link(old, target)  # fails, rather than replaces, if a file appeared there meanwhile
+    except (OSError, WriteError):  # SidecarTaken is a WriteError
+        return False
+    with contextlib.suppress(WriteError):  # else two identical sidecars rather than none
+        atomic_delete(old)
+    fsync_dir(target.parent)
+    return True
+
+
+def _holds_only_photocap(doc: XmpDocument) -> bool:
+    """A sidecar photocap created that holds nothing but its caption, alt text and record:
+    what ``photocap revert`` would delete."""
+    prov = read_provenance(doc)
+    if not prov.created_sidecar:
+        return False
+    rest = XmpDocument.parse(doc.serialize())  # a copy
+    for ns, name, written in (
+        (NS_DC, "description", prov.description),
+        (NS_IPTC, "AltTextAccessibility", prov.alt_text),
+    ):
+        if written is not None and rest.get_default(ns, name) == written:
+            rest.put_default(ns, name, None)
+    write_provenance(rest, Provenance())  # nothing recorded: the photocap fields go
+    return rest.is_empty()
 
 
 def read_caption(photo: Path) -> str | None:

@@ -125,6 +125,49 @@ def test_a_moved_photo_keeps_its_caption_and_row(tmp_path: Path, captioner, tagg
     assert (table[str(new_path)]["content_hash"] != old["content_hash"]) == tagged  # its bytes
 
 
+def test_a_moved_photos_own_sidecar_follows_it(tmp_path: Path, captioner) -> None:
+    # A file manager moves the photos and leaves their sidecars behind. photocap's own sidecar
+    # follows its photo, so nothing is left behind and `photocap revert` at the new place can
+    # still put back the person's caption that --overwrite-human replaced in the file.
+    import piexif
+    from metadata_helpers import camera_exif
+
+    from photocap.exif import read_exif_caption
+    from photocap.revert import revert_paths
+    from photocap.writers import WriteOptions
+    from photocap.xmp import NS_DC, XmpDocument, read_provenance
+
+    old, new = tmp_path / "lib" / "inbox", tmp_path / "lib" / "2024"
+    paths = make_tiny_jpegs(old, 3)
+    piexif.insert(camera_exif("Oma's garden"), str(paths[0]))  # a person's caption in the file
+    db = tmp_path / "i.db"
+    writers = ["xmp", "exif", "index"]
+    run([old], captioner, db, writers=writers, write_options=WriteOptions(overwrite_human=True))
+    caption = XmpDocument.load(old / "img_0000.jpg.xmp").get_default(NS_DC, "description")
+    assert caption and read_exif_caption(paths[0])[0] == caption
+    # Another app wrote in the second photo's sidecar, and the third's new place has one.
+    other = XmpDocument.load(old / "img_0001.jpg.xmp")
+    other.set_text("http://ns.adobe.com/xap/1.0/", "Rating", "4")
+    (old / "img_0001.jpg.xmp").write_bytes(other.serialize())
+    new.mkdir()
+    (new / "img_0002.jpg.xmp").write_bytes(XmpDocument.new().serialize())
+    for path in paths:
+        path.rename(new / path.name)
+    results, summary = run([tmp_path / "lib"], captioner, db, writers=writers)
+    assert summary.carried == 3 and all(r.reason.startswith("moved from") for r in results)
+    # The first photo's sidecar moved with it, its record too. The second's holds another
+    # app's rating, the third's new place had one: both stay where they are.
+    assert sorted(p.name for p in old.iterdir()) == ["img_0001.jpg.xmp", "img_0002.jpg.xmp"]
+    moved = XmpDocument.load(new / "img_0000.jpg.xmp")
+    assert moved.get_default(NS_DC, "description") == caption
+    assert read_provenance(moved).exif_previous_description == "Oma's garden"
+    assert XmpDocument.load(new / "img_0001.jpg.xmp").get_default(NS_DC, "description")
+    assert XmpDocument.load(new / "img_0002.jpg.xmp").get_default(NS_DC, "description")
+    outcomes = {o.path.name: o.status for o in revert_paths([new])}
+    assert outcomes["img_0000.jpg.xmp"] == "deleted"
+    assert read_exif_caption(new / "img_0000.jpg")[0] == "Oma's garden"
+
+
 def test_a_copy_of_a_captioned_photo_keeps_its_caption(tmp_path: Path, captioner) -> None:
     # A duplicate in a backup folder, or an export of the same picture with other metadata:
     # the model would say the same, so it is not asked. Each copy gets its own row and sidecar.
@@ -382,11 +425,11 @@ def test_writer_thread_error_ends_the_run_with_a_consistent_index(
     real = pipeline._write_files
     calls = []
 
-    def flaky(writers: Any, jobs: Any) -> Any:
+    def flaky(writers: Any, options: Any, jobs: Any) -> Any:
         calls.append(len(jobs))
         if len(calls) == 2:
             raise RuntimeError("writer thread bug")
-        return real(writers, jobs)
+        return real(writers, options, jobs)
 
     monkeypatch.setattr(pipeline, "_write_files", flaky)
     with pytest.raises(RuntimeError, match="writer thread bug"):

@@ -14,6 +14,7 @@ from photocap.xmp import (
     NS_IPTC,
     XmpDocument,
     XmpWriter,
+    adopt_sidecar,
     alt_text_for,
     find_human_caption,
     read_caption,
@@ -536,3 +537,27 @@ def test_ours_goes_when_a_persons_caption_comes_later_in_the_file(lib: Path) -> 
     assert doc.get_default(NS_IPTC, "AltTextAccessibility") == alt_text_for(
         "A dog runs through the grass."
     )  # the alt text stays: it shows nowhere a caption does
+
+
+def test_adopt_sidecar_moves_only_photocaps_own_full_form_sidecar(lib: Path) -> None:
+    photo = lib / "IMG_1.jpg"
+    photo.write_bytes(b"jpeg")
+    XmpWriter(WriteOptions()).write(record(photo))
+    (lib / "new").mkdir()
+    moved = lib / "new" / "renamed.jpg"
+    photo.rename(moved)
+    # not while something is at the old path (a photo put back, or another one)
+    (lib / "IMG_1.jpg").write_bytes(b"other")
+    assert not adopt_sidecar(photo, moved, "full")
+    (lib / "IMG_1.jpg").unlink()
+    # into the form the writers use: here the stem form
+    assert adopt_sidecar(photo, moved, "stem")
+    assert not (lib / "IMG_1.jpg.xmp").exists()
+    assert read_caption(moved) is not None and (lib / "new" / "renamed.xmp").is_file()
+    # a stem-named sidecar may be a RAW's: it stays
+    other = lib / "IMG_2.jpg"
+    other.write_bytes(b"jpeg")
+    XmpWriter(WriteOptions(sidecar_name="stem")).write(record(other))
+    other.rename(lib / "new" / "IMG_2.jpg")
+    assert not adopt_sidecar(other, lib / "new" / "IMG_2.jpg", "full")
+    assert (lib / "IMG_2.xmp").is_file()
