@@ -482,10 +482,13 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         _emit_json(summary.to_dict())
     else:
         what = "Would caption" if summary.dry_run else "Captioned"
+        # The rate is the model's: photos captioned a second (a run that only carried or
+        # skipped photos has none to show; "0.0 photos/s" read as a stall).
+        speed = f" ({summary.photos_per_s:.1f} photos/s)" if summary.captioned else ""
         line = (
             f"{what} {summary.captioned}, kept {summary.carried} (caption known), "
             f"skipped {summary.skipped} unchanged, failed {summary.failed} "
-            f"in {summary.elapsed_s:.1f} s ({summary.photos_per_s:.1f} photos/s)."
+            f"in {summary.elapsed_s:.1f} s{speed}."
         )
         if summary.interrupted:
             line += " Interrupted: run again to continue."

@@ -106,7 +106,10 @@ def test_default_db_from_env_and_exit_zero(tmp_path: Path, photocap_env, model_f
     assert result.exit_code == 0, result.output
     assert photocap_env["PHOTOCAP_DB"].exists()
     assert result.stdout.count("\n") == 3  # one line per captioned photo
-    assert "Captioned 3" in result.stderr
+    assert "Captioned 3" in result.stderr and " photos/s)." in result.stderr
+    again = caption(tmp_path / "lib", "--model", model_file, "--write", "index", "--workers", "0")
+    assert "Captioned 0, kept 0 (caption known), skipped 3 unchanged" in again.stderr
+    assert "photos/s" not in again.stderr  # nothing captioned: no rate, rather than "0.0"
     info = runner.invoke(app, ["info", "--model", str(model_file), "--json"])
     data = json.loads(info.stdout)
     assert data["index"]["captioned"] == 3 and data["model"]["model_id"]
