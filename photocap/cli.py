@@ -456,11 +456,13 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                     note = f" [dim]({_esc(event.reason)})[/dim]" if event.reason else ""
                     where = _esc(describe_path(event.path))
                     out.print(f"{where}: {_esc(event.caption or '')}{note}")
-                # A writer that kept a person's caption or could not write in-file says so.
+                # A writer that kept a person's caption or could not write in-file says so:
+                # in the summary, counted, and for a kept caption also here, per photo (a
+                # skip is the format's, the same for thousands of RAWs: the count says it).
                 for outcome in event.outputs:
                     if outcome.status in ("kept_human", "skipped") and outcome.message:
                         notes[f"{outcome.writer}: {outcome.message}"] += 1
-                        if not json_out:
+                        if not json_out and outcome.status == "kept_human":
                             where = _esc(describe_path(event.path))
                             err.print(
                                 f"[dim]{outcome.writer}[/dim] {where}: {_esc(outcome.message)}"

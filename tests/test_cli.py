@@ -115,6 +115,28 @@ def test_default_db_from_env_and_exit_zero(tmp_path: Path, photocap_env, model_f
     assert data["index"]["captioned"] == 3 and data["model"]["model_id"]
 
 
+def test_writer_notes_a_photo_each_for_kept_captions_a_count_for_skips(
+    tmp_path: Path, model_file: Path
+) -> None:
+    import piexif
+    from metadata_helpers import camera_exif
+    from PIL import Image
+
+    lib = tmp_path / "lib"
+    paths = make_tiny_jpegs(lib, 2)
+    piexif.insert(camera_exif("Oma's garden"), str(paths[0]))
+    for i in range(3):  # no EXIF in a GIF: its caption goes to the sidecar alone
+        Image.new("P", (16, 16), i * 40).save(lib / f"anim_{i}.gif")
+    result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file, "--write",
+                     "xmp,exif,index", "--workers", "0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(line.endswith("img_0000.jpg: kept human caption") for line in lines)
+    assert not any(".gif:" in line for line in lines)  # no line per GIF ...
+    assert "  3 × exif: exif not supported for GIF; caption in sidecar" in lines  # ... a count
+    assert "  1 × exif: kept human caption" in lines
+
+
 def test_name_not_utf8_is_one_failure_and_the_run_goes_on(tmp_path: Path, model_file: Path) -> None:
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 2)
