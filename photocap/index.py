@@ -312,9 +312,15 @@ class PhotoIndex:
         # nothing else changes it either, so it needs no lock or -shm file.
         self.read_only = not (memory or create or _writable(self.path))
         self._human_fts: bool | None = None  # whether photos_fts has human_caption (005)
+        # A -wal file left by a writer that never closed the index (killed, a card pulled out)
+        # holds committed changes that "immutable" would not read: the index would look old,
+        # or empty. SQLite then reads it through the WAL, which read-only media allow when
+        # the -shm file was left there too.
+        wal_left = self.read_only and _non_empty(self.path.with_name(self.path.name + "-wal"))
         try:
             if self.read_only:
-                uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
+                mode = "mode=ro" if wal_left else "mode=ro&immutable=1"
+                uri = f"{self.path.resolve().as_uri()}?{mode}"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             else:
                 conn = sqlite3.connect(
@@ -335,6 +341,12 @@ class PhotoIndex:
                     if column not in have:
                         self._row_sql = self._row_sql.replace(column, "NULL")
         except sqlite3.DatabaseError as err:
+            if wal_left:
+                raise IndexDbError(
+                    f"cannot read index {self.path}: its last changes are in "
+                    f"{self.path.name}-wal, which cannot be read where the index cannot be "
+                    "written (read-only media, permissions); open it once where it can be"
+                ) from None
             raise index_error(self.path, err, "open") from None
         except UnicodeDecodeError:  # SQLite's error message quotes bytes of a damaged schema
             raise IndexDbError(
@@ -746,6 +758,13 @@ def _default_index_writer(options: WriteOptions) -> IndexWriter:
 # The pipeline builds its IndexWriter itself (on the run's index); registering the name makes
 # ``--write index`` a known output for parse_writer_names.
 register_writer("index", _default_index_writer)
+
+
+def _non_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _writable(path: Path) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -129,6 +131,39 @@ def test_an_index_before_human_captions_is_searched_then_migrated(
         assert hit.human_caption == "Rex and Grandma, 1998"
         assert hit.matched == ["dog", "Grandma"]
         assert [h.path for h in idx.search("rex")] == ["/p/dog.jpg"]
+
+
+def test_a_read_only_index_with_a_wal_left_behind_is_read_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer was killed (or the card pulled out) before it closed the index: its last
+    # commits are in the -wal file alone. Read as immutable, the index looked empty.
+    path = tmp_path / "card" / "photocap.db"
+    with PhotoIndex(path) as idx:
+        idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
+    code = (
+        "import os, sys; from photocap.index import PhotoIndex; idx = PhotoIndex(sys.argv[1]); "
+        "idx.upsert_photos([{'path': '/p/cat.jpg', 'caption': 'A cat sleeps.', 'model_id': 'm'}]); "
+        "os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    wal = path.with_name("photocap.db-wal")
+    assert wal.stat().st_size > 0
+    real_access = os.access
+    read_only = {path.parent, path}
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) not in read_only and real_access(p, m))
+    with PhotoIndex(path, create=False) as idx:
+        assert idx.read_only
+        assert [h.path for h in idx.search("cat")] == ["/p/cat.jpg"]
+        assert idx.count() == 2
+    # Where SQLite cannot read it (no -shm beside it on read-only media), it says so.
+    monkeypatch.setattr(sqlite3, "connect", _refusing_connect)
+    with pytest.raises(IndexDbError, match=r"its last changes are in photocap\.db-wal"):
+        PhotoIndex(path, create=False)
+
+
+def _refusing_connect(*args: object, **kwargs: object) -> object:
+    raise sqlite3.OperationalError("unable to open database file")
 
 
 def test_an_index_on_read_only_media_is_searched_as_it_is(
