@@ -216,14 +216,34 @@ _PROGRESS = object()  # in the output queue: a caption Progress event, counted w
 # Most write hand-offs queued at once: one model batch plus a few single-photo carries.
 _MAX_QUEUED_WRITES = 3
 DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
-# Why an unchanged photo is carried: its sidecar changed since photocap last wrote (a caption a
-# person typed in another app becomes searchable; a deleted sidecar is written again), or the
-# index, from an earlier version, never recorded its sidecars.
-SIDECAR_CHANGED = "unchanged, sidecar changed"
-# Why a changed photo is carried: only its metadata changed (pixels as captioned). A person's
-# caption may have come with it: the sidecar writer looks again.
-PIXELS_UNCHANGED = "pixels unchanged"
-SIDECARS_UNRECORDED = "unchanged, sidecars looked at"  # a "skipped" photo's reason
+
+
+@dataclass(frozen=True)
+class _Why:
+    """Why a photo keeps a caption without the model: the text users read (a result's
+    ``reason``), and what it means for the writes."""
+
+    text: str
+    # The xmp and exif writers look at the files again, even where the index says they hold
+    # the caption: a person's caption may have come, or ours gone.
+    look_again: bool = False
+    # Nothing a user sees changes (the index may learn a person's caption): counted as
+    # skipped, not listed.
+    quiet: bool = False
+
+
+# An unchanged photo, captioned by this model, with an output still to write (newly asked for).
+OUTPUTS_ADDED = _Why("unchanged, outputs added")
+# An unchanged photo whose sidecar changed since photocap last wrote it (a caption a person
+# typed in another app becomes searchable; a deleted sidecar is written again).
+SIDECAR_CHANGED = _Why("unchanged, sidecar changed", look_again=True)
+# An unchanged photo whose sidecars the index, from an earlier version, never recorded.
+SIDECARS_UNRECORDED = _Why("unchanged, sidecars looked at", quiet=True)
+# A touched photo: new mtime, the same bytes.
+CONTENT_UNCHANGED = _Why("content unchanged")
+# A changed photo whose pixels are as captioned: only its metadata changed, and a person's
+# caption may have come with it.
+PIXELS_UNCHANGED = _Why("pixels unchanged", look_again=True)
 
 
 def caption_library(
@@ -350,7 +370,7 @@ class _Run:
         """Walk the library; skip or complete what needs no decoding; collect the rest."""
         limit = self.options.limit
         scanned = 0
-        completions: list[tuple[PhotoFile, PhotoRow, str]] = []
+        completions: list[tuple[PhotoFile, PhotoRow, _Why]] = []
         for item in discover_photos(paths):
             if self.stop.is_set():
                 return
@@ -362,13 +382,13 @@ class _Run:
                 yield Progress("scan", scanned, None)
             row = self.index.get(item.path)
             if not self.options.force and self._captioned_here(row) and _same_stat(row, item):
-                reason = _carry_reason(row, self.wanted, sidecar_stamp(item.path))
-                if not reason:
+                why = _why_redo(row, self.wanted, sidecar_stamp(item.path))
+                if why is None:
                     self.counts["skipped"] += 1
                     yield PhotoResult(item.path, "skipped", row.caption, row.score,
                                       row.alternatives, reason="unchanged")  # fmt: skip
                 elif limit is None or len(work) + len(completions) < limit:
-                    completions.append((item, row, reason))  # caption known; outputs to redo
+                    completions.append((item, row, why))  # caption known; outputs to redo
                 continue
             if limit is None or len(work) + len(completions) < limit:
                 work.append(_Work(item, row))
@@ -377,7 +397,7 @@ class _Run:
             if self.stop.is_set():
                 return
             chunk = completions[start : start + self.options.batch_size]
-            self._hand_off([self._carry(photo, row, reason) for photo, row, reason in chunk])
+            self._hand_off([self._carry(photo, row, why) for photo, row, why in chunk])
             yield from self._drain()
 
     # -------------------------------------------------------------- decode + caption
@@ -494,27 +514,27 @@ class _Run:
             if self._captioned_here(row):
                 # The same bytes (touched), or the same pixels (its metadata edited elsewhere):
                 # the model would say the same. Its outputs are written where missing.
-                reason = ""
+                why = None
                 if row.content_hash == result.content_hash:
-                    reason = "content unchanged"
+                    why = CONTENT_UNCHANGED
                 elif row.pixels_hash == result.pixels_hash:
-                    reason = PIXELS_UNCHANGED
-                if reason:
-                    self._hand_off_carry(self._carry(item.photo, row, reason))
+                    why = PIXELS_UNCHANGED
+                if why is not None:
+                    self._hand_off_carry(self._carry(item.photo, row, why))
                     return  # committed with the next batch
             moved = self.index.find_moved(
                 result.content_hash, item.photo.path, pixels_hash=result.pixels_hash
             )
             if moved is not None and moved.model_id == self.model_id:
-                reason = f"moved from {describe_path(moved.path)}"
-                self._hand_off_carry(self._carry(item.photo, moved, reason, moved_from=moved.path))
+                why = _Why(f"moved from {describe_path(moved.path)}")
+                self._hand_off_carry(self._carry(item.photo, moved, why, moved_from=moved.path))
                 return
             copy = self.index.find_copy(result.pixels_hash, item.photo.path)
             if copy is not None and copy.model_id == self.model_id:
                 # A copy of a captioned photo (or the same picture with other metadata): the
                 # model would say the same. Its own outputs are all still to write.
-                reason = f"same picture as {describe_path(copy.path)}"
-                self._hand_off_carry(self._carry(item.photo, copy, reason, own_row=False))
+                why = _Why(f"same picture as {describe_path(copy.path)}")
+                self._hand_off_carry(self._carry(item.photo, copy, why, own_row=False))
                 return
         ready = _Ready(item.photo, item.row, result)
         if not self._follow_lead(ready):
@@ -624,7 +644,7 @@ class _Run:
         self,
         photo: PhotoFile,
         row: PhotoRow,
-        reason: str,
+        why: _Why,
         moved_from: str | None = None,
         own_row: bool = True,
     ) -> _Job:
@@ -635,14 +655,10 @@ class _Run:
         """
         record = _row_record(photo.path, row)
         skip = row.outputs if own_row and moved_from is None else frozenset()
-        if reason in (SIDECAR_CHANGED, PIXELS_UNCHANGED):
-            # The sidecar may have lost the caption, or a person's caption may have come (ours
-            # in the sidecar or the file would hide it): both writers look again.
+        if why.look_again:
             skip -= {"xmp", "exif"}
-        # Looking at the sidecars of a library an earlier version captioned changes nothing the
-        # user sees (the index may learn a person's caption): counted as skipped, not listed.
-        status: PhotoStatus = "skipped" if reason == SIDECARS_UNRECORDED else "carried"
-        return _Job(record, status, reason, already=skip, photo=photo, moved_from=moved_from)
+        status: PhotoStatus = "skipped" if why.quiet else "carried"
+        return _Job(record, status, why.text, already=skip, photo=photo, moved_from=moved_from)
 
     def _hand_off(self, jobs: list[_Job], commit: bool = True) -> None:
         """Queue ``jobs``' file writes on the writer thread, after those queued before."""
@@ -777,16 +793,16 @@ def _paired_job(raw: PhotoFile, lead: CaptionRecord) -> _Job:
     return _Job(replace(lead, path=raw.path), "carried", f"same shot as {lead.path.name}")
 
 
-def _carry_reason(row: PhotoRow, wanted: frozenset[str], stamp: str) -> str:
-    """Why a photo captioned as it is now needs its outputs written or looked at again; ""
-    when it needs nothing (skipped)."""
+def _why_redo(row: PhotoRow, wanted: frozenset[str], stamp: str) -> _Why | None:
+    """Why an unchanged photo, captioned by this model, needs its outputs written or looked at
+    again; None when it needs nothing (skipped)."""
     if not wanted <= row.outputs:
-        return "unchanged, outputs added"
+        return OUTPUTS_ADDED
     if row.sidecar_stamp is None:  # recorded by an earlier version: look once, then record
         return SIDECARS_UNRECORDED
     if row.sidecar_stamp != stamp:  # edited in another app, or deleted, since photocap wrote
         return SIDECAR_CHANGED
-    return ""
+    return None
 
 
 def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str | None:

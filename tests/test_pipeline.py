@@ -508,7 +508,7 @@ def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, capt
     assert counting.batches == 0  # nothing decoded or captioned again
     assert (summary.carried, summary.skipped, summary.failed) == (2, 1, 0)
     by_path = {r.path: r for r in results}
-    assert by_path[edited].reason == by_path[deleted].reason == SIDECAR_CHANGED
+    assert by_path[edited].reason == by_path[deleted].reason == SIDECAR_CHANGED.text
     assert by_path[untouched].status == "skipped"
     outputs = {o.writer: o.status for o in by_path[edited].outputs}
     assert outputs == {"xmp": "kept_human", "exif": "kept_human", "index": "written"}
@@ -543,7 +543,7 @@ def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, capt
     before = sidecar.stat()
     results, summary = run([tmp_path / "lib"], captioner, db, writers=["index"])
     assert (summary.carried, summary.skipped) == (0, 2)
-    assert {(r.status, r.reason) for r in results} == {("skipped", SIDECARS_UNRECORDED)}
+    assert {(r.status, r.reason) for r in results} == {("skipped", SIDECARS_UNRECORDED.text)}
     assert (sidecar.stat().st_mtime_ns, sidecar.stat().st_size) == (
         before.st_mtime_ns, before.st_size,
     )  # fmt: skip
