@@ -456,11 +456,12 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                     note = f" [dim]({_esc(event.reason)})[/dim]" if event.reason else ""
                     where = _esc(describe_path(event.path))
                     out.print(f"{where}: {_esc(event.caption or '')}{note}")
-                # A writer that kept a person's caption or could not write in-file says so:
-                # in the summary, counted, and for a kept caption also here, per photo (a
-                # skip is the format's, the same for thousands of RAWs: the count says it).
+                # A writer that kept a person's caption, could not write in-file or has a
+                # word about where it wrote says so: in the summary, counted, and for a kept
+                # caption also here, per photo (the others are the same for thousands of
+                # photos: the count says it).
                 for outcome in event.outputs:
-                    if outcome.status in ("kept_human", "skipped") and outcome.message:
+                    if outcome.message and outcome.status != "failed":
                         notes[f"{outcome.writer}: {outcome.message}"] += 1
                         if not json_out and outcome.status == "kept_human":
                             where = _esc(describe_path(event.path))

@@ -879,10 +879,22 @@ class XmpWriter:
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
         message = "kept human caption" if status == "kept_human" else ""
+        stem = sidecar_path(photo, "stem")
+        if status == "written" and not existed and target != stem and stem in find_sidecars(photo):
+            message = STEM_SIDECAR_BESIDE
         return WriteOutcome(self.name, photo, status, message, human_caption=human)
 
     def close(self) -> None:
         """Nothing buffered: every sidecar is written (atomically) in :meth:`write`."""
+
+
+# A new full-form sidecar beside the photo's stem-named one (Lightroom's, Capture One's): the
+# caption is where darktable and digiKam read it, but not Lightroom. No file names: the
+# summary counts photos by this message.
+STEM_SIDECAR_BESIDE = (
+    "written to a new photo.jpg.xmp beside the photo's photo.xmp, the one Lightroom reads "
+    "(--sidecar-name stem writes there)"
+)
 
 
 def find_human_caption(photo: Path, caption: str = "") -> str | None:

@@ -122,11 +122,14 @@ def test_writer_notes_a_photo_each_for_kept_captions_a_count_for_skips(
     from metadata_helpers import camera_exif
     from PIL import Image
 
+    from photocap.xmp import STEM_SIDECAR_BESIDE, XmpDocument
+
     lib = tmp_path / "lib"
     paths = make_tiny_jpegs(lib, 2)
     piexif.insert(camera_exif("Oma's garden"), str(paths[0]))
     for i in range(3):  # no EXIF in a GIF: its caption goes to the sidecar alone
         Image.new("P", (16, 16), i * 40).save(lib / f"anim_{i}.gif")
+    (lib / "img_0001.xmp").write_bytes(XmpDocument.new().serialize())  # Capture One's, say
     result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file, "--write",
                      "xmp,exif,index", "--workers", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -135,6 +138,8 @@ def test_writer_notes_a_photo_each_for_kept_captions_a_count_for_skips(
     assert not any(".gif:" in line for line in lines)  # no line per GIF ...
     assert "  3 × exif: exif not supported for GIF; caption in sidecar" in lines  # ... a count
     assert "  1 × exif: kept human caption" in lines
+    assert f"  1 × xmp: {STEM_SIDECAR_BESIDE}" in lines
+    assert not any("img_0001.jpg: written" in line for line in lines)
 
 
 def test_name_not_utf8_is_one_failure_and_the_run_goes_on(tmp_path: Path, model_file: Path) -> None:

@@ -12,6 +12,7 @@ from photocap.writers import WriteOptions, get_writers
 from photocap.xmp import (
     NS_DC,
     NS_IPTC,
+    STEM_SIDECAR_BESIDE,
     XmpDocument,
     XmpWriter,
     adopt_sidecar,
@@ -561,3 +562,21 @@ def test_adopt_sidecar_moves_only_photocaps_own_full_form_sidecar(lib: Path) -> 
     other.rename(lib / "new" / "IMG_2.jpg")
     assert not adopt_sidecar(other, lib / "new" / "IMG_2.jpg", "full")
     assert (lib / "IMG_2.xmp").is_file()
+
+
+def test_a_new_sidecar_beside_a_stem_named_one_says_so(lib: Path) -> None:
+    # Lightroom keeps a RAW's metadata in IMG_1.xmp and never reads IMG_1.CR2.xmp, the default
+    # name: the caption is written there anyway (the naming contract), with a word on it.
+    raw = lib / "IMG_1.CR2"
+    raw.write_bytes(b"raw")
+    (lib / "IMG_1.xmp").write_text(RICH_SIDECAR, encoding="utf-8")
+    outcome = XmpWriter(WriteOptions()).write(record(raw))
+    assert (outcome.status, outcome.message) == ("written", STEM_SIDECAR_BESIDE)
+    assert (lib / "IMG_1.CR2.xmp").is_file()
+    again = XmpWriter(WriteOptions()).write(record(raw, "A cat sleeps."))  # not news any more
+    assert (again.status, again.message) == ("written", "")
+    # --sidecar-name stem writes into Lightroom's, and has nothing to say
+    (lib / "IMG_1.CR2.xmp").unlink()
+    stem = XmpWriter(WriteOptions(sidecar_name="stem")).write(record(raw))
+    assert (stem.status, stem.message) == ("written", "")
+    assert XmpDocument.load(lib / "IMG_1.xmp").get_default(NS_DC, "description")
