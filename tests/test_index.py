@@ -101,6 +101,14 @@ def test_an_index_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
         assert "idx_photos_date_taken" in str(plan)
 
 
+def deny_writes(monkeypatch: pytest.MonkeyPatch, index: Path) -> None:
+    """``index`` and its folder as on read-only media, for ``os.access`` (the tests run as
+    root, which permission bits do not stop)."""
+    real_access = os.access
+    read_only = {index, index.parent}
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) not in read_only and real_access(p, m))
+
+
 def test_an_index_before_human_captions_is_searched_then_migrated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,10 +123,8 @@ def test_an_index_before_human_captions_is_searched_then_migrated(
         idx.db.execute("DELETE FROM _migrations WHERE name = '005_search_human_captions'")
         idx.db.conn.commit()
     # Read-only (a card, a share): searched as it is, without the new column.
-    real_access = os.access
-    read_only = {path.parent, path}
     with monkeypatch.context() as m:
-        m.setattr(os, "access", lambda p, mode: Path(p) not in read_only and real_access(p, mode))
+        deny_writes(m, path)
         with PhotoIndex(path, create=False) as idx:
             [hit] = idx.search("dog")
             assert (hit.path, hit.human_caption, hit.human_segments) == ("/p/dog.jpg", None, ())
@@ -149,9 +155,7 @@ def test_a_read_only_index_with_a_wal_left_behind_is_read_with_it(
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     wal = path.with_name("photocap.db-wal")
     assert wal.stat().st_size > 0
-    real_access = os.access
-    read_only = {path.parent, path}
-    monkeypatch.setattr(os, "access", lambda p, m: Path(p) not in read_only and real_access(p, m))
+    deny_writes(monkeypatch, path)
     with PhotoIndex(path, create=False) as idx:
         assert idx.read_only
         assert [h.path for h in idx.search("cat")] == ["/p/cat.jpg"]
@@ -183,9 +187,7 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
         conn.execute("DELETE FROM _migrations WHERE name >= '004'")
     conn.close()
     before = sorted(p.name for p in folder.iterdir())
-    real_access = os.access
-    read_only = {folder, path}
-    monkeypatch.setattr(os, "access", lambda p, m: Path(p) not in read_only and real_access(p, m))
+    deny_writes(monkeypatch, path)
     with PhotoIndex(path, create=False) as idx:
         assert [h.path for h in idx.search("dog")] == ["/p/dog.jpg"]
         assert "004_index_date_taken" not in idx.applied_migrations()
