@@ -279,11 +279,17 @@ def _sqlite_errors(method: _M) -> _M:
     return wrapper  # type: ignore[return-value]
 
 
+def _error_code(err: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``err`` (its extended code's low byte), if known."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def index_error(path: Path, err: sqlite3.Error, doing: str = "") -> IndexDbError:
     """The one-line error for ``err`` on the index at ``path`` (``doing``: "open", "write to",
     or nothing for a read); for a damaged file, what to do."""
     hint = ""
-    code = getattr(err, "sqlite_errorcode", None)
+    code = _error_code(err)  # SQLITE_READONLY_DBMOVED, SQLITE_CORRUPT_INDEX, ... count too
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         hint = f" (the file is damaged: `sqlite3 {path} .recover` can save its rows)"
     elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) and not _writable(path):
@@ -341,7 +347,7 @@ class PhotoIndex:
                     if column not in have:
                         self._row_sql = self._row_sql.replace(column, "NULL")
         except sqlite3.DatabaseError as err:
-            if wal_left:
+            if wal_left and _error_code(err) == sqlite3.SQLITE_CANTOPEN:  # no -shm, none to make
                 raise IndexDbError(
                     f"cannot read index {self.path}: its last changes are in "
                     f"{self.path.name}-wal, which cannot be read where the index cannot be "

@@ -160,14 +160,17 @@ def test_a_read_only_index_with_a_wal_left_behind_is_read_with_it(
         assert idx.read_only
         assert [h.path for h in idx.search("cat")] == ["/p/cat.jpg"]
         assert idx.count() == 2
-    # Where SQLite cannot read it (no -shm beside it on read-only media), it says so.
+    # Where SQLite cannot read it (no -shm beside it on read-only media: SQLITE_CANTOPEN, as
+    # seen on a read-only bind mount), it says so.
     monkeypatch.setattr(sqlite3, "connect", _refusing_connect)
     with pytest.raises(IndexDbError, match=r"its last changes are in photocap\.db-wal"):
         PhotoIndex(path, create=False)
 
 
 def _refusing_connect(*args: object, **kwargs: object) -> object:
-    raise sqlite3.OperationalError("unable to open database file")
+    err = sqlite3.OperationalError("unable to open database file")
+    err.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
+    raise err
 
 
 def test_an_index_on_read_only_media_is_searched_as_it_is(
@@ -203,6 +206,8 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     assert str(index_error(path, err, "write to")).endswith(
         "(it is read-only here: read-only media or permissions; --db FILE for another)"
     )
+    err.sqlite_errorcode = sqlite3.SQLITE_CORRUPT_INDEX  # an extended code of SQLITE_CORRUPT
+    assert "the file is damaged" in str(index_error(path, err))
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
         assert idx.applied_migrations()[-3:] == [
