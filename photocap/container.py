@@ -39,7 +39,7 @@ MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
 MAX_PHOTO_BYTES = 2 * 1024**3
 
 SOI, SOS, APP0, APP1 = 0xD8, 0xDA, 0xE0, 0xE1
-IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF", "PNG")  # formats --write exif changes in place
+IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF", "PNG", "DNG")  # formats --write exif changes in place
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -47,10 +47,13 @@ IN_FILE_FORMATS = ("JPEG", "WebP", "TIFF", "PNG")  # formats --write exif change
 
 def detect_format(data: bytes, name: str | Path | None = None) -> str:
     """A short format name from a file's bytes (its first ones are enough) and, for RAW, its
-    name: "JPEG", "WebP", "RAW", ... as :func:`photocap.image.sniff_format` finds it."""
+    name: "JPEG", "WebP", "RAW", ... as :func:`photocap.image.sniff_format` finds it, and
+    "DNG" for the RAW that Adobe made to hold its metadata inside (a TIFF named ``.dng``)."""
     from photocap.image import SNIFF_BYTES, sniff_format
 
     kind = sniff_format(data[:SNIFF_BYTES], name)
+    if kind == "RAW" and name is not None and Path(name).suffix.lower() == ".dng":
+        return "DNG"
     return {"WEBP": "WebP", "HEIF": "HEIC"}.get(kind, kind) if kind else "this file type"
 
 

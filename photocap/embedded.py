@@ -199,7 +199,7 @@ class InFileText:
     WebP, TIFF, PNG), and of the look for a person's caption (those, RAWs and
     :data:`PILLOW_TEXT_FORMATS`)."""
 
-    format: str  # "JPEG", "WebP", "TIFF", "PNG", "RAW" or one of PILLOW_TEXT_FORMATS
+    format: str  # "JPEG", "WebP", "TIFF", "PNG", "DNG", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block
     packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP ", PNG iTXt, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG, TIFF and TIFF-based RAW)
@@ -247,13 +247,13 @@ class InFileText:
         return self.iptc_caption if human(self.iptc_caption) else None
 
 
-def read_in_file_text(data: bytes) -> InFileText:
-    """The caption-bearing parts of a JPEG's, WebP's, TIFF's or PNG's bytes. Raises
-    WriteError."""
-    fmt = detect_format(data)
-    if fmt == "TIFF":  # the file is one TIFF block; its XMP packet is IFD0's tag 700
+def read_in_file_text(data: bytes, name: str | Path | None = None) -> InFileText:
+    """The caption-bearing parts of a JPEG's, WebP's, TIFF's, PNG's or (by its ``name``) a
+    DNG's bytes. Raises WriteError."""
+    fmt = detect_format(data, name)
+    if fmt in ("TIFF", "DNG"):  # the file is one TIFF block; its XMP packet is IFD0's tag 700
         iptc = tiff_iptc_caption(*(_readable_tag(data, t) for t in _TIFF_IPTC_TAGS))
-        return InFileText("TIFF", data, read_tag(data, TAG_XMP, "TIFF"), iptc)
+        return InFileText(fmt, data, read_tag(data, TAG_XMP, "TIFF"), iptc)
     if fmt == "PNG":  # its EXIF is an eXIf chunk, its XMP packet an iTXt chunk
         pngs = parse_png(data)[0]
         return InFileText("PNG", *png_texts([(c.type, c.payload(data)) for c in pngs]), None)
@@ -287,7 +287,7 @@ def read_photo_text(photo: Path) -> InFileText | None:
     WriteError when the file cannot be read."""
     try:
         fmt = detect_file_format(photo)  # its first bytes: a 50 MB RAW is not read for nothing
-        if fmt in ("TIFF", "RAW"):
+        if fmt in ("TIFF", "DNG", "RAW"):
             return _read_tiff_text(photo, fmt)
         if fmt == "PNG":  # its text chunks, by seeking past the image data
             with open(photo, "rb") as fh:

@@ -1,4 +1,4 @@
-"""Captions inside JPEG, WebP, TIFF and PNG files, written losslessly.
+"""Captions inside JPEG, WebP, TIFF, PNG and DNG files, written losslessly.
 
 ``--write exif`` puts the caption in EXIF ``ImageDescription`` (UTF-8) and ``XPComment``
 (UTF-16LE, the "Comments" field of Windows Explorer). It also goes into the file's embedded XMP
@@ -6,8 +6,9 @@ packet (``dc:description``, with the alt text in ``Iptc4xmpCore:AltTextAccessibi
 merged into the packet the file has or in a new one after the EXIF block, so that software
 reading either place shows the same caption (the Metadata Working Group's rule; see
 :mod:`photocap.embedded`). A description a person wrote in EXIF, the XMP packet or IPTC is
-kept. JPEG, WebP, TIFF and PNG are written in-file; every other format returns ``skipped``
-(the caption stays in the sidecar; a camera RAW is never written).
+kept. JPEG, WebP, TIFF, PNG and DNG are written in-file; every other format returns ``skipped``
+(the caption stays in the sidecar; no other camera RAW is ever written: their makers' apps and
+Lightroom keep a CR2's or NEF's metadata in a sidecar, but a DNG's inside it).
 
 How the file stays intact:
 
@@ -28,7 +29,8 @@ How the file stays intact:
 * **TIFF: a new first IFD.** A TIFF file is one TIFF block, changed as an EXIF block is
   (below): its IFD0 entries plus ours (the XMP packet is tag 700) go into a new IFD0 appended at
   the end; pages, strips and other IFDs stay byte for byte, and every page must decode to the
-  same pixels.
+  same pixels. A DNG is a TIFF and is written the same way (as Adobe's apps append its
+  metadata); LibRaw must then read the same sensor data and preview from it.
 * **PNG: chunk surgery.** Only the ``eXIf`` chunk (a TIFF block, changed as below) and the
   ``iTXt`` chunk of the XMP packet are replaced, or added before the image data; every other
   chunk and anything after ``IEND`` is copied byte for byte, and every frame of an animated PNG
@@ -51,6 +53,7 @@ photocap namespace, so a later run never overwrites a description a person wrote
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import warnings
@@ -478,14 +481,15 @@ def rebuild_jpeg(data: bytes, edit: FileEdit) -> bytes:
     return new
 
 
-def rebuild_tiff(data: bytes, edit: FileEdit) -> bytes:
-    """The TIFF ``data`` with ``edit`` applied to IFD0 (the XMP packet is its tag 700); verified
-    in memory.
+def rebuild_tiff(data: bytes, edit: FileEdit, *, dng: bool = False) -> bytes:
+    """The TIFF (or, ``dng``, DNG) ``data`` with ``edit`` applied to IFD0 (the XMP packet is its
+    tag 700); verified in memory.
 
     A TIFF file is one TIFF block, so it is changed the way an EXIF block is: a new IFD0 (the
     old entries, copied verbatim, plus ours) is appended and the header points to it. The
-    image data, every other IFD (further pages, EXIF, GPS) and every value stay where they
-    are, byte for byte.
+    image data, every other IFD (further pages, EXIF, GPS; a DNG's sensor data and previews)
+    and every value stay where they are, byte for byte. Adobe updates a DNG's metadata the
+    same way, appending; Lightroom reads a DNG's caption from the file, never a sidecar.
     """
     updates = dict(edit.tags)
     if edit.xmp:
@@ -495,16 +499,46 @@ def rebuild_tiff(data: bytes, edit: FileEdit) -> bytes:
         drop = edit.drop_empty_xmp and doc.is_empty()
         updates[TAG_XMP] = None if drop else (TYPE_BYTE, doc.serialize())
     new = set_ifd0_tags(data, updates, "TIFF")
-    verify_tiff(data, new, edit, updates)
+    verify_tiff(data, new, edit, updates, dng=dng)
     return new
 
 
+def _preview_image(thumb: object) -> bytes:
+    """What a RAW's preview shows, as LibRaw hands it out: a JPEG's coding segments and image
+    data (not its APPn segments: LibRaw writes the RAW's EXIF, our caption too, into a
+    preview without one), or a bitmap's samples."""
+    if not isinstance(thumb, bytes):
+        return bytes(thumb.tobytes())  # type: ignore[attr-defined]  # (H, W, 3) uint8
+    try:
+        segments, sos = parse_jpeg(thumb)
+    except WriteError:  # a preview odd to our parser: its decoded pixels (slower)
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(thumb)) as img:
+                return img.tobytes()
+    kept = [thumb[seg.start : seg.end] for seg in segments if not 0xE0 <= seg.marker <= 0xEF]
+    return b"".join(kept) + thumb[sos:]
+
+
+def rebuild_dng(data: bytes, edit: FileEdit) -> bytes:
+    """:func:`rebuild_tiff` of a DNG."""
+    return rebuild_tiff(data, edit, dng=True)
+
+
 def verify_tiff(
-    old: bytes, new: bytes, edit: FileEdit, updates: dict[int, tuple[int, bytes] | None]
+    old: bytes,
+    new: bytes,
+    edit: FileEdit,
+    updates: dict[int, tuple[int, bytes] | None],
+    *,
+    dng: bool = False,
 ) -> None:
     """Raise WriteError unless ``new`` differs from ``old`` only in IFD0's ``updates``: the
     bytes before the old IFD0 (or all of them) unchanged, the other IFD0 entries and the next
-    IFD the same, our texts read back, and every page decodes to the same pixels."""
+    IFD the same, our texts read back, and every page decodes to the same pixels (a DNG: LibRaw
+    reads the same sensor data and preview)."""
     before, after = Tiff(old, "TIFF"), Tiff(new, "TIFF")
     if old[:4] != new[:4]:
         raise WriteError("verification failed: TIFF header changed")
@@ -520,7 +554,33 @@ def verify_tiff(
     _verify_tags(old, new, updates)  # the XMP tag too: it reads back as serialised
     if edit.xmp:
         _verify_xmp(read_tag(old, TAG_XMP), read_tag(new, TAG_XMP), edit.xmp)
-    _verify_same_frames(old, new, "TIFF")
+    if dng:  # Pillow decodes no sensor data, and often not the preview in IFD0 either
+        _verify_same_raw(old, new)
+    else:
+        _verify_same_frames(old, new, "TIFF")
+
+
+def _verify_same_raw(old: bytes, new: bytes) -> None:
+    """Raise WriteError unless LibRaw reads both files alike: the same sensor size, sensor
+    data and embedded preview."""
+    import rawpy
+
+    def reading(data: bytes) -> tuple[object, ...]:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            sensor = hashlib.sha256(raw.raw_image_visible.tobytes()).digest()  # (H, W) samples
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                return raw.sizes, sensor, None
+            preview = _preview_image(thumb.data)
+            return raw.sizes, sensor, thumb.format, hashlib.sha256(preview).digest()
+
+    try:
+        same = reading(old) == reading(new)
+    except Exception as err:  # any LibRaw error on the new file means it must not be installed
+        raise WriteError(f"verification failed: the DNG does not read back ({err})") from None
+    if not same:
+        raise WriteError("verification failed: the DNG's sensor data or preview changed")
 
 
 def _verify_same_frames(old: bytes, new: bytes, kind: str) -> None:
@@ -649,18 +709,18 @@ def rewrite_photo(
     touch: bool = False,
     dry_run: bool = False,
 ) -> bool:
-    """Apply ``plan(what the file holds)`` to a JPEG, WebP, TIFF or PNG in place, safely. False:
-    nothing to do.
+    """Apply ``plan(what the file holds)`` to a JPEG, WebP, TIFF, PNG or DNG in place, safely.
+    False: nothing to do.
 
     ``plan`` sees the file's current texts and returns the changes, or None to leave the file
     alone.
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    current = read_in_file_text(data)
+    current = read_in_file_text(data, photo)
     edit = plan(current)
     if not edit:
         return False
-    rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "PNG": rebuild_png}
+    rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "DNG": rebuild_dng, "PNG": rebuild_png}
     new = rebuilds.get(current.format, rebuild_jpeg)(data, edit)
     # The WebP, TIFF and PNG rebuilds decoded every frame of ``new`` to the old pixels, and
     # atomic_write reads the file back and checks it holds exactly ``new``: decoding it again
@@ -690,7 +750,7 @@ def restore_edit(
     if written is not None and text.comment == written:
         before = prov.exif_previous_comment
         edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF, PNG)
+    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF, PNG, DNG)
     fields = [(NS_DC, "description", written, prov.exif_previous_xmp_description)]
     if alt_text:
         fields.append((NS_IPTC, "AltTextAccessibility", prov.exif_alt_text,
@@ -705,12 +765,12 @@ def restore_edit(
 
 
 def read_exif_caption(photo: Path) -> tuple[str | None, str | None]:
-    """(ImageDescription, XPComment) of a JPEG, WebP, TIFF or PNG; (None, None) for other
+    """(ImageDescription, XPComment) of a JPEG, WebP, TIFF, PNG or DNG; (None, None) for other
     formats."""
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
-    if detect_format(data) not in IN_FILE_FORMATS:
+    if detect_format(data, photo) not in IN_FILE_FORMATS:
         return None, None
-    text = read_in_file_text(data)
+    text = read_in_file_text(data, photo)
     return text.description, text.comment
 
 
@@ -728,8 +788,8 @@ class _PlanSeen:
 
 
 class ExifWriter:
-    """``--write exif``: ImageDescription + XPComment inside JPEG, WebP, TIFF and PNG files, and
-    the embedded XMP description and alt text."""
+    """``--write exif``: ImageDescription + XPComment inside JPEG, WebP, TIFF, PNG and DNG files,
+    and the embedded XMP description and alt text."""
 
     name = "exif"
 

@@ -155,7 +155,7 @@ def _revert_exif(
     sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
 ) -> None:
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
-    in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP, TIFF, PNG)
+    in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP, TIFF, PNG, DNG)
     for p in photos:
         if detect_file_format(p) in IN_FILE_FORMATS:
             in_file.append(p)

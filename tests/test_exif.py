@@ -33,6 +33,7 @@ from metadata_helpers import (
 )
 from PIL import Image
 
+from photocap.container import read_tag
 from photocap.exif import ExifWriter, _load_piexif, read_exif_caption
 from photocap.revert import revert_paths
 from photocap.writers import WriteOptions, WriteOutcome
@@ -944,6 +945,79 @@ def test_damaged_tiff_fails_untouched(lib: Path, damage: str) -> None:
 @needs_exiv2
 def test_tiff_read_by_exiv2(lib: Path) -> None:
     _written_as_exiv2_reads_it(_make_tiff(lib / "scan.tif", "tagged"), "ScanCo")
+
+
+# --------------------------------------------------------------------------- DNG
+
+
+def _raw_reading(photo: Path, preview: bool) -> tuple[object, ...]:
+    """What LibRaw reads of a RAW: its sizes, sensor samples and preview's pixels."""
+    import rawpy
+
+    with rawpy.imread(str(photo)) as raw:
+        pixels = None
+        if preview:
+            with Image.open(io.BytesIO(raw.extract_thumb().data)) as img:
+                pixels = img.tobytes()
+        return raw.sizes, raw.raw_image_visible.tobytes(), pixels
+
+
+@pytest.mark.parametrize("preview", [True, False])
+def test_dng_is_written_in_file_lossless(lib: Path, preview: bool) -> None:
+    # Lightroom reads a DNG's caption from the file (its XMP), never from a sidecar; Adobe
+    # appends metadata the same way. Other TIFF-based RAWs (NEF, CR2, ...) are never written.
+    from raw_helpers import make_dng
+
+    photo = make_dng(lib / "IMG_0001.dng", preview=(64, 48) if preview else None)
+    before = photo.read_bytes()
+    reading = _raw_reading(photo, preview)
+    assert write(photo).status == "written"
+    after = photo.read_bytes()
+    assert after[: len(before)][8:] == before[8:]  # every old byte kept; a new IFD0 appended
+    assert read_exif_caption(photo) == (CAPTION, CAPTION)
+    packet = XmpDocument.parse(read_tag(after, 700, "TIFF") or b"")
+    assert packet.get_default(NS_DC, "description") == CAPTION
+    assert packet.get_default(NS_IPTC, "AltTextAccessibility") == CAPTION
+    assert _raw_reading(photo, preview) == reading  # the sensor data and preview LibRaw reads
+    assert write(photo, "A cat sleeps.").status == "written"  # replaces our IFD0
+    assert read_exif_caption(photo)[0] == "A cat sleeps."
+    assert len(photo.read_bytes()) - len(after) < 64
+    [outcome] = list(revert_paths([photo]))
+    assert outcome.status == "deleted" and read_exif_caption(photo) == (None, None)
+    assert photo.read_bytes()[8 : len(before)] == before[8:]
+
+
+def test_dng_verification_compares_what_libraw_reads(lib: Path) -> None:
+    from raw_helpers import make_dng
+
+    from photocap.errors import WriteError
+    from photocap.exif import _verify_same_raw
+
+    green = make_dng(lib / "a.dng").read_bytes()
+    red = make_dng(lib / "b.dng", colour=(200, 10, 10)).read_bytes()  # the same sensor data
+    _verify_same_raw(green, green)
+    with pytest.raises(WriteError, match="sensor data or preview changed"):
+        _verify_same_raw(green, red)
+    with pytest.raises(WriteError, match="does not read back"):
+        _verify_same_raw(green, green[:100])
+
+
+@needs_exiftool
+def test_dng_read_by_exiftool(lib: Path) -> None:
+    from raw_helpers import make_dng
+
+    _written_as_exiftool_reads_it(make_dng(lib / "IMG_0001.dng"), "Canon")
+
+
+def test_damaged_dng_fails_untouched(lib: Path) -> None:
+    from raw_helpers import make_dng
+
+    photo = make_dng(lib / "IMG_0001.dng")
+    data = photo.read_bytes()
+    photo.write_bytes(data[:-200])  # cut short: IFD0, last as written, is gone
+    outcome = write(photo)
+    assert outcome.status == "failed" and "\n" not in outcome.message
+    assert photo.read_bytes() == data[:-200]
 
 
 def _written_as_exiv2_reads_it(photo: Path, make: str) -> None:
