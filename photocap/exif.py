@@ -563,11 +563,13 @@ def verify_tiff(
 def _verify_same_raw(old: bytes, new: bytes) -> None:
     """Raise WriteError unless LibRaw reads both files alike: the same sensor size, sensor
     data and embedded preview."""
+    import numpy as np
     import rawpy
 
     def reading(data: bytes) -> tuple[object, ...]:
         with rawpy.imread(io.BytesIO(data)) as raw:
-            sensor = hashlib.sha256(raw.raw_image_visible.tobytes()).digest()  # (H, W) samples
+            # (H, W) uint16 samples, hashed in place (a copy only where the view has margins)
+            sensor = hashlib.sha256(np.ascontiguousarray(raw.raw_image_visible).data).digest()
             try:
                 thumb = raw.extract_thumb()
             except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
