@@ -503,25 +503,6 @@ def rebuild_tiff(data: bytes, edit: FileEdit, *, dng: bool = False) -> bytes:
     return new
 
 
-def _preview_image(thumb: object) -> bytes:
-    """What a RAW's preview shows, as LibRaw hands it out: a JPEG's coding segments and image
-    data (not its APPn segments: LibRaw writes the RAW's EXIF, our caption too, into a
-    preview without one), or a bitmap's samples."""
-    if not isinstance(thumb, bytes):
-        return bytes(thumb.tobytes())  # type: ignore[attr-defined]  # (H, W, 3) uint8
-    try:
-        segments, sos = parse_jpeg(thumb)
-    except WriteError:  # a preview odd to our parser: its decoded pixels (slower)
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(thumb)) as img:
-                return img.tobytes()
-    kept = [thumb[seg.start : seg.end] for seg in segments if not 0xE0 <= seg.marker <= 0xEF]
-    return b"".join(kept) + thumb[sos:]
-
-
 def rebuild_dng(data: bytes, edit: FileEdit) -> bytes:
     """:func:`rebuild_tiff` of a DNG."""
     return rebuild_tiff(data, edit, dng=True)
@@ -578,11 +559,34 @@ def _verify_same_raw(old: bytes, new: bytes) -> None:
             return raw.sizes, sensor, thumb.format, hashlib.sha256(preview).digest()
 
     try:
-        same = reading(old) == reading(new)
+        before = reading(old)
+    except Exception as err:  # a DNG LibRaw cannot read: a write could not be checked
+        raise WriteError(f"LibRaw cannot read this DNG to check a write ({err})") from None
+    try:
+        after = reading(new)
     except Exception as err:  # any LibRaw error on the new file means it must not be installed
         raise WriteError(f"verification failed: the DNG does not read back ({err})") from None
-    if not same:
+    if after != before:
         raise WriteError("verification failed: the DNG's sensor data or preview changed")
+
+
+def _preview_image(thumb: object) -> bytes:
+    """What a RAW's preview shows, as LibRaw hands it out: a JPEG's coding segments and image
+    data (not its APPn segments: LibRaw writes the RAW's EXIF, our caption too, into a
+    preview without one), or a bitmap's samples."""
+    if not isinstance(thumb, bytes):
+        return bytes(thumb.tobytes())  # type: ignore[attr-defined]  # (H, W, 3) uint8
+    try:
+        segments, sos = parse_jpeg(thumb)
+    except WriteError:  # a preview odd to our parser: its decoded pixels (slower)
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(thumb)) as img:
+                return img.tobytes()
+    kept = [thumb[seg.start : seg.end] for seg in segments if not 0xE0 <= seg.marker <= 0xEF]
+    return b"".join(kept) + thumb[sos:]
 
 
 def _verify_same_frames(old: bytes, new: bytes, kind: str) -> None:
@@ -724,9 +728,10 @@ def rewrite_photo(
         return False
     rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "DNG": rebuild_dng, "PNG": rebuild_png}
     new = rebuilds.get(current.format, rebuild_jpeg)(data, edit)
-    # The WebP, TIFF and PNG rebuilds decoded every frame of ``new`` to the old pixels, and
-    # atomic_write reads the file back and checks it holds exactly ``new``: decoding it again
-    # would tell nothing more. A JPEG's rebuild compares its scan bytes without decoding them.
+    # The WebP, TIFF and PNG rebuilds decoded every frame of ``new`` to the old pixels (the DNG
+    # rebuild: LibRaw read the same sensor data and preview), and atomic_write reads the file
+    # back and checks it holds exactly ``new``: decoding it again would tell nothing more. A
+    # JPEG's rebuild compares its scan bytes without decoding them.
     verify = verify_jpeg_decodes if current.format == "JPEG" else None
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify)

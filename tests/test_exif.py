@@ -1000,6 +1000,8 @@ def test_dng_verification_compares_what_libraw_reads(lib: Path) -> None:
         _verify_same_raw(green, red)
     with pytest.raises(WriteError, match="does not read back"):
         _verify_same_raw(green, green[:100])
+    with pytest.raises(WriteError, match="LibRaw cannot read this DNG"):
+        _verify_same_raw(green[:100], green)
 
 
 @needs_exiftool
