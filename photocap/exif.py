@@ -881,8 +881,7 @@ class ExifWriter:
             rewrote = changed and not self.options.dry_run  # the photo's bytes are new
             if seen.human is not None and not self.options.overwrite_human:
                 if seen.retracted and not self.options.dry_run:
-                    prov.exif_description = prov.exif_previous_description = None
-                    prov.exif_previous_comment = prov.exif_previous_xmp_description = None
+                    prov.forget_exif(alt_text=False)
                     write_provenance(doc, prov)
                     save_sidecar(sidecar, doc)
                 return WriteOutcome(

@@ -533,7 +533,7 @@ class _Run:
             if copy is not None and copy.model_id == self.model_id:
                 # A copy of a captioned photo (or the same picture with other metadata): the
                 # model would say the same. Its own outputs are all still to write.
-                why = _Why(f"same picture as {describe_path(copy.path)}")
+                why = _same_picture(copy.path)
                 self._hand_off_carry(self._carry(item.photo, copy, why, own_row=False))
                 return
         ready = _Ready(item.photo, item.row, result)
@@ -626,8 +626,7 @@ class _Run:
             if twin is ready:
                 jobs.append(_Job(record, "captioned", reason=""))
             else:
-                reason = f"same picture as {describe_path(twin.photo.path)}"
-                jobs.append(_Job(record, "carried", reason))
+                jobs.append(_Job(record, "carried", _same_picture(twin.photo.path).text))
             jobs += self._resolve_lead(record.path, record)  # its RAW, written with it
         # The previous batch was written while this one was on the model: record and yield it
         # (in order) before this one goes to the writer thread.
@@ -791,6 +790,12 @@ def _paired_job(raw: PhotoFile, lead: CaptionRecord) -> _Job:
     """The RAW of a RAW+JPEG pair takes the caption of its JPEG, the camera's rendering of the
     same exposure: one caption per shot, one model call. Every output is written."""
     return _Job(replace(lead, path=raw.path), "carried", f"same shot as {lead.path.name}")
+
+
+def _same_picture(original: str | os.PathLike[str]) -> _Why:
+    """A copy of ``original`` (the same pixels) takes its caption: the model would say the
+    same."""
+    return _Why(f"same picture as {describe_path(original)}")
 
 
 def _why_redo(row: PhotoRow, wanted: frozenset[str], stamp: str) -> _Why | None:

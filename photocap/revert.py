@@ -167,7 +167,4 @@ def _revert_exif(
         )
     rewrite_photo(in_file[0], lambda text: restore_edit(prov, text, notes), touch=touch,
                   dry_run=dry_run)  # fmt: skip
-    prov.exif_description = prov.exif_alt_text = None
-    prov.exif_previous_description = prov.exif_previous_comment = None
-    prov.exif_previous_xmp_description = prov.exif_previous_alt_text = None
-    prov.exif_added_xmp = None
+    prov.forget_exif()

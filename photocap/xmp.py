@@ -586,6 +586,15 @@ class Provenance:
     date: str | None = None
     created_sidecar: bool = False  # the sidecar did not exist before photocap wrote it
 
+    def forget_exif(self, *, alt_text: bool = True) -> None:
+        """Clear the exif writer's record of its caption (and, with ``alt_text``, of its alt
+        text) once the file no longer holds it: put back by revert, or taken out for a
+        person's (:func:`photocap.exif.restore_edit` with the same ``alt_text``)."""
+        self.exif_description = self.exif_previous_description = None
+        self.exif_previous_comment = self.exif_previous_xmp_description = None
+        if alt_text:
+            self.exif_alt_text = self.exif_previous_alt_text = self.exif_added_xmp = None
+
 
 _PROV_FIELDS = {
     # Names chosen not to collide with common tag names (exiftool -Description / -Model).
@@ -848,6 +857,15 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+# A new full-form sidecar beside the photo's stem-named one (Lightroom's, Capture One's): the
+# caption is where darktable and digiKam read it, but not Lightroom. No file names: the
+# summary counts photos by this message.
+STEM_SIDECAR_BESIDE = (
+    "written to a new photo.jpg.xmp beside the photo's photo.xmp, the one Lightroom reads "
+    "(--sidecar-name stem writes there)"
+)
+
+
 class XmpWriter:
     """``--write xmp``: caption, alt text and provenance in an XMP sidecar."""
 
@@ -879,22 +897,14 @@ class XmpWriter:
         except OSError as err:
             return WriteOutcome(self.name, photo, "failed", describe_os_error(err, photo))
         message = "kept human caption" if status == "kept_human" else ""
-        stem = sidecar_path(photo, "stem")
-        if status == "written" and not existed and target != stem and stem in find_sidecars(photo):
-            message = STEM_SIDECAR_BESIDE
+        if status == "written" and not existed:  # a new sidecar: is the photo's own beside it?
+            stem = sidecar_path(photo, "stem")
+            if target != stem and stem in find_sidecars(photo):
+                message = STEM_SIDECAR_BESIDE
         return WriteOutcome(self.name, photo, status, message, human_caption=human)
 
     def close(self) -> None:
         """Nothing buffered: every sidecar is written (atomically) in :meth:`write`."""
-
-
-# A new full-form sidecar beside the photo's stem-named one (Lightroom's, Capture One's): the
-# caption is where darktable and digiKam read it, but not Lightroom. No file names: the
-# summary counts photos by this message.
-STEM_SIDECAR_BESIDE = (
-    "written to a new photo.jpg.xmp beside the photo's photo.xmp, the one Lightroom reads "
-    "(--sidecar-name stem writes there)"
-)
 
 
 def find_human_caption(photo: Path, caption: str = "") -> str | None:
