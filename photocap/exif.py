@@ -57,6 +57,7 @@ import hashlib
 import io
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,7 @@ from photocap.embedded import (
     xmp_segment,
 )
 from photocap.errors import SidecarTaken, WriteError
+from photocap.patch import MAX_PATCH_BYTES, apply_patch, decode_patch, diff_bytes, encode_patch
 from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
 from photocap.writers import (
     CaptionRecord,
@@ -708,26 +710,38 @@ def verify_jpeg_decodes(path: Path) -> None:
         raise WriteError(f"verification failed: written file does not decode ({err})") from None
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A photo's bytes before and after one rewrite (kept for its undo record)."""
+
+    old: bytes
+    new: bytes
+
+
 def rewrite_photo(
     photo: Path,
     plan: Callable[[InFileText], FileEdit | None],
     *,
     touch: bool = False,
     dry_run: bool = False,
-) -> bool:
+    scrub: list[str] | None = None,
+) -> Rewrite | None:
     """Apply ``plan(what the file holds)`` to a JPEG, WebP, TIFF, PNG or DNG in place, safely.
-    False: nothing to do.
+    None: nothing to do.
 
     ``plan`` sees the file's current texts and returns the changes, or None to leave the file
-    alone.
+    alone. ``scrub``: texts taken out that must not stay behind as dead bytes either
+    (:func:`scrub_texts`).
     """
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     current = read_in_file_text(data, photo)
     edit = plan(current)
     if not edit:
-        return False
+        return None
     rebuilds = {"WebP": rebuild_webp, "TIFF": rebuild_tiff, "DNG": rebuild_dng, "PNG": rebuild_png}
     new = rebuilds.get(current.format, rebuild_jpeg)(data, edit)
+    if scrub:
+        new = scrub_texts(new, current.format, scrub)
     # The WebP, TIFF and PNG rebuilds decoded every frame of ``new`` to the old pixels (the DNG
     # rebuild: LibRaw read the same sensor data and preview), and atomic_write reads the file
     # back and checks it holds exactly ``new``: decoding it again would tell nothing more. A
@@ -735,7 +749,141 @@ def rewrite_photo(
     verify = verify_jpeg_decodes if current.format == "JPEG" else None
     if not dry_run:
         atomic_write(photo, new, preserve_mtime=not touch, verify=verify)
-    return True
+    return Rewrite(data, new)
+
+
+def _tiff_block_span(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Where the file's TIFF block (its EXIF; a TIFF's or DNG's whole file) lies in ``data``."""
+    if fmt in ("TIFF", "DNG"):
+        return 0, len(data)
+    if fmt == "JPEG":
+        segments, _ = parse_jpeg(data)
+        index, _tiff = exif_tiff(data, segments)
+        return None if index is None else (segments[index].start + 10, segments[index].end)
+    if fmt == "PNG":
+        chunk = next((c for c in parse_png(data)[0] if c.type == b"eXIf"), None)
+        if chunk is None:
+            return None
+        start = chunk.start + 8
+        return start + (len(EXIF_HEADER) if data[start:].startswith(EXIF_HEADER) else 0), (
+            chunk.end - 4
+        )
+    chunks, _ = parse_webp(data)
+    index, tiff, prefixed = webp_exif_tiff(data, chunks)
+    if index is None or tiff is None:
+        return None
+    start = chunks[index].start + 8 + (len(EXIF_HEADER) if prefixed else 0)
+    return start, start + len(tiff)
+
+
+def scrub_texts(data: bytes, fmt: str, texts: list[str]) -> bytes:
+    """``data`` with every copy of ``texts`` (UTF-8, UTF-16) that nothing in its TIFF block
+    points to overwritten with zero bytes: a caption photocap took out, left behind as dead
+    bytes by an IFD0 appended after ours. What the file says (every tag, text and pixel) must
+    read the same afterwards, or ``data`` is returned as it is."""
+    span = _tiff_block_span(data, fmt)
+    if span is None:
+        return data
+    start, end = span
+    tiff = data[start:end]
+    needles = {t.encode(enc) for t in texts if len(t) >= 4 for enc in ("utf-8", "utf-16-le")}
+    hits = []
+    for needle in needles:
+        at = tiff.find(needle)
+        while at >= 0:
+            hits.append((at, at + len(needle)))
+            at = tiff.find(needle, at + 1)
+    if not hits:
+        return data
+    t = Tiff(tiff, "TIFF" if fmt in ("TIFF", "DNG") else "EXIF")
+    try:
+        refs = t.references(skip_ifd0_tags=set())
+        count = len(t.ifd0_entries())
+    except WriteError:
+        return data  # a block we cannot map: nothing is cut blind
+    refs.append((t.ifd0, t.ifd0 + 2 + 12 * count + 4))
+
+    def used(a: int, b: int) -> bool:  # a pointer into the hit, or a value overlapping it
+        return any((s < b and a < e) or a <= s < b for s, e in refs)
+
+    out = bytearray(tiff)
+    for a, b in hits:
+        if not used(a, b):
+            out[a:b] = bytes(b - a)
+    if out == tiff:
+        return data
+    new = data[:start] + bytes(out) + data[end:]
+    if fmt == "PNG":  # the eXIf chunk's CRC covers what changed
+        chunk = next(c for c in parse_png(data)[0] if c.type == b"eXIf")
+        body = new[chunk.start + 4 : chunk.end - 4]
+        new = new[: chunk.end - 4] + struct.pack(">I", zlib.crc32(body)) + new[chunk.end :]
+    try:
+        same = (
+            _same_reading(data, new, fmt)
+            and _load_piexif(tiff) == _load_piexif(bytes(out))
+        )
+        if same and fmt == "DNG":
+            _verify_same_raw(data, new)
+        elif same and fmt == "TIFF":
+            _verify_same_frames(data, new, "TIFF")
+    except WriteError:
+        return data
+    return new if same else data
+
+
+def _same_reading(old: bytes, new: bytes, fmt: str) -> bool:
+    """Both files hold the same caption-bearing texts and the same IFD0 entries."""
+    name = f"photo.{fmt.lower()}"  # a DNG is told from other TIFF-based RAWs by its name
+    a, b = read_in_file_text(old, name), read_in_file_text(new, name)
+    ta = Tiff(a.tiff, "TIFF") if a.tiff else None
+    tb = Tiff(b.tiff, "TIFF") if b.tiff else None
+    entries_a = [(e, ta.value(e)) for e in ta.ifd0_entries()] if ta else []
+    entries_b = [(e, tb.value(e)) for e in tb.ifd0_entries()] if tb else []
+    return (
+        (a.description, a.comment, a.packet, a.iptc_caption)
+        == (b.description, b.comment, b.packet, b.iptc_caption)
+        and entries_a == entries_b
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def original_bytes(prov: Provenance, data: bytes) -> bytes | None:
+    """The photo as it was before photocap's first write into it, from its undo record; None
+    when the record is missing or damaged, or ``data`` is no longer the file photocap wrote
+    (another app changed it since)."""
+    if prov.exif_undo is None or prov.exif_written_sha256 != _sha256(data):
+        return None
+    try:
+        original = apply_patch(data, decode_patch(prov.exif_undo))
+    except WriteError:
+        return None
+    return original if _sha256(original) == prov.exif_original_sha256 else None
+
+
+def record_undo(prov: Provenance, rewrite: Rewrite, caption: str) -> None:
+    """Keep in ``prov`` the patch from the file just written back to the photo's original
+    bytes (:mod:`photocap.patch`), when they are known: the file before this rewrite if
+    photocap had never written into it, or what the previous record leads back to. A patch
+    over ``MAX_PATCH_BYTES`` is not kept (revert then restores the texts)."""
+    if prov.exif_undo is not None:
+        original = original_bytes(prov, rewrite.old)
+    elif prov.exif_description is None and prov.exif_alt_text is None:
+        # Never written by photocap, as far as its record goes; but our caption already in
+        # the file (a copy of a captioned photo) means these are not the user's own bytes.
+        original = None if caption.encode() in rewrite.old else rewrite.old
+    else:
+        original = None  # written before undo records existed: texts only
+    prov.forget_undo()
+    if original is None:
+        return
+    patch = encode_patch(diff_bytes(rewrite.new, original))
+    if len(patch) <= MAX_PATCH_BYTES:
+        prov.exif_undo = patch
+        prov.exif_written_sha256 = _sha256(rewrite.new)
+        prov.exif_original_sha256 = _sha256(original)
 
 
 def restore_edit(
@@ -875,10 +1023,15 @@ class ExifWriter:
                     seen.wrote_alt = True
                 return edit or None
 
+            # A caption of ours the file no longer points to (re-captioned over an IFD0 another
+            # app appended after ours, or taken out for a person's) leaves no dead bytes.
+            stale = [t for t in (prov.exif_description,) if t and t != caption]
             changed = rewrite_photo(
-                photo, plan, touch=self.options.touch, dry_run=self.options.dry_run
+                photo, plan, touch=self.options.touch, dry_run=self.options.dry_run, scrub=stale
             )
-            rewrote = changed and not self.options.dry_run  # the photo's bytes are new
+            rewrote = changed is not None and not self.options.dry_run  # the bytes are new
+            if changed is not None and rewrote:
+                record_undo(prov, changed, caption)  # before the record says "ours" below
             if seen.human is not None and not self.options.overwrite_human:
                 if seen.retracted and not self.options.dry_run:
                     prov.forget_exif(alt_text=False)
@@ -888,7 +1041,7 @@ class ExifWriter:
                     self.name, photo, "kept_human", "kept human caption",
                     human_caption=seen.human, changed_photo=rewrote,
                 )  # fmt: skip
-            if not changed and not seen.claim:
+            if changed is None and not seen.claim:
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
             if seen.wrote_alt:

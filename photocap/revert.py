@@ -21,10 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from photocap.container import IN_FILE_FORMATS, detect_file_format
+from photocap.container import IN_FILE_FORMATS, MAX_PHOTO_BYTES, detect_file_format
 from photocap.errors import WriteError
-from photocap.exif import restore_edit, rewrite_photo
-from photocap.safeio import atomic_delete, describe_os_error, is_temp_file
+from photocap.exif import original_bytes, restore_edit, rewrite_photo
+from photocap.safeio import (
+    atomic_delete,
+    atomic_write,
+    describe_os_error,
+    is_temp_file,
+    read_capped,
+)
 from photocap.xmp import (
     NS_DC,
     NS_IPTC,
@@ -109,7 +115,11 @@ def revert_sidecar(
     notes: list[str] = []
     changed = False
     try:
-        if "exif" in writers and prov.exif_description is not None:
+        if "exif" in writers and (
+            prov.exif_description is not None
+            or prov.exif_alt_text is not None
+            or prov.exif_undo is not None
+        ):
             _revert_exif(sidecar, prov, notes, touch=touch, dry_run=dry_run)
             changed = True
         if "xmp" in writers and (prov.description is not None or prov.alt_text is not None):
@@ -165,6 +175,19 @@ def _revert_exif(
             if in_file
             else f"photo for {sidecar.name} not found"
         )
-    rewrite_photo(in_file[0], lambda text: restore_edit(prov, text, notes), touch=touch,
-                  dry_run=dry_run)  # fmt: skip
+    photo = in_file[0]
+    data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
+    original = original_bytes(prov, data)
+    if original is not None:
+        # Nobody changed the photo since photocap wrote it: its exact bytes come back.
+        if not dry_run and original != data:
+            atomic_write(photo, original, preserve_mtime=not touch)
+        prov.forget_exif()
+        return
+    if prov.exif_undo is not None:
+        notes.append("the photo changed since photocap wrote it: photocap's texts taken out")
+    # Ours goes from where the file points, and from bytes nothing points to any more.
+    ours = [t for t in (prov.exif_description, prov.exif_alt_text) if t]
+    rewrite_photo(photo, lambda text: restore_edit(prov, text, notes), touch=touch,
+                  dry_run=dry_run, scrub=ours)  # fmt: skip
     prov.forget_exif()

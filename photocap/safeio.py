@@ -161,7 +161,8 @@ def atomic_write(
 
     ``verify`` is called with the fsynced temp file before the rename; if it raises, the temp
     file is removed and the original is left exactly as it was. Symlinks are followed: the link's
-    target is replaced and the link stays a link. Raises :class:`WriteError` with one line on
+    target is replaced and the link stays a link. A file with several hard links is refused:
+    the rename would split its names into two files. Raises :class:`WriteError` with one line on
     any failure; the original is never left half-written.
     """
     target = Path(os.path.realpath(path))
@@ -172,6 +173,13 @@ def atomic_write(
         old = None
     except OSError as err:
         raise WriteError(describe_os_error(err, target)) from None
+    if old is not None and old.st_nlink > 1:
+        # A rename gives this name a new file and leaves the other names on the old one: the
+        # names would silently stop being one file. In place would not be atomic: left alone.
+        raise WriteError(
+            f"has {old.st_nlink} hard links (one file under several names); rewriting it "
+            f"would split them, so it is left as it is: {target}"
+        )
 
     tmp = temp_path_for(target)
     try:

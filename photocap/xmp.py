@@ -581,6 +581,11 @@ class Provenance:
     exif_alt_text: str | None = None
     exif_previous_alt_text: str | None = None
     exif_added_xmp: str | None = None  # "True": the file had no XMP packet before photocap's
+    # How to give back the photo's exact bytes (photocap.patch): the patch from the file as
+    # photocap last wrote it (that file's SHA-256) to the file before photocap's first write.
+    exif_undo: str | None = None
+    exif_written_sha256: str | None = None
+    exif_original_sha256: str | None = None
     model: str | None = None
     score: str | None = None
     date: str | None = None
@@ -594,6 +599,11 @@ class Provenance:
         self.exif_previous_comment = self.exif_previous_xmp_description = None
         if alt_text:
             self.exif_alt_text = self.exif_previous_alt_text = self.exif_added_xmp = None
+            self.forget_undo()
+
+    def forget_undo(self) -> None:
+        """Drop the record of the photo's original bytes (it no longer leads back to them)."""
+        self.exif_undo = self.exif_written_sha256 = self.exif_original_sha256 = None
 
 
 _PROV_FIELDS = {
@@ -609,6 +619,9 @@ _PROV_FIELDS = {
     "exif_alt_text": "exifAltText",
     "exif_previous_alt_text": "exifPreviousAltText",
     "exif_added_xmp": "exifAddedXmp",
+    "exif_undo": "exifUndo",
+    "exif_written_sha256": "exifWrittenSha256",
+    "exif_original_sha256": "exifOriginalSha256",
     "model": "captionModel",
     "score": "captionScore",
     "date": "captionDate",
@@ -622,6 +635,9 @@ EXIF_OWN_FIELDS = (
     "exif_alt_text",
     "exif_previous_alt_text",
     "exif_added_xmp",
+    "exif_undo",
+    "exif_written_sha256",
+    "exif_original_sha256",
 )
 
 

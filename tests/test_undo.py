@@ -1,0 +1,181 @@
+"""photocap revert gives back the exact file: byte patches, and what is left when it cannot."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+from metadata_helpers import camera_exif, make_jpeg, record
+from test_exif import _make_png, _make_tiff, _make_webp
+
+from photocap.exif import ExifWriter, read_exif_caption
+from photocap.patch import Splice, apply_patch, decode_patch, diff_bytes, encode_patch
+from photocap.revert import revert_paths
+from photocap.writers import WriteOptions
+from photocap.xmp import XmpDocument, XmpWriter, read_provenance, sidecar_path
+
+CAPTION = "A dog runs through the grass."
+SECOND = "A brown dog is running on the grass."
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Path:
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    return folder
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def caption(photo: Path, text: str = CAPTION) -> None:
+    options = WriteOptions()
+    for writer in (XmpWriter(options), ExifWriter(options)):
+        assert writer.write(record(photo, text)).status == "written"
+
+
+def traces(data: bytes, *texts: str) -> list[str]:
+    """Which of ``texts`` are anywhere in ``data``, in UTF-8 or UTF-16 (either byte order)."""
+    found = []
+    for text in texts:
+        for enc in ("utf-8", "utf-16-le", "utf-16-be"):
+            if text.encode(enc) in data:
+                found.append(f"{text!r} as {enc}")
+    return found
+
+
+def _dng(path: Path) -> Path:
+    from raw_helpers import make_dng
+
+    return make_dng(path, preview=(64, 48))
+
+
+# Each in-file format, with prior metadata and without.
+PHOTOS = {
+    "jpeg-bare": lambda p: make_jpeg(p / "photo.jpg"),
+    "jpeg-camera": lambda p: make_jpeg(p / "photo.jpg", exif=camera_exif()),
+    "jpeg-olympus": lambda p: make_jpeg(
+        p / "photo.jpg", exif=camera_exif(description="OLYMPUS DIGITAL CAMERA         ")
+    ),
+    "jpeg-xmp": lambda p: make_jpeg(p / "photo.jpg", exif=camera_exif(), icc=True, extras=True),
+    "png-bare": lambda p: _make_png(p / "photo.png", "rgb"),
+    "png-tagged": lambda p: _make_png(p / "photo.png", "tagged"),
+    "webp-simple": lambda p: _make_webp(p / "photo.webp", "lossy"),
+    "webp-tagged": lambda p: _make_webp(p / "photo.webp", "xmp_and_exif"),
+    "tiff-bare": lambda p: _make_tiff(p / "photo.tif", "rgb"),
+    "tiff-tagged": lambda p: _make_tiff(p / "photo.tif", "tagged"),
+    "dng": lambda p: _dng(p / "IMG_0001.dng"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PHOTOS))
+def test_revert_gives_back_the_exact_file(lib: Path, kind: str) -> None:
+    photo = PHOTOS[kind](lib)
+    original = sha(photo)
+    mtime = photo.stat().st_mtime_ns
+    caption(photo)
+    caption(photo, SECOND)  # a re-caption keeps the way back to the first bytes
+    assert sha(photo) != original and read_exif_caption(photo)[0] == SECOND
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "deleted", outcome.message
+    assert sha(photo) == original
+    assert photo.stat().st_mtime_ns == mtime
+    assert not sidecar_path(photo).exists()
+
+
+def test_revert_after_another_app_changed_the_file_leaves_no_trace(lib: Path) -> None:
+    # A TIFF as a scanner writes it; photocap captions it; then another app adds its own
+    # (here: an extra IFD0 tag through photocap's own lossless writer, as a rating would be).
+    photo = _make_tiff(lib / "photo.tif", "tagged")
+    caption(photo)
+    from photocap.container import TYPE_ASCII, set_ifd0_tags
+
+    data = photo.read_bytes()
+    photo.write_bytes(set_ifd0_tags(data, {315: (TYPE_ASCII, b"Ann Smith\0")}, "TIFF"))
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "deleted", outcome.message
+    assert "changed since photocap wrote it" in outcome.message
+    after = photo.read_bytes()
+    assert read_exif_caption(photo) == (None, None)
+    assert b"Ann Smith" in after  # theirs stays
+    assert traces(after, CAPTION) == []  # no byte of our caption, referenced or not
+
+
+@pytest.mark.parametrize("kind", ["jpeg-camera", "png-tagged", "webp-tagged"])
+def test_revert_of_a_changed_file_leaves_no_trace(lib: Path, kind: str) -> None:
+    photo = PHOTOS[kind](lib)
+    caption(photo)
+    with open(photo, "ab") as fh:  # another app changed the file after photocap
+        fh.write(b"\0")
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status in ("deleted", "reverted"), outcome.message
+    assert read_exif_caption(photo) == (None, None)
+    assert traces(photo.read_bytes(), CAPTION) == []
+
+
+def test_undo_record_is_small_and_in_the_sidecar(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption(photo)
+    prov = read_provenance(XmpDocument.load(sidecar_path(photo)))
+    assert prov.exif_undo is not None and len(prov.exif_undo) < 200
+    assert prov.exif_written_sha256 == sha(photo)
+
+
+def test_a_damaged_undo_record_falls_back_to_the_texts(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption(photo)
+    sidecar = sidecar_path(photo)
+    text = sidecar.read_text(encoding="utf-8")
+    prov = read_provenance(XmpDocument.load(sidecar))
+    assert prov.exif_undo
+    sidecar.write_text(text.replace(prov.exif_undo, "AAAA" + prov.exif_undo[4:]), "utf-8")
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "deleted", outcome.message
+    assert read_exif_caption(photo) == (None, None)
+
+
+def test_hard_linked_photo_is_not_split(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    other = lib / "copy.jpg"
+    os.link(photo, other)
+    before = photo.read_bytes()
+    outcome = ExifWriter(WriteOptions()).write(record(photo, CAPTION))
+    assert outcome.status == "failed"
+    assert "hard link" in outcome.message
+    assert photo.read_bytes() == before and os.stat(photo).st_ino == os.stat(other).st_ino
+
+
+# --------------------------------------------------------------------------- the patches
+
+
+def test_patch_round_trip_on_scattered_edits() -> None:
+    rng = random.Random(7)
+    original = rng.randbytes(300_000)
+    written = (
+        original[:4] + b"\x00\x00\x01\x00" + original[8:5000] + rng.randbytes(900)
+        + original[5000:200_000] + original[200_500:] + rng.randbytes(3000)
+    )  # fmt: skip
+    splices = diff_bytes(written, original)
+    assert apply_patch(written, splices) == original
+    assert sum(len(s.data) for s in splices) < 1200  # the replaced bytes, not the file
+    assert decode_patch(encode_patch(splices)) == splices
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [(b"", b"abc"), (b"abc", b""), (b"same", b"same"), (b"\0" * 9000, b"\1" * 9000)]
+)
+def test_patch_edge_cases(a: bytes, b: bytes) -> None:
+    assert apply_patch(a, diff_bytes(a, b)) == b
+
+
+def test_damaged_patches_are_refused() -> None:
+    from photocap.errors import WriteError
+
+    with pytest.raises(WriteError):
+        decode_patch("not base64!")
+    with pytest.raises(WriteError):
+        apply_patch(b"abc", [Splice(2, 9, b"")])
