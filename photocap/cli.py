@@ -10,21 +10,25 @@ Exit codes: 0 every photo succeeded; 1 at least one photo failed; 2 usage or set
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
+
+if TYPE_CHECKING:
+    from photocap.revert import RevertOutcome
 
 app = typer.Typer(
     name="photocap",
@@ -713,12 +717,17 @@ def revert(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change."),
     touch: bool = typer.Option(False, "--touch", help="Update photo mtimes on EXIF reverts."),
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
 ) -> None:
     """Remove what photocap wrote and restore the earlier values it recorded.
 
-    Only files with photocap provenance are touched, and only values still photocap's own.
+    Only files with photocap provenance are touched, and only values still photocap's own. A
+    photo photocap wrote into and nobody changed since gets its exact bytes back. The index's
+    rows of the reverted photos lose their caption, so search no longer finds it.
     Exit code 0 when everything reverted, 1 when any file failed.
     """
+    from photocap.index import PhotoIndex
+    from photocap.paths import resolve_db_path
     from photocap.revert import revert_paths
 
     names = [n.strip() for n in write.split(",") if n.strip()]
@@ -726,12 +735,12 @@ def revert(
     if unknown or not names:
         raise PhotocapError(f"--write: unknown {', '.join(unknown) or 'empty'}; use xmp,exif")
     counts = {"reverted": 0, "deleted": 0, "unchanged": 0, "failed": 0}
-    for outcome in revert_paths(paths, names, touch=touch, dry_run=dry_run):
-        counts[outcome.status] += 1
-        if outcome.status == "failed":
-            typer.echo(f"failed: {outcome.path}: {outcome.message}", err=True)
-        elif outcome.message:
-            typer.echo(f"{outcome.status}: {outcome.path}: {outcome.message}", err=True)
+    db_path = resolve_db_path(db)
+    # No index yet (never captioned with one) is nothing to clear; a named one must open.
+    index = PhotoIndex(db_path, create=False) if db is not None or db_path.exists() else None
+    with contextlib.nullcontext() if index is None else index:
+        _revert_report(revert_paths(paths, names, touch=touch, dry_run=dry_run, index=index),
+                       counts)  # fmt: skip
     prefix = "Dry run: would have " if dry_run else ""
     typer.echo(
         f"{prefix}reverted {counts['reverted']} sidecar(s), deleted {counts['deleted']}, "
@@ -740,6 +749,16 @@ def revert(
     )
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _revert_report(outcomes: Iterable[RevertOutcome], counts: dict[str, int]) -> None:
+    """One line for each failed (or partly left) sidecar, counted into ``counts``."""
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+        if outcome.status == "failed":
+            typer.echo(f"failed: {outcome.path}: {outcome.message}", err=True)
+        elif outcome.message:
+            typer.echo(f"{outcome.status}: {outcome.path}: {outcome.message}", err=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

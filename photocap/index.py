@@ -659,6 +659,29 @@ class PhotoIndex:
             self.db.execute("UPDATE photos SET path = ? WHERE path = ?", [new_path, old_path])
 
     @_sqlite_errors
+    def captioned_under(self, under: Iterable[str | os.PathLike[str]]) -> list[str]:
+        """Paths of the rows with a caption of photocap's, below (or at) the ``under`` paths."""
+        prefixes = [os.path.abspath(os.fspath(p)) for p in under]
+        rows = self.db.execute("SELECT path FROM photos WHERE caption IS NOT NULL ORDER BY path")
+        return [
+            path
+            for (path,) in rows
+            if any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+        ]
+
+    @_sqlite_errors
+    def forget_captions(self, paths: Sequence[str]) -> None:
+        """Clear photocap's caption from these rows (``photocap revert`` took it out of the
+        files): search no longer finds it, and the next run captions the photo again. A
+        person's caption found in the photo stays."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE photos SET caption = NULL, score = NULL, alternatives = NULL, "
+                "model_id = NULL, captioned_at = NULL WHERE path = ?",
+                [(p,) for p in paths],
+            )
+
+    @_sqlite_errors
     def prune(
         self, under: Iterable[str | os.PathLike[str]] | None = None, dry_run: bool = False
     ) -> list[str]:

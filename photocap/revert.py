@@ -24,11 +24,12 @@ from typing import Literal
 from photocap.container import IN_FILE_FORMATS, MAX_PHOTO_BYTES, detect_file_format
 from photocap.errors import WriteError
 from photocap.exif import original_bytes, restore_edit, rewrite_photo
+from photocap.index import PhotoIndex
+from photocap.library import is_skipped_folder
 from photocap.safeio import (
     atomic_delete,
     atomic_write,
     describe_os_error,
-    is_temp_file,
     read_capped,
 )
 from photocap.xmp import (
@@ -58,16 +59,16 @@ class RevertOutcome:
 
 
 def find_photocap_sidecars(paths: Iterable[Path]) -> list[Path]:
-    """Sidecars named by ``paths``: folders are searched recursively, photos map to theirs."""
+    """Sidecars named by ``paths``: folders are walked as ``photocap caption`` walks them
+    (symlinked folders followed, each folder once; hidden, NAS and app-library folders not
+    entered), photos map to theirs."""
     found: dict[Path, None] = {}
+    visited: set[tuple[int, int]] = set()
     for path in paths:
+        path = Path(os.path.abspath(path))
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    p = Path(root) / name
-                    if name.lower().endswith(".xmp") and not is_temp_file(p):
-                        found[p] = None
+            for sidecar in _walk_sidecars(path, visited):
+                found[sidecar] = None
         elif path.suffix.lower() == ".xmp":
             found[path] = None
         else:
@@ -76,23 +77,66 @@ def find_photocap_sidecars(paths: Iterable[Path]) -> list[Path]:
     return list(found)
 
 
+def _walk_sidecars(folder: Path, visited: set[tuple[int, int]]) -> Iterator[Path]:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) in visited:
+        return  # a symlink loop, or a folder reachable twice
+    visited.add((st.st_dev, st.st_ino))
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    for name in names:
+        path = folder / name
+        if name.startswith("."):
+            continue
+        if path.is_dir():  # follows symlinks, as the caption walk does
+            if not is_skipped_folder(name):
+                yield from _walk_sidecars(path, visited)
+        elif name.lower().endswith(".xmp") and path.is_file():
+            yield path
+
+
 def revert_paths(
     paths: Iterable[Path],
     writers: Iterable[str] = ("xmp", "exif"),
     *,
     touch: bool = False,
     dry_run: bool = False,
+    index: PhotoIndex | None = None,
 ) -> Iterator[RevertOutcome]:
     """Revert every sidecar (and photo) with photocap provenance under ``paths``.
 
     Yields one outcome per sidecar that carries photocap's namespace; files without it are not
-    reported. Never raises for one file's failure.
+    reported. Never raises for one file's failure. With ``index``, the rows below ``paths``
+    whose photo no longer holds anything of photocap's lose their caption at the end
+    (:meth:`PhotoIndex.forget_captions`), so that search no longer finds it.
     """
+    paths = list(paths)
     chosen = set(writers)
     for sidecar in find_photocap_sidecars(paths):
         outcome = revert_sidecar(sidecar, chosen, touch=touch, dry_run=dry_run)
         if outcome is not None:
             yield outcome
+    if index is not None and not dry_run:
+        index.forget_captions(
+            [p for p in index.captioned_under(paths) if not _holds_photocap(Path(p))]
+        )
+
+
+def _holds_photocap(photo: Path) -> bool:
+    """True while a sidecar of ``photo`` still has photocap's record (a revert that failed,
+    or one of the writers not chosen): its caption is still somewhere."""
+    for sidecar in find_sidecars(photo):
+        try:
+            if XmpDocument.load(sidecar).has_namespace(NS_PHOTOCAP):
+                return True
+        except WriteError:
+            return True  # unreadable: not known to be gone
+    return False
 
 
 def revert_sidecar(

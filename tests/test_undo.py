@@ -179,3 +179,44 @@ def test_damaged_patches_are_refused() -> None:
         decode_patch("not base64!")
     with pytest.raises(WriteError):
         apply_patch(b"abc", [Splice(2, 9, b"")])
+
+
+# --------------------------------------------------------------------------- the whole command
+
+
+def test_revert_walks_like_caption_and_clears_the_index(tmp_path: Path, model_file: Path) -> None:
+    from conftest import make_tiny_jpegs
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+    from photocap.index import PhotoIndex
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    [linked] = make_tiny_jpegs(outside, 1)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    [own] = make_tiny_jpegs(lib, 1)
+    (lib / "album").symlink_to(outside, target_is_directory=True)  # a symlinked folder
+    before = {p: sha(p) for p in (own, linked)}
+    db = tmp_path / "index.db"
+    runner = CliRunner()
+    args = ["--db", str(db), "--model", str(model_file), "--workers", "0"]
+    result = runner.invoke(app, ["caption", str(lib), "--write", "xmp,exif,index", *args])
+    assert result.exit_code == 0, result.output
+    with PhotoIndex(db) as index:
+        words = index.get(str(lib / "album" / linked.name)).caption.split()  # type: ignore[union-attr]
+    found = runner.invoke(app, ["search", words[1], "--db", str(db), "--json"])
+    assert found.output.count('"path"') == 2
+
+    result = runner.invoke(app, ["revert", str(lib), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert {p: sha(p) for p in (own, linked)} == before  # the symlinked folder's photo too
+    assert not list(outside.glob("*.xmp")) and not list(lib.glob("*.xmp"))
+    found = runner.invoke(app, ["search", words[1], "--db", str(db), "--json"])
+    assert '"path"' not in found.output
+    with PhotoIndex(db) as index:
+        assert index.get(str(own)).caption is None  # type: ignore[union-attr]
+    # a re-run captions them again: nothing is skipped as "already captioned"
+    result = runner.invoke(app, ["caption", str(lib), "--write", "index", *args, "--json"])
+    assert '"skipped": 0' in result.output and '"captioned": 1' in result.output, result.output
