@@ -237,13 +237,16 @@ class InFileText:
         if human(self.description):
             return self.description
         try:
-            xdesc = xmp_description(self.xmp())
+            packet = self.xmp()
         except WriteError:
             if strict:
                 raise
-            xdesc = None
-        if human(xdesc):
-            return xdesc
+            packet = None
+        # Any language counts: photocap writes x-default only (en-US "Kids in the lake").
+        texts = packet.texts_by_language(NS_DC, "description") if packet else []
+        for text in texts:
+            if human(text):
+                return text
         return self.iptc_caption if human(self.iptc_caption) else None
 
 

@@ -372,6 +372,13 @@ class XmpDocument:
                 return text
         return None
 
+    def texts_by_language(self, ns: str, name: str) -> list[str]:
+        """Every text of a lang-alt property, ``x-default`` first, then the other languages in
+        the order written (``en-US`` "Kids in the lake", ``de-DE`` "Kinder im See")."""
+        entries = self.get_lang_alt(ns, name)
+        default = [t for lang, t in entries if lang.lower() == "x-default"]
+        return default + [t for lang, t in entries if lang.lower() != "x-default"]
+
     def set_default(self, ns: str, name: str, text: str) -> None:
         """Set the ``x-default`` entry (moved first), keeping every other language."""
         key = _q(ns, name)
@@ -794,6 +801,18 @@ def _holds_only_photocap(doc: XmpDocument) -> bool:
     return rest.is_empty()
 
 
+def human_description(doc: XmpDocument | None, *ours: str | None) -> str | None:
+    """The description a person wrote in ``doc``: its first text, in any language, that is not
+    blank and not one of ``ours`` (what photocap wrote). photocap writes only ``x-default``, so
+    a caption in ``en-US`` or ``de-DE`` alone is a person's as much as one in ``x-default``."""
+    if doc is None:
+        return None
+    for text in doc.texts_by_language(NS_DC, "description"):
+        if not is_blank_description(text) and text not in ours:
+            return text
+    return None
+
+
 def read_caption(photo: Path) -> str | None:
     """The x-default description from the photo's sidecar (either naming form), if any."""
     for path in find_sidecars(photo):
@@ -829,7 +848,9 @@ def apply_caption(
 
     current = doc.get_default(NS_DC, "description")
     ours = current is not None and current == prov.description
-    human = (not is_blank_description(current) and not ours) or human_elsewhere
+    # A person's caption in any language of this sidecar, or in the file or the other sidecar
+    human_here = human_description(doc, prov.description) is not None
+    human = human_here or human_elsewhere
     if not human or overwrite_human:
         if not ours:
             prov.previous_description = current  # a person's text, or None/"" when there was none
@@ -838,9 +859,10 @@ def apply_caption(
             changed = True
         changed |= prov.description != caption
         prov.description = caption
-    elif ours and human_elsewhere:
-        # A person's caption came after ours, in the file or the other sidecar: ours here would
-        # hide it in apps that read this sidecar first. Ours goes, as `photocap revert` does it.
+    elif ours:
+        # A person's caption came after ours (another language here, the file, the other
+        # sidecar): ours in x-default would hide it in apps that show x-default first. Ours
+        # goes, as `photocap revert` does it.
         doc.put_default(NS_DC, "description", prov.previous_description)
         prov.description = prov.previous_description = None
         changed = True
@@ -948,9 +970,8 @@ def human_caption_in_sidecars(photo: Path) -> tuple[str | None, Provenance]:
         mine = read_provenance(doc)
         prov.description = prov.description or mine.description
         prov.exif_description = prov.exif_description or mine.exif_description
-        text = doc.get_default(NS_DC, "description")
-        if found is None and not is_blank_description(text) and text != mine.description:
-            found = text
+        if found is None:
+            found = human_description(doc, mine.description)
     return found, prov
 
 
