@@ -30,7 +30,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
-     "user_path.py"],
+     "user_path.py", "bench_undo.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -97,6 +97,15 @@ def test_bench_writers_smoke(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "w.json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["read", "check", "xmp", "exif"]
     assert all(r["photos"] == 2 and r["median ms"] > 0 for r in rows)
+
+
+def test_bench_undo_smoke(tmp_path: Path) -> None:
+    _run("make_library.py", str(tmp_path / "lib"), "--count", "2", "--size", "320x240",
+         "--png", "1")  # fmt: skip
+    _run("bench_undo.py", str(tmp_path / "lib"), "--json", str(tmp_path / "u.json"))
+    rows = {r["format"]: r for r in json.loads((tmp_path / "u.json").read_text())["rows"]}
+    assert rows["JPEG"]["sha256 equal after revert"] == "2/2"
+    assert rows["PNG"]["sha256 equal after revert"] == "1/1"
 
 
 def test_heic_thumbnails_smoke(tmp_path: Path) -> None:
