@@ -422,6 +422,7 @@ class _Run:
             queue = iter(work)
             batch: list[_Ready] = []
             exhausted = False
+            abandoned = False  # stopped with photos in flight whose decode was lost
             while True:
                 while not exhausted and len(pending) < max_in_flight:
                     item = next(queue, None)
@@ -443,6 +444,13 @@ class _Run:
                         suspects = [item, *(lost for lost, _ in pending)]
                         pending.clear()
                         _close_pool(pool, kill=True)
+                        pool = None
+                        if self.stop.is_set():
+                            # Stopping: a SIGTERM to the whole process group (systemd stopping
+                            # the unit) ends the workers too. The photos in flight, and the
+                            # batch still waiting for the model, are left for the next run.
+                            abandoned = True
+                            break
                         pool = _make_pool(workers)
                         for lost in suspects:
                             pending.append((lost, _done(self._decode_alone(lost.photo.path))))
@@ -463,7 +471,11 @@ class _Run:
                     break
             yield from self._drain()  # writes in flight complete, even when stopping
             self.index_writer.flush()
-            if self.dropped or (self.stop.is_set() and (pending or batch or not exhausted)):
+            if (
+                abandoned
+                or self.dropped
+                or (self.stop.is_set() and (pending or batch or not exhausted))
+            ):
                 return
             self.finished = True
             yield Progress("caption", self.done, self.total)
@@ -906,13 +918,24 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
 
 
-def _init_worker() -> None:
+# How often a decode worker checks that its parent is still alive (where the kernel cannot
+# tell it: not Linux).
+_PARENT_CHECK_S = 1.0
+
+
+def _init_worker(parent: int) -> None:
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
     # finish their current photo instead of dying with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the CLI's SIGTERM handler (which only sets the parent's stop
+    # flag): a SIGTERM meant for the worker (multiprocessing's terminate(), systemd stopping
+    # the whole unit) must end it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _exit_with_parent(parent)
     # C decoders print their own complaints about a corrupt file ("Corrupt JPEG data: ...",
     # LibRaw's "Unexpected end of file") straight to file descriptor 2, beside photocap's
     # one-line error for that file. A worker reports through its return value only.
@@ -922,6 +945,34 @@ def _init_worker() -> None:
         os.close(devnull)
     with contextlib.suppress(OSError):
         os.nice(5)  # decoding in the background should not make the desktop sluggish
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this decode worker when ``parent`` (the caption run) dies, however it dies.
+
+    A pool's workers wait for work on a pipe whose other end they hold themselves, so a
+    parent killed with SIGKILL (the OOM killer, ``kill -9``, a crash) would leave them behind
+    for ever, ~500 MB each. On Linux the kernel sends the worker SIGKILL when its parent
+    exits (``PR_SET_PDEATHSIG``; strictly, when the parent's thread that forked it does: the
+    pool is made and fed by the thread running the caption run). Everywhere, a thread also
+    checks the parent every second, in case the kernel cannot be asked.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc, a sandbox refusing prctl: the thread
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the kernel was asked to tell
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(1)  # reparented: the caption run is gone, nobody will read a result
+
+    threading.Thread(target=watch, name="photocap-parent-watch", daemon=True).start()
 
 
 def plan_status(
