@@ -616,8 +616,9 @@ def status(
         "failed": stats.failed, "pending": len(pending), "models": stats.models,
     }  # fmt: skip
     if json_out:
-        for path, error in stats.failures:
-            _emit_json({"path": path, "state": "failed", "error": error})
+        for failure in stats.failures:
+            _emit_json({"path": failure.path, "state": "failed", "stage": failure.stage,
+                        "error": failure.error})  # fmt: skip
         for path, state in pending[:limit]:
             _emit_json({"path": path, "state": state})
         _emit_json({"event": "summary", **counts})
@@ -630,8 +631,9 @@ def status(
         out.print(f"  {count} by {_esc(model_id)}")
     if stats.failures:
         out.print("Failed:")
-        for path, error in stats.failures:
-            out.print(f"  {_esc(describe_path(path))}: {_esc(error)}")
+        for failure in stats.failures:
+            where = _esc(describe_path(failure.path))
+            out.print(f"  {where}{_failure_stage(failure.stage)}: {_esc(failure.error)}")
         if stats.failed > len(stats.failures):
             out.print(f"  ... and {stats.failed - len(stats.failures)} more (--limit)")
     if pending:
@@ -683,6 +685,19 @@ def info(
             if key == "ensemble_of" and isinstance(value, list):  # --json has every detail
                 value = ", ".join(_member_summary(m) for m in value)
             out.print(f"  {key}: {_esc(str(value))}")
+
+
+def _failure_stage(stage: str | None) -> str:
+    """How `photocap status` names where a photo failed: " (decode)", " (model)", " (not
+    walked)"; an output's failure names the output in its reason ("xmp: ...") and kept the
+    caption. Nothing for a failure recorded before stages were."""
+    from photocap.index import NO_CAPTION_STAGES
+
+    if stage is None:
+        return ""
+    if stage not in NO_CAPTION_STAGES:
+        return " (caption kept)"
+    return " (not walked)" if stage == "discover" else f" ({stage})"
 
 
 def _member_summary(member: Any) -> str:

@@ -474,3 +474,31 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path, model_file: Path, to_group: b
     final = json.loads(rest.stdout.splitlines()[-1])
     assert (final["skipped"], final["captioned"]) == (summary["captioned"],
                                                       300 - summary["captioned"])  # fmt: skip
+
+
+def test_status_counts_and_lists_each_failure_once_with_its_stage(
+    tmp_path: Path, model_file: Path
+) -> None:
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    (lib / "img_0001.jpg.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF")
+    (lib / "empty.jpg").write_bytes(b"")
+    db = str(tmp_path / "s.db")
+    run = caption(lib, "--db", db, "--model", model_file, "--workers", "0", "--json")
+    assert run.exit_code == 1, run.output
+    assert json.loads(run.stdout.splitlines()[-1])["failed"] == 2
+    status = runner.invoke(app, ["status", str(lib), "--db", db])
+    assert status.exit_code == 0, status.output
+    assert "captioned: 2  failed: 2  not captioned yet: 0" in status.stdout
+    lines = status.stdout.splitlines()
+    assert [line for line in lines if "empty.jpg" in line] == [
+        f"  {lib / 'empty.jpg'} (decode): empty file (0 bytes)"
+    ]
+    [kept] = [line for line in lines if "img_0001.jpg" in line]
+    assert kept.startswith(f"  {lib / 'img_0001.jpg'} (caption kept): xmp: malformed XML")
+    as_json = runner.invoke(app, ["status", str(lib), "--db", db, "--json"])
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(Path(e["path"]).name, e["stage"]) for e in events[:-1]] == [
+        ("empty.jpg", "decode"), ("img_0001.jpg", "xmp"),
+    ]  # fmt: skip
+    assert (events[-1]["failed"], events[-1]["pending"]) == (2, 0)
