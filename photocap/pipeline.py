@@ -24,11 +24,17 @@ How it stays fast and flat on a 50,000-photo library:
   and one captioned at a time, so memory stays flat; stopping at any point leaves a consistent,
   resumable index.
 
-Stopping: set the ``stop`` event (the CLI does on Ctrl-C) and the run ends after the current
-batch (a batch captioned while the consumer was handed the stop is dropped, not written); a
-KeyboardInterrupt drops the current batch. Either way writes already handed to the writer thread
-complete and are committed, the pool is shut down and a final :class:`RunSummary`
-(``interrupted=True``) is yielded.
+Stopping: set the ``stop`` event (the CLI does on Ctrl-C and on SIGTERM) and the run ends after
+the current batch (a batch captioned while the consumer was handed the stop is dropped, not
+written); a KeyboardInterrupt drops the current batch. Either way writes already handed to the
+writer thread complete and are committed, the pool is shut down and a final
+:class:`RunSummary` (``interrupted=True``) is yielded. Decode workers never outlive the run:
+each ends itself when its parent is gone, even one killed with SIGKILL
+(:func:`_exit_with_parent`).
+
+Failures: every photo the summary counts as failed is recorded in the index with its one-line
+reason and its stage (:data:`photocap.index.FailureStage`); one whose output could not be
+written keeps its caption there.
 """
 
 from __future__ import annotations
