@@ -5,7 +5,8 @@ Library errors (:class:`photocap.errors.PhotocapError`) become one clear line on
 exit code 2 (usage/setup) here, at the edge, never deeper. torch is imported lazily inside the
 commands so that ``photocap --help`` stays instant.
 
-Exit codes: 0 every photo succeeded; 1 at least one photo failed; 2 usage or setup error.
+Exit codes: 0 every photo succeeded; 1 at least one photo failed; 2 usage or setup error;
+130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ MODEL_HELP = "Model file [default: the shipped model]."
 DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
 EXIT_CODES = (
     "Exit status: 0 every photo succeeded, 1 at least one photo failed, "
-    "2 usage or setup error, 130 interrupted."
+    "2 usage or setup error, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM."
 )
 BEAM_HELP = "Beam width of the caption search (1 = greedy)."
 DEVICE_HELP = "auto, cpu or cuda."
@@ -361,8 +362,8 @@ def caption(
     """Caption photos and write the captions to XMP sidecars, EXIF and the search index.
 
     Re-runs are incremental: unchanged photos already captioned by the same model are skipped,
-    moved or renamed photos keep their caption. Ctrl-C stops after the current batch; the next
-    run resumes.
+    moved or renamed photos keep their caption. Ctrl-C or SIGTERM stops after the current
+    batch; the next run resumes.
     """
     import signal
     import threading
@@ -386,27 +387,41 @@ def caption(
         heif_thumbnails=fast_heic,
     )  # fmt: skip
     db_path = resolve_db_path(db)
-    captioner = load_captioner(model, device=device)
-    # A dry run never creates an index: it reads the existing one, if any.
-    index = PhotoIndex(":memory:" if dry_run and not db_path.exists() else db_path)
 
+    # Ctrl-C (SIGINT) and SIGTERM (what systemd, Docker and NAS schedulers send) stop the run
+    # the same way: after the current batch, committed, with the summary; the second one stops
+    # at once (the current batch dropped, the index still consistent). The exit status says
+    # which signal stopped the run: 128 + its number (130, 143), as a shell reports it.
     stop = threading.Event()
+    stopped_by: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        stopped_by.append(signum)
         stop.set()
-        typer.echo("Stopping after the current batch (Ctrl-C again to stop now)...", err=True)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        typer.echo(f"Stopping after the current batch ({again} again to stop now)...", err=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    def interrupted_status() -> int:
+        return 128 + (stopped_by[0] if stopped_by else int(signal.SIGINT))
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        captioner = load_captioner(model, device=device)
+        # A dry run never creates an index: it reads the existing one, if any.
+        index = PhotoIndex(":memory:" if dry_run and not db_path.exists() else db_path)
         with index:
             events = caption_library(paths, captioner, index, options, stop=stop)
             summary = _render_caption_events(events, json_out)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(interrupted_status()) from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if summary.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(interrupted_status())
     raise typer.Exit(0 if summary.ok else 1)
 
 
@@ -605,8 +620,9 @@ def status(
         "failed": stats.failed, "pending": len(pending), "models": stats.models,
     }  # fmt: skip
     if json_out:
-        for path, error in stats.failures:
-            _emit_json({"path": path, "state": "failed", "error": error})
+        for failure in stats.failures:
+            _emit_json({"path": failure.path, "state": "failed", "stage": failure.stage,
+                        "error": failure.error})  # fmt: skip
         for path, state in pending[:limit]:
             _emit_json({"path": path, "state": state})
         _emit_json({"event": "summary", **counts})
@@ -619,8 +635,9 @@ def status(
         out.print(f"  {count} by {_esc(model_id)}")
     if stats.failures:
         out.print("Failed:")
-        for path, error in stats.failures:
-            out.print(f"  {_esc(describe_path(path))}: {_esc(error)}")
+        for failure in stats.failures:
+            where = _esc(describe_path(failure.path))
+            out.print(f"  {where}{_failure_stage(failure.stage)}: {_esc(failure.error)}")
         if stats.failed > len(stats.failures):
             out.print(f"  ... and {stats.failed - len(stats.failures)} more (--limit)")
     if pending:
@@ -672,6 +689,19 @@ def info(
             if key == "ensemble_of" and isinstance(value, list):  # --json has every detail
                 value = ", ".join(_member_summary(m) for m in value)
             out.print(f"  {key}: {_esc(str(value))}")
+
+
+def _failure_stage(stage: str | None) -> str:
+    """How `photocap status` names where a photo failed: " (decode)", " (model)", " (not
+    walked)"; an output's failure names the output in its reason ("xmp: ...") and kept the
+    caption. Nothing for a failure recorded before stages were."""
+    from photocap.index import NO_CAPTION_STAGES
+
+    if stage is None:
+        return ""
+    if stage not in NO_CAPTION_STAGES:
+        return " (caption kept)"
+    return " (not walked)" if stage == "discover" else f" ({stage})"
 
 
 def _member_summary(member: Any) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -36,6 +36,14 @@ BUSY_TIMEOUT_MS = 60_000
 RANK_WINDOW = 5_000
 PHOTOS = "photos"
 FTS_COLUMNS = ["caption", "human_caption"]  # what search looks in, in photos_fts column order
+
+# Where a photo's last failure happened (the ``stage`` column, beside its one-line ``error``):
+# "discover" (its path could not be walked: a folder that cannot be read, a name that is not
+# UTF-8), "decode", "model", or the output that could not be written ("xmp", "exif"). Failures
+# before a caption exists clear the caption; an output's failure keeps it (a re-run writes
+# that output again, and clears the failure once it is written).
+FailureStage = Literal["discover", "decode", "model", "xmp", "exif"]
+NO_CAPTION_STAGES: frozenset[str] = frozenset({"discover", "decode", "model"})
 
 # Column order of the photos table; also the keys of a row dict.
 PHOTO_COLUMNS: dict[str, type] = {
@@ -68,6 +76,8 @@ PHOTO_COLUMNS: dict[str, type] = {
     # photocap.image.DecodedPhoto.pixels_hash: the model's input when captioned. A photo whose
     # file changed but whose pixels did not (its metadata was edited) keeps its caption.
     "pixels_hash": str,
+    # FailureStage of ``error`` (NULL when fine; NULL too in failure rows of earlier versions).
+    "stage": str,
 }
 
 
@@ -88,10 +98,16 @@ class PhotoRow:
     error: str | None
     sidecar_stamp: str | None = None  # None: not recorded (a row from before migration 006)
     pixels_hash: str | None = None  # None: not recorded (a row from before migration 007)
+    stage: str | None = None  # FailureStage of ``error``
 
     @property
     def is_captioned(self) -> bool:
-        return bool(self.caption) and self.error is None
+        """It holds a caption: none failed, or only an output's write did (caption kept)."""
+        if not self.caption:
+            return False
+        if self.error is None:
+            return True
+        return self.stage is not None and self.stage not in NO_CAPTION_STAGES
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,15 @@ def make_search_filter(
     return SearchFilter(under=folders, taken_from=taken_from, taken_before=taken_before)
 
 
+class IndexFailure(NamedTuple):
+    """A photo whose last run failed: its one-line reason and where (:data:`FailureStage`;
+    None for a failure an earlier version recorded)."""
+
+    path: str
+    error: str
+    stage: str | None
+
+
 @dataclass(frozen=True)
 class IndexStats:
     """Counts for ``photocap status`` / ``photocap info``."""
@@ -198,7 +223,7 @@ class IndexStats:
     models: dict[str, int]
     last_captioned_at: str | None
     file_size: int
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error), first N
+    failures: list[IndexFailure] = field(default_factory=list)  # the first N, by path
 
 
 # ----------------------------------------------------------------------------- migrations
@@ -248,6 +273,12 @@ def _m008_index_pixels_hash(db: sqlite_utils.Database) -> None:
     db.table(PHOTOS).create_index(["pixels_hash"], if_not_exists=True)
 
 
+def _m009_failure_stage(db: sqlite_utils.Database) -> None:
+    # NULL in older rows (their failures were all before a caption: decode or model).
+    if "stage" not in db.table(PHOTOS).columns_dict:
+        db.table(PHOTOS).add_column("stage", str)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -258,6 +289,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("006_sidecar_stamp", _m006_sidecar_stamp),
     ("007_pixels_hash", _m007_pixels_hash),
     ("008_index_pixels_hash", _m008_index_pixels_hash),
+    ("009_failure_stage", _m009_failure_stage),
 ]
 
 
@@ -341,11 +373,17 @@ class PhotoIndex:
                 self._migrate()
             # A read-only index an earlier version wrote may lack later columns: read as NULL.
             self._row_sql = _ROW_SQL
+            self._has_stage = True
             if self.read_only:
                 have = self.db.table(PHOTOS).columns_dict
-                for column in ("sidecar_stamp", "pixels_hash"):
+                for column in ("sidecar_stamp", "pixels_hash", "stage"):
                     if column not in have:
                         self._row_sql = self._row_sql.replace(column, "NULL")
+                self._has_stage = "stage" in have
+            # A row whose caption stands: no failure, or only an output's (the caption kept).
+            self._caption_ok = "photos.error IS NULL" + (
+                " OR photos.stage NOT IN ('discover', 'decode', 'model')" if self._has_stage else ""
+            )
         except sqlite3.DatabaseError as err:
             if wal_left and _error_code(err) == sqlite3.SQLITE_CANTOPEN:  # no -shm, none to make
                 raise IndexDbError(
@@ -574,7 +612,7 @@ class PhotoIndex:
                 f"{human} "
                 "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
                 "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
-                f"AND +photos_fts.rowid IN ({marks}) AND photos.error IS NULL",
+                f"AND +photos_fts.rowid IN ({marks}) AND ({self._caption_ok})",
                 [fts, chunk[0], chunk[-1], *chunk],
             ).fetchall()
         hits = [
@@ -595,22 +633,27 @@ class PhotoIndex:
 
     @_sqlite_errors
     def stats(self, failures_limit: int = 50) -> IndexStats:
-        """Counts of photos, captioned, failed, per model; the first failures with reasons."""
+        """Counts of photos, captioned, failed, per model; the first failures with reasons.
+
+        A photo whose caption was made but one of whose outputs failed counts as captioned
+        (its caption is in the index, and found by search) and as failed."""
+        captioned = f"caption IS NOT NULL AND ({self._caption_ok})"
         one = self.db.execute(
-            "SELECT count(*), "
-            "sum(caption IS NOT NULL AND error IS NULL), sum(error IS NOT NULL), "
+            f"SELECT count(*), sum({captioned}), sum(error IS NOT NULL), "
             "max(captioned_at) FROM photos"
         ).fetchone()
         models = dict(
             self.db.execute(
-                "SELECT model_id, count(*) FROM photos WHERE caption IS NOT NULL AND error IS NULL "
+                f"SELECT model_id, count(*) FROM photos WHERE {captioned} "
                 "GROUP BY model_id ORDER BY count(*) DESC"
             ).fetchall()
         )
+        stage = "stage" if self._has_stage else "NULL"  # read-only, from before 009
         failures = [
-            (p, e)
-            for p, e in self.db.execute(
-                "SELECT path, error FROM photos WHERE error IS NOT NULL ORDER BY path LIMIT ?",
+            IndexFailure(p, e, s)
+            for p, e, s in self.db.execute(
+                f"SELECT path, error, {stage} FROM photos WHERE error IS NOT NULL "
+                "ORDER BY path LIMIT ?",
                 [failures_limit],
             )
         ]
@@ -650,6 +693,22 @@ class PhotoIndex:
                     f"ON CONFLICT(path) DO UPDATE SET {updates}",
                     values,
                 )
+
+    @_sqlite_errors
+    def forget_failures(self, stage: str, under: Sequence[str], keep: frozenset[str]) -> None:
+        """Delete the rows of ``stage`` failures at or below ``under`` (index keys), except
+        those in ``keep``: paths that could not be walked once and now can (or are gone)."""
+        cond, params = SearchFilter(under=tuple(under)).sql()
+        gone = [
+            (path,)
+            for (path,) in self.db.execute(
+                f"SELECT path FROM photos WHERE stage = ? AND ({cond})", [stage, *params]
+            )
+            if path not in keep
+        ]
+        if gone:
+            with self.transaction():
+                self.db.conn.executemany("DELETE FROM photos WHERE path = ?", gone)
 
     @_sqlite_errors
     def move_photo(self, old_path: str, new_path: str) -> None:
@@ -717,6 +776,7 @@ class IndexWriter:
         self._facts: dict[str, dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
         self._moves: list[tuple[str, str]] = []
+        self._clears: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
 
     def note_photo(self, path: str | os.PathLike[str], **facts: Any) -> None:
         """Facts about a photo to store with its next record (size, mtime_ns, content_hash, ...)."""
@@ -726,7 +786,12 @@ class IndexWriter:
         """The photo at ``new_path`` is the row at ``old_path`` moved; applied before the rows."""
         self._moves.append((old_path, new_path))
 
-    def write(self, record: CaptionRecord) -> WriteOutcome:
+    def write(
+        self, record: CaptionRecord, *, error: str | None = None, stage: str | None = None
+    ) -> WriteOutcome:
+        """Buffer ``record``'s row. ``error`` and ``stage``: an output of this caption failed
+        (see :data:`FailureStage`); the caption is kept, the failure recorded with it. Without
+        them, a failure recorded earlier is cleared."""
         if self.options.dry_run:
             return WriteOutcome(self.name, record.path, "skipped", "dry run")
         key = os.fspath(record.path)
@@ -739,34 +804,51 @@ class IndexWriter:
             "captioned_at": record.captioned_at.astimezone(timezone.utc).isoformat(
                 timespec="seconds"
             ),
-            "error": None,
+            "error": error,
+            "stage": stage if error is not None else None,
             "updated_at": _utcnow(),
         }
         row.update(self._facts.pop(key, {}))
         self._pending.append(row)
         return WriteOutcome(self.name, record.path, "written")
 
-    def write_failure(self, path: str | os.PathLike[str], error: str) -> None:
-        """Record that a photo failed: caption cleared, reason in ``error``."""
+    def write_failure(
+        self, path: str | os.PathLike[str], error: str, stage: FailureStage = "decode"
+    ) -> None:
+        """Record that a photo failed before it had a caption (``stage``: discover, decode or
+        model): caption cleared, reason in ``error``."""
         if self.options.dry_run:
             return
-        key = os.fspath(path)
+        key = index_key(path)
         row: dict[str, Any] = {
             "path": key, "caption": None, "score": None, "alternatives": None,
             "model_id": None, "captioned_at": None, "outputs": None, "error": error,
-            "updated_at": _utcnow(),
+            "stage": stage, "updated_at": _utcnow(),
         }  # fmt: skip
-        row.update(self._facts.pop(key, {}))
+        row.update(self._facts.pop(os.fspath(path), {}))
         self._pending.append(row)
+
+    def clear_failures(
+        self, stage: FailureStage, under: Iterable[str | os.PathLike[str]], keep: Iterable[str]
+    ) -> None:
+        """Forget, with the next flush, the ``stage`` failures recorded at or below the
+        ``under`` paths except those at ``keep`` (index keys): they were not met again."""
+        if self.options.dry_run:
+            return
+        roots = tuple(index_key(os.path.abspath(os.fspath(p))) for p in under)
+        if roots:
+            self._clears.append((stage, roots, frozenset(keep)))
 
     def flush(self) -> None:
         """Write everything buffered in one transaction."""
-        if not (self._pending or self._moves):
+        if not (self._pending or self._moves or self._clears):
             return
-        rows, moves = self._pending, self._moves
-        self._pending, self._moves = [], []
+        rows, moves, clears = self._pending, self._moves, self._clears
+        self._pending, self._moves, self._clears = [], [], []
         try:
             with self.index.transaction():
+                for stage, roots, keep in clears:
+                    self.index.forget_failures(stage, roots, keep)
                 for old, new in moves:
                     self.index.move_photo(old, new)
                 self.index.upsert_photos(rows)
@@ -817,13 +899,24 @@ def build_fts_query(query: str) -> str:
     return " ".join(terms)
 
 
+def index_key(path: str | os.PathLike[str]) -> str:
+    """The ``path`` column value for ``path``: the path itself, or for a name that is not
+    UTF-8 (which SQLite text cannot hold) the path with those bytes written as ``\\xNN``."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
 def mtime_iso(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 _ROW_SQL = (
     "path, caption, score, alternatives, model_id, captioned_at, outputs, size, mtime_ns, "
-    "content_hash, error, sidecar_stamp, pixels_hash"
+    "content_hash, error, sidecar_stamp, pixels_hash, stage"
 )
 
 
@@ -836,7 +929,7 @@ def _to_row(r: Sequence[Any]) -> PhotoRow:
         path=r[0], caption=r[1], score=r[2], alternatives=alternatives, model_id=r[4],
         captioned_at=r[5], outputs=frozenset(x for x in (r[6] or "").split(",") if x),
         size=r[7], mtime_ns=r[8], content_hash=r[9], error=r[10], sidecar_stamp=r[11],
-        pixels_hash=r[12],
+        pixels_hash=r[12], stage=r[13],
     )  # fmt: skip
 
 

@@ -24,11 +24,17 @@ How it stays fast and flat on a 50,000-photo library:
   and one captioned at a time, so memory stays flat; stopping at any point leaves a consistent,
   resumable index.
 
-Stopping: set the ``stop`` event (the CLI does on Ctrl-C) and the run ends after the current
-batch (a batch captioned while the consumer was handed the stop is dropped, not written); a
-KeyboardInterrupt drops the current batch. Either way writes already handed to the writer thread
-complete and are committed, the pool is shut down and a final :class:`RunSummary`
-(``interrupted=True``) is yielded.
+Stopping: set the ``stop`` event (the CLI does on Ctrl-C and on SIGTERM) and the run ends after
+the current batch (a batch captioned while the consumer was handed the stop is dropped, not
+written); a KeyboardInterrupt drops the current batch. Either way writes already handed to the
+writer thread complete and are committed, the pool is shut down and a final
+:class:`RunSummary` (``interrupted=True``) is yielded. Decode workers never outlive the run:
+each ends itself when its parent is gone, even one killed with SIGKILL
+(:func:`_exit_with_parent`).
+
+Failures: every photo the summary counts as failed is recorded in the index with its one-line
+reason and its stage (:data:`photocap.index.FailureStage`); one whose output could not be
+written keeps its caption there.
 """
 
 from __future__ import annotations
@@ -48,11 +54,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
-from photocap.index import IndexWriter, PhotoIndex, PhotoRow, mtime_iso
+from photocap.index import FailureStage, IndexWriter, PhotoIndex, PhotoRow, index_key, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
 from photocap.xmp import adopt_sidecar, find_human_caption, sidecar_stamp
@@ -100,6 +106,9 @@ class PhotoResult:
     error: str | None = None  # one line, for failed
     reason: str = ""  # why skipped/carried: "unchanged", "moved from ...", "content unchanged"
     outputs: tuple[WriteOutcome, ...] = ()
+    # For failed: where (photocap.index.FailureStage: discover, decode, model, xmp, exif). A
+    # photo failed at "xmp" or "exif" has its caption (kept in the index).
+    stage: FailureStage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +119,7 @@ class PhotoResult:
             "score": self.score,
             "alternatives": list(self.alternatives),
             "error": self.error,
+            "stage": self.stage,
             "reason": self.reason or None,
             "outputs": {o.writer: o.status for o in self.outputs},
         }
@@ -298,6 +308,7 @@ class _Run:
     def events(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[CaptionEvent]:
         started = time.monotonic()
         interrupted = False
+        paths = list(paths)  # walked, then the roots whose old "discover" failures are forgotten
         self.write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photocap-write")
         try:
             work: list[_Work] = []
@@ -371,11 +382,13 @@ class _Run:
         limit = self.options.limit
         scanned = 0
         completions: list[tuple[PhotoFile, PhotoRow, _Why]] = []
+        unwalked: list[str] = []  # index keys of the paths that could not be walked
         for item in discover_photos(paths):
             if self.stop.is_set():
                 return
             if isinstance(item, DiscoveryFailure):
-                yield self._fail_event(item.path, item.error, record=False)
+                unwalked.append(index_key(item.path))
+                yield self._fail_event(item.path, item.error, "discover")
                 continue
             scanned += 1
             if scanned % 500 == 0:
@@ -392,6 +405,9 @@ class _Run:
                 continue
             if limit is None or len(work) + len(completions) < limit:
                 work.append(_Work(item, row))
+        # Walked whole: a folder (or a name) that failed an earlier walk and not this one was
+        # fixed, or is gone. Its failure goes with this run's first commit.
+        self.index_writer.clear_failures("discover", paths, keep=unwalked)
         # Photos that only need their missing outputs written: no decode, no model.
         for start in range(0, len(completions), max(1, self.options.batch_size)):
             if self.stop.is_set():
@@ -422,6 +438,7 @@ class _Run:
             queue = iter(work)
             batch: list[_Ready] = []
             exhausted = False
+            abandoned = False  # stopped with photos in flight whose decode was lost
             while True:
                 while not exhausted and len(pending) < max_in_flight:
                     item = next(queue, None)
@@ -443,6 +460,13 @@ class _Run:
                         suspects = [item, *(lost for lost, _ in pending)]
                         pending.clear()
                         _close_pool(pool, kill=True)
+                        pool = None
+                        if self.stop.is_set():
+                            # Stopping: a SIGTERM to the whole process group (systemd stopping
+                            # the unit) ends the workers too. The photos in flight, and the
+                            # batch still waiting for the model, are left for the next run.
+                            abandoned = True
+                            break
                         pool = _make_pool(workers)
                         for lost in suspects:
                             pending.append((lost, _done(self._decode_alone(lost.photo.path))))
@@ -463,7 +487,11 @@ class _Run:
                     break
             yield from self._drain()  # writes in flight complete, even when stopping
             self.index_writer.flush()
-            if self.dropped or (self.stop.is_set() and (pending or batch or not exhausted)):
+            if (
+                abandoned
+                or self.dropped
+                or (self.stop.is_set() and (pending or batch or not exhausted))
+            ):
                 return
             self.finished = True
             yield Progress("caption", self.done, self.total)
@@ -505,7 +533,7 @@ class _Run:
                     item.photo.path, size=result.size, mtime_ns=result.mtime_ns,
                     mtime=mtime_iso(result.mtime_ns or 0),
                 )  # fmt: skip
-            self.out.append(self._fail_event(item.photo.path, result.error, record=True))
+            self.out.append(self._fail_event(item.photo.path, result.error, "decode"))
             self._resolve_lead(item.photo.path, None)
             return
         self._note_facts(item.photo.path, result)
@@ -607,7 +635,7 @@ class _Run:
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {' '.join(str(err).split())[:200]}"
             for ready in batch:
-                self.out.append(self._fail_event(ready.photo.path, message, record=True))
+                self.out.append(self._fail_event(ready.photo.path, message, "model"))
                 self._resolve_lead(ready.photo.path, None)
             self.out.append(_PROGRESS)
             yield from self._drain()
@@ -721,20 +749,24 @@ class _Run:
         self.index_writer.note_photo(record.path, human_caption=files.human_caption,
                                      sidecar_stamp=files.sidecar_stamp)  # fmt: skip
         self.index_writer.note_photo(record.path, outputs=",".join(sorted(settled)))
-        if "index" in self.wanted or self.options.write_options.dry_run:
-            outcomes.append(self.index_writer.write(record))
-        else:
-            # Not asked to write the index, but it still remembers what was captioned (without
-            # claiming the "index" output) so the next run can skip these photos.
-            self.index_writer.write(record)
+        # An output that could not be written (a malformed or hostile sidecar, corrupt EXIF, an
+        # immutable file) fails the photo, and the index records it with the caption, which
+        # stands: the next run writes that output again, and clears the failure once it can.
         failed = [o for o in outcomes if o.status == "failed"]
-        if failed:
-            error = "; ".join(f"{o.writer}: {o.message}" for o in failed)
+        error = "; ".join(f"{o.writer}: {o.message}" for o in failed) if failed else None
+        # The first output that failed (a file writer's name: xmp or exif).
+        stage = cast(FailureStage, failed[0].writer) if failed else None
+        written = self.index_writer.write(record, error=error, stage=stage)
+        if "index" in self.wanted or self.options.write_options.dry_run:
+            outcomes.append(written)
+        # else: not asked to write the index, but it still remembers what was captioned
+        # (without claiming the "index" output) so the next run can skip these photos.
+        if error is not None:
             self.counts["failed"] += 1
             self.failures.append((os.fspath(record.path), error))
             return PhotoResult(record.path, "failed", record.caption, record.score,
                                record.alternatives, error=error, reason=job.reason,
-                               outputs=tuple(outcomes))  # fmt: skip
+                               outputs=tuple(outcomes), stage=stage)  # fmt: skip
         self.counts[job.status] += 1
         return PhotoResult(record.path, job.status, record.caption, record.score,
                            record.alternatives, reason=job.reason,
@@ -748,12 +780,12 @@ class _Run:
             date_taken=d.date_taken, camera=d.camera,
         )  # fmt: skip
 
-    def _fail_event(self, path: Path, error: str, record: bool) -> PhotoResult:
+    def _fail_event(self, path: Path, error: str, stage: FailureStage) -> PhotoResult:
+        """A photo failed before it had a caption: counted, and recorded in the index."""
         self.counts["failed"] += 1
         self.failures.append((os.fspath(path), error))
-        if record:
-            self.index_writer.write_failure(path, error)
-        return PhotoResult(path, "failed", error=error)
+        self.index_writer.write_failure(path, error, stage)
+        return PhotoResult(path, "failed", error=error, stage=stage)
 
 
 def _write_files(
@@ -906,13 +938,24 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
 
 
-def _init_worker() -> None:
+# How often a decode worker checks that its parent is still alive (where the kernel cannot
+# tell it: not Linux).
+_PARENT_CHECK_S = 1.0
+
+
+def _init_worker(parent: int) -> None:
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
     # finish their current photo instead of dying with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the CLI's SIGTERM handler (which only sets the parent's stop
+    # flag): a SIGTERM meant for the worker (multiprocessing's terminate(), systemd stopping
+    # the whole unit) must end it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _exit_with_parent(parent)
     # C decoders print their own complaints about a corrupt file ("Corrupt JPEG data: ...",
     # LibRaw's "Unexpected end of file") straight to file descriptor 2, beside photocap's
     # one-line error for that file. A worker reports through its return value only.
@@ -924,22 +967,50 @@ def _init_worker() -> None:
         os.nice(5)  # decoding in the background should not make the desktop sluggish
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this decode worker when ``parent`` (the caption run) dies, however it dies.
+
+    A pool's workers wait for work on a pipe whose other end they hold themselves, so a
+    parent killed with SIGKILL (the OOM killer, ``kill -9``, a crash) would leave them behind
+    for ever, ~500 MB each. On Linux the kernel sends the worker SIGKILL when its parent
+    exits (``PR_SET_PDEATHSIG``; strictly, when the parent's thread that forked it does: the
+    pool is made and fed by the thread running the caption run). Everywhere, a thread also
+    checks the parent every second, in case the kernel cannot be asked.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc, a sandbox refusing prctl: the thread
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the kernel was asked to tell
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(1)  # reparented: the caption run is gone, nobody will read a result
+
+    threading.Thread(target=watch, name="photocap-parent-watch", daemon=True).start()
+
+
 def plan_status(
     paths: Iterable[str | os.PathLike[str]], index: PhotoIndex
 ) -> Iterator[tuple[Path, str]]:
     """For ``photocap status PATH``: yield (path, state) for photos not captioned as they are now.
 
-    state is "new" (no row), "changed" (size/mtime differ), "failed" (last run failed) or a
-    discovery error.
+    state is "new" (no row), "changed" (size/mtime differ) or, for a path that cannot be walked
+    and no run recorded yet, "error: <reason>". A failure recorded in the index is not yielded:
+    ``photocap status`` lists those once, with their stage (:meth:`PhotoIndex.stats`).
     """
     for item in discover_photos(paths):
+        row = index.get(index_key(item.path))
+        if row is not None and row.error is not None:
+            continue  # a recorded failure: listed with the others
         if isinstance(item, DiscoveryFailure):
             yield item.path, f"error: {item.error}"
-            continue
-        row = index.get(item.path)
-        if row is None:
+        elif row is None:
             yield item.path, "new"
-        elif row.error is not None:
-            yield item.path, f"failed: {row.error}"
         elif not _same_stat(row, item):
             yield item.path, "changed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_tiny_jpegs
@@ -307,13 +309,16 @@ def test_ctrl_c_commits_and_next_run_resumes(tmp_path: Path, model_file: Path) -
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
     seen = 0
+    workers: set[int] = set()
     for line in proc.stdout:
         seen += json.loads(line).get("event") == "photo"
         if seen == 20:
+            workers = _children(proc.pid) if Path("/proc/self/stat").exists() else set()
             proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert _still_alive(workers) == set()  # no decode worker left behind
     summary = json.loads(out.splitlines()[-1])
     assert summary["interrupted"] and 20 <= summary["captioned"] < 300
     conn = sqlite3.connect(db)
@@ -348,3 +353,152 @@ def test_two_concurrent_runs_share_one_index(tmp_path: Path, model_file: Path) -
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT count(*) FROM photos WHERE error IS NULL").fetchone()[0] == 80
     assert conn.execute("SELECT count(*) FROM photos_fts").fetchone()[0] == 80
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    state = _proc_state(pid)
+    return state is not None and state[0] not in ("Z", "X")  # a zombie has exited
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (its decode workers), found in /proc."""
+    kids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (state := _proc_state(int(entry))) and state[1] == pid:
+            kids.add(int(entry))
+    return {k for k in kids if _alive(k)}
+
+
+def _still_alive(pids: set[int], within_s: float = 10.0) -> set[int]:
+    """``pids`` still alive after waiting up to ``within_s`` for them to exit."""
+    deadline = time.monotonic() + within_s
+    while {p for p in pids if _alive(p)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {p for p in pids if _alive(p)}
+
+
+def _run_until_photos(cmd: list[str], photos: int, **popen: object) -> tuple[Any, set[int]]:
+    """Start a caption run (--json) and read its events until ``photos`` photo events came;
+    return the process and its decode workers."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)  # type: ignore[call-overload]  # fmt: skip
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += json.loads(line).get("event") == "photo"
+        if seen == photos:
+            break
+    assert seen == photos, proc.stderr.read() if proc.stderr else ""
+    return proc, _children(proc.pid)
+
+
+def _kill_leftovers(pids: set[int]) -> None:
+    for pid in pids:  # only the workers this test started, by their id
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds the decode workers in /proc"
+)
+
+
+@pytest.mark.slow
+@needs_proc
+def test_decode_workers_exit_when_the_run_is_killed(tmp_path: Path, model_file: Path) -> None:
+    # kill -9, the OOM killer, a crash: the run cannot shut its pool down, and its workers
+    # (~500 MB each with a real library) must not be left waiting for work for ever.
+    make_tiny_jpegs(tmp_path / "lib", 300)
+    cmd = _caption_cmd(tmp_path / "lib", tmp_path / "k.db", model_file, "--json", "--workers", "2")
+    proc, workers = _run_until_photos(cmd, 8)
+    try:
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _still_alive(workers) == set()
+    finally:
+        _kill_leftovers(workers)
+        proc.kill()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group"])
+def test_sigterm_stops_like_ctrl_c(tmp_path: Path, model_file: Path, to_group: bool) -> None:
+    # `kill -TERM PID` (Docker, a NAS scheduler), or the whole process group, workers included
+    # (systemd stopping a unit): the current batch finishes or is dropped, the index is
+    # committed, the summary printed, exit 143; no worker is left behind; the next run resumes.
+    make_tiny_jpegs(tmp_path / "lib", 300)
+    db = tmp_path / "t.db"
+    cmd = _caption_cmd(tmp_path / "lib", db, model_file, "--json", "--workers", "2")
+    proc, workers = _run_until_photos(cmd, 20, start_new_session=True)
+    try:
+        assert len(workers) == 2
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "Stopping after the current batch (SIGTERM again to stop now)" in err
+        summary = json.loads(out.splitlines()[-1])
+        assert summary["event"] == "summary" and summary["interrupted"]
+        assert summary["failed"] == 0 and 20 <= summary["captioned"] < 300
+        assert _still_alive(workers) == set()
+    finally:
+        _kill_leftovers(workers)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM photos").fetchone()[0] == summary["captioned"]
+    conn.close()
+    rest = subprocess.run(_caption_cmd(tmp_path / "lib", db, model_file, "--json"),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert rest.returncode == 0, rest.stderr
+    final = json.loads(rest.stdout.splitlines()[-1])
+    assert (final["skipped"], final["captioned"]) == (summary["captioned"],
+                                                      300 - summary["captioned"])  # fmt: skip
+
+
+def test_status_counts_and_lists_each_failure_once_with_its_stage(
+    tmp_path: Path, model_file: Path
+) -> None:
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    (lib / "img_0001.jpg.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF")
+    (lib / "empty.jpg").write_bytes(b"")
+    db = str(tmp_path / "s.db")
+    run = caption(lib, "--db", db, "--model", model_file, "--workers", "0", "--json")
+    assert run.exit_code == 1, run.output
+    assert json.loads(run.stdout.splitlines()[-1])["failed"] == 2
+    status = runner.invoke(app, ["status", str(lib), "--db", db])
+    assert status.exit_code == 0, status.output
+    assert "captioned: 2  failed: 2  not captioned yet: 0" in status.stdout
+    lines = status.stdout.splitlines()
+    assert [line for line in lines if "empty.jpg" in line] == [
+        f"  {lib / 'empty.jpg'} (decode): empty file (0 bytes)"
+    ]
+    [kept] = [line for line in lines if "img_0001.jpg" in line]
+    assert kept.startswith(f"  {lib / 'img_0001.jpg'} (caption kept): xmp: malformed XML")
+    as_json = runner.invoke(app, ["status", str(lib), "--db", db, "--json"])
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(Path(e["path"]).name, e["stage"]) for e in events[:-1]] == [
+        ("empty.jpg", "decode"), ("img_0001.jpg", "xmp"),
+    ]  # fmt: skip
+    assert (events[-1]["failed"], events[-1]["pending"]) == (2, 0)

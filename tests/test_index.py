@@ -181,12 +181,14 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     folder = tmp_path / "share"
     path = folder / "photocap.db"
     with PhotoIndex(path) as idx:
-        idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"}])
-    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-008 to apply
+        idx.upsert_photos([{"path": "/p/dog.jpg", "caption": "A dog runs.", "model_id": "m"},
+                           {"path": "/p/bad.jpg", "error": "empty file (0 bytes)"}])  # fmt: skip
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: 004-009 to apply
         conn.execute("DROP INDEX idx_photos_date_taken")
         conn.execute("DROP INDEX idx_photos_pixels_hash")
         conn.execute("ALTER TABLE photos DROP COLUMN sidecar_stamp")
         conn.execute("ALTER TABLE photos DROP COLUMN pixels_hash")
+        conn.execute("ALTER TABLE photos DROP COLUMN stage")
         conn.execute("DELETE FROM _migrations WHERE name >= '004'")
     conn.close()
     before = sorted(p.name for p in folder.iterdir())
@@ -196,7 +198,8 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
         assert "004_index_date_taken" not in idx.applied_migrations()
         row = idx.get("/p/dog.jpg")  # `photocap status`: columns added since read as NULL
         assert row is not None and row.caption == "A dog runs."
-        assert (row.sidecar_stamp, row.pixels_hash) == (None, None)
+        assert (row.sidecar_stamp, row.pixels_hash, row.stage) == (None, None, None)
+        assert idx.stats().failures == [("/p/bad.jpg", "empty file (0 bytes)", None)]
         with pytest.raises(IndexDbError, match=r"readonly|read-only"):
             idx.upsert_photos([{"path": "/p/cat.jpg", "caption": "A cat.", "model_id": "m"}])
     assert sorted(p.name for p in folder.iterdir()) == before  # no -wal/-shm left behind
@@ -210,8 +213,8 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     assert "the file is damaged" in str(index_error(path, err))
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
-        assert idx.applied_migrations()[-3:] == [
-            "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash",
+        assert idx.applied_migrations()[-4:] == [
+            "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash", "009_failure_stage",
         ]  # fmt: skip
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
@@ -407,7 +410,7 @@ def test_stats_and_prune(tmp_path: Path) -> None:
     stats = idx.stats()
     assert (stats.photos, stats.captioned, stats.failed) == (3, 2, 1)
     assert stats.models == {"m@1": 2}
-    assert stats.failures == [(str(tmp_path / "gone2.jpg"), "boom")]
+    assert stats.failures == [(str(tmp_path / "gone2.jpg"), "boom", "decode")]
     assert idx.prune(dry_run=True) == sorted(
         [str(tmp_path / "gone.jpg"), str(tmp_path / "gone2.jpg")]
     )
