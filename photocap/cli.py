@@ -543,8 +543,13 @@ def search(
     from photocap.paths import resolve_db_path
 
     query = " ".join(words)
-    if not build_fts_query(query):  # "", "  ", "!!!": it would match nothing, say why
-        raise typer.BadParameter("give one or more words to search for", param_hint="QUERY")
+    if not build_fts_query(query):  # "", '"', "*", "AND": it would match nothing, say why
+        typer.echo(
+            f"Error: nothing to search for in {query!r} (WORDS are words of a caption; "
+            "quotes, * and AND, OR, NOT, NEAR are ignored)",
+            err=True,
+        )
+        raise typer.Exit(2)
     only = make_search_filter(under or [], since=since, until=until)
     with PhotoIndex(resolve_db_path(db), create=False) as index:
         hits = index.search(query, limit=limit, only=only)

@@ -259,11 +259,19 @@ def test_raw_and_jpeg_pair_share_a_caption_raw_untouched(tmp_path: Path, model_f
     assert row == ("2021-07-04T10:11:12", "Canon EOS Test", 96, 128)  # the sensor's size, upright
 
 
-@pytest.mark.parametrize("query", ["", "   ", "!!!"])
-def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
-    result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])
+@pytest.mark.parametrize(
+    "words", [[""], ["   "], ["!!!"], ['"'], ["*"], ["AND"], ['"', "*", "AND", "or"]]
+)
+def test_search_without_words_is_a_usage_error(tmp_path: Path, words: list[str]) -> None:
+    result = runner.invoke(app, ["search", *words, "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2
-    assert "give one or more words to search for" in " ".join(result.output.split())
+    # One line naming the argument as --help does (WORDS), and what was given.
+    assert result.stderr.splitlines() == [
+        f"Error: nothing to search for in {' '.join(words)!r} (WORDS are words of a caption; "
+        "quotes, * and AND, OR, NOT, NEAR are ignored)"
+    ]
+    assert "QUERY" not in result.output
+    assert "WORDS" in runner.invoke(app, ["search", "--help"]).output
 
 
 def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -> None:
