@@ -729,7 +729,7 @@ class _Run:
             self.index_writer.write(record)
         failed = [o for o in outcomes if o.status == "failed"]
         if failed:
-            error = "; ".join(f"{o.writer}: {o.message}" for o in failed)
+            error = failure_reason(failed)
             self.counts["failed"] += 1
             self.failures.append((os.fspath(record.path), error))
             return PhotoResult(record.path, "failed", record.caption, record.score,
@@ -754,6 +754,15 @@ class _Run:
         if record:
             self.index_writer.write_failure(path, error)
         return PhotoResult(path, "failed", error=error)
+
+
+def failure_reason(failed: Sequence[WriteOutcome]) -> str:
+    """One line for a photo's failed writers, each reason once: "xmp, exif: file name too
+    long ...", not the same reason after each writer's name."""
+    writers: dict[str, list[str]] = {}
+    for outcome in failed:
+        writers.setdefault(outcome.message, []).append(outcome.writer)
+    return "; ".join(f"{', '.join(names)}: {message}" for message, names in writers.items())
 
 
 def _write_files(

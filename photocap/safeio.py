@@ -68,6 +68,10 @@ def describe_os_error(err: OSError, path: Path) -> str:
         return f"read-only filesystem: {path}"
     if err.errno == errno.ENOSPC:
         return f"no space left on device: {path}"
+    if err.errno == errno.ENAMETOOLONG and isinstance(err.filename, (str, bytes, os.PathLike)):
+        # The name too long is the one the call was given (a sidecar's), not ``path``'s.
+        name = Path(os.fsdecode(err.filename))
+        return f"file name too long ({len(os.fsencode(name.name))} bytes): {name}"
     reason = err.strerror or type(err).__name__
     return f"{reason}: {path}"
 

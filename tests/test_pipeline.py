@@ -736,3 +736,19 @@ def test_pairs_stay_one_caption_a_shot_across_an_interrupted_run(tmp_path: Path,
     _, summary = run([lib], again, db)
     assert not summary.interrupted and (summary.captioned, summary.carried) == (2, 2)
     assert len(pairs_agree()) == 12 and again.photos == 2
+
+
+def test_a_reason_the_writers_share_is_said_once_naming_the_sidecar(
+    captioner: Any, tmp_path: Path
+) -> None:
+    # 252 bytes: the photo's name fits (255), its sidecar's (photo name + ".xmp") does not.
+    lib = tmp_path / "lib"
+    [first] = make_tiny_jpegs(lib, 1)
+    photo = first.rename(lib / ("a" * 248 + ".jpg"))
+    sidecar = f"{photo}.xmp"
+    results, summary = run([lib], captioner, tmp_path / "i.db", writers=["xmp", "exif", "index"])
+    [result] = results
+    assert result.status == "failed" and summary.failed == 1
+    reason = f"file name too long (256 bytes): {sidecar}"
+    assert result.error == f"xmp, exif: {reason}"  # the sidecar's name, and only once
+    assert summary.failures == ((str(photo), result.error),)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from photocap.safeio import (
     CRASH_ENV,
     atomic_write,
     check_writable,
+    describe_os_error,
     is_temp_file,
     read_capped,
     temp_path_for,
@@ -136,6 +138,16 @@ def test_read_capped_refuses_folder_and_large(lib: Path) -> None:
     with pytest.raises(WriteError, match="too large"):
         read_capped(big, 100, "sidecar")
     assert read_capped(big, 200) == b"x" * 101
+
+
+def test_a_name_too_long_is_named_not_the_path_given() -> None:
+    # The photo's sidecar is the name too long: the message names it, not the photo.
+    photo = Path("/lib") / ("a" * 248 + ".jpg")
+    sidecar = Path(f"{photo}.xmp")
+    err = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), sidecar)
+    assert describe_os_error(err, photo) == f"file name too long (256 bytes): {sidecar}"
+    err = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))  # no name: the path
+    assert describe_os_error(err, photo) == f"File name too long: {photo}"
 
 
 def test_read_only_photo_is_refused(lib: Path) -> None:
