@@ -232,7 +232,8 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
-    table = Table(title=f"{report.split}: {report.photos} photos, beam {report.beam_size}")
+    photos = _count(report.photos, "photo")
+    table = Table(title=f"{report.split}: {photos}, beam {report.beam_size}")
     for name in METRICS:
         table.add_column(name, justify="right")
     scores = report.scores
@@ -499,12 +500,20 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         for note, count in sorted(notes.items()):
             err.print(f"  {count} × {_esc(note)}")
         if unwritable:
-            where = "their captions are in the index. " if unwritable == unwritable_indexed else ""
+            one = unwritable == 1
+            where = (("its caption is" if one else "their captions are") + " in the index. "
+                     if unwritable == unwritable_indexed else "")  # fmt: skip
             err.print(
-                f"  {unwritable} photos are in folders photocap cannot write (read-only media, a "
-                f"share, permissions); {where}To caption into the index only: --write index"
+                f"  {_count(unwritable, 'photo')} {'is in a folder' if one else 'are in folders'}"
+                " photocap cannot write (read-only media, a share, permissions); "
+                f"{where}To caption into the index only: --write index"
             )
     return summary
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 photo", "2 photos": a count and its noun, singular for one."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _esc(text: str) -> str:
@@ -706,7 +715,8 @@ def prune(
             typer.echo(describe_path(path))
     if not json_out:
         verb = "Would remove" if dry_run else "Removed"
-        typer.echo(f"{verb} {len(gone)} row(s) of missing photos.", err=True)
+        missing = "a missing photo" if len(gone) == 1 else "missing photos"
+        typer.echo(f"{verb} {_count(len(gone), 'row')} of {missing}.", err=True)
 
 
 @app.command()
@@ -739,7 +749,7 @@ def revert(
             typer.echo(f"{outcome.status}: {outcome.path}: {outcome.message}", err=True)
     prefix = "Dry run: would have " if dry_run else ""
     typer.echo(
-        f"{prefix}reverted {counts['reverted']} sidecar(s), deleted {counts['deleted']}, "
+        f"{prefix}reverted {_count(counts['reverted'], 'sidecar')}, deleted {counts['deleted']}, "
         f"{counts['unchanged']} unchanged, {counts['failed']} failed.",
         err=True,
     )

@@ -183,6 +183,25 @@ def test_unwritable_folder_hint(tmp_path: Path, model_file: Path, monkeypatch) -
     assert only_index.exit_code == 0 and "cannot write" not in only_index.stderr
 
 
+def test_one_photo_in_a_read_only_folder_is_one_photo(tmp_path: Path, model_file: Path) -> None:
+    # A folder with no write bit: refused whoever runs (the tests run as root), and counted
+    # in the singular.
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 1)
+    lib.chmod(0o555)
+    try:
+        result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file,
+                         "--write", "xmp,index", "--workers", "0")  # fmt: skip
+    finally:
+        lib.chmod(0o755)
+    assert result.exit_code == 1, result.output
+    assert "1 photo is in a folder photocap cannot write (read-only media, a share, " \
+        "permissions); its caption is in the index. To caption into the index only: " \
+        "--write index" in " ".join(result.stderr.split())  # fmt: skip
+    assert "photos" not in result.stderr.replace("photos/s", "")
+    assert sorted(p.name for p in lib.iterdir()) == ["img_0000.jpg"]
+
+
 def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
     from photocap.index import PhotoIndex
 
@@ -297,6 +316,7 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
     assert "not captioned yet: 1" in status.stdout
     pruned = runner.invoke(app, ["prune", "--db", db])
     assert pruned.exit_code == 0 and pruned.stdout.strip() == str(paths[0])
+    assert pruned.stderr.strip() == "Removed 1 row of a missing photo."
     assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
 
 
