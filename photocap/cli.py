@@ -649,15 +649,14 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Show the model (name, training data, scores, size) and index statistics."""
+    from photocap.checkpoint import model_info
     from photocap.errors import ModelError
     from photocap.index import PhotoIndex
     from photocap.paths import resolve_db_path
 
     result: dict[str, Any] = {}
     try:
-        from photocap.checkpoint import load_captioner
-
-        result["model"] = load_captioner(model, device="cpu").info()
+        result["model"] = model_info(model)  # the file's header: no model built, no torch
     except ModelError as err:
         result["model"] = {"error": str(err)}
     db_path = resolve_db_path(db)
@@ -675,13 +674,42 @@ def info(
     if json_out:
         _emit_json(result)
         return
+    from rich.table import Table
+
     out = _console()
     for section, values in result.items():
-        out.print(f"[bold]{section.capitalize()}[/bold]")
+        table = Table(title=section.capitalize(), title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
         for key, value in values.items():
             if key == "ensemble_of" and isinstance(value, list):  # --json has every detail
-                value = ", ".join(_member_summary(m) for m in value)
-            out.print(f"  {key}: {_esc(str(value))}")
+                value = "\n".join(_member_summary(m) for m in value)
+            elif key == "migrations" and isinstance(value, list) and value:
+                value = f"{len(value)} (last: {value[-1]})"
+            table.add_row(key.replace("_", " "), _esc(_info_cell(value)))
+        out.print(table)
+
+
+def _info_cell(value: Any) -> str:
+    """A value of `photocap info` for its table: a dict one "key: value" line per key (a
+    nested one on that line), numbers grouped or rounded."""
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_info_inline(v)}" for k, v in value.items())
+    return _info_inline(value)
+
+
+def _info_inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_info_inline(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_info_inline(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _member_summary(member: Any) -> str:

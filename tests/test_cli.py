@@ -32,6 +32,27 @@ def test_import_cli_does_not_import_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_info_is_a_table_without_building_the_model(tmp_path: Path, model_file: Path) -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from photocap.cli import app; "
+        f"r = CliRunner().invoke(app, ['info', '--model', {str(model_file)!r}, "
+        f"'--db', {str(tmp_path / 'none.db')!r}]); "
+        "print(r.exit_code, 'torch' in sys.modules); print(r.stdout)"
+    )
+    env = {**os.environ, "COLUMNS": "100"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout  # fmt: skip
+    status, table = out.split("\n", 1)
+    assert status == "0 False"  # no torch imported: the header read, no model built
+    lines = table.splitlines()
+    assert lines[0] == "Model" and any(line.startswith("│ model id ") for line in lines)
+    assert any("│ parameters " in line and "94,374" in line for line in lines)
+    assert any(line.startswith("│ beam search ") and "length_penalty: 0.7" in line
+               for line in lines)  # fmt: skip
+    assert "{" not in table and "'" not in table  # no Python dicts or reprs
+    assert "Index" in lines and any("no index yet" in line for line in lines)
+
+
 def test_every_option_has_help() -> None:
     from typer.main import get_command
 
