@@ -352,7 +352,7 @@ def caption(
     fast_heic: bool = typer.Option(
         False,
         "--fast-heic",
-        help="HEIC: caption the embedded thumbnail (~45x faster decode; some captions differ).",
+        help="HEIC: caption the embedded thumbnail (~36x faster decode; some captions differ).",
     ),
 ) -> None:
     """Caption photos and write the captions to XMP sidecars, EXIF and the search index.

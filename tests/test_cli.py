@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -51,6 +52,22 @@ def test_info_is_a_table_without_building_the_model(tmp_path: Path, model_file: 
                for line in lines)  # fmt: skip
     assert "{" not in table and "'" not in table  # no Python dicts or reprs
     assert "Index" in lines and any("no index yet" in line for line in lines)
+
+
+def test_fast_heic_speed_up_is_the_measured_one_in_help_and_readme() -> None:
+    # benchmarks/README.md holds the measurement; --help and README.md quote it alike.
+    from typer.main import get_command
+
+    repo = Path(__file__).resolve().parent.parent
+    bench = " ".join((repo / "benchmarks" / "README.md").read_text().split())
+    photo, thumb = re.search(
+        r"\*\*([\d.]+) ms\*\* for the photo, \*\*([\d.]+) ms\*\* for its thumbnail", bench
+    ).groups()  # type: ignore[union-attr]
+    quoted = f"~{round(float(photo) / float(thumb))}x faster"
+    option = next(p for p in get_command(app).commands["caption"].params  # type: ignore[attr-defined]
+                  if p.name == "fast_heic")  # fmt: skip
+    assert quoted in option.help
+    assert quoted in " ".join((repo / "README.md").read_text().split())
 
 
 def test_every_option_has_help() -> None:
