@@ -279,9 +279,10 @@ def ensemble(
     path = merge_decoders(models, out, {"name": name} if name else None, keep)
     config = json.loads(read_metadata(path)["config"])  # the header only, not the weights
     branches = config["encoder"].get("branches", 1)
+    decoders = _count(config["decoders"], "decoder")
     typer.echo(
-        f"wrote {path} ({config['decoders']} decoders, {branches} encoder "
-        f"branch{'es' if branches > 1 else ''}, {path.stat().st_size / 1e6:.1f} MB)"
+        f"wrote {path} ({decoders}, {_count(branches, 'encoder branch', 'encoder branches')}, "
+        f"{path.stat().st_size / 1e6:.1f} MB)"
     )
 
 

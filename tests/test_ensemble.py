@@ -144,7 +144,7 @@ def test_cli_ensemble_and_training_from_an_ensemble(tmp_path: Path) -> None:
         app, ["ensemble", str(pa), str(pb), "--out", str(out), "--name", "pair"]
     )
     assert result.exit_code == 0, result.output
-    assert "2 decoders" in result.output
+    assert "(2 decoders, 1 encoder branch, " in result.output
     assert load_captioner(out, "cpu").model_id.startswith("pair@")
     bad = CliRunner().invoke(app, ["ensemble", str(pa), str(tmp_path / "nope.safetensors")])
     assert bad.exit_code != 0
