@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,18 +108,38 @@ def _oldest_reader(captioner: Captioner) -> int:
     return 2 if captioner.config.decoders > 1 else 1
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The header metadata of a model file, without loading any tensor."""
-    from safetensors import safe_open
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on its JSON header
 
+
+def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata, tensors) from a safetensors file's JSON header: the metadata strings, and
+    each tensor's dtype, shape and offsets by name. Reads the header only (KBs), with neither
+    a tensor nor torch loaded."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+                raise ValueError("bad header size")
+            header = json.loads(fh.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("metadata are not strings")
+    except OSError as err:
+        raise ModelError(f"cannot read model file {path}: {err.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as err:  # json's errors are ValueErrors too
         raise ModelError(f"not a photocap model file: {path} ({err})") from None
+    return meta, header
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a model file, without loading any tensor."""
+    path = Path(path)
+    meta, _ = read_header(path)
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a photocap model file: {path}")
     try:
@@ -131,6 +152,50 @@ def read_metadata(path: Path) -> dict[str, str]:
             "upgrade photocap"
         )
     return meta
+
+
+# BatchNorm statistics: tensors of the file that are buffers, not parameters.
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def model_info(path: Path | None = None) -> dict[str, Any]:
+    """What ``photocap info`` shows of a model file (default: the shipped model), the same as
+    ``load_captioner(path).info()`` but read from the file's header: no model is built and
+    torch is not imported (milliseconds, not seconds)."""
+    from photocap.preset import Preset
+
+    path = Path(path) if path is not None else default_model_path()
+    if not path.exists():
+        raise ModelError(
+            f"model file not found: {path} (train one with `photocap train`, or pass --model)"
+        )
+    meta = read_metadata(path)
+    _, tensors = read_header(path)
+    try:
+        config = json.loads(meta["config"])
+        encoder = config["encoder"]
+        info = json.loads(meta.get("info", "{}"))
+        parameters = 0
+        for name, tensor in tensors.items():
+            if not name.endswith(_BUFFERS):
+                parameters += math.prod(int(n) for n in tensor["shape"])
+        summary = {
+            "model_id": f"{info.get('name', path.stem)}@{file_digest(path)[:12]}",
+            "parameters": parameters,
+            "vocabulary": len(json.loads(meta["vocab"])),
+            "image_size": Preset.from_dict(json.loads(meta["preset"])).size,
+            "encoder": encoder.get("name", "efficientnet_lite2"),
+            "decoders": config.get("decoders", 1),  # absent: one (as format version 1 wrote it)
+            "encoder_branches": encoder.get("branches", 1),
+            "beam_search": {  # absent: ModelConfig's defaults (tests compare with info())
+                "length_penalty": config.get("length_penalty", 0.7),
+                "no_repeat_words": config.get("no_repeat_words", True),
+            },
+            "file": f"{path} ({path.stat().st_size / 1e6:.1f} MB)",
+        }
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise ModelError(f"corrupt model file {path}: {err!r}") from None
+    return {**summary, **info}
 
 
 def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:

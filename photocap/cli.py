@@ -237,7 +237,8 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
-    table = Table(title=f"{report.split}: {report.photos} photos, beam {report.beam_size}")
+    photos = _count(report.photos, "photo")
+    table = Table(title=f"{report.split}: {photos}, beam {report.beam_size}")
     for name in METRICS:
         table.add_column(name, justify="right")
     scores = report.scores
@@ -283,9 +284,10 @@ def ensemble(
     path = merge_decoders(models, out, {"name": name} if name else None, keep)
     config = json.loads(read_metadata(path)["config"])  # the header only, not the weights
     branches = config["encoder"].get("branches", 1)
+    decoders = _count(config["decoders"], "decoder")
     typer.echo(
-        f"wrote {path} ({config['decoders']} decoders, {branches} encoder "
-        f"branch{'es' if branches > 1 else ''}, {path.stat().st_size / 1e6:.1f} MB)"
+        f"wrote {path} ({decoders}, {_count(branches, 'encoder branch', 'encoder branches')}, "
+        f"{path.stat().st_size / 1e6:.1f} MB)"
     )
 
 
@@ -356,7 +358,7 @@ def caption(
     fast_heic: bool = typer.Option(
         False,
         "--fast-heic",
-        help="HEIC: caption the embedded thumbnail (~45x faster decode; some captions differ).",
+        help="HEIC: caption the embedded thumbnail (~36x faster decode; some captions differ).",
     ),
 ) -> None:
     """Caption photos and write the captions to XMP sidecars, EXIF and the search index.
@@ -518,12 +520,20 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         for note, count in sorted(notes.items()):
             err.print(f"  {count} × {_esc(note)}")
         if unwritable:
-            where = "their captions are in the index. " if unwritable == unwritable_indexed else ""
+            one = unwritable == 1
+            where = (("its caption is" if one else "their captions are") + " in the index. "
+                     if unwritable == unwritable_indexed else "")  # fmt: skip
             err.print(
-                f"  {unwritable} photos are in folders photocap cannot write (read-only media, a "
-                f"share, permissions); {where}To caption into the index only: --write index"
+                f"  {_count(unwritable, 'photo')} {'is in a folder' if one else 'are in folders'}"
+                " photocap cannot write (read-only media, a share, permissions); "
+                f"{where}To caption into the index only: --write index"
             )
     return summary
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 photo", "2 photos": a count and its noun, singular for one."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _esc(text: str) -> str:
@@ -562,8 +572,13 @@ def search(
     from photocap.paths import resolve_db_path
 
     query = " ".join(words)
-    if not build_fts_query(query):  # "", "  ", "!!!": it would match nothing, say why
-        raise typer.BadParameter("give one or more words to search for", param_hint="QUERY")
+    if not build_fts_query(query):  # "", '"', "*", "AND": it would match nothing, say why
+        typer.echo(
+            f"Error: nothing to search for in {query!r} (WORDS are words of a caption; "
+            "quotes, * and AND, OR, NOT, NEAR are ignored)",
+            err=True,
+        )
+        raise typer.Exit(2)
     only = make_search_filter(under or [], since=since, until=until)
     with PhotoIndex(resolve_db_path(db), create=False) as index:
         hits = index.search(query, limit=limit, only=only)
@@ -656,15 +671,14 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Show the model (name, training data, scores, size) and index statistics."""
+    from photocap.checkpoint import model_info
     from photocap.errors import ModelError
     from photocap.index import PhotoIndex
     from photocap.paths import resolve_db_path
 
     result: dict[str, Any] = {}
     try:
-        from photocap.checkpoint import load_captioner
-
-        result["model"] = load_captioner(model, device="cpu").info()
+        result["model"] = model_info(model)  # the file's header: no model built, no torch
     except ModelError as err:
         result["model"] = {"error": str(err)}
     db_path = resolve_db_path(db)
@@ -682,13 +696,42 @@ def info(
     if json_out:
         _emit_json(result)
         return
+    from rich.table import Table
+
     out = _console()
     for section, values in result.items():
-        out.print(f"[bold]{section.capitalize()}[/bold]")
+        table = Table(title=section.capitalize(), title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
         for key, value in values.items():
             if key == "ensemble_of" and isinstance(value, list):  # --json has every detail
-                value = ", ".join(_member_summary(m) for m in value)
-            out.print(f"  {key}: {_esc(str(value))}")
+                value = "\n".join(_member_summary(m) for m in value)
+            elif key == "migrations" and isinstance(value, list) and value:
+                value = f"{len(value)} (last: {value[-1]})"
+            table.add_row(key.replace("_", " "), _esc(_info_cell(value)))
+        out.print(table)
+
+
+def _info_cell(value: Any) -> str:
+    """A value of `photocap info` for its table: a dict one "key: value" line per key (a
+    nested one on that line), numbers grouped or rounded."""
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_info_inline(v)}" for k, v in value.items())
+    return _info_inline(value)
+
+
+def _info_inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_info_inline(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_info_inline(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _failure_stage(stage: str | None) -> str:
@@ -735,7 +778,8 @@ def prune(
             typer.echo(describe_path(path))
     if not json_out:
         verb = "Would remove" if dry_run else "Removed"
-        typer.echo(f"{verb} {len(gone)} row(s) of missing photos.", err=True)
+        missing = "a missing photo" if len(gone) == 1 else "missing photos"
+        typer.echo(f"{verb} {_count(len(gone), 'row')} of {missing}.", err=True)
 
 
 @app.command()
@@ -773,7 +817,7 @@ def revert(
                        counts)  # fmt: skip
     prefix = "Dry run: would have " if dry_run else ""
     typer.echo(
-        f"{prefix}reverted {counts['reverted']} sidecar(s), deleted {counts['deleted']}, "
+        f"{prefix}reverted {_count(counts['reverted'], 'sidecar')}, deleted {counts['deleted']}, "
         f"{counts['unchanged']} unchanged, {counts['failed']} failed.",
         err=True,
     )

@@ -200,6 +200,33 @@ class Tiff:
             entries.append(Entry(tag, typ, count, self.data[p + 8 : p + 12]))
         return entries, self.u32(off + 2 + 12 * n)
 
+    def check_chain(self) -> None:
+        """Raise WriteError when the chain of IFDs from IFD0 (IFD0, IFD1, ... by their next
+        pointers) leads back into IFD0: its next pointer points to itself or inside it, or a
+        later IFD's points back to it. A new IFD0 copies the old one's next pointer, so such a
+        file would come out worse (the old IFD0 read as a bogus IFD1). Other damage further
+        down the chain (a cycle among later IFDs, a pointer out of range) is left as it is:
+        those bytes are copied, never followed."""
+        if not self.ifd0:
+            return
+        entries, nxt = self.read_ifd(self.ifd0)
+        ifd0_end = self.ifd0 + 2 + 12 * len(entries) + 4
+        seen: set[int] = set()
+        depth = 0
+        while nxt and nxt not in seen:  # a cycle among later IFDs ends the walk
+            if self.ifd0 <= nxt < ifd0_end:
+                where = "to itself" if depth == 0 and nxt == self.ifd0 else "back into IFD0"
+                raise WriteError(
+                    f"corrupt {self.what}: IFD{depth}'s next-IFD pointer points {where}; "
+                    "not written"
+                )
+            seen.add(nxt)
+            try:
+                _, nxt = self.read_ifd(nxt)
+            except WriteError:
+                return  # out of range: copied as it is, never followed
+            depth += 1
+
     def value(self, entry: Entry) -> bytes:
         size = entry.size()
         if size <= 4:
@@ -347,6 +374,7 @@ def set_ifd0_tags(
     if tiff is None:
         tiff = b"II*\x00\x00\x00\x00\x00"  # empty little-endian TIFF, IFD0 comes next
     t = Tiff(tiff, what)
+    t.check_chain()  # the new IFD0 copies the old one's next pointer
     entries, next_ifd = t.read_ifd(t.ifd0) if t.ifd0 else ([], 0)
     base = tiff
     # If the old IFD0 is at the very end and nothing else points into it (photocap appended

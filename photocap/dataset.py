@@ -48,12 +48,12 @@ class Flickr8k:
         missing = [n for n in names if n not in self.captions]
         if missing:
             raise DatasetError(
-                f"{len(missing)} photos of the {name} split have no captions (first: {missing[0]})"
+                f"photos of the {name} split with no captions: {len(missing)} (first: {missing[0]})"
             )
         absent = [n for n in names if not (self.image_dir / n).is_file()]
         if absent:
             raise DatasetError(
-                f"{len(absent)} photos of the {name} split are missing from {self.image_dir} "
+                f"photos of the {name} split missing from {self.image_dir}: {len(absent)} "
                 f"(first: {absent[0]})"
             )
         if not names:

@@ -336,6 +336,19 @@ class PhotoIndex:
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
         memory = os.fspath(path) == ":memory:"
+        # What this open creates (folders, the index, its -wal, -shm and lock files) is
+        # removed again if it fails (a full disk): nothing half-made is left behind. (Only a
+        # second run creating the same new index at the same moment could lose it to this.)
+        made = [] if memory else _not_there(self.path)
+        try:
+            self._open(path, memory, create)
+        except BaseException:
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self.db.close()
+            _remove(made)
+            raise
+
+    def _open(self, path: str | os.PathLike[str], memory: bool, create: bool) -> None:
         if not memory:
             if not create and not self.path.exists():
                 raise IndexDbError(f"no index at {self.path} (run `photocap caption` first)")
@@ -869,6 +882,26 @@ def _default_index_writer(options: WriteOptions) -> IndexWriter:
 # The pipeline builds its IndexWriter itself (on the run's index); registering the name makes
 # ``--write index`` a known output for parse_writer_names.
 register_writer("index", _default_index_writer)
+
+
+def _not_there(db_path: Path) -> list[Path]:
+    """The files (the index, its -journal, -wal, -shm and lock files) and the folders above it
+    that do not exist yet, files first and deeper folders before their parents: what opening
+    ``db_path`` may create."""
+    names = ("", "-journal", "-wal", "-shm", ".lock")
+    files = [db_path.with_name(db_path.name + suffix) for suffix in names]
+    folders = [folder for folder in db_path.parents if not folder.exists()]
+    return [p for p in files if not (p.exists() or p.is_symlink())] + folders
+
+
+def _remove(paths: list[Path]) -> None:
+    """Remove ``paths`` (files, then empty folders), as far as they exist."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()  # only when empty
+            else:
+                p.unlink()
 
 
 def _non_empty(path: Path) -> bool:

@@ -753,7 +753,7 @@ class _Run:
         # immutable file) fails the photo, and the index records it with the caption, which
         # stands: the next run writes that output again, and clears the failure once it can.
         failed = [o for o in outcomes if o.status == "failed"]
-        error = "; ".join(f"{o.writer}: {o.message}" for o in failed) if failed else None
+        error = failure_reason(failed) if failed else None
         # The first output that failed (a file writer's name: xmp or exif).
         stage = cast(FailureStage, failed[0].writer) if failed else None
         written = self.index_writer.write(record, error=error, stage=stage)
@@ -786,6 +786,15 @@ class _Run:
         self.failures.append((os.fspath(path), error))
         self.index_writer.write_failure(path, error, stage)
         return PhotoResult(path, "failed", error=error, stage=stage)
+
+
+def failure_reason(failed: Sequence[WriteOutcome]) -> str:
+    """One line for a photo's failed writers, each reason once: "xmp, exif: file name too
+    long ...", not the same reason after each writer's name."""
+    writers: dict[str, list[str]] = {}
+    for outcome in failed:
+        writers.setdefault(outcome.message, []).append(outcome.writer)
+    return "; ".join(f"{', '.join(names)}: {message}" for message, names in writers.items())
 
 
 def _write_files(

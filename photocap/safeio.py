@@ -68,6 +68,10 @@ def describe_os_error(err: OSError, path: Path) -> str:
         return f"read-only filesystem: {path}"
     if err.errno == errno.ENOSPC:
         return f"no space left on device: {path}"
+    if err.errno == errno.ENAMETOOLONG and isinstance(err.filename, (str, bytes, os.PathLike)):
+        # The name too long is the one the call was given (a sidecar's), not ``path``'s.
+        name = Path(os.fsdecode(err.filename))
+        return f"file name too long ({len(os.fsencode(name.name))} bytes): {name}"
     reason = err.strerror or type(err).__name__
     return f"{reason}: {path}"
 
@@ -78,17 +82,31 @@ def check_writable(path: Path, *, in_place: bool) -> None:
     An atomic replace needs a writable folder (for the temp file and the rename). For files the
     user protected themselves (``in_place=True`` and the file is read-only) we refuse too: a
     rename *could* replace a read-only file, but a read-only photo is a user's "don't touch".
+    Mode bits are honoured for root too (a NAS or Docker setup runs as root), where
+    ``os.access`` alone says yes to everything.
     """
     folder = path.parent
     if not folder.is_dir():
         raise WriteError(f"folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not _may_write(folder, os.W_OK | os.X_OK):
         read_only, not_writable = UNWRITABLE_FOLDER
         raise WriteError(f"{read_only if _read_only_mount(folder) else not_writable}{folder}")
     if path.is_dir():
         raise WriteError(f"is a folder, not a file: {path}")
-    if in_place and path.exists() and not os.access(path, os.W_OK):
+    if in_place and path.exists() and not _may_write(path, os.W_OK):
         raise WriteError(f"file is read-only: {path}")
+
+
+def _may_write(path: Path, mode: int) -> bool:
+    """``os.access``, and the mode bits whoever asks: root (a NAS's or a Docker container's
+    photocap) is granted every write by ``os.access``, but a file or folder with no write bit
+    for anyone is still its owner's "don't touch"."""
+    if not os.access(path, mode):
+        return False
+    try:
+        return bool(path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    except OSError:
+        return True  # gone or unreadable: the write itself says why
 
 
 def _read_only_mount(folder: Path) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,32 @@ def test_corrupt_metadata_and_mismatched_weights_are_refused(tmp_path: Path) -> 
     tensors.pop("decoder.out.bias")
     save_file(tensors, str(other), metadata=meta)
     assert "does not match" in str(_one_line_model_error(other))
+
+
+def test_model_info_is_read_from_the_header_as_the_loaded_model_says(tmp_path: Path) -> None:
+    from photocap.checkpoint import model_info
+
+    path = save_captioner(build_random_captioner(), tmp_path / "m.safetensors", half=True)
+    assert model_info(path) == load_captioner(path, device="cpu").info()
+    # Without building a model, without torch: what makes `photocap info` fast.
+    code = (
+        "import sys; from photocap.checkpoint import model_info; "
+        f"info = model_info({str(path)!r}); print(info['parameters'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    parameters = sum(p.numel() for p in build_random_captioner().parameters())
+    assert out.stdout.split() == [str(parameters), "False"]
+    for bad in (b"", b"\xff" * 8 + b"{}", (8).to_bytes(8, "little") + b"not json"):
+        (tmp_path / "bad.safetensors").write_bytes(bad)
+        with pytest.raises(ModelError, match=r"^not a photocap model file: "):
+            model_info(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="shipped model not present")
+def test_model_info_of_the_shipped_ensemble_as_the_loaded_model_says() -> None:
+    from photocap.checkpoint import model_info
+
+    assert model_info(SHIPPED_MODEL) == load_captioner(SHIPPED_MODEL, device="cpu").info()
 
 
 def test_random_bytes_empty_and_missing_files_are_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -32,6 +33,43 @@ def test_import_cli_does_not_import_torch() -> None:
     code = f"import sys, photocap.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_info_is_a_table_without_building_the_model(tmp_path: Path, model_file: Path) -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from photocap.cli import app; "
+        f"r = CliRunner().invoke(app, ['info', '--model', {str(model_file)!r}, "
+        f"'--db', {str(tmp_path / 'none.db')!r}]); "
+        "print(r.exit_code, 'torch' in sys.modules); print(r.stdout)"
+    )
+    env = {**os.environ, "COLUMNS": "100"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout  # fmt: skip
+    status, table = out.split("\n", 1)
+    assert status == "0 False"  # no torch imported: the header read, no model built
+    lines = table.splitlines()
+    assert lines[0] == "Model" and any(line.startswith("│ model id ") for line in lines)
+    assert any("│ parameters " in line and "94,374" in line for line in lines)
+    assert any(line.startswith("│ beam search ") and "length_penalty: 0.7" in line
+               for line in lines)  # fmt: skip
+    assert "{" not in table and "'" not in table  # no Python dicts or reprs
+    assert "Index" in lines and any("no index yet" in line for line in lines)
+
+
+def test_fast_heic_speed_up_is_the_measured_one_in_help_and_readme() -> None:
+    # benchmarks/README.md holds the measurement; --help and README.md quote it alike.
+    from typer.main import get_command
+
+    repo = Path(__file__).resolve().parent.parent
+    bench = " ".join((repo / "benchmarks" / "README.md").read_text().split())
+    photo, thumb = re.search(
+        r"\*\*([\d.]+) ms\*\* for the photo, \*\*([\d.]+) ms\*\* for its thumbnail", bench
+    ).groups()  # type: ignore[union-attr]
+    quoted = f"~{round(float(photo) / float(thumb))}x faster"
+    option = next(p for p in get_command(app).commands["caption"].params  # type: ignore[attr-defined]
+                  if p.name == "fast_heic")  # fmt: skip
+    assert quoted in option.help
+    assert quoted in " ".join((repo / "README.md").read_text().split())
 
 
 def test_every_option_has_help() -> None:
@@ -185,6 +223,25 @@ def test_unwritable_folder_hint(tmp_path: Path, model_file: Path, monkeypatch) -
     assert only_index.exit_code == 0 and "cannot write" not in only_index.stderr
 
 
+def test_one_photo_in_a_read_only_folder_is_one_photo(tmp_path: Path, model_file: Path) -> None:
+    # A folder with no write bit: refused whoever runs (the tests run as root), and counted
+    # in the singular.
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 1)
+    lib.chmod(0o555)
+    try:
+        result = caption(lib, "--db", tmp_path / "i.db", "--model", model_file,
+                         "--write", "xmp,index", "--workers", "0")  # fmt: skip
+    finally:
+        lib.chmod(0o755)
+    assert result.exit_code == 1, result.output
+    assert "1 photo is in a folder photocap cannot write (read-only media, a share, " \
+        "permissions); its caption is in the index. To caption into the index only: " \
+        "--write index" in " ".join(result.stderr.split())  # fmt: skip
+    assert "photos" not in result.stderr.replace("photos/s", "")
+    assert sorted(p.name for p in lib.iterdir()) == ["img_0000.jpg"]
+
+
 def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
     from photocap.index import PhotoIndex
 
@@ -261,11 +318,19 @@ def test_raw_and_jpeg_pair_share_a_caption_raw_untouched(tmp_path: Path, model_f
     assert row == ("2021-07-04T10:11:12", "Canon EOS Test", 96, 128)  # the sensor's size, upright
 
 
-@pytest.mark.parametrize("query", ["", "   ", "!!!"])
-def test_search_without_words_is_a_usage_error(tmp_path: Path, query: str) -> None:
-    result = runner.invoke(app, ["search", query, "--db", str(tmp_path / "none.db")])
+@pytest.mark.parametrize(
+    "words", [[""], ["   "], ["!!!"], ['"'], ["*"], ["AND"], ['"', "*", "AND", "or"]]
+)
+def test_search_without_words_is_a_usage_error(tmp_path: Path, words: list[str]) -> None:
+    result = runner.invoke(app, ["search", *words, "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2
-    assert "give one or more words to search for" in " ".join(result.output.split())
+    # One line naming the argument as --help does (WORDS), and what was given.
+    assert result.stderr.splitlines() == [
+        f"Error: nothing to search for in {' '.join(words)!r} (WORDS are words of a caption; "
+        "quotes, * and AND, OR, NOT, NEAR are ignored)"
+    ]
+    assert "QUERY" not in result.output
+    assert "WORDS" in runner.invoke(app, ["search", "--help"]).output
 
 
 def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -> None:
@@ -291,6 +356,7 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
     assert "not captioned yet: 1" in status.stdout
     pruned = runner.invoke(app, ["prune", "--db", db])
     assert pruned.exit_code == 0 and pruned.stdout.strip() == str(paths[0])
+    assert pruned.stderr.strip() == "Removed 1 row of a missing photo."
     assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
 
 

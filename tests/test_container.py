@@ -17,6 +17,7 @@ from photocap.container import (
     png_xmp_payload,
     read_png_file_chunks,
     read_tiff_file_tags,
+    set_ifd0_tags,
 )
 from photocap.errors import WriteError
 
@@ -54,6 +55,20 @@ def png_file(*middle: bytes) -> bytes:
     """A PNG: IHDR, the ``middle`` chunks, IEND (no real pixels: the parsers do not decode)."""
     ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
     return PNG_SIGNATURE + ihdr + b"".join(middle) + png_chunk(b"IEND", b"")
+
+
+def test_new_ifd0_refuses_a_chain_back_into_ifd0_and_copies_other_next_pointers() -> None:
+    data = bytearray(tiff_file(b"II*\0", "<", b"A scan.\0"))
+    next_at = 8 + 2 + 12 * 2
+    caption = {270: (2, b"Ours.\0")}
+    for bad in (8, 8 + 2 + 12):  # IFD0 itself; its second entry
+        data[next_at : next_at + 4] = struct.pack("<I", bad)
+        with pytest.raises(WriteError, match=r"^corrupt TIFF: IFD0's next-IFD pointer points"):
+            set_ifd0_tags(bytes(data), caption, "TIFF")
+    data[next_at : next_at + 4] = struct.pack("<I", 1 << 20)  # out of range: kept as it is
+    new = set_ifd0_tags(bytes(data), caption, "TIFF")
+    (ifd0,) = struct.unpack("<I", new[4:8])
+    assert new[ifd0 + 2 + 12 * 2 : ifd0 + 2 + 12 * 2 + 4] == struct.pack("<I", 1 << 20)
 
 
 def test_png_texts_found_in_memory_and_by_seeking() -> None:

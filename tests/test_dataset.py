@@ -90,6 +90,17 @@ def test_photos_but_no_captions(tmp_path: Path) -> None:
     assert "no captions" in _one_line(err)
 
 
+def test_one_photo_of_a_split_missing_is_counted_without_a_plural(tmp_path: Path) -> None:
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=3, n_dev=2)
+    (fake.image_dir / fake.dev[0]).unlink()
+    data = load_flickr8k(fake.root)
+    with pytest.raises(DatasetError) as err:
+        data.split("dev")
+    assert _one_line(err) == (
+        f"photos of the dev split missing from {fake.image_dir}: 1 (first: {fake.dev[0]})"
+    )
+
+
 def test_csv_that_is_not_the_kaggle_layout(tmp_path: Path) -> None:
     fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=3, n_dev=2)
     (fake.root / "captions.txt").write_text("filename;text\na.jpg;A dog.\n")

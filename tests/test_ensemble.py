@@ -144,7 +144,7 @@ def test_cli_ensemble_and_training_from_an_ensemble(tmp_path: Path) -> None:
         app, ["ensemble", str(pa), str(pb), "--out", str(out), "--name", "pair"]
     )
     assert result.exit_code == 0, result.output
-    assert "2 decoders" in result.output
+    assert "(2 decoders, 1 encoder branch, " in result.output
     assert load_captioner(out, "cpu").model_id.startswith("pair@")
     bad = CliRunner().invoke(app, ["ensemble", str(pa), str(tmp_path / "nope.safetensors")])
     assert bad.exit_code != 0
@@ -204,9 +204,12 @@ def test_info_shows_the_members(tmp_path: Path) -> None:
     db = ["--db", str(tmp_path / "none.db")]
     text = CliRunner().invoke(app, ["info", "--model", str(out), *db])
     assert text.exit_code == 0, text.output
-    assert "decoders: 2" in text.output
-    line = next(x for x in text.output.splitlines() if "ensemble_of" in x)
-    assert "a.safetensors (random-tiny@" in line and "b.safetensors" in line
+    rows = [[cell.strip() for cell in x.split("│")[1:-1]] for x in text.output.splitlines()]
+    assert ["decoders", "2"] in rows
+    # the ensemble's members, one a line: its first line is the row's
+    at = next(i for i, row in enumerate(rows) if row and row[0] == "ensemble of")
+    assert rows[at][1].startswith("a.safetensors (random-tiny@")
+    assert rows[at + 1][0] == "" and rows[at + 1][1].startswith("b.safetensors (random-tiny@")
     as_json = CliRunner().invoke(app, ["info", "--model", str(out), "--json", *db])
     members = json.loads(as_json.output)["model"]["ensemble_of"]
     assert [m["file"] for m in members] == ["a.safetensors", "b.safetensors"]

@@ -447,6 +447,51 @@ def test_not_an_index_is_a_clear_error(tmp_path: Path) -> None:
         PhotoIndex(tmp_path / "missing.db", create=False)
 
 
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, pages: int) -> None:
+    """SQLite's own "database or disk is full" (SQLITE_FULL) once the index would grow past
+    ``pages`` pages: a full disk, deterministic (no tiny file system needed)."""
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)  # type: ignore[call-overload]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+def test_an_index_that_cannot_be_created_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    _disk_full_after(monkeypatch, pages=3)  # after SQLite made the -wal and -shm files
+    with pytest.raises(IndexDbError, match=r"^cannot open index .*: database or disk is full$"):
+        PhotoIndex(data / "photocap" / "photocap.db")
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt"]  # no folder, no -wal/-shm
+
+
+def test_a_failed_open_of_an_index_keeps_it_and_removes_only_what_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "data"
+    path = folder / "photocap.db"
+    with PhotoIndex(path) as idx:
+        idx.db.execute("DELETE FROM _migrations WHERE name = '008_index_pixels_hash'")
+        idx.db.execute("DROP INDEX idx_photos_pixels_hash")
+        idx.db.conn.commit()
+        idx.db.execute("VACUUM")  # no free page left for the index to come back in
+        pages = idx.db.execute("PRAGMA page_count").fetchone()[0]
+    (folder / "photocap.db.lock").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(before) == ["photocap.db"]
+    _disk_full_after(monkeypatch, pages=pages)  # the pending migration needs a page more
+    with pytest.raises(IndexDbError, match="database or disk is full"):
+        PhotoIndex(path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_damaged_pages_are_a_clear_error(tmp_path: Path) -> None:
     # Bit rot after the index was opened fine: the reads that reach the damage say so in one
     # line (with what to do), instead of ending the command with sqlite3's traceback.

@@ -811,3 +811,19 @@ def test_a_model_failure_is_recorded_with_its_stage(
     assert {(r.status, r.stage) for r in results} == {("failed", "model")}
     assert {(r["stage"], r["caption"]) for r in rows(tmp_path / "i.db")} == {("model", None)}
     assert summary.failed == 2
+
+
+def test_a_reason_the_writers_share_is_said_once_naming_the_sidecar(
+    captioner: Any, tmp_path: Path
+) -> None:
+    # 252 bytes: the photo's name fits (255), its sidecar's (photo name + ".xmp") does not.
+    lib = tmp_path / "lib"
+    [first] = make_tiny_jpegs(lib, 1)
+    photo = first.rename(lib / ("a" * 248 + ".jpg"))
+    sidecar = f"{photo}.xmp"
+    results, summary = run([lib], captioner, tmp_path / "i.db", writers=["xmp", "exif", "index"])
+    [result] = results
+    assert result.status == "failed" and summary.failed == 1
+    reason = f"file name too long (256 bytes): {sidecar}"
+    assert result.error == f"xmp, exif: {reason}"  # the sidecar's name, and only once
+    assert summary.failures == ((str(photo), result.error),)

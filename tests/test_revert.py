@@ -142,7 +142,7 @@ def test_cli_revert_exit_codes(lib: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["revert", str(lib), "--write", "exif"])
     assert result.exit_code == 0, result.output
-    assert "reverted 1 sidecar(s), deleted 0, 0 unchanged, 0 failed." in result.output
+    assert "reverted 1 sidecar, deleted 0, 0 unchanged, 0 failed." in result.output
     assert read_exif_caption(photo) == (None, None)
     result = runner.invoke(app, ["revert", str(lib)])
     assert result.exit_code == 0 and "deleted 1" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from photocap.safeio import (
     CRASH_ENV,
     atomic_write,
     check_writable,
+    describe_os_error,
     is_temp_file,
     read_capped,
     temp_path_for,
@@ -138,22 +140,33 @@ def test_read_capped_refuses_folder_and_large(lib: Path) -> None:
     assert read_capped(big, 200) == b"x" * 101
 
 
-def _permissions_apply(path: Path) -> bool:
-    return not os.access(path, os.W_OK)
+def test_a_name_too_long_is_named_not_the_path_given() -> None:
+    # The photo's sidecar is the name too long: the message names it, not the photo.
+    photo = Path("/lib") / ("a" * 248 + ".jpg")
+    sidecar = Path(f"{photo}.xmp")
+    err = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), sidecar)
+    assert describe_os_error(err, photo) == f"file name too long (256 bytes): {sidecar}"
+    err = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))  # no name: the path
+    assert describe_os_error(err, photo) == f"File name too long: {photo}"
 
 
 def test_read_only_photo_is_refused(lib: Path) -> None:
+    # Whoever runs: root too (the tests run as root here, as photocap does on a NAS or in
+    # Docker), for whom os.access grants every write; the mode bits are the owner's word.
     photo = lib / "photo.jpg"
     photo.write_bytes(b"old")
     photo.chmod(0o444)
     try:
-        if not _permissions_apply(photo):
-            pytest.skip("running as root: file permissions are not enforced")
-        with pytest.raises(WriteError, match="read-only"):
+        with pytest.raises(WriteError, match="file is read-only"):
             atomic_write(photo, b"new")
         assert photo.read_bytes() == b"old"
+        assert [p.name for p in lib.iterdir()] == ["photo.jpg"]  # no temp file left
     finally:
         photo.chmod(0o644)
+    photo.chmod(0o604)  # writable by someone: os.access decides, as before
+    if os.access(photo, os.W_OK):
+        atomic_write(photo, b"new")
+        assert photo.read_bytes() == b"new"
 
 
 def test_read_only_folder_is_refused(lib: Path) -> None:
@@ -162,10 +175,11 @@ def test_read_only_folder_is_refused(lib: Path) -> None:
     (folder / "photo.jpg").write_bytes(b"old")
     folder.chmod(0o555)
     try:
-        if not _permissions_apply(folder):
-            pytest.skip("running as root: folder permissions are not enforced")
-        with pytest.raises(WriteError, match="not writable"):
+        with pytest.raises(WriteError, match="folder is not writable"):
             atomic_write(folder / "photo.jpg", b"new")
+        with pytest.raises(WriteError, match="folder is not writable"):
+            atomic_write(folder / "photo.jpg.xmp", b"<x/>")
+        assert sorted(p.name for p in folder.iterdir()) == ["photo.jpg"]
     finally:
         folder.chmod(0o755)
 
