@@ -888,6 +888,10 @@ def _not_there(db_path: Path) -> list[Path]:
     """The files (the index, its -journal, -wal, -shm and lock files) and the folders above it
     that do not exist yet, files first and deeper folders before their parents: what opening
     ``db_path`` may create."""
+    if db_path.exists() or db_path.is_symlink():
+        # An index that exists may be open in another process right now (a cron run), whose
+        # -wal and -shm come and go with it: none of them is ours to remove.
+        return []
     names = ("", "-journal", "-wal", "-shm", ".lock")
     files = [db_path.with_name(db_path.name + suffix) for suffix in names]
     folders = [folder for folder in db_path.parents if not folder.exists()]

@@ -472,7 +472,7 @@ def test_an_index_that_cannot_be_created_leaves_nothing_behind(
     assert sorted(p.name for p in data.iterdir()) == ["notes.txt"]  # no folder, no -wal/-shm
 
 
-def test_a_failed_open_of_an_index_keeps_it_and_removes_only_what_it_made(
+def test_a_failed_open_of_an_existing_index_keeps_it_and_removes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "data"
@@ -489,7 +489,11 @@ def test_a_failed_open_of_an_index_keeps_it_and_removes_only_what_it_made(
     _disk_full_after(monkeypatch, pages=pages)  # the pending migration needs a page more
     with pytest.raises(IndexDbError, match="database or disk is full"):
         PhotoIndex(path)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # The index as it was, and no -wal or -shm left (SQLite's close takes its own). Nothing of
+    # an existing index is removed by photocap: another process may have it open right now, and
+    # its -wal holds that process's commits. Only the (empty) migration lock file may stay.
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after == {**before, **({"photocap.db.lock": b""} if "photocap.db.lock" in after else {})}
 
 
 def test_damaged_pages_are_a_clear_error(tmp_path: Path) -> None:
@@ -541,3 +545,29 @@ def test_second_connection_waits_for_the_writer(index: PhotoIndex) -> None:
         assert index.get("/p/dog.jpg") is not None
     other.close()
     assert sqlite3.connect(index.path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_failed_open_never_removes_the_files_of_an_index_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `photocap status` is stopped mid-open (Ctrl-C) just as a cron run opens the same index
+    # and commits: the -wal and -shm that appeared meanwhile are the other run's.
+    path = tmp_path / "photocap.db"
+    with PhotoIndex(path):
+        pass
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists()  # closed cleanly
+    other = sqlite3.connect(path)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        other.execute("PRAGMA journal_mode=WAL")
+        other.execute("INSERT INTO photos (path, caption) VALUES ('/p/a.jpg', 'A dog runs.')")
+        other.commit()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PhotoIndex, "_open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        PhotoIndex(path)
+    assert wal.exists() and path.with_name(path.name + "-shm").exists()
+    assert other.execute("SELECT caption FROM photos").fetchall() == [("A dog runs.",)]
+    other.close()
