@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -111,7 +112,13 @@ from photocap.embedded import (
 )
 from photocap.errors import SidecarTaken, WriteError
 from photocap.patch import MAX_PATCH_BYTES, apply_patch, decode_patch, diff_bytes, encode_patch
-from photocap.safeio import atomic_write, check_writable, describe_os_error, read_capped
+from photocap.safeio import (
+    atomic_write,
+    check_replaceable,
+    check_writable,
+    describe_os_error,
+    read_capped,
+)
 from photocap.writers import (
     CaptionRecord,
     WriteOptions,
@@ -959,11 +966,14 @@ class ExifWriter:
                 return WriteOutcome(
                     self.name, photo, "skipped", f"exif not supported for {fmt}; caption in sidecar"
                 )
-            if not self.options.dry_run:
-                check_writable(photo, in_place=True)
+            check_replaceable(Path(os.path.realpath(photo)))  # a dry run says so too
             # Provenance is checked (and a bad sidecar refused) before the photo is touched.
             sidecar = sidecar_for_write(photo, self.options.sidecar_name)
             doc, existed = load_or_new(sidecar)
+            if not self.options.dry_run:
+                # The record of what we write (and the way back) goes into the sidecar: one
+                # that cannot be written (read-only) means the photo is not touched either.
+                check_writable(sidecar, in_place=True)
             prov = read_provenance(doc)
             caption = " ".join(record.caption.split())
             alt = alt_text_for(caption)
@@ -1036,7 +1046,10 @@ class ExifWriter:
                 if seen.retracted and not self.options.dry_run:
                     prov.forget_exif(alt_text=False)
                     write_provenance(doc, prov)
-                    save_sidecar(sidecar, doc)
+                    try:
+                        save_sidecar(sidecar, doc)
+                    except WriteError as err:
+                        return self._unrecorded(photo, changed, err)
                 return WriteOutcome(
                     self.name, photo, "kept_human", "kept human caption",
                     human_caption=seen.human, changed_photo=rewrote,
@@ -1054,11 +1067,7 @@ class ExifWriter:
                 try:
                     save_sidecar(sidecar, doc)
                 except WriteError as err:
-                    return WriteOutcome(
-                        self.name, photo, "failed",
-                        f"caption written to EXIF but provenance not saved: {one_line(err)}",
-                        changed_photo=rewrote,
-                    )  # fmt: skip
+                    return self._unrecorded(photo, changed, err)
         except SidecarTaken as err:  # no sidecar of its own to record provenance in
             return WriteOutcome(self.name, photo, "skipped", one_line(err))
         except WriteError as err:
@@ -1068,6 +1077,25 @@ class ExifWriter:
         return WriteOutcome(
             self.name, photo, "written", human_caption=seen.human, changed_photo=rewrote
         )
+
+    def _unrecorded(self, photo: Path, rewrite: Rewrite | None, err: WriteError) -> WriteOutcome:
+        """The photo was written but its record could not be saved (a full disk): without it
+        revert could not take the caption back, so the photo gets its bytes back first."""
+        if rewrite is None or self.options.dry_run:
+            return WriteOutcome(self.name, photo, "failed", one_line(err))
+        try:
+            atomic_write(photo, rewrite.old, preserve_mtime=True)
+        except WriteError as undo_err:
+            return WriteOutcome(
+                self.name, photo, "failed",
+                f"caption written to EXIF but its record not saved ({one_line(err)}); putting "
+                f"the photo back failed too: {one_line(undo_err)}",
+                changed_photo=True,
+            )  # fmt: skip
+        return WriteOutcome(
+            self.name, photo, "failed",
+            f"not written in the file: its record could not be saved ({one_line(err)})",
+        )  # fmt: skip
 
     def close(self) -> None:
         """Nothing buffered: each photo is rewritten (atomically) in :meth:`write`."""

@@ -29,6 +29,8 @@ from photocap.library import is_skipped_folder
 from photocap.safeio import (
     atomic_delete,
     atomic_write,
+    check_replaceable,
+    check_writable,
     describe_os_error,
     read_capped,
 )
@@ -156,6 +158,12 @@ def revert_sidecar(
         return None
     prov = read_provenance(doc)
     created = prov.created_sidecar
+    try:
+        # The sidecar is saved (or deleted) after the photo is put back: one that cannot be
+        # (read-only) would keep a record of a write that is gone. Neither is touched then.
+        check_writable(sidecar, in_place=True)
+    except WriteError as err:
+        return RevertOutcome(sidecar, "failed", one_line(err))
     notes: list[str] = []
     changed = False
     try:
@@ -220,6 +228,7 @@ def _revert_exif(
             else f"photo for {sidecar.name} not found"
         )
     photo = in_file[0]
+    check_replaceable(Path(os.path.realpath(photo)))  # a dry run says what the write would
     data = read_capped(photo, MAX_PHOTO_BYTES, "photo")
     original = original_bytes(prov, data)
     if original is not None:

@@ -97,6 +97,26 @@ def check_writable(path: Path, *, in_place: bool) -> None:
         raise WriteError(f"file is read-only: {path}")
 
 
+def check_replaceable(path: Path) -> os.stat_result | None:
+    """:func:`check_writable` for a file :func:`atomic_write` would replace, and not one with
+    several hard links: the rename would give this name a new file and leave the other names
+    on the old one, silently two files (in place would not be atomic). Returns the file's
+    stat (None: it does not exist yet). Dry runs call it to say what the write would say."""
+    check_writable(path, in_place=True)
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise WriteError(describe_os_error(err, path)) from None
+    if old.st_nlink > 1:
+        raise WriteError(
+            f"has {old.st_nlink} hard links (one file under several names); rewriting it "
+            f"would split them, so it is left as it is: {path}"
+        )
+    return old
+
+
 def _may_write(path: Path, mode: int) -> bool:
     """``os.access``, and the mode bits whoever asks: root (a NAS's or a Docker container's
     photocap) is granted every write by ``os.access``, but a file or folder with no write bit
@@ -184,20 +204,7 @@ def atomic_write(
     any failure; the original is never left half-written.
     """
     target = Path(os.path.realpath(path))
-    check_writable(target, in_place=True)
-    try:
-        old = target.stat()
-    except FileNotFoundError:
-        old = None
-    except OSError as err:
-        raise WriteError(describe_os_error(err, target)) from None
-    if old is not None and old.st_nlink > 1:
-        # A rename gives this name a new file and leaves the other names on the old one: the
-        # names would silently stop being one file. In place would not be atomic: left alone.
-        raise WriteError(
-            f"has {old.st_nlink} hard links (one file under several names); rewriting it "
-            f"would split them, so it is left as it is: {target}"
-        )
+    old = check_replaceable(target)
 
     tmp = temp_path_for(target)
     try:

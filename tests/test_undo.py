@@ -220,3 +220,67 @@ def test_revert_walks_like_caption_and_clears_the_index(tmp_path: Path, model_fi
     # a re-run captions them again: nothing is skipped as "already captioned"
     result = runner.invoke(app, ["caption", str(lib), "--write", "index", *args, "--json"])
     assert '"skipped": 0' in result.output and '"captioned": 1' in result.output, result.output
+
+
+# --------------------------------------------------------------------------- the record first
+
+
+def test_a_read_only_sidecar_means_the_photo_is_not_touched(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    sidecar = sidecar_path(photo)
+    sidecar.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        '22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/'
+        '1.0/" xmp:Rating="4"/></rdf:RDF></x:xmpmeta>',
+        encoding="utf-8",
+    )
+    sidecar.chmod(0o444)
+    before = sha(photo)
+    outcome = ExifWriter(WriteOptions()).write(record(photo, CAPTION))
+    assert outcome.status == "failed" and "read-only" in outcome.message
+    assert sha(photo) == before  # no caption in the file that nothing records
+
+
+def test_a_record_that_cannot_be_saved_puts_the_photo_back(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import photocap.exif
+    from photocap.errors import WriteError
+
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    before = sha(photo)
+
+    def disk_full(path: Path, doc: object) -> None:
+        raise WriteError(f"no space left on device: {path}")
+
+    monkeypatch.setattr(photocap.exif, "save_sidecar", disk_full)
+    outcome = ExifWriter(WriteOptions()).write(record(photo, CAPTION))
+    assert outcome.status == "failed" and "record could not be saved" in outcome.message
+    assert sha(photo) == before and not outcome.changed_photo
+
+
+def test_revert_with_a_read_only_sidecar_touches_nothing(lib: Path) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption(photo)
+    written = sha(photo)
+    sidecar_path(photo).chmod(0o444)
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "failed" and "read-only" in outcome.message
+    assert sha(photo) == written  # the record still matches the photo: a later revert works
+    sidecar_path(photo).chmod(0o644)
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "deleted" and outcome.message == ""
+
+
+@pytest.mark.parametrize("why", ["read-only", "hard link"])
+def test_a_dry_run_revert_says_what_the_revert_would(lib: Path, why: str) -> None:
+    photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
+    caption(photo)
+    if why == "read-only":
+        photo.chmod(0o444)
+    else:
+        os.link(photo, lib / "other-name.jpg")
+    [dry] = list(revert_paths([lib], dry_run=True))
+    [real] = list(revert_paths([lib]))
+    assert dry.status == real.status == "failed"
+    assert dry.message == real.message
