@@ -15,6 +15,7 @@ photocap wrote it is left alone. Per sidecar:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from photocap.xmp import (
     photos_for_sidecar,
     read_provenance,
     save_sidecar,
+    stem_owner,
     write_provenance,
 )
 
@@ -127,6 +129,13 @@ def revert_paths(
         index.forget_captions(
             [p for p in index.captioned_under(paths) if not _holds_photocap(Path(p))]
         )
+
+
+def _sha256_of(photo: Path) -> str | None:
+    try:
+        return hashlib.sha256(read_capped(photo, MAX_PHOTO_BYTES, "photo")).hexdigest()
+    except WriteError:
+        return None
 
 
 def _holds_photocap(photo: Path) -> bool:
@@ -221,6 +230,12 @@ def _revert_exif(
     for p in photos:
         if detect_file_format(p) in IN_FILE_FORMATS:
             in_file.append(p)
+    if len(in_file) > 1:
+        # A stem-named sidecar shared by a RAW+JPEG pair (IMG_1.xmp): the photo photocap
+        # wrote is the one with the written hash, or, by Lightroom's rule, the RAW.
+        written = [p for p in in_file if _sha256_of(p) == prov.exif_written_sha256]
+        owner = stem_owner(in_file)
+        in_file = written if len(written) == 1 else [owner] if owner is not None else in_file
     if len(in_file) != 1:
         raise WriteError(
             f"cannot tell which photo {sidecar.name} belongs to"

@@ -284,3 +284,15 @@ def test_a_dry_run_revert_says_what_the_revert_would(lib: Path, why: str) -> Non
     [real] = list(revert_paths([lib]))
     assert dry.status == real.status == "failed"
     assert dry.message == real.message
+
+
+def test_a_raw_jpeg_pairs_stem_sidecar_reverts_the_dng(lib: Path) -> None:
+    # Lightroom's layout: IMG_0001.xmp describes the RAW of the pair (--sidecar-name stem).
+    dng = _dng(lib / "IMG_0001.dng")
+    jpeg = make_jpeg(lib / "IMG_0001.jpg", exif=camera_exif())
+    before = {p: sha(p) for p in (dng, jpeg)}
+    outcome = ExifWriter(WriteOptions(sidecar_name="stem")).write(record(dng, CAPTION))
+    assert outcome.status == "written" and (lib / "IMG_0001.xmp").is_file()
+    [reverted] = list(revert_paths([lib]))
+    assert reverted.status == "deleted", reverted.message
+    assert {p: sha(p) for p in (dng, jpeg)} == before
