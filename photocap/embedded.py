@@ -57,7 +57,7 @@ from photocap.container import (
 from photocap.errors import WriteError
 from photocap.safeio import read_capped
 from photocap.writers import is_blank_description
-from photocap.xmp import NS_DC, XmpDocument
+from photocap.xmp import LANGUAGE_SEPARATOR, NS_DC, XmpDocument
 
 APP13 = 0xED
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"  # standard XMP APP1 (XMP spec part 3)
@@ -242,11 +242,12 @@ class InFileText:
             if strict:
                 raise
             packet = None
-        # Any language counts: photocap writes x-default only (en-US "Kids in the lake").
+        # Any language counts: photocap writes x-default only (en-US "Kids in the lake"); each
+        # language a person wrote is kept, to be indexed and found.
         texts = packet.texts_by_language(NS_DC, "description") if packet else []
-        for text in texts:
-            if human(text):
-                return text
+        theirs = [t for i, t in enumerate(texts) if human(t) and t not in texts[:i]]
+        if theirs:
+            return LANGUAGE_SEPARATOR.join(theirs)
         return self.iptc_caption if human(self.iptc_caption) else None
 
 

@@ -801,16 +801,23 @@ def _holds_only_photocap(doc: XmpDocument) -> bool:
     return rest.is_empty()
 
 
+# Between the languages of a person's caption, as the index holds and search shows them.
+LANGUAGE_SEPARATOR = " / "
+
+
 def human_description(doc: XmpDocument | None, *ours: str | None) -> str | None:
-    """The description a person wrote in ``doc``: its first text, in any language, that is not
-    blank and not one of ``ours`` (what photocap wrote). photocap writes only ``x-default``, so
-    a caption in ``en-US`` or ``de-DE`` alone is a person's as much as one in ``x-default``."""
+    """The description a person wrote in ``doc``, in every language it has (``x-default``
+    first, joined by :data:`LANGUAGE_SEPARATOR`, so that each is indexed and found); texts
+    blank or one of ``ours`` (what photocap wrote) left out. photocap writes only
+    ``x-default``, so a caption in ``en-US`` or ``de-DE`` alone is a person's as much as one in
+    ``x-default``. None: no person's caption."""
     if doc is None:
         return None
+    texts: list[str] = []
     for text in doc.texts_by_language(NS_DC, "description"):
-        if not is_blank_description(text) and text not in ours:
-            return text
-    return None
+        if not is_blank_description(text) and text not in ours and text not in texts:
+            texts.append(text)
+    return LANGUAGE_SEPARATOR.join(texts) or None
 
 
 def read_caption(photo: Path) -> str | None:
