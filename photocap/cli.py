@@ -632,6 +632,7 @@ def status(
         pending = [(os.fspath(p), state) for p, state in plan_status(paths or [], index)]
     counts = {
         "index": stats.path, "photos": stats.photos, "captioned": stats.captioned,
+        "captioned_not_written": stats.captioned_not_written,
         "failed": stats.failed, "pending": len(pending), "models": stats.models,
     }  # fmt: skip
     if json_out:
@@ -644,7 +645,10 @@ def status(
         return
     out = _console()
     out.print(f"Index: {_esc(stats.path)}")
-    out.print(f"Photos: {stats.photos}  captioned: {stats.captioned}  failed: {stats.failed}"
+    kept = stats.captioned_not_written  # a run counts these as failed, not captioned
+    out.print(f"Photos: {stats.photos}  captioned: {stats.captioned}"
+              + (f" ({kept} of them not written: failed)" if kept else "")
+              + f"  failed: {stats.failed}"
               + (f"  not captioned yet: {len(pending)}" if paths else ""))  # fmt: skip
     for model_id, count in stats.models.items():
         out.print(f"  {count} by {_esc(model_id)}")

@@ -224,6 +224,9 @@ class IndexStats:
     last_captioned_at: str | None
     file_size: int
     failures: list[IndexFailure] = field(default_factory=list)  # the first N, by path
+    # Of ``captioned``, those also counted in ``failed``: the caption made, an output not
+    # written (a run counts them as failed only).
+    captioned_not_written: int = 0
 
 
 # ----------------------------------------------------------------------------- migrations
@@ -653,7 +656,7 @@ class PhotoIndex:
         captioned = f"caption IS NOT NULL AND ({self._caption_ok})"
         one = self.db.execute(
             f"SELECT count(*), sum({captioned}), sum(error IS NOT NULL), "
-            "max(captioned_at) FROM photos"
+            f"max(captioned_at), sum(({captioned}) AND error IS NOT NULL) FROM photos"
         ).fetchone()
         models = dict(
             self.db.execute(
@@ -677,7 +680,7 @@ class PhotoIndex:
         return IndexStats(
             path=os.fspath(self.path), photos=int(one[0] or 0), captioned=int(one[1] or 0),
             failed=int(one[2] or 0), models=models, last_captioned_at=one[3],
-            file_size=file_size, failures=failures,
+            file_size=file_size, failures=failures, captioned_not_written=int(one[4] or 0),
         )  # fmt: skip
 
     @_sqlite_errors
@@ -732,24 +735,31 @@ class PhotoIndex:
 
     @_sqlite_errors
     def captioned_under(self, under: Iterable[str | os.PathLike[str]]) -> list[str]:
-        """Paths of the rows with a caption of photocap's, below (or at) the ``under`` paths."""
-        prefixes = [os.path.abspath(os.fspath(p)) for p in under]
+        """Paths of the rows with a caption of photocap's, below (or at) the ``under`` paths,
+        as given or with symlinks resolved (a photo captioned through a symlinked folder is
+        found through the real one, and the other way round)."""
+        given = [os.path.abspath(os.fspath(p)) for p in under]
+        prefixes = sorted({*given, *(os.path.realpath(p) for p in given)})
+
+        def below(path: str) -> bool:
+            return any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+
         rows = self.db.execute("SELECT path FROM photos WHERE caption IS NOT NULL ORDER BY path")
-        return [
-            path
-            for (path,) in rows
-            if any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
-        ]
+        return [path for (path,) in rows if below(path) or below(os.path.realpath(path))]
 
     @_sqlite_errors
     def forget_captions(self, paths: Sequence[str]) -> None:
         """Clear photocap's caption from these rows (``photocap revert`` took it out of the
         files): search no longer finds it, and the next run captions the photo again. A
-        person's caption found in the photo stays."""
+        person's caption found in the photo stays; a failure to write the caption that is gone
+        (an xmp or exif stage) goes with it."""
         with self.transaction():
             self.db.conn.executemany(
                 "UPDATE photos SET caption = NULL, score = NULL, alternatives = NULL, "
-                "model_id = NULL, captioned_at = NULL WHERE path = ?",
+                "model_id = NULL, captioned_at = NULL, "
+                "error = CASE WHEN stage IN ('xmp', 'exif') THEN NULL ELSE error END, "
+                "stage = CASE WHEN stage IN ('xmp', 'exif') THEN NULL ELSE stage END "
+                "WHERE path = ?",
                 [(p,) for p in paths],
             )
 

@@ -121,14 +121,16 @@ def revert_paths(
     """
     paths = list(paths)
     chosen = set(writers)
+    photos: list[Path] = []  # those of the sidecars reverted (a sidecar may be named alone)
     for sidecar in find_photocap_sidecars(paths):
         outcome = revert_sidecar(sidecar, chosen, touch=touch, dry_run=dry_run)
         if outcome is not None:
+            if outcome.status in ("reverted", "deleted"):
+                photos += photos_for_sidecar(sidecar)
             yield outcome
     if index is not None and not dry_run:
-        index.forget_captions(
-            [p for p in index.captioned_under(paths) if not _holds_photocap(Path(p))]
-        )
+        rows = index.captioned_under([*paths, *photos])
+        index.forget_captions([p for p in rows if not _holds_photocap(Path(p))])
 
 
 def _sha256_of(photo: Path) -> str | None:

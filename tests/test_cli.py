@@ -555,7 +555,11 @@ def test_status_counts_and_lists_each_failure_once_with_its_stage(
     assert json.loads(run.stdout.splitlines()[-1])["failed"] == 2
     status = runner.invoke(app, ["status", str(lib), "--db", db])
     assert status.exit_code == 0, status.output
-    assert "captioned: 2  failed: 2  not captioned yet: 0" in status.stdout
+    # the run said captioned 1, failed 2: the photo whose sidecar failed is said to be both
+    assert json.loads(run.stdout.splitlines()[-1])["captioned"] == 1
+    assert "captioned: 2 (1 of them not written: failed)  failed: 2  not captioned yet: 0" in (
+        status.stdout
+    )
     lines = status.stdout.splitlines()
     assert [line for line in lines if "empty.jpg" in line] == [
         f"  {lib / 'empty.jpg'} (decode): empty file (0 bytes)"
@@ -568,3 +572,4 @@ def test_status_counts_and_lists_each_failure_once_with_its_stage(
         ("empty.jpg", "decode"), ("img_0001.jpg", "xmp"),
     ]  # fmt: skip
     assert (events[-1]["failed"], events[-1]["pending"]) == (2, 0)
+    assert (events[-1]["captioned"], events[-1]["captioned_not_written"]) == (2, 1)

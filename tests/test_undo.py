@@ -296,3 +296,49 @@ def test_a_raw_jpeg_pairs_stem_sidecar_reverts_the_dng(lib: Path) -> None:
     [reverted] = list(revert_paths([lib]))
     assert reverted.status == "deleted", reverted.message
     assert {p: sha(p) for p in (dng, jpeg)} == before
+
+
+@pytest.mark.parametrize("named", ["sidecar", "real folder"])
+def test_revert_clears_the_index_however_the_photo_is_named(
+    tmp_path: Path, model_file: Path, named: str
+) -> None:
+    from conftest import make_tiny_jpegs
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+    from photocap.index import PhotoIndex
+
+    real = tmp_path / "real"
+    real.mkdir()
+    [photo] = make_tiny_jpegs(real, 1)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "album").symlink_to(real, target_is_directory=True)
+    db = tmp_path / "index.db"
+    runner = CliRunner()
+    args = ["--db", str(db), "--model", str(model_file), "--workers", "0"]
+    result = runner.invoke(app, ["caption", str(lib), "--write", "xmp,index", *args])
+    assert result.exit_code == 0, result.output
+    row = str(lib / "album" / photo.name)  # the index knows it by the walked path
+    with PhotoIndex(db) as index:
+        assert index.get(row).caption  # type: ignore[union-attr]
+    target = sidecar_path(photo) if named == "sidecar" else real
+    result = runner.invoke(app, ["revert", str(target), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    with PhotoIndex(db) as index:
+        assert index.get(row).caption is None  # type: ignore[union-attr]
+
+
+def test_forgetting_a_caption_forgets_the_failure_to_write_it(tmp_path: Path) -> None:
+    from photocap.index import PhotoIndex
+
+    with PhotoIndex(tmp_path / "i.db") as index:
+        index.upsert_photos([
+            {"path": "/p/a.jpg", "caption": "A dog.", "error": "exif: has 2 hard links",
+             "stage": "exif"},
+            {"path": "/p/b.jpg", "caption": "A cat.", "error": None, "stage": None},
+        ])  # fmt: skip
+        index.forget_captions(["/p/a.jpg", "/p/b.jpg"])
+        stats = index.stats()
+        assert stats.failed == 0 and not stats.failures
+        assert index.get("/p/a.jpg").caption is None  # type: ignore[union-attr]
