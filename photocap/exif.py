@@ -71,6 +71,7 @@ from photocap.container import (
     MAX_SEGMENT,
     NEW_IFD0_DEFAULTS,
     PNG_XMP_KEYWORD,
+    SUB_IFD_TAGS,
     TAG_IMAGE_DESCRIPTION,
     TAG_XMP,
     TAG_XP_COMMENT,
@@ -802,13 +803,10 @@ def scrub_texts(data: bytes, fmt: str, texts: list[str]) -> bytes:
             at = tiff.find(needle, at + 1)
     if not hits:
         return data
-    t = Tiff(tiff, "TIFF" if fmt in ("TIFF", "DNG") else "EXIF")
     try:
-        refs = t.references(skip_ifd0_tags=set())
-        count = len(t.ifd0_entries())
-    except WriteError:
-        return data  # a block we cannot map: nothing is cut blind
-    refs.append((t.ifd0, t.ifd0 + 2 + 12 * count + 4))
+        refs = _all_references(Tiff(tiff, "TIFF" if fmt in ("TIFF", "DNG") else "EXIF"))
+    except (WriteError, struct.error):
+        return data  # a block we cannot map whole: nothing is cut blind
 
     def used(a: int, b: int) -> bool:  # a pointer into the hit, or a value overlapping it
         return any((s < b and a < e) or a <= s < b for s, e in refs)
@@ -836,6 +834,50 @@ def scrub_texts(data: bytes, fmt: str, texts: list[str]) -> bytes:
     except WriteError:
         return data
     return new if same else data
+
+
+# Offset tag -> its byte-count tag: image data (strips, tiles), a thumbnail, free space.
+_DATA_RANGES = {0x0111: 0x0117, 0x0144: 0x0145, 0x0201: 0x0202, 0x0120: 0x0121}
+
+
+def _all_references(t: Tiff) -> list[tuple[int, int]]:
+    """(start, end) of every byte of a TIFF block something points to: every IFD reached
+    from IFD0 (the chain of pages by next pointers, and sub-IFDs), its table, its values, and
+    the strips, tiles and thumbnail it locates. Integer values that could be offsets into an
+    unknown structure count as zero-length references. Raises WriteError where the block
+    cannot be walked (a chain out of range): then nothing may be taken as unreferenced."""
+    refs: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    queue = [t.ifd0]
+    while queue:
+        off = queue.pop()
+        if not off or off in seen:
+            continue
+        if len(seen) > 4096:
+            raise WriteError("too many IFDs to map")
+        seen.add(off)
+        entries, nxt = t.read_ifd(off)
+        refs.append((off, off + 2 + 12 * len(entries) + 4))
+        numbers: dict[int, list[int]] = {}
+        for e in entries:
+            if e.size() > 4:
+                start = int(struct.unpack(t.end + "I", e.raw)[0])
+                refs.append((start, start + e.size()))
+            if e.type in (3, 4, 13) and e.count <= 1 << 16:  # SHORT, LONG, IFD
+                raw = t.value(e)
+                code = "H" if e.type == 3 else "I"
+                values = [int(v) for v in struct.unpack(f"{t.end}{e.count}{code}", raw)]
+                numbers[e.tag] = values
+                refs.extend((v, v) for v in values)
+                if e.tag in SUB_IFD_TAGS:
+                    queue.extend(values)
+        for at_tag, size_tag in _DATA_RANGES.items():
+            starts, sizes = numbers.get(at_tag, []), numbers.get(size_tag, [])
+            if len(starts) != len(sizes) and starts:  # which bytes are whose: unknown
+                raise WriteError("offsets without their sizes")
+            refs += [(a, a + n) for a, n in zip(starts, sizes, strict=bool(starts))]
+        queue.append(nxt)
+    return refs
 
 
 def _same_reading(old: bytes, new: bytes, fmt: str) -> bool:

@@ -342,3 +342,22 @@ def test_forgetting_a_caption_forgets_the_failure_to_write_it(tmp_path: Path) ->
         stats = index.stats()
         assert stats.failed == 0 and not stats.failures
         assert index.get("/p/a.jpg").caption is None  # type: ignore[union-attr]
+
+
+def test_every_page_of_a_tiff_counts_as_referenced(lib: Path) -> None:
+    # A dead copy of our caption may be zeroed; a live one, in any page, never.
+    from photocap.container import Tiff
+    from photocap.exif import _all_references
+
+    photo = _make_tiff(lib / "photo.tif", "pages")  # three pages: IFD0 -> IFD1 -> IFD2
+    t = Tiff(photo.read_bytes(), "TIFF")
+    chain, at = [], t.ifd0
+    while at:
+        entries, nxt = t.read_ifd(at)
+        chain.append((at, at + 2 + 12 * len(entries) + 4))
+        at = nxt
+    assert len(chain) == 3
+    refs = _all_references(t)
+    assert all(ifd in refs for ifd in chain)
+    strips = [(s, e) for s, e in refs if e - s > 100]  # each page's pixels, as ranges
+    assert len(strips) >= 3
