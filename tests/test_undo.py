@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -361,3 +363,18 @@ def test_every_page_of_a_tiff_counts_as_referenced(lib: Path) -> None:
     assert all(ifd in refs for ifd in chain)
     strips = [(s, e) for s, e in refs if e - s > 100]  # each page's pixels, as ranges
     assert len(strips) >= 3
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed")
+@pytest.mark.parametrize("kind", ["jpeg-camera", "tiff-tagged", "png-bare", "webp-simple"])
+def test_revert_after_exiftool_wrote_a_rating(lib: Path, kind: str) -> None:
+    photo = PHOTOS[kind](lib)
+    caption(photo)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmp:Rating=2",
+                    "-EXIF:Artist=Ann Smith", str(photo)], check=True)  # fmt: skip
+    [outcome] = list(revert_paths([lib]))
+    assert outcome.status == "deleted", outcome.message
+    data = photo.read_bytes()
+    assert read_exif_caption(photo) == (None, None)
+    assert b"Ann Smith" in data  # theirs stays
+    assert traces(data, CAPTION) == []
