@@ -823,10 +823,7 @@ def scrub_texts(data: bytes, fmt: str, texts: list[str]) -> bytes:
         body = new[chunk.start + 4 : chunk.end - 4]
         new = new[: chunk.end - 4] + struct.pack(">I", zlib.crc32(body)) + new[chunk.end :]
     try:
-        same = (
-            _same_reading(data, new, fmt)
-            and _load_piexif(tiff) == _load_piexif(bytes(out))
-        )
+        same = _same_reading(data, new, fmt) and _load_piexif(tiff) == _load_piexif(bytes(out))
         if same and fmt == "DNG":
             _verify_same_raw(data, new)
         elif same and fmt == "TIFF":
@@ -888,11 +885,12 @@ def _same_reading(old: bytes, new: bytes, fmt: str) -> bool:
     tb = Tiff(b.tiff, "TIFF") if b.tiff else None
     entries_a = [(e, ta.value(e)) for e in ta.ifd0_entries()] if ta else []
     entries_b = [(e, tb.value(e)) for e in tb.ifd0_entries()] if tb else []
-    return (
-        (a.description, a.comment, a.packet, a.iptc_caption)
-        == (b.description, b.comment, b.packet, b.iptc_caption)
-        and entries_a == entries_b
-    )
+    return (a.description, a.comment, a.packet, a.iptc_caption) == (
+        b.description,
+        b.comment,
+        b.packet,
+        b.iptc_caption,
+    ) and entries_a == entries_b
 
 
 def _sha256(data: bytes) -> str:
