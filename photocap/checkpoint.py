@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,27 +201,128 @@ def model_info(path: Path | None = None) -> dict[str, Any]:
 
 def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
     """Load a model file (default: the shipped model) onto ``device``, ready to caption."""
-    import torch
-    from safetensors.torch import load_file
-
-    from photocap.model import Captioner, ModelConfig
-    from photocap.preset import Preset
-    from photocap.vocab import Vocab
-
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise ModelError(
             f"model file not found: {path} (train one with `photocap train`, or pass --model)"
         )
-    meta = read_metadata(path)
+    return _build_captioner(path, read_metadata(path), device)
+
+
+class LazyCaptioner:
+    """A model file opened for captioning; the model itself is built when a photo needs it.
+
+    Opening reads the header and hashes the file (the model id that incremental runs compare
+    with the index); it imports no torch and builds nothing, so a re-run of an unchanged library
+    costs its stat calls and index lookups only. :meth:`prepare` (or the first
+    :meth:`caption_batch`) builds the model, and refuses a file whose bytes changed since it was
+    opened: the captions must come from the model whose id they are recorded with.
+
+    The build runs on a thread of its own while the run's decode workers (already forked)
+    decode the first photos; the run waits for it before forking new workers.
+    """
+
+    def __init__(self, path: Path | None = None, device: str = "auto") -> None:
+        self.path = Path(path) if path is not None else default_model_path()
+        if not self.path.exists():
+            raise ModelError(
+                f"model file not found: {self.path} "
+                "(train one with `photocap train`, or pass --model)"
+            )
+        self._meta = read_metadata(self.path)
+        from photocap.preset import Preset
+
+        try:
+            self.preset = Preset.from_dict(json.loads(self._meta["preset"]))
+            info = json.loads(self._meta.get("info", "{}"))
+            name = info.get("name", self.path.stem) if isinstance(info, dict) else self.path.stem
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise ModelError(f"corrupt model file {self.path}: {err!r}") from None
+        self.digest = file_digest(self.path)
+        self.model_id = f"{name}@{self.digest[:12]}"
+        if device not in ("auto", "cpu"):
+            resolve_device(device)  # --device cuda without a GPU: said now, not mid-run
+        self._device = device
+        self._captioner: Captioner | None = None
+        self._error: BaseException | None = None
+        self._builder: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_built(self) -> bool:
+        """Whether the model has been built (tests: an unchanged re-run never builds it)."""
+        return self._captioner is not None
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on (resolved without waiting for the model)."""
+        return resolve_device(self._device)
+
+    def prepare(self, wait: bool = False) -> None:
+        """Start building the model in the background (once), so that it loads while photos
+        are decoded; ``wait``: until it is built or has failed. A failure is raised by
+        :meth:`caption_batch`."""
+        with self._lock:
+            if self._builder is None:
+                self._builder = threading.Thread(
+                    target=self._build, name="photocap-model-load", daemon=True
+                )
+                self._builder.start()
+        if wait:
+            self._builder.join()
+
+    def _build(self) -> None:
+        try:
+            self._captioner = _build_captioner(
+                self.path, self._meta, self._device, expect_digest=self.digest
+            )
+        except BaseException as err:  # handed to the thread that captions
+            self._error = err
+
+    def captioner(self) -> Captioner:
+        """The built model (building it now if :meth:`prepare` was not called)."""
+        self.prepare(wait=True)
+        if self._captioner is None:
+            error = self._error or ModelError(f"model file {self.path} could not be loaded")
+            raise error
+        return self._captioner
+
+    def caption_batch(self, pixels: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE) -> Any:
+        """:meth:`photocap.model.Captioner.caption_batch`, once the model is built."""
+        return self.captioner().caption_batch(pixels, beam_size=beam_size)
+
+
+def _build_captioner(
+    path: Path, meta: dict[str, str], device: str, *, expect_digest: str | None = None
+) -> Captioner:
+    """The model of ``path`` (whose header metadata is ``meta``) on ``device``. The file is read
+    once: the bytes hashed are the bytes loaded."""
+    import torch
+    from safetensors.torch import load as load_tensors
+
+    from photocap.model import Captioner, ModelConfig
+    from photocap.preset import Preset
+    from photocap.vocab import Vocab
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read model file {path}: {err.strerror}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if expect_digest is not None and digest != expect_digest:
+        raise ModelError(
+            f"model file {path} changed during the run: run again to caption with the new one"
+        )
     try:
         config = ModelConfig.from_dict(json.loads(meta["config"]))
         preset = Preset.from_dict(json.loads(meta["preset"]))
         vocab = Vocab(tuple(json.loads(meta["vocab"])))
         info = json.loads(meta.get("info", "{}"))
-        state = load_file(str(path), device="cpu")
+        state = load_tensors(data)
     except (KeyError, ValueError, TypeError) as err:
         raise ModelError(f"corrupt model file {path}: {err}") from None
+    del data
+    target = resolve_device(device)
     captioner = Captioner(config, vocab, preset)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = captioner.load_state_dict(state, strict=False)
@@ -231,9 +333,9 @@ def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     captioner.metadata = info
-    captioner.model_id = f"{info.get('name', path.stem)}@{file_digest(path)[:12]}"
+    captioner.model_id = f"{info.get('name', path.stem)}@{digest[:12]}"
     captioner.source = f"{path} ({path.stat().st_size / 1e6:.1f} MB)"
-    captioner.to(resolve_device(device)).eval()
+    captioner.to(target).eval()
     if captioner.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:

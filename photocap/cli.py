@@ -370,7 +370,7 @@ def caption(
     import signal
     import threading
 
-    from photocap.checkpoint import load_captioner
+    from photocap.checkpoint import LazyCaptioner
     from photocap.index import PhotoIndex  # also registers the "index" writer
     from photocap.paths import resolve_db_path
     from photocap.pipeline import CaptionOptions, caption_library
@@ -410,7 +410,9 @@ def caption(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        captioner = load_captioner(model, device=device)
+        # Header and hash only: the model is built once a photo needs it (none on an unchanged
+        # library), so --device and the weights are checked then.
+        captioner = LazyCaptioner(model, device=device)
         # A dry run never creates an index: it reads the existing one, if any.
         index = PhotoIndex(":memory:" if dry_run and not db_path.exists() else db_path)
         with index:

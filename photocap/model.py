@@ -297,6 +297,10 @@ class Captioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def prepare(self, wait: bool = False) -> None:
+        """Nothing to do: built already (a run calls this on any model; see
+        :class:`photocap.checkpoint.LazyCaptioner`)."""
+
     def info(self) -> dict[str, Any]:
         """Name, training data, scores, size: what ``photocap info`` shows."""
         return {

@@ -54,7 +54,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, cast
 
 from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
@@ -64,7 +64,9 @@ from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, 
 from photocap.xmp import adopt_sidecar, find_human_caption, sidecar_stamp
 
 if TYPE_CHECKING:  # pragma: no cover
-    from photocap.model import Captioner
+    import torch
+
+    from photocap.model import Caption
     from photocap.preset import Preset
 
 PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]
@@ -74,6 +76,25 @@ HUMAN_CAPTION_WRITERS = frozenset({"xmp", "exif"})
 # does not apply to the photo ("skipped": EXIF for a PNG or a RAW, the JPEG of a RAW+JPEG pair
 # under stem naming). A re-run retries neither; it retries "failed".
 _SETTLED = frozenset({"written", "unchanged", "kept_human", "skipped"})
+
+
+class CaptionModel(Protocol):
+    """What a run needs of a model: :class:`photocap.model.Captioner`, or the
+    :class:`photocap.checkpoint.LazyCaptioner` the CLI opens (built only when a photo needs it,
+    so that a re-run of an unchanged library loads no model)."""
+
+    model_id: str  # recorded with each caption; a re-run skips photos captioned by this id
+    preset: Preset  # how the decode workers size a photo for the model
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def prepare(self, wait: bool = False) -> None:
+        """Start getting ready to caption (building the model) once the first photos are sent
+        to be decoded; ``wait``: until ready (before forking new decode workers)."""
+        ...
+
+    def caption_batch(self, pixels: torch.Tensor, beam_size: int = ...) -> list[Caption]: ...
 
 
 @dataclass
@@ -258,7 +279,7 @@ PIXELS_UNCHANGED = _Why("pixels unchanged", look_again=True)
 
 def caption_library(
     paths: Iterable[str | os.PathLike[str]],
-    captioner: Captioner,
+    captioner: CaptionModel,
     index: PhotoIndex,
     options: CaptionOptions | None = None,
     stop: threading.Event | None = None,
@@ -271,7 +292,7 @@ def caption_library(
 class _Run:
     def __init__(
         self,
-        captioner: Captioner,
+        captioner: CaptionModel,
         index: PhotoIndex,
         options: CaptionOptions,
         stop: threading.Event,
@@ -446,6 +467,10 @@ class _Run:
                         exhausted = True
                         break
                     pending.append((item, self._submit(pool, item.photo.path)))
+                # The model loads (on a thread) while the workers, forked by the first submit,
+                # decode: the first batch waits for the rest of the load, not all of it. A run
+                # with nothing to decode never gets here, and loads no model.
+                self.captioner.prepare()
                 if not pending and not batch:
                     break
                 if pending and len(batch) < batch_size:
@@ -467,6 +492,9 @@ class _Run:
                             # batch still waiting for the model, are left for the next run.
                             abandoned = True
                             break
+                        # No fork while the model loads on its thread: a child forked
+                        # mid-import could inherit a lock held by that thread.
+                        self.captioner.prepare(wait=True)
                         pool = _make_pool(workers)
                         for lost in suspects:
                             pending.append((lost, _done(self._decode_alone(lost.photo.path))))
@@ -899,7 +927,7 @@ def _parse_time(text: str | None) -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _share_cores_with_workers(captioner: Captioner, workers: int) -> Callable[[], None]:
+def _share_cores_with_workers(captioner: CaptionModel, workers: int) -> Callable[[], None]:
     """On a CPU run with decode workers, give torch at most half the cores while they decode.
 
     torch's OpenMP threads spin-wait for each other at every operator; when decode workers (or
