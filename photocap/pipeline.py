@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
@@ -453,7 +453,7 @@ class _Run:
         # few enough that memory stays flat (~150 KB per decoded photo).
         max_in_flight = 2 * batch_size + 2 * max(workers, 1)
         pool = _make_pool(workers) if workers > 0 else None
-        restore_threads = _share_cores_with_workers(self.captioner, workers)
+        cores = _CoreShare(self.captioner, workers)
         try:
             pending: deque[tuple[_Work, Future[DecodedPhoto | DecodeFailure]]] = deque()
             queue = iter(work)
@@ -507,6 +507,9 @@ class _Run:
                 if batch:
                     if self.stop.is_set():
                         break
+                    # Every torch thread when no worker is decoding (decoding is ahead, or
+                    # done: the last batches), else the cores the workers leave.
+                    cores.set_for_batch(decoding=any(not f.done() for _, f in pending))
                     yield from self._caption_batch(batch)
                     if self.dropped:
                         break
@@ -525,7 +528,7 @@ class _Run:
             yield Progress("caption", self.done, self.total)
         finally:
             _close_pool(pool)
-            restore_threads()
+            cores.restore()
 
     def _submit(
         self, pool: ProcessPoolExecutor | None, path: Path
@@ -927,24 +930,43 @@ def _parse_time(text: str | None) -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _share_cores_with_workers(captioner: CaptionModel, workers: int) -> Callable[[], None]:
-    """On a CPU run with decode workers, give torch at most half the cores while they decode.
+class _CoreShare:
+    """torch's thread count on a CPU run with decode workers, set before each model batch.
 
-    torch's OpenMP threads spin-wait for each other at every operator; when decode workers (or
-    anything else) take a core, one descheduled thread stalls all the others. On 2 cores with 2
+    torch's OpenMP threads spin-wait for each other at every operator; when a decode worker (or
+    anything else) takes a core, one descheduled thread stalls all the others. On 2 cores with 2
     workers, 1 torch thread captions 12-MP photos ~3.7x faster than 2 (benchmarks/README.md).
-    Returns a function that restores the previous thread count.
+    So while workers decode, the model gets at most half the cores; when none is decoding
+    (the photos in flight are all decoded: decoding is ahead, or the run's last batches), it
+    gets every thread torch had, as no worker decodes while the model works (the run sends
+    photos to decode between batches only).
     """
-    import torch
 
-    before = torch.get_num_threads()
-    if workers <= 0 or captioner.device.type != "cpu":
-        return lambda: None
-    wanted = max(1, min(before, (os.cpu_count() or 1) // 2))
-    if wanted == before:
-        return lambda: None
-    torch.set_num_threads(wanted)
-    return lambda: torch.set_num_threads(before)
+    def __init__(self, captioner: CaptionModel, workers: int) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        self.active = workers > 0 and captioner.device.type == "cpu"
+        self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
+        self.current = self.before
+        self.set_for_batch(decoding=True)
+
+    def set_for_batch(self, *, decoding: bool) -> None:
+        if not self.active:
+            return
+        wanted = self.shared if decoding else self.before
+        if wanted != self.current:
+            import torch
+
+            torch.set_num_threads(wanted)
+            self.current = wanted
+
+    def restore(self) -> None:
+        if self.active and self.current != self.before:
+            import torch
+
+            torch.set_num_threads(self.before)
+            self.current = self.before
 
 
 def _close_pool(pool: ProcessPoolExecutor | None, *, kill: bool = False) -> None:

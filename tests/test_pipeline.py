@@ -827,3 +827,39 @@ def test_a_reason_the_writers_share_is_said_once_naming_the_sidecar(
     reason = f"file name too long (256 bytes): {sidecar}"
     assert result.error == f"xmp, exif: {reason}"  # the sidecar's name, and only once
     assert summary.failures == ((str(photo), result.error),)
+
+
+def test_the_model_gets_every_core_when_no_worker_is_decoding(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a CPU, torch's spin-waiting threads stall when a decode worker takes one of their
+    # cores: while a photo is being decoded the model gets half the cores; when none is (the
+    # photos in flight are decoded, or the last batches) it gets every thread torch had.
+    import torch
+
+    from photocap.pipeline import _Run
+
+    submitted: list[Any] = []  # the futures of the photos sent to decode
+    submit = _Run._submit
+
+    def tracked(self: Any, pool: Any, path: Path) -> Any:
+        submitted.append(submit(self, pool, path))
+        return submitted[-1]
+
+    monkeypatch.setattr(_Run, "_submit", tracked)
+    seen: list[tuple[bool, int]] = []  # (a worker was decoding, torch threads) per batch
+
+    class Watching(_CountingCaptioner):
+        def caption_batch(self, pixels: Any, beam_size: int) -> Any:
+            seen.append((any(not f.done() for f in submitted), torch.get_num_threads()))
+            return super().caption_batch(pixels, beam_size)
+
+    make_tiny_jpegs(tmp_path / "lib", 14)
+    threads = torch.get_num_threads()
+    shared = max(1, min(threads, (os.cpu_count() or 1) // 2))
+    _, summary = run([tmp_path / "lib"], Watching(captioner), tmp_path / "i.db", workers=2)
+    assert summary.captioned == 14 and len(seen) == 4  # batches of 4, 4, 4, 2
+    assert torch.get_num_threads() == threads  # restored
+    assert seen[-1] == (False, threads)  # the last batch: nothing left to decode
+    for decoding, used in seen:
+        assert used == (shared if decoding else threads)

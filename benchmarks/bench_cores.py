@@ -1,0 +1,151 @@
+"""Every core busy: torch's threads following the decode queue vs half the cores throughout.
+
+On a CPU run with decode workers, the model gets half the cores while a worker decodes (torch's
+spin-waiting threads stall when a worker takes one of their cores) and, since issue 23, every
+core when no worker is decoding (the photos in flight are all decoded: decoding is ahead, or
+the run's last batches). This script runs the real CLI on the same camera-sized JPEGs with the
+model kept at half the cores throughout ("half", as before) and with the threads following the
+queue ("follow", photocap's), alternating the two, and reports the marginal rate (two library
+sizes, the difference: start-up and model load cancel) and the whole run of the larger size.
+
+Beside them, in the same run, each stage alone on one core: decode (one process: read, draft,
+resize, hash) and model (encoder + beam search, one torch thread, batches of --batch-size).
+"ideal" is what those costs allow with every core busy all the time: cores / (decode + model)
+photos/s; the target is >= 85 % of it.
+
+    python benchmarks/bench_cores.py --counts 16,48
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, last_json_line, markdown_table, report
+
+# The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before).
+_DRIVER = """
+import os, sys
+if os.environ.get("PHOTOCAP_CORES") == "half":
+    import photocap.pipeline as pl
+    follow = pl._CoreShare.set_for_batch
+    pl._CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
+from photocap.cli import app
+app(sys.argv[1:], prog_name="photocap")
+"""
+
+
+def run_cli(lib: Path, db: Path, schedule: str, args: argparse.Namespace) -> float:
+    """Wall seconds of one captioning run of ``lib`` (fresh index, --force)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PHOTOCAP_CORES": schedule}
+    cmd = [sys.executable, "-c", _DRIVER, "caption", str(lib), "--db", str(db), "--force",
+           "--write", "xmp,index", "--json", "--batch-size", str(args.batch_size)]  # fmt: skip
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    summary = last_json_line(proc.stdout)
+    if proc.returncode != 0 or summary.get("failed"):
+        raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return wall
+
+
+def stage_costs(files: list[Path], args: argparse.Namespace) -> dict[str, float]:
+    """ms/photo of decode (one process) and of the model (one torch thread), each alone."""
+    import numpy as np
+    import torch
+
+    from photocap.checkpoint import load_captioner
+    from photocap.image import decode_photo
+
+    captioner = load_captioner(None, "cpu")
+    started = time.perf_counter()
+    decoded = [decode_photo(str(f), captioner.preset) for f in files]
+    decode_ms = (time.perf_counter() - started) * 1000 / len(files)
+    pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))  # type: ignore[union-attr]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        captioner.caption_batch(pixels[: args.batch_size])  # warm-up
+        started = time.perf_counter()
+        for i in range(0, len(files), args.batch_size):
+            captioner.caption_batch(pixels[i : i + args.batch_size])
+        model_ms = (time.perf_counter() - started) * 1000 / len(files)
+    finally:
+        torch.set_num_threads(before)
+    return {"decode_ms": decode_ms, "model_ms": model_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", default="16,48", help="two library sizes, comma-separated")
+    parser.add_argument("--size", default="4032x3024", help="generated photo size")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each schedule and size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    small, large = (int(c) for c in args.counts.split(","))
+
+    from make_library import generate
+
+    schedules = ("half", "follow")
+    walls: dict[tuple[str, int], list[float]] = {
+        (s, n): [] for s in schedules for n in (small, large)
+    }
+    with tempfile.TemporaryDirectory(prefix="photocap-cores-") as tmp:
+        work = Path(tmp)
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        generate(work / "all", large, size=(width, height), jobs=os.cpu_count() or 1)
+        files = sorted((work / "all").rglob("*.jpg"))
+        libs = {}
+        for n in (small, large):
+            libs[n] = work / f"lib{n}"
+            libs[n].mkdir()
+            for f in files[:n]:
+                os.link(f, libs[n] / f.name)
+        run_cli(libs[small], work / "warm.db", "follow", args)  # warm the page cache
+        for r in range(args.rounds):
+            for n in (small, large):
+                for s in schedules if r % 2 == 0 else schedules[::-1]:
+                    for sidecar in libs[n].glob("*.xmp"):
+                        sidecar.unlink()
+                    walls[(s, n)].append(run_cli(libs[n], work / f"{s}-{n}-{r}.db", s, args))
+        costs = stage_costs(files, args)
+
+    cores = len(os.sched_getaffinity(0))
+    allowed = cores * 1000 / (costs["decode_ms"] + costs["model_ms"])
+    rows: list[list[Any]] = []
+    data: dict[str, Any] = {"counts": [small, large], "size": args.size, "stages": costs,
+                            "allowed_photos_per_s": allowed}  # fmt: skip
+    for s in schedules:
+        t_small = statistics.median(walls[(s, small)])
+        t_large = statistics.median(walls[(s, large)])
+        rate = (large - small) / (t_large - t_small)
+        data[s] = {"walls": {str(n): walls[(s, n)] for n in (small, large)}, "photos_per_s": rate}
+        whole = large / t_large
+        rows.append([s, t_small, t_large, rate, 1000 / rate, f"{rate / allowed:.0%}", whole])
+    speedup = data[schedules[-1]]["photos_per_s"] / data[schedules[0]]["photos_per_s"]
+    data["speedup"] = speedup
+    table = markdown_table(rows, ["schedule", f"{small} photos, s", f"{large} photos, s",
+                                  "marginal photos/s", "ms/photo", "of ideal",
+                                  f"{large} photos/s incl. start-up"])  # fmt: skip
+    table += (f"\n\nstages alone, one core each: decode {costs['decode_ms']:.1f} ms/photo, model "
+              f"{costs['model_ms']:.1f} ms/photo: ideal on {cores} cores {allowed:.2f} photos/s; "
+              f"follow is {speedup:.2f}x half (marginal; medians of {args.rounds} runs, "
+              "interleaved)")  # fmt: skip
+    report("Every core busy: threads following the queue vs half the cores", table, data, args.json)
+
+
+if __name__ == "__main__":
+    main()
