@@ -131,7 +131,8 @@ def main() -> None:
     for s in schedules:
         t_small = statistics.median(walls[(s, small)])
         t_large = statistics.median(walls[(s, large)])
-        rate = (large - small) / (t_large - t_small)
+        # Too few photos to tell (a smoke run) gives no rate, not a division by zero.
+        rate = (large - small) / (t_large - t_small) if t_large > t_small else float("nan")
         data[s] = {"walls": {str(n): walls[(s, n)] for n in (small, large)}, "photos_per_s": rate}
         whole = large / t_large
         rows.append([s, t_small, t_large, rate, 1000 / rate, f"{rate / allowed:.0%}", whole])

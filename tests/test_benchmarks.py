@@ -30,7 +30,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
     ["make_library.py", "bench_caption.py", "bench_model.py", "bench_scale.py",
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
-     "user_path.py", "bench_undo.py"],
+     "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -225,3 +225,22 @@ def test_user_path_smoke(tmp_path: Path) -> None:
     assert result["evaluate"]["captions_differing"] == 0
     assert result["evaluate"]["scores"] == result["scores"]
     assert "| CIDEr |" in out
+
+
+def test_bench_startup_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    _run("bench_startup.py", "--count", "3", "--size", "64x48", "--model", "tiny",
+         "--reruns", "1", "--starts", "1", "--json", str(out), timeout=300)  # fmt: skip
+    data = json.loads(out.read_text())
+    for way in ("eager", "lazy"):
+        assert len(data[way]["rerun_wall_s"]) == 1 and len(data[way]["first_caption_s"]) == 1
+        assert data[way]["first_caption_s"][0] == data[way]["first_caption_s"][0]  # not NaN
+
+
+def test_bench_cores_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "cores.json"
+    _run("bench_cores.py", "--counts", "1,2", "--size", "160x120", "--rounds", "1",
+         "--batch-size", "2", "--json", str(out), timeout=300)  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["stages"]["decode_ms"] > 0 and data["stages"]["model_ms"] > 0
+    assert set(data["half"]["walls"]) == set(data["follow"]["walls"]) == {"1", "2"}
