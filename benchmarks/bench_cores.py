@@ -1,17 +1,18 @@
-"""Every core busy: torch's threads following the decode queue vs half the cores throughout.
+"""The model stage on a CPU, end to end: where issue 23's changes stand, each against before.
 
-On a CPU run with decode workers, the model gets half the cores while a worker decodes (torch's
-spin-waiting threads stall when a worker takes one of their cores) and, since issue 23, every
-core when no worker is decoding (the photos in flight are all decoded: decoding is ahead, or
-the run's last batches). This script runs the real CLI on the same camera-sized JPEGs with the
-model kept at half the cores throughout ("half", as before) and with the threads following the
-queue ("follow", photocap's), alternating the two, and reports the marginal rate (two library
-sizes, the difference: start-up and model load cancel) and the whole run of the larger size.
+Three ways to run the real CLI on the same camera-sized JPEGs, interleaved in one run:
 
-Beside them, in the same run, each stage alone on one core: decode (one process: read, draft,
-resize, hash) and model (encoder + beam search, one torch thread, batches of --batch-size).
-"ideal" is what those costs allow with every core busy all the time: cores / (decode + model)
-photos/s; the target is >= 85 % of it.
+* ``before``: the model at half the cores throughout (while decode workers run) and the
+  encoder on torch, as photocap did before issue 23;
+* ``threads``: torch's threads following the decode queue (every core for a batch when no
+  worker is decoding: ``pipeline._CoreShare``), encoder on torch (``PHOTOCAP_RUNTIME=torch``);
+* ``openvino``: photocap now: threads following the queue and the encoder on OpenVINO.
+
+It reports the marginal rate (two library sizes, the difference: start-up and model load
+cancel) and the whole run of the larger size. Beside them, in the same run, each stage alone
+on one core (torch encoder): decode (one process: read, draft, resize, hash) and model (encoder
++ beam search, one torch thread, batches of --batch-size). "ideal" is what those costs allow
+with every core busy all the time: cores / (decode + model) photos/s; the target is >= 85 %.
 
     python benchmarks/bench_cores.py --counts 16,48
 """
@@ -32,6 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, last_json_line, markdown_table, report
 
 # The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before).
+WAYS = {
+    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch"},
+    "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch"},
+    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "auto"},
+}
 _DRIVER = """
 import os, sys
 if os.environ.get("PHOTOCAP_CORES") == "half":
@@ -46,7 +52,7 @@ app(sys.argv[1:], prog_name="photocap")
 def run_cli(lib: Path, db: Path, schedule: str, args: argparse.Namespace) -> float:
     """Wall seconds of one captioning run of ``lib`` (fresh index, --force)."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "PHOTOCAP_CORES": schedule}
+    env = {**os.environ, "PYTHONPATH": path, **WAYS[schedule]}
     cmd = [sys.executable, "-c", _DRIVER, "caption", str(lib), "--db", str(db), "--force",
            "--write", "xmp,index", "--json", "--batch-size", str(args.batch_size)]  # fmt: skip
     if args.workers is not None:
@@ -61,29 +67,33 @@ def run_cli(lib: Path, db: Path, schedule: str, args: argparse.Namespace) -> flo
 
 
 def stage_costs(files: list[Path], args: argparse.Namespace) -> dict[str, float]:
-    """ms/photo of decode (one process) and of the model (one torch thread), each alone."""
+    """ms/photo of decode (one process) and of the model (one torch thread), each alone: the
+    model with the encoder on torch ("model_ms") and on OpenVINO ("model_openvino_ms")."""
     import numpy as np
     import torch
 
     from photocap.checkpoint import load_captioner
     from photocap.image import decode_photo
 
-    captioner = load_captioner(None, "cpu")
+    models = {"model_ms": load_captioner(None, "cpu"),
+              "model_openvino_ms": load_captioner(None, "cpu", runtime=True)}  # fmt: skip
+    preset = models["model_ms"].preset
     started = time.perf_counter()
-    decoded = [decode_photo(str(f), captioner.preset) for f in files]
-    decode_ms = (time.perf_counter() - started) * 1000 / len(files)
+    decoded = [decode_photo(str(f), preset) for f in files]
+    costs = {"decode_ms": (time.perf_counter() - started) * 1000 / len(files)}
     pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))  # type: ignore[union-attr]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        captioner.caption_batch(pixels[: args.batch_size])  # warm-up
-        started = time.perf_counter()
-        for i in range(0, len(files), args.batch_size):
-            captioner.caption_batch(pixels[i : i + args.batch_size])
-        model_ms = (time.perf_counter() - started) * 1000 / len(files)
+        for key, captioner in models.items():
+            captioner.caption_batch(pixels[: args.batch_size])  # warm-up
+            started = time.perf_counter()
+            for i in range(0, len(files), args.batch_size):
+                captioner.caption_batch(pixels[i : i + args.batch_size])
+            costs[key] = (time.perf_counter() - started) * 1000 / len(files)
     finally:
         torch.set_num_threads(before)
-    return {"decode_ms": decode_ms, "model_ms": model_ms}
+    return costs
 
 
 def main() -> None:
@@ -99,7 +109,7 @@ def main() -> None:
 
     from make_library import generate
 
-    schedules = ("half", "follow")
+    schedules = tuple(WAYS)
     walls: dict[tuple[str, int], list[float]] = {
         (s, n): [] for s in schedules for n in (small, large)
     }
@@ -114,7 +124,7 @@ def main() -> None:
             libs[n].mkdir()
             for f in files[:n]:
                 os.link(f, libs[n] / f.name)
-        run_cli(libs[small], work / "warm.db", "follow", args)  # warm the page cache
+        run_cli(libs[small], work / "warm.db", "openvino", args)  # warm the page cache
         for r in range(args.rounds):
             for n in (small, large):
                 for s in schedules if r % 2 == 0 else schedules[::-1]:
@@ -124,10 +134,11 @@ def main() -> None:
         costs = stage_costs(files, args)
 
     cores = len(os.sched_getaffinity(0))
-    allowed = cores * 1000 / (costs["decode_ms"] + costs["model_ms"])
+    ideal = {way: cores * 1000 / (costs["decode_ms"] + costs[
+        "model_openvino_ms" if way == "openvino" else "model_ms"]) for way in WAYS}  # fmt: skip
     rows: list[list[Any]] = []
     data: dict[str, Any] = {"counts": [small, large], "size": args.size, "stages": costs,
-                            "allowed_photos_per_s": allowed}  # fmt: skip
+                            "ideal_photos_per_s": ideal}  # fmt: skip
     for s in schedules:
         t_small = statistics.median(walls[(s, small)])
         t_large = statistics.median(walls[(s, large)])
@@ -135,17 +146,19 @@ def main() -> None:
         rate = (large - small) / (t_large - t_small) if t_large > t_small else float("nan")
         data[s] = {"walls": {str(n): walls[(s, n)] for n in (small, large)}, "photos_per_s": rate}
         whole = large / t_large
-        rows.append([s, t_small, t_large, rate, 1000 / rate, f"{rate / allowed:.0%}", whole])
+        rows.append([s, t_small, t_large, rate, 1000 / rate, f"{rate / ideal[s]:.0%}", whole])
     speedup = data[schedules[-1]]["photos_per_s"] / data[schedules[0]]["photos_per_s"]
     data["speedup"] = speedup
-    table = markdown_table(rows, ["schedule", f"{small} photos, s", f"{large} photos, s",
+    table = markdown_table(rows, ["way", f"{small} photos, s", f"{large} photos, s",
                                   "marginal photos/s", "ms/photo", "of ideal",
                                   f"{large} photos/s incl. start-up"])  # fmt: skip
     table += (f"\n\nstages alone, one core each: decode {costs['decode_ms']:.1f} ms/photo, model "
-              f"{costs['model_ms']:.1f} ms/photo: ideal on {cores} cores {allowed:.2f} photos/s; "
-              f"follow is {speedup:.2f}x half (marginal; medians of {args.rounds} runs, "
+              f"{costs['model_ms']:.1f} ms/photo (encoder on OpenVINO: "
+              f"{costs['model_openvino_ms']:.1f}): ideal on {cores} cores "
+              f"{ideal['before']:.2f} photos/s ({ideal['openvino']:.2f}); photocap now is "
+              f"{speedup:.2f}x before (marginal; medians of {args.rounds} runs, "
               "interleaved)")  # fmt: skip
-    report("Every core busy: threads following the queue vs half the cores", table, data, args.json)
+    report("The model stage on a CPU, end to end", table, data, args.json)
 
 
 if __name__ == "__main__":

@@ -199,14 +199,20 @@ def model_info(path: Path | None = None) -> dict[str, Any]:
     return {**summary, **info}
 
 
-def load_captioner(path: Path | None = None, device: str = "auto") -> Captioner:
-    """Load a model file (default: the shipped model) onto ``device``, ready to caption."""
+def load_captioner(
+    path: Path | None = None, device: str = "auto", *, runtime: bool = False
+) -> Captioner:
+    """Load a model file (default: the shipped model) onto ``device``, ready to caption.
+
+    ``runtime``: on a CPU, encode with OpenVINO where it is installed (:mod:`photocap.runtime`;
+    what ``photocap caption`` and ``evaluate`` do). Off for training, which changes weights.
+    """
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise ModelError(
             f"model file not found: {path} (train one with `photocap train`, or pass --model)"
         )
-    return _build_captioner(path, read_metadata(path), device)
+    return _build_captioner(path, read_metadata(path), device, runtime=runtime)
 
 
 class LazyCaptioner:
@@ -274,7 +280,7 @@ class LazyCaptioner:
     def _build(self) -> None:
         try:
             self._captioner = _build_captioner(
-                self.path, self._meta, self._device, expect_digest=self.digest
+                self.path, self._meta, self._device, expect_digest=self.digest, runtime=True
             )
         except BaseException as err:  # handed to the thread that captions
             self._error = err
@@ -293,7 +299,12 @@ class LazyCaptioner:
 
 
 def _build_captioner(
-    path: Path, meta: dict[str, str], device: str, *, expect_digest: str | None = None
+    path: Path,
+    meta: dict[str, str],
+    device: str,
+    *,
+    expect_digest: str | None = None,
+    runtime: bool = False,
 ) -> Captioner:
     """The model of ``path`` (whose header metadata is ``meta``) on ``device``. The file is read
     once: the bytes hashed are the bytes loaded."""
@@ -342,6 +353,19 @@ def _build_captioner(
         # BatchNorm folded into the convolutions, channels-last: ~2x faster encoder on a CPU. A
         # private copy used in eval mode without gradients; training sees the unfused encoder.
         captioner.optimize_for_inference()
+        if runtime:
+            from photocap.runtime import build_encoder_runtime
+
+            with torch.no_grad():
+                fused = captioner._inference_encoder()
+            if fused is not None:
+                # Compiled for the thread counts a run gives the model (pipeline._CoreShare):
+                # all of torch's, and half the cores while decode workers decode.
+                threads = torch.get_num_threads()
+                half = max(1, min(threads, (os.cpu_count() or 1) // 2))
+                captioner.use_encoder_runtime(
+                    build_encoder_runtime(fused, preset.size, digest, threads={threads, half})
+                )
     return captioner
 
 

@@ -117,7 +117,7 @@ def evaluate_model(
 
     dataset = load_flickr8k(data)
     names = dataset.split(split, limit)
-    captioner = load_captioner(model, device)
+    captioner = load_captioner(model, device, runtime=True)
     hypotheses: list[str] = []
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]

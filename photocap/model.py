@@ -20,8 +20,9 @@ M = decoders in an ensemble.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from photocap.checkpoint import DEFAULT_BEAM_SIZE
 from photocap.encoder import Encoder, EncoderConfig
 from photocap.preset import Preset
 from photocap.vocab import Vocab, to_sentence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from photocap.runtime import EncoderRuntime
 
 # Words an English caption does not end on: decoding never puts <end> right after them.
 # fmt: off
@@ -292,6 +296,7 @@ class Captioner(nn.Module):
         self.model_id = "untrained"
         self.metadata: dict[str, Any] = {}  # training data, dev scores, ... (saved with weights)
         self.source: str | None = None  # the model file it was loaded from, if any
+        self.runtime_name = "torch"  # what runs the encoder (see use_encoder_runtime)
 
     @property
     def device(self) -> torch.device:
@@ -326,7 +331,7 @@ class Captioner(nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (B, 3, S, S) on any device -> features (B, L, D) float32 on self.device."""
         pixels = pixels.to(self.device, non_blocking=True)
-        encoder = self._inference_encoder() or self.encoder
+        encoder = self._runtime_encoder() or self._inference_encoder() or self.encoder
         with self._autocast():
             features = encoder(self.preset.normalize(pixels))  # (B, L, D)
         return features.float()
@@ -347,14 +352,33 @@ class Captioner(nn.Module):
                 self._inference_encoder()  # build it now, not on the first batch
         return self
 
+    def use_encoder_runtime(self, runtime: EncoderRuntime) -> None:
+        """Encode with ``runtime`` (:mod:`photocap.runtime`: the BN-folded encoder on
+        OpenVINO, for a CPU) while the encoder's weights stay as they are now; in eval mode
+        without gradients, like the folded copy it was made from."""
+        self.runtime_name = runtime.name
+        self._runtime = (self._encoder_key(), runtime.encoder) if runtime.encoder else None
+
+    def _runtime_encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is None or self.encoder.training or torch.is_grad_enabled():
+            return None
+        if self.device.type != "cpu" or runtime[0] != self._encoder_key():
+            return None  # moved, or trained since: it would compute the old weights' features
+        return cast(Callable[[torch.Tensor], torch.Tensor], runtime[1])
+
+    def _encoder_key(self) -> tuple[Any, ...]:
+        """Changes whenever the encoder's weights do (a training step, load_state_dict, .to())."""
+        tensors = [*self.encoder.parameters(), *self.encoder.buffers()]
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
     def _inference_encoder(self) -> nn.Module | None:
         """The BN-folded encoder copy, or None when it must not or need not be used."""
         if not getattr(self, "_fold_bn", False) or self.encoder.training:
             return None
         if torch.is_grad_enabled():
             return None
-        tensors = [*self.encoder.parameters(), *self.encoder.buffers()]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        key = self._encoder_key()
         fused = getattr(self, "_fused", None)
         if fused is None or fused[0] != key:
             with torch.inference_mode(False), torch.no_grad():

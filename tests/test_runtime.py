@@ -1,0 +1,87 @@
+"""The encoder on OpenVINO (photocap.runtime): same features and captions as torch, derived
+files cached by the model's hash, torch whenever OpenVINO cannot be had or would be stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openvino", reason="OpenVINO is a dependency on x86_64 and ARM64 only")
+pytest.importorskip("onnx", reason="OpenVINO is a dependency on x86_64 and ARM64 only")
+
+import torch
+
+from photocap.checkpoint import LazyCaptioner, load_captioner
+
+
+def _pixels(size: int, n: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def test_openvino_encodes_as_torch_does_and_captions_the_same(model_file: Path) -> None:
+    fast = LazyCaptioner(model_file, device="cpu").captioner()
+    plain = load_captioner(model_file, "cpu")  # runtime=False: torch
+    assert fast.runtime_name.startswith("openvino ") and plain.runtime_name == "torch"
+    pixels = _pixels(fast.preset.size)
+    with torch.inference_mode():
+        assert fast._runtime_encoder() is not None
+        ours, theirs = fast.encode(pixels), plain.encode(pixels)
+    assert ours.shape == theirs.shape and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert [c.text for c in fast.caption_batch(pixels)] == [
+        c.text for c in plain.caption_batch(pixels)
+    ]
+
+
+def test_the_onnx_file_is_made_once_per_model_and_reused(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    first = LazyCaptioner(model_file, device="cpu")
+    first.captioner()
+    made = list((tmp_path / "cache" / "openvino").glob("encoder-*.onnx"))
+    assert [p.name for p in made] == [f"encoder-{first.digest[:16]}-{first.preset.size}.onnx"]
+    stamp = made[0].stat().st_mtime_ns
+    import photocap.runtime as runtime
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(runtime, "_export_onnx", no_export)
+    again = LazyCaptioner(model_file, device="cpu").captioner()
+    assert again.runtime_name.startswith("openvino ") and made[0].stat().st_mtime_ns == stamp
+
+
+def test_torch_when_asked_or_when_openvino_cannot_be_had(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "torch")
+    assert LazyCaptioner(model_file, device="cpu").captioner().runtime_name == (
+        "torch (PHOTOCAP_RUNTIME=torch)"
+    )
+    monkeypatch.delenv("PHOTOCAP_RUNTIME")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "file"))  # the cache cannot be made
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    assert model.runtime_name.startswith("torch (openvino: ")
+    with torch.inference_mode():
+        assert model._runtime_encoder() is None
+        assert model.caption_batch(_pixels(model.preset.size))  # still captions
+
+
+def test_changed_weights_are_never_encoded_by_the_stale_runtime(model_file: Path) -> None:
+    """Training or a new state dict after the load: the runtime holds the old weights."""
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    pixels = _pixels(model.preset.size)
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.5)
+    with torch.inference_mode():
+        assert model._runtime_encoder() is None
+        changed = model.encode(pixels)
+    plain = load_captioner(model_file, "cpu")
+    with torch.no_grad():
+        next(plain.encoder.parameters()).add_(0.5)
+    with torch.inference_mode():
+        torch.testing.assert_close(changed, plain.encode(pixels), rtol=1e-4, atol=1e-5)
