@@ -114,14 +114,29 @@ def build_encoder_runtime(
     folder = cache_dir() / "openvino"
     onnx_path = folder / f"encoder-{digest[:16]}-{image_size}.onnx"
     try:
-        if not onnx_path.exists():
+        cached = onnx_path.exists()
+        if not cached:
             _export_onnx(fused, image_size, onnx_path)
-        encoder = OpenVinoEncoder(onnx_path, folder / "blobs")
-        encoder.compile_for(*sorted(threads))
+        try:
+            encoder = _compile(onnx_path, folder / "blobs", threads)
+        except Exception:
+            if not cached:
+                raise
+            # A cached file that no longer reads (a disk error, another version's file): made
+            # again once, rather than every later run falling back to torch.
+            onnx_path.unlink(missing_ok=True)
+            _export_onnx(fused, image_size, onnx_path)
+            encoder = _compile(onnx_path, folder / "blobs", threads)
     except Exception as err:  # an export or compile failure must not stop a caption run
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         return EncoderRuntime(None, f"torch (openvino: {reason})")
     return EncoderRuntime(encoder, f"openvino {encoder.version}")
+
+
+def _compile(onnx_path: Path, blobs: Path, threads: Iterable[int]) -> OpenVinoEncoder:
+    encoder = OpenVinoEncoder(onnx_path, blobs)
+    encoder.compile_for(*sorted(threads))
+    return encoder
 
 
 def _export_onnx(fused: nn.Module, image_size: int, path: Path) -> None:

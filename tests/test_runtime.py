@@ -85,3 +85,15 @@ def test_changed_weights_are_never_encoded_by_the_stale_runtime(model_file: Path
         next(plain.encoder.parameters()).add_(0.5)
     with torch.inference_mode():
         torch.testing.assert_close(changed, plain.encode(pixels), rtol=1e-4, atol=1e-5)
+
+
+def test_a_cached_file_that_no_longer_reads_is_made_again(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    LazyCaptioner(model_file, device="cpu").captioner()
+    (cached,) = (tmp_path / "cache" / "openvino").glob("encoder-*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # a damaged file under the final name
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    assert model.runtime_name.startswith("openvino ")
+    assert cached.stat().st_size > 1000
