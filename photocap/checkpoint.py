@@ -260,6 +260,12 @@ class LazyCaptioner:
         return self._captioner is not None
 
     @property
+    def runtime_name(self) -> str:
+        """What runs the encoder (:attr:`photocap.model.Captioner.runtime_name`); "" until
+        the model is built."""
+        return self._captioner.runtime_name if self._captioner is not None else ""
+
+    @property
     def device(self) -> torch.device:
         """The device the model runs on (resolved without waiting for the model)."""
         return resolve_device(self._device)

@@ -519,6 +519,8 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         if summary.interrupted:
             line += " Interrupted: run again to continue."
         err.print(line)
+        if summary.encoder.startswith("torch (openvino:"):  # slower than it could be: say why
+            err.print(f"  The encoder ran on torch: {_esc(summary.encoder[7:-1])}.")
         for note, count in sorted(notes.items()):
             err.print(f"  {count} × {_esc(note)}")
         if unwritable:

@@ -87,6 +87,12 @@ class CaptionModel(Protocol):
     preset: Preset  # how the decode workers size a photo for the model
 
     @property
+    def runtime_name(self) -> str:
+        """What runs the encoder ("openvino 2026.4.1", "torch (openvino: ...)"); "" until
+        built."""
+        ...
+
+    @property
     def device(self) -> torch.device: ...
 
     def prepare(self, wait: bool = False) -> None:
@@ -168,6 +174,9 @@ class RunSummary:
     model_id: str
     dry_run: bool
     failures: tuple[tuple[str, str], ...]  # (path, error)
+    # What ran the encoder: "openvino 2026.4.1", "torch", "torch (openvino: why not)"; empty
+    # when no photo needed the model (see photocap.runtime).
+    encoder: str = ""
 
     @property
     def photos_per_s(self) -> float:
@@ -188,6 +197,7 @@ class RunSummary:
             "photos_per_s": round(self.photos_per_s, 2),
             "interrupted": self.interrupted,
             "model_id": self.model_id,
+            "encoder": self.encoder,
             "dry_run": self.dry_run,
         }
 
@@ -318,6 +328,7 @@ class _Run:
         self.out: deque[PhotoResult | _Pending | object] = deque()
         self.write_thread: ThreadPoolExecutor | None = None
         self.dropped = False  # a captioned batch was dropped because of the stop flag
+        self.model_used = False  # a batch went to the model (the summary names its encoder)
         # RAW+JPEG pairs (PhotoFile.lead): the RAW takes its JPEG's caption, no model call.
         self.paired: set[Path] = set()  # leads (JPEGs) whose RAW is decoded in this run too
         self.parked: dict[Path, _Ready] = {}  # lead -> its decoded RAW, waiting for the caption
@@ -358,6 +369,7 @@ class _Run:
             elapsed_s=time.monotonic() - started, interrupted=interrupted,
             model_id=self.model_id, dry_run=self.options.write_options.dry_run,
             failures=tuple(self.failures),
+            encoder=self.captioner.runtime_name if self.model_used else "",
         )  # fmt: skip
 
     def _finish_in_flight(self) -> BaseException | None:
@@ -662,6 +674,7 @@ class _Run:
         unique = [r for r in batch if twin_of[id(r)] is r]
         pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in unique]))  # (U, 3, S, S)
         try:
+            self.model_used = True
             captions = self.captioner.caption_batch(pixels, beam_size=self.options.beam_size)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {' '.join(str(err).split())[:200]}"

@@ -97,3 +97,31 @@ def test_a_cached_file_that_no_longer_reads_is_made_again(
     model = LazyCaptioner(model_file, device="cpu").captioner()
     assert model.runtime_name.startswith("openvino ")
     assert cached.stat().st_size > 1000
+
+
+def test_the_run_summary_says_what_ran_the_encoder(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from conftest import make_tiny_jpegs
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+
+    make_tiny_jpegs(tmp_path / "lib", 2)
+    args = ["caption", str(tmp_path / "lib"), "--model", str(model_file), "--write", "index"]
+
+    def summary(*extra: str) -> dict[str, object]:
+        result = CliRunner().invoke(app, [*args, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert str(summary()["encoder"]).startswith("openvino ")
+    assert summary()["encoder"] == ""  # nothing to caption: no model built
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "file"))
+    assert str(summary("--force")["encoder"]).startswith("torch (openvino: ")
+    result = CliRunner().invoke(app, [*args, "--force"])
+    assert result.exit_code == 0
+    assert "The encoder ran on torch: openvino: " in result.output
