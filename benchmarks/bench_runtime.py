@@ -9,7 +9,7 @@ Both ways in one run, on the same photos, with the shipped model:
    captioned both ways (features by each encoder, the same beam search); the share of
    identical captions, the largest feature difference, and pycocoevalcap scores of both.
 
-    python benchmarks/bench_runtime.py                   # cost + the 1,000 dev photos (~6 min)
+    python benchmarks/bench_runtime.py                   # cost + the 1,000 dev photos (~3-4 min)
     python benchmarks/bench_runtime.py --limit 100 --photos 32
 """
 

@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from photocap.errors import ModelError
+from photocap.errors import ModelError, PhotocapError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -250,7 +250,7 @@ class LazyCaptioner:
             resolve_device(device)  # --device cuda without a GPU: said now, not mid-run
         self._device = device
         self._captioner: Captioner | None = None
-        self._error: BaseException | None = None
+        self._error: str | None = None  # why the build failed, one line
         self._builder: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -270,33 +270,45 @@ class LazyCaptioner:
         """The device the model runs on (resolved without waiting for the model)."""
         return resolve_device(self._device)
 
-    def prepare(self, wait: bool = False) -> None:
+    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
         """Start building the model in the background (once), so that it loads while photos
-        are decoded; ``wait``: until it is built or has failed. A failure is raised by
-        :meth:`caption_batch`."""
+        are decoded; ``wait``: until it is built or has failed (a failure is raised by
+        :meth:`caption_batch`); ``started_only``: start nothing, only wait for a build already
+        started (a run's end: no build thread is left running at exit)."""
         with self._lock:
             if self._builder is None:
+                if started_only:
+                    return
+                import torch
+
+                # Read here, on the run's thread, before the run gives torch fewer threads
+                # while decode workers decode: OpenVINO is compiled for both counts.
+                threads = torch.get_num_threads()
                 self._builder = threading.Thread(
-                    target=self._build, name="photocap-model-load", daemon=True
+                    target=self._build, args=(threads,), name="photocap-model-load", daemon=True
                 )
                 self._builder.start()
         if wait:
             self._builder.join()
 
-    def _build(self) -> None:
+    def _build(self, threads: int) -> None:
         try:
             self._captioner = _build_captioner(
-                self.path, self._meta, self._device, expect_digest=self.digest, runtime=True
-            )
-        except BaseException as err:  # handed to the thread that captions
-            self._error = err
+                self.path, self._meta, self._device, expect_digest=self.digest, runtime=True,
+                threads=threads,
+            )  # fmt: skip
+        except PhotocapError as err:  # handed to the thread that captions
+            self._error = str(err)
+        except Exception as err:  # torch's own (out of memory, a CUDA error): one line
+            detail = " ".join(str(err).split())[:200] or type(err).__name__
+            self._error = f"cannot build the model of {self.path}: {detail}"
 
     def captioner(self) -> Captioner:
         """The built model (building it now if :meth:`prepare` was not called)."""
         self.prepare(wait=True)
         if self._captioner is None:
-            error = self._error or ModelError(f"model file {self.path} could not be loaded")
-            raise error
+            # A new error each time: re-raising one object would chain every batch's frames.
+            raise ModelError(self._error or f"model file {self.path} could not be loaded")
         return self._captioner
 
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE) -> Any:
@@ -311,6 +323,7 @@ def _build_captioner(
     *,
     expect_digest: str | None = None,
     runtime: bool = False,
+    threads: int | None = None,
 ) -> Captioner:
     """The model of ``path`` (whose header metadata is ``meta``) on ``device``. The file is read
     once: the bytes hashed are the bytes loaded."""
@@ -336,13 +349,18 @@ def _build_captioner(
         vocab = Vocab(tuple(json.loads(meta["vocab"])))
         info = json.loads(meta.get("info", "{}"))
         state = load_tensors(data)
-    except (KeyError, ValueError, TypeError) as err:
-        raise ModelError(f"corrupt model file {path}: {err}") from None
+    except Exception as err:  # json's, the config's, safetensors' own (SafetensorError)
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ModelError(f"corrupt model file {path}: {detail}") from None
     del data
     target = resolve_device(device)
     captioner = Captioner(config, vocab, preset)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = captioner.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = captioner.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        detail = " ".join(str(err).split())[:200]
+        raise ModelError(f"model file {path} does not match its config: {detail}") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ModelError(
@@ -367,7 +385,7 @@ def _build_captioner(
             if fused is not None:
                 # Compiled for the thread counts a run gives the model (pipeline._CoreShare):
                 # all of torch's, and half the cores while decode workers decode.
-                threads = torch.get_num_threads()
+                threads = threads or torch.get_num_threads()
                 half = max(1, min(threads, (os.cpu_count() or 1) // 2))
                 captioner.use_encoder_runtime(
                     build_encoder_runtime(fused, preset.size, digest, threads={threads, half})

@@ -297,12 +297,14 @@ class Captioner(nn.Module):
         self.metadata: dict[str, Any] = {}  # training data, dev scores, ... (saved with weights)
         self.source: str | None = None  # the model file it was loaded from, if any
         self.runtime_name = "torch"  # what runs the encoder (see use_encoder_runtime)
+        # (the encoder's weights key when it was made, the runtime's encoder), or None
+        self._runtime: tuple[tuple[Any, ...], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def prepare(self, wait: bool = False) -> None:
+    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
         """Nothing to do: built already (a run calls this on any model; see
         :class:`photocap.checkpoint.LazyCaptioner`)."""
 
@@ -331,7 +333,15 @@ class Captioner(nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (B, 3, S, S) on any device -> features (B, L, D) float32 on self.device."""
         pixels = pixels.to(self.device, non_blocking=True)
-        encoder = self._runtime_encoder() or self._inference_encoder() or self.encoder
+        runtime = self._runtime_encoder()
+        if runtime is not None:
+            try:
+                return runtime(self.preset.normalize(pixels))  # (B, L, D)
+            except Exception as err:  # a compile or inference failure: torch from now on
+                reason = " ".join(str(err).split())[:160] or type(err).__name__
+                self._runtime = None
+                self.runtime_name = f"torch (openvino: {reason})"
+        encoder = self._inference_encoder() or self.encoder
         with self._autocast():
             features = encoder(self.preset.normalize(pixels))  # (B, L, D)
         return features.float()
@@ -360,12 +370,12 @@ class Captioner(nn.Module):
         self._runtime = (self._encoder_key(), runtime.encoder) if runtime.encoder else None
 
     def _runtime_encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        runtime = getattr(self, "_runtime", None)
+        runtime = self._runtime
         if runtime is None or self.encoder.training or torch.is_grad_enabled():
             return None
         if self.device.type != "cpu" or runtime[0] != self._encoder_key():
             return None  # moved, or trained since: it would compute the old weights' features
-        return cast(Callable[[torch.Tensor], torch.Tensor], runtime[1])
+        return runtime[1]
 
     def _encoder_key(self) -> tuple[Any, ...]:
         """Changes whenever the encoder's weights do (a training step, load_state_dict, .to())."""

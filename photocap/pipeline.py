@@ -95,9 +95,10 @@ class CaptionModel(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def prepare(self, wait: bool = False) -> None:
-        """Start getting ready to caption (building the model) once the first photos are sent
-        to be decoded; ``wait``: until ready (before forking new decode workers)."""
+    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
+        """Start getting ready to caption (building the model) once a photo needs the model;
+        ``wait``: until ready (before forking new decode workers); ``started_only``: only
+        wait for a start already made (at the end of a run)."""
         ...
 
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = ...) -> list[Caption]: ...
@@ -479,10 +480,6 @@ class _Run:
                         exhausted = True
                         break
                     pending.append((item, self._submit(pool, item.photo.path)))
-                # The model loads (on a thread) while the workers, forked by the first submit,
-                # decode: the first batch waits for the rest of the load, not all of it. A run
-                # with nothing to decode never gets here, and loads no model.
-                self.captioner.prepare()
                 if not pending and not batch:
                     break
                 if pending and len(batch) < batch_size:
@@ -513,6 +510,11 @@ class _Run:
                         continue
                     self._on_decoded(item, result, batch)
                     batch += self._take_released()
+                    if batch:
+                        # A photo needs the model: it loads (on a thread) while the workers,
+                        # forked by the first submit, decode the next ones. A run whose photos
+                        # are all skipped, carried or undecodable loads none.
+                        self.captioner.prepare()
                     yield from self._drain(max_queued=_MAX_QUEUED_WRITES)
                     if len(batch) < batch_size and pending:
                         continue
@@ -540,6 +542,9 @@ class _Run:
             yield Progress("caption", self.done, self.total)
         finally:
             _close_pool(pool)
+            # No model load left running when the run ends (a thread inside torch or OpenVINO
+            # at interpreter exit aborts the process): a stop waits for it to finish.
+            self.captioner.prepare(wait=True, started_only=True)
             cores.restore()
 
     def _submit(
@@ -961,8 +966,8 @@ class _CoreShare:
         self.before = torch.get_num_threads()
         self.active = workers > 0 and captioner.device.type == "cpu"
         self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
-        self.current = self.before
-        self.set_for_batch(decoding=True)
+        self.current = self.before  # set before each batch, not now: the model build (on
+        # its thread) compiles OpenVINO for torch's own count and for ``shared``
 
     def set_for_batch(self, *, decoding: bool) -> None:
         if not self.active:

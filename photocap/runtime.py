@@ -1,18 +1,22 @@
 """The encoder on OpenVINO: a cheaper model stage when captioning on a CPU.
 
 On the 2-core CPU, OpenVINO runs photocap's encoder (EfficientNet-Lite2, BatchNorm folded)
-~2.7x faster than torch does (27.9 vs 74.6 ms a photo on one thread, 13.8 vs 37.6 on two:
-``benchmarks/bench_runtime.py``), and its features equal torch's bit for bit there (fp32 both;
-on other CPUs they may differ by float rounding). The decoders stay on torch.
+~2.3x faster than torch does (28.9 vs 67.4 ms a photo on one thread, 16.3 vs 37.4 on two; the
+model stage 1.35-1.39x: ``benchmarks/bench_runtime.py``), and its features equal torch's bit
+for bit there (fp32 both; on other CPUs they may differ by float rounding, which can change a
+close beam-search choice). Each build checks OpenVINO's features against torch's on a fixed
+input. The decoders stay on torch.
 
 The model file stays the one safetensors file. What OpenVINO runs is derived from it on first
 use and kept in the user cache folder (``PHOTOCAP_CACHE``, else ``~/.cache/photocap`` on
-Linux), named by the model file's SHA-256: the BN-folded encoder exported to ONNX by
-``torch.onnx`` (a protobuf file: loading it runs no code), and OpenVINO's compiled blobs
-beside it (its ``CACHE_DIR``). OpenVINO's model converter (``ovc``, ``openvino.convert_model``)
-is not used: it sends telemetry unless the user opted out; the runtime that reads ONNX sends
-nothing. Anything that fails here (OpenVINO not installed, an export or compile error, an
-unwritable cache) leaves the encoder on torch, with the reason in :attr:`EncoderRuntime.name`.
+Linux), named by the model file's SHA-256 and :data:`EXPORT_VERSION`: the BN-folded encoder
+exported to ONNX by ``torch.onnx`` (a protobuf file: loading it runs no code), and OpenVINO's
+compiled blobs beside it (its ``CACHE_DIR``). OpenVINO's model converter (``ovc``,
+``openvino.convert_model``) is not used: it sends telemetry unless the user opted out; the
+runtime that reads ONNX sends nothing. Anything that fails here (OpenVINO not installed, an
+export or compile error, an unwritable cache, features unlike torch's) leaves the encoder on
+torch, with the reason in :attr:`EncoderRuntime.name`; so does a failure later in the run
+(:meth:`photocap.model.Captioner.encode`).
 
 ``PHOTOCAP_RUNTIME=torch`` keeps the encoder on torch.
 """
@@ -31,6 +35,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RUNTIME_ENV = "PHOTOCAP_RUNTIME"
 CACHE_ENV = "PHOTOCAP_CACHE"
+# In the cached file's name with the model's hash: a new version of the export (or of what is
+# exported: the encoder, the BatchNorm folding) must not reuse an old file.
+EXPORT_VERSION = 1
+# OpenVINO's features must equal torch's on a fixed input to this (relative to the largest
+# feature), else the file is exported again once, then torch: fp32 on both sides differs by
+# rounding only (~1e-6; 0 on AVX-512), a wrong or stale file by whole units.
+AGREEMENT = 1e-3
 
 
 def cache_dir() -> Path:
@@ -112,30 +123,45 @@ def build_encoder_runtime(
     except ImportError as err:
         return EncoderRuntime(None, f"torch (openvino: {err.name or 'it'} is not installed)")
     folder = cache_dir() / "openvino"
-    onnx_path = folder / f"encoder-{digest[:16]}-{image_size}.onnx"
+    onnx_path = folder / f"encoder-{digest[:16]}-{image_size}-v{EXPORT_VERSION}.onnx"
     try:
         cached = onnx_path.exists()
         if not cached:
             _export_onnx(fused, image_size, onnx_path)
         try:
-            encoder = _compile(onnx_path, folder / "blobs", threads)
+            encoder = _compile(fused, image_size, onnx_path, folder / "blobs", threads)
         except Exception:
             if not cached:
                 raise
-            # A cached file that no longer reads (a disk error, another version's file): made
-            # again once, rather than every later run falling back to torch.
+            # A cached file that no longer reads, or computes other features (a disk error, a
+            # file copied over it): made again once, rather than used, or every later run
+            # falling back to torch.
             onnx_path.unlink(missing_ok=True)
             _export_onnx(fused, image_size, onnx_path)
-            encoder = _compile(onnx_path, folder / "blobs", threads)
+            encoder = _compile(fused, image_size, onnx_path, folder / "blobs", threads)
     except Exception as err:  # an export or compile failure must not stop a caption run
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         return EncoderRuntime(None, f"torch (openvino: {reason})")
     return EncoderRuntime(encoder, f"openvino {encoder.version}")
 
 
-def _compile(onnx_path: Path, blobs: Path, threads: Iterable[int]) -> OpenVinoEncoder:
+def _compile(
+    fused: nn.Module, image_size: int, onnx_path: Path, blobs: Path, threads: Iterable[int]
+) -> OpenVinoEncoder:
+    """``onnx_path`` compiled for ``threads``, checked to compute ``fused``'s features."""
+    import torch
+
     encoder = OpenVinoEncoder(onnx_path, blobs)
     encoder.compile_for(*sorted(threads))
+    # A fixed, varied input (a ramp through every channel), normalised like photos are.
+    probe = torch.linspace(-1.0, 1.0, 3 * image_size * image_size).reshape(1, 3, image_size, -1)
+    with torch.no_grad():
+        want = fused(probe)  # (1, L, D)
+    got = encoder(probe)
+    scale = float(want.abs().max()) or 1.0
+    difference = float((got - want).abs().max()) / scale if got.shape == want.shape else 1.0
+    if not difference <= AGREEMENT:
+        raise RuntimeError(f"its features differ from torch's by {difference:.2g}")
     return encoder
 
 

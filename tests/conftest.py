@@ -32,6 +32,8 @@ def photocap_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
     }
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
+    for key in ("PHOTOCAP_CACHE", "PHOTOCAP_RUNTIME", "PHOTOCAP_MODEL"):
+        monkeypatch.delenv(key, raising=False)  # the cache follows XDG_CACHE_HOME above
     return env
 
 

@@ -103,3 +103,53 @@ def test_cli_rerun_of_an_unchanged_library_imports_no_torch(
 
     assert run() == "0 True"  # captioned: the model was built
     assert run() == "0 False"  # nothing to caption: no torch, no model
+
+
+def test_no_model_build_when_the_only_work_cannot_be_decoded(
+    tmp_path: Path, model_file: Path
+) -> None:
+    # Failed photos are tried again on every run: a re-run whose only work is a photo that
+    # still does not decode must not start a build (a thread left inside torch at exit
+    # aborted the process: exit 134 instead of 1).
+    import threading
+
+    make_tiny_jpegs(tmp_path / "lib", 2)
+    (tmp_path / "lib" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    db = tmp_path / "index.db"
+    assert _run(tmp_path / "lib", LazyCaptioner(model_file, device="cpu"), db).failed == 1
+    again = LazyCaptioner(model_file, device="cpu")
+    summary = _run(tmp_path / "lib", again, db)
+    assert (summary.captioned, summary.failed) == (0, 1)
+    assert not again.is_built and again._builder is None
+    assert not any(t.name == "photocap-model-load" for t in threading.enumerate())
+
+
+def test_a_tensor_of_the_wrong_shape_stops_the_run_with_one_line(
+    tmp_path: Path, model_file: Path
+) -> None:
+    # It was a RuntimeError, which the run takes for one batch's failure: every photo failed,
+    # one line each, and the index got a failure row per photo.
+    import sqlite3
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from photocap.checkpoint import read_metadata
+    from photocap.cli import app
+
+    state = load_file(str(model_file))
+    name = next(k for k, v in state.items() if v.dim() == 2)
+    state[name] = state[name][:, :-1].contiguous()
+    path = tmp_path / "wrong.safetensors"
+    save_file(state, str(path), metadata=read_metadata(model_file))
+    make_tiny_jpegs(tmp_path / "lib", 6)
+    db = tmp_path / "index.db"
+    result = CliRunner().invoke(app, ["caption", str(tmp_path / "lib"), "--model", str(path),
+                                      "--db", str(db), "--write", "index"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if "does not match its config" in line]
+    assert len(errors) == 1 and "failed" not in result.output.lower()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM photos WHERE error IS NOT NULL").fetchone() == (
+            0,
+        )

@@ -42,7 +42,8 @@ def test_the_onnx_file_is_made_once_per_model_and_reused(
     first = LazyCaptioner(model_file, device="cpu")
     first.captioner()
     made = list((tmp_path / "cache" / "openvino").glob("encoder-*.onnx"))
-    assert [p.name for p in made] == [f"encoder-{first.digest[:16]}-{first.preset.size}.onnx"]
+    size = first.preset.size
+    assert [p.name for p in made] == [f"encoder-{first.digest[:16]}-{size}-v1.onnx"]
     stamp = made[0].stat().st_mtime_ns
     import photocap.runtime as runtime
 
@@ -125,3 +126,74 @@ def test_the_run_summary_says_what_ran_the_encoder(
     result = CliRunner().invoke(app, [*args, "--force"])
     assert result.exit_code == 0
     assert "The encoder ran on torch: openvino: " in result.output
+
+
+def test_a_cached_file_of_another_model_is_not_used(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    other = save_captioner(build_random_captioner(seed=7), tmp_path / "other.safetensors")
+    LazyCaptioner(other, device="cpu").captioner()
+    (theirs,) = (tmp_path / "cache" / "openvino").glob("encoder-*.onnx")
+    ours = LazyCaptioner(model_file, device="cpu")
+    name = theirs.name.replace(theirs.name.split("-")[1], ours.digest[:16])
+    (theirs.parent / name).write_bytes(theirs.read_bytes())  # under our model's name
+    model = ours.captioner()
+    assert model.runtime_name.startswith("openvino ")
+    assert (theirs.parent / name).read_bytes() != theirs.read_bytes()  # exported again
+    pixels, plain = _pixels(model.preset.size), load_captioner(model_file, "cpu")
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encode(pixels), plain.encode(pixels), rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+
+
+def test_a_run_compiles_openvino_for_both_thread_counts_while_loading(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run gives the model half the cores while decode workers decode and every thread
+    # otherwise: both are compiled on the build thread, not mid-run on the first batch.
+    import os
+    import threading
+
+    from conftest import make_tiny_jpegs
+
+    import photocap.runtime as runtime
+    from photocap.index import PhotoIndex
+    from photocap.pipeline import CaptionOptions, caption_library
+
+    compiled: list[tuple[str, int]] = []
+    request = runtime.OpenVinoEncoder._request
+
+    def recording(self: runtime.OpenVinoEncoder, threads: int) -> object:
+        if threads not in self._compiled:
+            compiled.append((threading.current_thread().name, threads))
+        return request(self, threads)
+
+    monkeypatch.setattr(runtime.OpenVinoEncoder, "_request", recording)
+    threads = torch.get_num_threads()
+    make_tiny_jpegs(tmp_path / "lib", 3)
+    lazy = LazyCaptioner(model_file, device="cpu")
+    with PhotoIndex(tmp_path / "i.db") as index:
+        list(caption_library([tmp_path / "lib"], lazy, index, CaptionOptions(workers=1)))
+    half = max(1, min(threads, (os.cpu_count() or 1) // 2))
+    assert {n for _, n in compiled} == {threads, half}
+    assert {name for name, _ in compiled} == {"photocap-model-load"}
+
+
+def test_a_runtime_failure_mid_run_falls_back_to_torch(model_file: Path) -> None:
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    plain = load_captioner(model_file, "cpu")
+    assert model._runtime is not None
+
+    def broken(pixels: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("compile failed for 3 threads")
+
+    model._runtime = (model._runtime[0], broken)
+    pixels = _pixels(model.preset.size)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encode(pixels), plain.encode(pixels), rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+    assert model.runtime_name == "torch (openvino: compile failed for 3 threads)"
+    assert model._runtime is None
