@@ -16,6 +16,7 @@ safetensors never unpickles, so loading a model file cannot run code. Training s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -112,17 +113,18 @@ def _oldest_reader(captioner: Captioner) -> int:
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on its JSON header
 
 
-def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+def read_header(path: Path, data: bytes | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """(metadata, tensors) from a safetensors file's JSON header: the metadata strings, and
     each tensor's dtype, shape and offsets by name. Reads the header only (KBs), with neither
-    a tensor nor torch loaded."""
+    a tensor nor torch loaded; from ``data`` (the file's bytes, read already) if given."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") if data is None else io.BytesIO(data) as fh:
+            total = path.stat().st_size if data is None else len(data)
             size = int.from_bytes(fh.read(8), "little")
-            if not 2 <= size <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+            if not 2 <= size <= min(MAX_HEADER_BYTES, total - 8):
                 raise ValueError("bad header size")
             header = json.loads(fh.read(size))
         if not isinstance(header, dict):
@@ -137,10 +139,11 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
     return meta, header
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The header metadata of a model file, without loading any tensor."""
+def read_metadata(path: Path, data: bytes | None = None) -> dict[str, str]:
+    """The header metadata of a model file (or of its bytes ``data``), without loading any
+    tensor."""
     path = Path(path)
-    meta, _ = read_header(path)
+    meta, _ = read_header(path, data)
     if meta.get("format") != FORMAT:
         raise ModelError(f"not a photocap model file: {path}")
     try:
@@ -235,7 +238,15 @@ class LazyCaptioner:
                 f"model file not found: {self.path} "
                 "(train one with `photocap train`, or pass --model)"
             )
-        self._meta = read_metadata(self.path)
+        # The header and the hash from the same bytes: a file replaced while it is opened
+        # must not pair one file's config and vocabulary with another's id.
+        try:
+            data = self.path.read_bytes()
+        except OSError as err:
+            raise ModelError(f"cannot read model file {self.path}: {err.strerror}") from None
+        self._meta = read_metadata(self.path, data)
+        self.digest = hashlib.sha256(data).hexdigest()
+        del data
         from photocap.preset import Preset
 
         try:
@@ -244,7 +255,6 @@ class LazyCaptioner:
             name = info.get("name", self.path.stem) if isinstance(info, dict) else self.path.stem
         except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise ModelError(f"corrupt model file {self.path}: {err!r}") from None
-        self.digest = file_digest(self.path)
         self.model_id = f"{name}@{self.digest[:12]}"
         if device not in ("auto", "cpu"):
             resolve_device(device)  # --device cuda without a GPU: said now, not mid-run
