@@ -36,7 +36,7 @@ from _common import REPO, last_json_line, markdown_table, report
 WAYS = {
     "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch"},
     "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch"},
-    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "auto"},
+    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino"},
 }
 _DRIVER = """
 import os, sys

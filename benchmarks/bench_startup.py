@@ -49,7 +49,10 @@ app(sys.argv[1:], prog_name="photocap")
 
 def _env(eager: bool) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "EAGER": "1" if eager else "0"}
+    # The encoder on torch both ways: the load at start is photocap's before OpenVINO (and
+    # a 96-photo run keeps torch anyway: photocap.runtime.MIN_PHOTOS).
+    return {**os.environ, "PYTHONPATH": path, "EAGER": "1" if eager else "0",
+            "PHOTOCAP_RUNTIME": "torch"}  # fmt: skip
 
 
 def _caption_cmd(lib: Path, db: Path, model: str, extra: list[str]) -> list[str]:

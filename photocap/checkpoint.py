@@ -280,11 +280,15 @@ class LazyCaptioner:
         """The device the model runs on (resolved without waiting for the model)."""
         return resolve_device(self._device)
 
-    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
+    def prepare(
+        self, wait: bool = False, started_only: bool = False, photos: int | None = None
+    ) -> None:
         """Start building the model in the background (once), so that it loads while photos
         are decoded; ``wait``: until it is built or has failed (a failure is raised by
         :meth:`caption_batch`); ``started_only``: start nothing, only wait for a build already
-        started (a run's end: no build thread is left running at exit)."""
+        started (a run's end: no build thread is left running at exit); ``photos``: how many
+        photos the run decodes (a small run keeps the encoder on torch:
+        :func:`photocap.runtime.wants_runtime`)."""
         with self._lock:
             if self._builder is None:
                 if started_only:
@@ -295,17 +299,22 @@ class LazyCaptioner:
                 # while decode workers decode: OpenVINO is compiled for both counts.
                 threads = torch.get_num_threads()
                 self._builder = threading.Thread(
-                    target=self._build, args=(threads,), name="photocap-model-load", daemon=True
+                    target=self._build,
+                    args=(threads, photos),
+                    name="photocap-model-load",
+                    daemon=True,
                 )
                 self._builder.start()
         if wait:
             self._builder.join()
 
-    def _build(self, threads: int) -> None:
+    def _build(self, threads: int, photos: int | None) -> None:
+        from photocap.runtime import wants_runtime
+
         try:
             self._captioner = _build_captioner(
-                self.path, self._meta, self._device, expect_digest=self.digest, runtime=True,
-                threads=threads,
+                self.path, self._meta, self._device, expect_digest=self.digest,
+                runtime=wants_runtime(photos), threads=threads,
             )  # fmt: skip
         except PhotocapError as err:  # handed to the thread that captions
             self._error = str(err)

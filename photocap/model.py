@@ -304,7 +304,9 @@ class Captioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
+    def prepare(
+        self, wait: bool = False, started_only: bool = False, photos: int | None = None
+    ) -> None:
         """Nothing to do: built already (a run calls this on any model; see
         :class:`photocap.checkpoint.LazyCaptioner`)."""
 

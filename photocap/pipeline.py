@@ -95,10 +95,13 @@ class CaptionModel(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def prepare(self, wait: bool = False, started_only: bool = False) -> None:
+    def prepare(
+        self, wait: bool = False, started_only: bool = False, photos: int | None = None
+    ) -> None:
         """Start getting ready to caption (building the model) once a photo needs the model;
         ``wait``: until ready (before forking new decode workers); ``started_only``: only
-        wait for a start already made (at the end of a run)."""
+        wait for a start already made (at the end of a run); ``photos``: how many the run
+        decodes (what is worth preparing depends on it)."""
         ...
 
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = ...) -> list[Caption]: ...
@@ -514,7 +517,7 @@ class _Run:
                         # A photo needs the model: it loads (on a thread) while the workers,
                         # forked by the first submit, decode the next ones. A run whose photos
                         # are all skipped, carried or undecodable loads none.
-                        self.captioner.prepare()
+                        self.captioner.prepare(photos=self.total)
                     yield from self._drain(max_queued=_MAX_QUEUED_WRITES)
                     if len(batch) < batch_size and pending:
                         continue

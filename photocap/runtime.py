@@ -18,7 +18,9 @@ export or compile error, an unwritable cache, features unlike torch's) leaves th
 torch, with the reason in :attr:`EncoderRuntime.name`; so does a failure later in the run
 (:meth:`photocap.model.Captioner.encode`).
 
-``PHOTOCAP_RUNTIME=torch`` keeps the encoder on torch.
+A ``photocap caption`` run with fewer than :data:`MIN_PHOTOS` photos to decode keeps the
+encoder on torch: OpenVINO's start would cost more than it saves. ``PHOTOCAP_RUNTIME=torch``
+keeps the encoder on torch always, ``PHOTOCAP_RUNTIME=openvino`` tries OpenVINO always.
 """
 
 from __future__ import annotations
@@ -33,7 +35,22 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-RUNTIME_ENV = "PHOTOCAP_RUNTIME"
+RUNTIME_ENV = "PHOTOCAP_RUNTIME"  # "torch", "openvino", or unset: by the run's size
+# OpenVINO's start in a process (its libraries, the ONNX file, two compiles, the check) costs
+# ~2 s once; it saves ~20 ms a photo on 2 cores: a run with fewer photos to decode than this
+# keeps the encoder on torch (PHOTOCAP_RUNTIME=openvino: always OpenVINO).
+MIN_PHOTOS = 100
+
+
+def wants_runtime(photos: int | None) -> bool:
+    """Whether a run decoding ``photos`` photos (None: unknown, e.g. ``evaluate``'s own
+    count) should try OpenVINO for its encoder."""
+    choice = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    if choice in ("torch", "openvino"):
+        return choice == "openvino"
+    return photos is None or photos >= MIN_PHOTOS
+
+
 CACHE_ENV = "PHOTOCAP_CACHE"
 # In the cached file's name with the model's hash: a new version of the export (or of what is
 # exported: the encoder, the BatchNorm folding) must not reuse an old file.

@@ -59,9 +59,7 @@ def test_torch_when_asked_or_when_openvino_cannot_be_had(
     model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PHOTOCAP_RUNTIME", "torch")
-    assert LazyCaptioner(model_file, device="cpu").captioner().runtime_name == (
-        "torch (PHOTOCAP_RUNTIME=torch)"
-    )
+    assert LazyCaptioner(model_file, device="cpu").captioner().runtime_name == "torch"
     monkeypatch.delenv("PHOTOCAP_RUNTIME")
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "file"))  # the cache cannot be made
@@ -118,8 +116,10 @@ def test_the_run_summary_says_what_ran_the_encoder(
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    assert str(summary()["encoder"]).startswith("openvino ")
+    assert summary()["encoder"] == "torch"  # 2 photos: OpenVINO's start would cost more
     assert summary()["encoder"] == ""  # nothing to caption: no model built
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")
+    assert str(summary("--force")["encoder"]).startswith("openvino ")
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "file"))
     assert str(summary("--force")["encoder"]).startswith("torch (openvino: ")
@@ -163,6 +163,7 @@ def test_a_run_compiles_openvino_for_both_thread_counts_while_loading(
     from photocap.index import PhotoIndex
     from photocap.pipeline import CaptionOptions, caption_library
 
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")  # 3 photos: torch otherwise
     compiled: list[tuple[str, int]] = []
     request = runtime.OpenVinoEncoder._request
 
@@ -197,3 +198,16 @@ def test_a_runtime_failure_mid_run_falls_back_to_torch(model_file: Path) -> None
                                    atol=1e-5)  # fmt: skip
     assert model.runtime_name == "torch (openvino: compile failed for 3 threads)"
     assert model._runtime is None
+
+
+def test_openvino_is_tried_from_the_run_size_where_it_pays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from photocap.runtime import MIN_PHOTOS, wants_runtime
+
+    assert not wants_runtime(MIN_PHOTOS - 1) and wants_runtime(MIN_PHOTOS)
+    assert wants_runtime(None)  # evaluate, a model loaded by hand
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")
+    assert wants_runtime(1)
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "torch")
+    assert not wants_runtime(10_000) and not wants_runtime(None)
