@@ -189,6 +189,7 @@ def _export_onnx(fused: nn.Module, image_size: int, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    _tidy(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     example = torch.zeros(2, 3, image_size, image_size)
     try:
@@ -202,3 +203,20 @@ def _export_onnx(fused: nn.Module, image_size: int, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _tidy(path: Path) -> None:
+    """Remove what ``path`` replaces: the same model's files of other export versions, and
+    temp files of exports killed mid-way (over an hour old: another run's may be writing)."""
+    import time
+
+    model = path.name.split("-")[1]
+    for old in path.parent.glob(f"encoder-{model}-*.onnx"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    for temp in path.parent.glob(".encoder-*.onnx.tmp-*"):
+        try:
+            if time.time() - temp.stat().st_mtime > 3600:
+                temp.unlink(missing_ok=True)
+        except OSError:
+            pass

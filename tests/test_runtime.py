@@ -211,3 +211,25 @@ def test_openvino_is_tried_from_the_run_size_where_it_pays(
     assert wants_runtime(1)
     monkeypatch.setenv("PHOTOCAP_RUNTIME", "torch")
     assert not wants_runtime(10_000) and not wants_runtime(None)
+
+
+def test_an_export_removes_what_it_replaces(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    lazy = LazyCaptioner(model_file, device="cpu")
+    folder = tmp_path / "cache" / "openvino"
+    folder.mkdir(parents=True)
+    size, key = lazy.preset.size, lazy.digest[:16]
+    older = folder / f"encoder-{key}-{size}-v0.onnx"  # an earlier export version
+    other = folder / f"encoder-{'f' * 16}-{size}-v1.onnx"  # another model's: kept
+    stale = folder / ".encoder-x.onnx.tmp-1-2"  # an export killed two hours ago
+    fresh = folder / ".encoder-y.onnx.tmp-3-4"  # another run writing now
+    for path in (older, other, stale, fresh):
+        path.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    lazy.captioner()
+    assert not older.exists() and not stale.exists() and other.exists() and fresh.exists()
+    assert (folder / f"encoder-{key}-{size}-v1.onnx").exists()
