@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_tiny_jpegs
@@ -14,6 +16,25 @@ from photocap.checkpoint import LazyCaptioner, load_captioner
 from photocap.errors import ModelError
 from photocap.index import PhotoIndex
 from photocap.pipeline import CaptionOptions, RunSummary, caption_library
+
+
+def _assert_run_stops(tmp_path: Path, model: LazyCaptioner, reason: str) -> None:
+    """A run of two photos with ``model`` ends with a ModelError saying ``reason``."""
+    make_tiny_jpegs(tmp_path / "lib", 2)
+    with pytest.raises(ModelError, match=reason):
+        _run(tmp_path / "lib", model, tmp_path / "index.db")
+
+
+def _edited_model(model_file: Path, out: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of ``model_file`` whose tensors ``edit`` changed in place, header kept."""
+    from safetensors.torch import load_file, save_file
+
+    from photocap.checkpoint import read_metadata
+
+    state = load_file(str(model_file))
+    edit(state)
+    save_file(state, str(out), metadata=read_metadata(model_file))
+    return out
 
 
 def _run(folder: Path, model: LazyCaptioner, db: Path) -> RunSummary:
@@ -62,26 +83,18 @@ def test_a_model_file_changed_after_opening_is_refused(tmp_path: Path, model_fil
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # one bit of the last tensor
     path.write_bytes(bytes(data))
-    make_tiny_jpegs(tmp_path / "lib", 2)
-    with pytest.raises(ModelError, match="changed during the run"):
-        _run(tmp_path / "lib", lazy, tmp_path / "index.db")
+    _assert_run_stops(tmp_path, lazy, "changed during the run")
 
 
 def test_weights_that_do_not_fit_fail_the_run_as_a_model_error(
     tmp_path: Path, model_file: Path
 ) -> None:
-    from safetensors.torch import load_file, save_file
+    def drop_one(state: dict[str, Any]) -> None:
+        del state[next(iter(state))]
 
-    from photocap.checkpoint import read_metadata
-
-    state = load_file(str(model_file))
-    del state[next(iter(state))]
-    path = tmp_path / "broken.safetensors"
-    save_file(state, str(path), metadata=read_metadata(model_file))
+    path = _edited_model(model_file, tmp_path / "broken.safetensors", drop_one)
     lazy = LazyCaptioner(path, device="cpu")  # the header is fine: opened
-    make_tiny_jpegs(tmp_path / "lib", 2)
-    with pytest.raises(ModelError, match="does not match its config"):
-        _run(tmp_path / "lib", lazy, tmp_path / "index.db")
+    _assert_run_stops(tmp_path, lazy, "does not match its config")
 
 
 def test_cli_rerun_of_an_unchanged_library_imports_no_torch(
@@ -131,17 +144,15 @@ def test_a_tensor_of_the_wrong_shape_stops_the_run_with_one_line(
     # one line each, and the index got a failure row per photo.
     import sqlite3
 
-    from safetensors.torch import load_file, save_file
     from typer.testing import CliRunner
 
-    from photocap.checkpoint import read_metadata
     from photocap.cli import app
 
-    state = load_file(str(model_file))
-    name = next(k for k, v in state.items() if v.dim() == 2)
-    state[name] = state[name][:, :-1].contiguous()
-    path = tmp_path / "wrong.safetensors"
-    save_file(state, str(path), metadata=read_metadata(model_file))
+    def narrow_one(state: dict[str, Any]) -> None:
+        name = next(k for k, v in state.items() if v.dim() == 2)
+        state[name] = state[name][:, :-1].contiguous()
+
+    path = _edited_model(model_file, tmp_path / "wrong.safetensors", narrow_one)
     make_tiny_jpegs(tmp_path / "lib", 6)
     db = tmp_path / "index.db"
     result = CliRunner().invoke(app, ["caption", str(tmp_path / "lib"), "--model", str(path),
