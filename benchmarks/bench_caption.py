@@ -63,6 +63,7 @@ def bench_naive(files: list[Path], captioner: Any, db_path: Path) -> dict[str, A
     import torch
     from PIL import Image, ImageOps
 
+    from photocap.decoding import greedy
     from photocap.vocab import to_sentence
 
     size = captioner.preset.size
@@ -78,7 +79,7 @@ def bench_naive(files: list[Path], captioner: Any, db_path: Path) -> dict[str, A
             x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None]  # (1, 3, S, S)
             t1 = time.perf_counter()
             features = captioner.encode(x)
-            tokens, _ = captioner.greedy(features)
+            tokens, _ = greedy(captioner.decoder, captioner.rules, features)
             text = to_sentence(captioner.vocab.decode(tokens[0]))
             t2 = time.perf_counter()
             conn.execute("INSERT OR REPLACE INTO captions VALUES (?, ?)", (str(path), text))

@@ -52,10 +52,10 @@ def _encoder_variant(captioner: Any, variant: str, batch: int) -> Any:
 
         return run_eager
     if variant == "folded":  # BN folded, NCHW (optimize_for_inference without channels-last)
-        from photocap.model import _fold_batchnorm
+        from photocap.encoder import fold_batchnorm
 
         with torch.inference_mode(False), torch.no_grad():
-            fused: Any = _fold_batchnorm(encoder)  # _ChannelsLast around the folded copy
+            fused: Any = fold_batchnorm(encoder)  # _ChannelsLast around the folded copy
             folded = fused.module.to(memory_format=torch.contiguous_format)
 
         def run_folded(pixels: Any) -> Any:

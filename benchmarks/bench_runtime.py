@@ -84,10 +84,10 @@ def main() -> None:
         for start in range(0, len(names), 64):
             chunk = names[start : start + 64]
             pixels = load_pixels([dataset.image_path(n) for n in chunk], ours.preset, 0)
-            feats = {way: model.encode(pixels) for way, model in ways.items()}
-            largest = max(largest, float((feats["torch"] - feats["openvino"]).abs().max()))
+            by_way = {way: model.encode(pixels) for way, model in ways.items()}
+            largest = max(largest, float((by_way["torch"] - by_way["openvino"]).abs().max()))
             for way, model in ways.items():
-                captions[way] += [c.text for c in model.caption_features(feats[way])]
+                captions[way] += [c.text for c in model.caption_features(by_way[way])]
     same = sum(a == b for a, b in zip(captions["torch"], captions["openvino"], strict=True))
     references = [dataset.captions[n] for n in names]
     scores = {way: score_captions(captions[way], references)[0] for way in ways}

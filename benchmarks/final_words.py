@@ -1,6 +1,6 @@
 """Words a caption should not end on, from the data: derive the list and measure the rule.
 
-Decoding never puts <end> after a word in ``photocap.model.RARELY_FINAL_WORDS``: the model's
+Decoding never puts <end> after a word in ``photocap.decoding.RARELY_FINAL_WORDS``: the model's
 vocabulary words that occur ``--min-count`` (30) or more times in the train split's captions and
 end fewer than ``--max-share`` (0.5 %) of them. This script derives that list again from the
 captions (and says whether it matches the one in the code), then, with ``--compare``, decodes
@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from photocap import model as model_module
+    from photocap import decoding as model_module
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
     from photocap.evaluate import score_captions
@@ -75,7 +75,7 @@ def main() -> None:
         rules: list[tuple[str, tuple[str, ...]]] = [("without", ()), ("with", tuple(derived))]
         for label, rule in rules:
             model_module.RARELY_FINAL_WORDS = rule  # read when the ids are first needed
-            vars(captioner).pop("_dangling_cache", None)
+            captioner.rules._masks.clear()
             texts: list[str] = []
             with torch.inference_mode():
                 for i in range(0, len(features), 50):

@@ -72,8 +72,8 @@ def main() -> None:
     from photocap.checkpoint import load_captioner
     from photocap.cider import CiderD
     from photocap.dataset import load_flickr8k
+    from photocap.decoding import DEFAULT_BEAM_SIZE
     from photocap.evaluate import score_captions
-    from photocap.model import DEFAULT_BEAM_SIZE
     from photocap.train import extract_features, load_pixels
     from photocap.vocab import to_sentence, tokenize
 
@@ -148,15 +148,21 @@ def choose_mbr(
     the other candidates; document frequencies from the train split's references."""
     import torch
 
+    from photocap.decoding import beam_search, sample
+
     scorer = cider([[tokenize(c) for c in data.captions[n]] for n in data.split("train", None)])
     vocab = model.vocab
     chosen: list[list[str]] = []
     with torch.inference_mode():
         for i in range(0, len(features), 50):
             batch = features[i : i + 50]  # (b, L, D)
-            groups = [[vocab.decode(ids) for ids, _ in h] for h in model.beam_search(batch, beam)]
+            groups = [
+                [vocab.decode(ids) for ids, _ in h]
+                for h in beam_search(model.decoder, model.rules, batch, beam)
+            ]
             if samples:
-                tokens, _, _ = model.sample(batch, samples, temperature=0.7)  # (b*S, T)
+                # (b*S, T) tokens
+                tokens, _, _ = sample(model.decoder, model.rules, batch, samples, temperature=0.7)
                 for j, ids in enumerate(tokens.tolist()):
                     ids = ids[: ids.index(vocab.end_id)] if vocab.end_id in ids else ids
                     groups[j // samples].append(vocab.decode([t for t in ids if t != vocab.pad_id]))

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import ModelError, PhotocapError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +38,6 @@ FORMAT = "photocap-checkpoint"
 FORMAT_VERSION = 3
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
-DEFAULT_BEAM_SIZE = 3  # chosen on Flickr8k dev for the shipped model (models/README.md)
 
 
 def default_model_path() -> Path:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from photocap.checkpoint import DEFAULT_BEAM_SIZE
+from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
 
 if TYPE_CHECKING:

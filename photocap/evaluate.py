@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from photocap.checkpoint import DEFAULT_BEAM_SIZE
+from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")

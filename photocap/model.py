@@ -9,8 +9,9 @@ Read top to bottom:
 3. :class:`Ensemble`      - several decoders over the same encoder, decoding as one: the mean of
                             their word probabilities.
 4. :class:`Captioner`     - encoder + decoder + vocabulary + preset: pixels in, sentences out,
-                            with a batched beam search (length normalisation, no stuttering,
-                            no repeated trigrams) and greedy decoding.
+                            through the searches of :mod:`photocap.decoding` (beam search
+                            with length normalisation, no stuttering, no repeated trigrams;
+                            greedy).
 
 Shapes: B photos, K beams, L = grid locations (49 at 224 px), D = feature channels (1280),
 E = embedding, H = LSTM hidden, A = attention size, V = vocabulary, T = caption tokens,
@@ -27,58 +28,20 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from photocap.checkpoint import DEFAULT_BEAM_SIZE
-from photocap.encoder import Encoder, EncoderConfig
+from photocap.decoding import (
+    DEFAULT_BEAM_SIZE,
+    Caption,
+    DecodingRules,
+    beam_search,
+    greedy,
+    to_caption,
+)
+from photocap.encoder import Encoder, EncoderConfig, fold_batchnorm
 from photocap.preset import Preset
-from photocap.vocab import Vocab, to_sentence
+from photocap.vocab import Vocab
 
 if TYPE_CHECKING:  # pragma: no cover
     from photocap.runtime import EncoderRuntime
-
-# Words an English caption does not end on: decoding never puts <end> right after them.
-# fmt: off
-DANGLING_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "for", "from", "by",
-    "into", "onto", "over", "under", "near", "behind", "through", "while", "as", "his", "her",
-    "their", "its", "is", "are", "some", "another", "other", "two", "three", "several",
-)
-# ... nor on a word that (almost) never ends a caption a person wrote: adjectives, verbs and
-# pronouns that wait for their noun ("A boy is sitting on a wooden."; ~1 % of dev captions
-# before this rule). Derived from the data, not chosen by hand: the vocabulary words that
-# occur 30+ times in the train split's captions and end fewer than 0.5 % of them
-# (`python benchmarks/final_words.py --data ../shared/flickr8k` prints the list again).
-RARELY_FINAL_WORDS: tuple[str, ...] = (
-    "about", "across", "african", "against", "all", "american", "among", "asian", "attempting",
-    "attempts", "bald", "bathing", "be", "bearded", "beautiful", "beige", "being", "beside",
-    "between", "big", "biker", "biting", "blond", "blonde", "both", "brick", "bright",
-    "brightly", "brown", "bunch", "carries", "carrying", "catches", "catching", "chases",
-    "chasing", "chewing", "clear", "closeup", "colorful", "couple", "cowboy", "crowded",
-    "curly", "digging", "do", "does", "doing", "dressed", "drives", "driving", "during", "each",
-    "elderly", "empty", "facing", "fenced", "few", "flies", "four", "full", "furry", "german",
-    "get", "gets", "getting", "go", "goes", "going", "gold", "golden", "grassy", "gray",
-    "green", "grey", "greyhounds", "grinding", "group", "haired", "hangs", "has", "have",
-    "having", "he", "hiker", "hikers", "hind", "hits", "hold", "holds", "huge", "hula", "just",
-    "kicking", "kicks", "kid", "large", "laying", "lays", "leaning", "leans", "leather", "life",
-    "like", "lined", "lit", "little", "lone", "long", "looking", "looks", "low", "lying",
-    "make", "makes", "making", "many", "matching", "metal", "motocross", "motorcyclist",
-    "muddy", "next", "no", "number", "old", "older", "opposing", "outdoor", "overlooking",
-    "parking", "paved", "pink", "plaid", "plays", "police", "prepares", "pulling", "pushes",
-    "pushing", "ready", "resting", "rocky", "rolling", "rough", "rural", "sandy", "seated",
-    "shaking", "shallow", "she", "shooting", "silver", "sit", "skateboarder", "sliding",
-    "small", "smaller", "snowy", "standing", "staring", "steep", "sticking", "striped",
-    "stuffed", "sunny", "surrounded", "t", "take", "takes", "talks", "tall", "tan", "teams",
-    "teenage", "that", "they", "third", "this", "throwing", "throws", "toward", "towards",
-    "tries", "trying", "tug", "upside", "urban", "using", "very", "wading", "wearing", "wears",
-    "wetsuit", "where", "which", "whilst", "who", "wooded", "wooden", "young", "younger",
-)
-# Words a caption may use more than once ("a man in a red shirt on a bench"). Any other word
-# (nouns, verbs, colours) is used at most once when ModelConfig.no_repeat_words is on, which
-# stops the "playing in a water in the water" loops that CIDEr-optimised models fall into.
-FUNCTION_WORDS = frozenset(DANGLING_WORDS) | {
-    "up", "down", "out", "off", "around", "front", "each", "one", "it", "they", "he", "she",
-    "there", "who", "that", "be", "being", "has", "have", "very", "next", "top", "side",
-}
-# fmt: on
 
 
 @dataclass(frozen=True)
@@ -124,15 +87,6 @@ class ModelConfig:
         encoder = EncoderConfig(**data.pop("encoder"))
         branches = tuple(data.pop("decoder_branches", ()))
         return cls(encoder=encoder, decoder_branches=branches, **data)
-
-
-@dataclass(frozen=True)
-class Caption:
-    """One photo's caption: the sentence, its score and the runner-up sentences."""
-
-    text: str  # "A dog runs through the grass."
-    score: float  # mean log-probability per token (<end> included); closer to 0 = surer
-    alternatives: tuple[str, ...] = ()  # other beam hypotheses, best first
 
 
 class Decoder(nn.Module):
@@ -304,6 +258,21 @@ class Captioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def rules(self) -> DecodingRules:
+        """The vocabulary and decoding rules of this model (:mod:`photocap.decoding`)."""
+        rules = getattr(self, "_rules", None)
+        if rules is None or rules.vocab is not self.vocab:
+            c = self.config
+            rules = DecodingRules(
+                self.vocab,
+                max_words=c.max_words,
+                length_penalty=c.length_penalty,
+                no_repeat_words=c.no_repeat_words,
+            )
+            self._rules = rules
+        return rules
+
     def prepare(
         self, wait: bool = False, started_only: bool = False, photos: int | None = None
     ) -> None:
@@ -394,7 +363,7 @@ class Captioner(nn.Module):
         fused = getattr(self, "_fused", None)
         if fused is None or fused[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                fused = (key, _fold_batchnorm(self.encoder))
+                fused = (key, fold_batchnorm(self.encoder))
             self._fused = fused  # a tuple: not registered as a submodule
         return fused[1]
 
@@ -417,268 +386,7 @@ class Captioner(nn.Module):
         if features.shape[0] == 0:
             return []
         if beam_size <= 1:
-            tokens, logps = self.greedy(features)
-            return [self._caption([(t, s)]) for t, s in zip(tokens, logps, strict=True)]
-        return [self._caption(h) for h in self.beam_search(features, beam_size)]
-
-    def _caption(self, hypotheses: list[tuple[list[int], float]]) -> Caption:
-        sentences = [to_sentence(self.vocab.decode(ids)) for ids, _ in hypotheses]
-        unique = list(dict.fromkeys(s for s in sentences if s))
-        text = unique[0] if unique else ""
-        return Caption(text=text, score=float(hypotheses[0][1]), alternatives=tuple(unique[1:]))
-
-    # -- decoding ------------------------------------------------------------------------------
-
-    def _dangling_ids(self, device: torch.device) -> torch.Tensor:
-        """Ids of the words a caption may not end on (articles, prepositions, conjunctions,
-        and words that almost never end a person's caption)."""
-        cached = getattr(self, "_dangling_cache", None)
-        if cached is None or cached.device != device:
-            ids = [self.vocab.id(w) for w in DANGLING_WORDS + RARELY_FINAL_WORDS]
-            cached = torch.tensor(
-                [i for i in ids if i != self.vocab.unk_id] or [self.vocab.pad_id],
-                dtype=torch.long,
-                device=device,
-            )
-            self._dangling_cache = cached
-        return cached
-
-    def _content_mask(self, device: torch.device) -> torch.Tensor:
-        """(V,) True for words that may appear only once in a caption."""
-        cached = getattr(self, "_content_cache", None)
-        if cached is None or cached.device != device:
-            words = self.vocab.words
-            cached = torch.tensor(
-                [i >= 4 and w not in FUNCTION_WORDS for i, w in enumerate(words)], device=device
-            )
-            self._content_cache = cached
-        return cached
-
-    def _banned(self, logp: torch.Tensor, history: torch.Tensor, t: int) -> torch.Tensor:
-        """Mask words a caption must not take next. logp (N, V), history (N, t) -> (N, V).
-
-        Never <pad>/<start>/<unk>; no <end> before the first word, nor right after a word
-        that cannot end an English sentence ("... catch a ball in the.") or almost never ends
-        a person's caption ("... sitting on a wooden."); never the previous
-        word again ("a a"); no trigram that already occurred in this caption.
-        """
-        v = self.vocab
-        logp[:, [v.pad_id, v.start_id, v.unk_id]] = -math.inf
-        if t == 0:
-            logp[:, v.end_id] = -math.inf
-            return logp
-        logp.scatter_(1, history[:, -1:], -math.inf)  # no immediate repeat
-        if self.config.no_repeat_words:
-            used = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, history, True)  # (N, V)
-            logp.masked_fill_(used & self._content_mask(logp.device), -math.inf)
-        if t < self.config.max_words:  # at the last step <end> must stay possible
-            dangling = torch.isin(history[:, -1], self._dangling_ids(history.device))  # (N,)
-            logp[:, v.end_id] = logp[:, v.end_id].masked_fill(dangling, -math.inf)
-        if t >= 3:
-            last2 = history[:, t - 2 :]  # (N, 2) the bigram just generated
-            seen = (history[:, : t - 2] == last2[:, :1]) & (history[:, 1 : t - 1] == last2[:, 1:])
-            follow = history[:, 2:t]  # (N, t-2): the word that followed bigram i
-            banned = torch.where(seen, follow, torch.full_like(follow, v.pad_id))  # (N, t-2)
-            logp.scatter_(1, banned, -math.inf)
-        return logp
-
-    def greedy(self, features: torch.Tensor) -> tuple[list[list[int]], list[float]]:
-        """Most likely word at each step. features (B, L, D) -> token lists and mean log p."""
-        B = features.shape[0]
-        dec, v = self.decoder, self.vocab
-        with self._autocast():
-            state = dec.init_state(features)  # (B, H) x2
-            att = dec.attend_features(features)  # (B, L, A)
-        words = torch.full((B,), v.start_id, dtype=torch.long, device=features.device)  # (B,)
-        history = torch.zeros((B, 0), dtype=torch.long, device=features.device)  # (B, t)
-        total = torch.zeros(B, device=features.device)  # (B,)
-        length = torch.zeros(B, device=features.device)  # (B,)
-        done = torch.zeros(B, dtype=torch.bool, device=features.device)  # (B,)
-        for t in range(self.config.max_words + 1):
-            with self._autocast():
-                logits, state, _ = dec.step(words, state, features, att)  # (B, V)
-            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (B, V)
-            if t == self.config.max_words:  # out of room: only <end> may follow
-                keep_end = logp[:, v.end_id].clone()
-                logp.fill_(-math.inf)
-                logp[:, v.end_id] = keep_end
-            best, words = logp.max(dim=-1)  # (B,), (B,)
-            total += torch.where(done, 0.0, best)
-            length += (~done).float()
-            words = torch.where(done, v.pad_id, words)  # (B,)
-            history = torch.cat([history, words[:, None]], dim=1)  # (B, t+1)
-            done |= words == v.end_id
-            if bool(done.all()):
-                break
-        means = (total / length.clamp(min=1)).tolist()
-        return history.tolist(), means
-
-    def beam_search(
-        self, features: torch.Tensor, beam_size: int
-    ) -> list[list[tuple[list[int], float]]]:
-        """Batched beam search over B photos at once.
-
-        Returns, per photo, up to ``beam_size`` hypotheses ``(token ids, mean log p)`` ranked by
-        ``sum log p / words ** length_penalty``. All B*K beams advance together on the device;
-        only finished hypotheses (a handful per step) go through Python.
-        """
-        B, L, D = features.shape
-        K = beam_size
-        dec, v = self.decoder, self.vocab
-        dev = features.device
-        with self._autocast():
-            att = dec.attend_features(features)  # (B, L, A), once per photo
-            state = dec.init_state(features)  # (B, H) x2
-        # Every beam of a photo shares its features: expand views, no copies until indexed.
-        feats_k = features[:, None].expand(B, K, L, D).reshape(B * K, L, D)  # (BK, L, D)
-        att_k = att[:, None].expand(B, K, L, att.shape[-1]).reshape(B * K, L, -1)  # (BK, L, A)
-        h0, c0 = (s[:, None].expand(B, K, -1).reshape(B * K, -1) for s in state)  # (BK, H)
-        state = (h0, c0)
-        words = torch.full((B * K,), v.start_id, dtype=torch.long, device=dev)  # (BK,)
-        history = torch.zeros((B * K, 0), dtype=torch.long, device=dev)  # (BK, t)
-        scores = torch.full((B, K), -math.inf, device=dev)  # (B, K) summed log p
-        scores[:, 0] = 0.0  # at t=0 all beams are the same: keep one
-        finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]
-        # Photos still being decoded: row b of the tensors above is photo photo_of[b]. A photo
-        # with K finished hypotheses is done (later ones are never accepted), so its rows are
-        # dropped from the batch instead of being carried to the longest photo's last word.
-        photo_of = list(range(B))
-        alpha = self.config.length_penalty
-        for t in range(self.config.max_words + 1):
-            n = len(photo_of)  # photos left (n <= B)
-            with self._autocast():
-                logits, state, _ = dec.step(words, state, feats_k, att_k)  # (nK, V)
-            logp = self._banned(logits.float().log_softmax(-1), history, t)  # (nK, V)
-            V = logp.shape[1]
-            if t == self.config.max_words:  # out of room: only <end> may follow
-                keep_end = logp[:, v.end_id].clone()
-                logp.fill_(-math.inf)
-                logp[:, v.end_id] = keep_end
-            cand = (scores[:, :, None] + logp.view(n, K, V)).view(n, K * V)  # (n, K*V)
-            top_scores, top_idx = cand.detach().topk(2 * K, dim=1)  # (n, 2K)
-            top_beam, top_word = top_idx // V, top_idx % V  # (n, 2K) each
-            is_end = top_word == v.end_id  # (n, 2K)
-            # Finished hypotheses: an <end> among the best K candidates (as fairseq does).
-            accept = is_end & (torch.arange(2 * K, device=dev) < K) & top_scores.isfinite()
-            if bool(accept.any()):
-                for b, j in accept.nonzero().tolist():
-                    done_b = finished[photo_of[b]]
-                    if len(done_b) >= K:
-                        continue
-                    beam = int(top_beam[b, j]) + b * K
-                    ids = history[beam].tolist()
-                    total = float(top_scores[b, j].detach())
-                    n_words = len(ids)
-                    done_b.append((total / max(n_words, 1) ** alpha, ids, total / (n_words + 1)))
-            # Next beams: the best K candidates that did not end.
-            alive = top_scores.masked_fill(is_end, -math.inf)  # (n, 2K)
-            scores, pick = alive.topk(K, dim=1)  # (n, K), (n, K)
-            offsets = (torch.arange(n, device=dev) * K)[:, None]  # (n, 1)
-            beam_idx = (top_beam.gather(1, pick) + offsets).view(-1)  # (nK,) flat source beams
-            words = top_word.gather(1, pick).view(-1)  # (nK,)
-            history = torch.cat([history[beam_idx], words[:, None]], dim=1)  # (nK, t+1)
-            rows = beam_idx  # (nK,) rows of the state and features each new beam continues
-            left = [b for b in range(n) if len(finished[photo_of[b]]) < K]
-            if not left:
-                break
-            if len(left) < n:  # drop the photos that are done
-                keep = torch.tensor(left, device=dev)  # (n',)
-                keep_rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)  # (n'K,)
-                rows = rows[keep_rows]
-                words, history = words[keep_rows], history[keep_rows]
-                scores = scores[keep]  # (n', K)
-                feats_k, att_k = feats_k[keep_rows], att_k[keep_rows]  # (n'K, L, D), (n'K, L, A)
-                photo_of = [photo_of[b] for b in left]
-            state = (state[0][rows], state[1][rows])  # (n'K, H) x2
-        results = []
-        for b in range(B):
-            hyps = sorted(finished[b], key=lambda h: h[0], reverse=True)[:K]
-            if not hyps:  # cannot happen: the last step allows only <end>, which is accepted
-                hyps = [(0.0, [], 0.0)]
-            results.append([(ids, mean) for _, ids, mean in hyps])
-        return results
-
-    def sample(
-        self, features: torch.Tensor, n: int, temperature: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample ``n`` captions per photo with gradients, for self-critical training.
-
-        features (B, L, D) -> tokens (B*n, T), log p of each sampled token (B*n, T), and a mask
-        (B*n, T) that is 1 up to and including <end>.
-        """
-        B = features.shape[0]
-        dec, v = self.decoder, self.vocab
-        feats = features.repeat_interleave(n, dim=0)  # (Bn, L, D)
-        with self._autocast():
-            state = dec.init_state(feats)  # (Bn, H) x2
-            att = dec.attend_features(feats)  # (Bn, L, A)
-        words = torch.full((B * n,), v.start_id, dtype=torch.long, device=feats.device)  # (Bn,)
-        history = torch.zeros((B * n, 0), dtype=torch.long, device=feats.device)  # (Bn, t)
-        logps, masks = [], []
-        done = torch.zeros(B * n, dtype=torch.bool, device=feats.device)  # (Bn,)
-        for t in range(self.config.max_words + 1):
-            with self._autocast():
-                logits, state, _ = dec.step(words, state, feats, att)  # (Bn, V)
-            with torch.no_grad():
-                # The policy is the distribution over the words decoding may take: the banned
-                # ones are masked out *before* the softmax, so the gradient never moves
-                # probability onto words that are never sampled (that drifts and collapses).
-                allowed = self._banned(torch.zeros_like(logits, dtype=torch.float), history, t)
-                if t == self.config.max_words:
-                    allowed[:, : v.end_id] = -math.inf
-                    allowed[:, v.end_id + 1 :] = -math.inf
-                allowed[done] = 0.0  # finished captions only emit <pad>; keep softmax finite
-            logp = (logits.float() + allowed).log_softmax(-1)  # (Bn, V)
-            with torch.no_grad():
-                probs = (logp.detach() / temperature).softmax(-1)  # (Bn, V)
-                words = torch.multinomial(probs, 1).squeeze(1)  # (Bn,)
-                words = torch.where(done, v.pad_id, words)
-            logps.append(logp.gather(1, words[:, None]).squeeze(1))  # (Bn,)
-            masks.append((~done).float())  # (Bn,)
-            history = torch.cat([history, words[:, None]], dim=1)  # (Bn, t+1)
-            done = done | (words == v.end_id)
-            if bool(done.all()):
-                break
-        return history, torch.stack(logps, 1), torch.stack(masks, 1)  # (Bn, T) x3
-
-
-def _fold_batchnorm(encoder: Encoder) -> nn.Module:
-    """An eval-mode deep copy of ``encoder`` with each BatchNorm folded into the convolution
-    before it (w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta),
-    run channels-last."""
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    from photocap.encoder import EncoderBranch, MBConvBlock
-
-    fused = copy.deepcopy(encoder).eval()
-    for module in fused.modules():
-        if isinstance(module, (Encoder, EncoderBranch)):
-            pairs = [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
-        elif isinstance(module, MBConvBlock):
-            pairs = [
-                ("_expand_conv", "_bn0"),
-                ("_depthwise_conv", "_bn1"),
-                ("_project_conv", "_bn2"),
-            ]
-        else:
-            continue
-        for conv_name, bn_name in pairs:
-            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(module, bn_name, nn.Identity())
-    return _ChannelsLast(fused.requires_grad_(False))
-
-
-class _ChannelsLast(nn.Module):
-    """Runs a module on channels-last (NHWC) input: ~1.6x faster convolutions on a CPU (oneDNN),
-    and the encoder's (B, C, H, W) -> (B, L, C) output is then a view, not a copy."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.contiguous(memory_format=torch.channels_last))
+            tokens, logps = greedy(self.decoder, self.rules, features)
+            return [to_caption(self.vocab, [(t, s)]) for t, s in zip(tokens, logps, strict=True)]
+        hypotheses = beam_search(self.decoder, self.rules, features, beam_size)
+        return [to_caption(self.vocab, h) for h in hypotheses]

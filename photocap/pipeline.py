@@ -56,7 +56,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, cast
 
-from photocap.checkpoint import DEFAULT_BEAM_SIZE
+from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
 from photocap.index import FailureStage, IndexWriter, PhotoIndex, PhotoRow, index_key, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
@@ -66,7 +66,7 @@ from photocap.xmp import adopt_sidecar, find_human_caption, sidecar_stamp
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from photocap.model import Caption
+    from photocap.decoding import Caption
     from photocap.preset import Preset
 
 PhotoStatus = Literal["captioned", "carried", "skipped", "failed"]

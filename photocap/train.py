@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from photocap.checkpoint import load_captioner, resolve_device, save_captioner
 from photocap.cider import CiderD, corpus_bleu4, corpus_cider, sentence_bleu4
 from photocap.dataset import load_flickr8k
+from photocap.decoding import sample
 from photocap.encoder import Encoder, EncoderConfig, branch_state_dict, load_imagenet_weights
 from photocap.errors import DatasetError, ModelError
 from photocap.model import Captioner, Decoder, Ensemble, ModelConfig
@@ -699,7 +700,7 @@ def _scst_loss(
 ) -> torch.Tensor:
     """Self-critical policy gradient with the mean of the other samples as baseline."""
     n = config.scst_samples
-    tokens, logp, mask = captioner.sample(features, n)  # (B*n, T) x3
+    tokens, logp, mask = sample(captioner.decoder, captioner.rules, features, n)  # (B*n, T) x3
     words = [captioner.vocab.decode(row) for row in tokens.tolist()]
     groups = [refs[i // n] for i in range(len(words))]
     scores = scorer.score(words, groups)

@@ -10,13 +10,15 @@ import torch
 from flickr_fixtures import one_torch_thread  # noqa: F401
 
 from photocap.checkpoint import build_random_captioner
-from photocap.model import (
+from photocap.decoding import (
     DANGLING_WORDS,
     FUNCTION_WORDS,
     RARELY_FINAL_WORDS,
-    Captioner,
-    ModelConfig,
+    beam_search,
+    greedy,
+    sample,
 )
+from photocap.model import Captioner, ModelConfig
 from photocap.vocab import SPECIALS, Vocab, to_sentence, tokenize
 
 L, D = 4, 32  # tiny captioner: 64 px -> 2x2 grid, 32 feature channels
@@ -109,7 +111,7 @@ def test_beam_search_hypotheses_sorted_and_scored_right(peaky: Captioner, k: int
     feats = _features(6, seed=k)
     alpha = peaky.config.length_penalty
     with torch.no_grad():
-        results = peaky.beam_search(feats, k)
+        results = beam_search(peaky.decoder, peaky.rules, feats, k)
     assert len(results) == 6
     for b, hyps in enumerate(results):
         assert 1 <= len(hyps) <= k
@@ -132,8 +134,8 @@ def test_beam_one_equals_greedy(cap: Captioner, peaky: Captioner) -> None:
     for model in (cap, peaky):
         feats = _features(7, seed=11)
         with torch.no_grad():
-            tokens, means = model.greedy(feats)
-            beams = model.beam_search(feats, 1)
+            tokens, means = greedy(model.decoder, model.rules, feats)
+            beams = beam_search(model.decoder, model.rules, feats, 1)
         for row, mean, hyps in zip(tokens, means, beams, strict=True):
             assert len(hyps) == 1
             ids, beam_mean = hyps[0]
@@ -147,7 +149,7 @@ def test_beam_one_equals_greedy(cap: Captioner, peaky: Captioner) -> None:
 def test_greedy_matches_teacher_forcing(peaky: Captioner) -> None:
     feats = _features(4, seed=5)
     with torch.no_grad():
-        tokens, means = peaky.greedy(feats)
+        tokens, means = greedy(peaky.decoder, peaky.rules, feats)
     for b, (row, mean) in enumerate(zip(tokens, means, strict=True)):
         ids = []
         for i in row:
@@ -225,11 +227,11 @@ def test_banned_words_masks() -> None:
     a, dog, runs = v.id("a"), v.id("dog"), v.id("runs")
     V = len(v)
     # t = 0: never pad/start/unk, and no <end> before the first word
-    out = c._banned(torch.zeros(2, V), torch.zeros(2, 0, dtype=torch.long), 0)
+    out = c.rules.ban(torch.zeros(2, V), torch.zeros(2, 0, dtype=torch.long), 0)
     assert set(torch.nonzero(out[0] == -math.inf).flatten().tolist()) == {0, 1, 2, 3}
     # "a dog runs a dog": next may not be "dog" (repeat) nor "runs" (trigram a dog runs again)
     history = torch.tensor([[a, dog, runs, a, dog], [dog, a, runs, dog, runs]])
-    out = c._banned(torch.zeros(2, V), history, 5)
+    out = c.rules.ban(torch.zeros(2, V), history, 5)
     banned0 = set(torch.nonzero(out[0] == -math.inf).flatten().tolist())
     banned1 = set(torch.nonzero(out[1] == -math.inf).flatten().tolist())
     assert banned0 == {v.pad_id, v.start_id, v.unk_id, dog, runs}
@@ -237,9 +239,9 @@ def test_banned_words_masks() -> None:
     # row 1 "dog a runs dog runs": bigram "dog runs" seen before only at the end -> no trigram ban
     assert banned1 == {v.pad_id, v.start_id, v.unk_id, runs}
     # t = 1: the immediate repeat, and no <end> right after "a" (a dangling word)
-    out = c._banned(torch.zeros(1, V), torch.tensor([[a]]), 1)
+    out = c.rules.ban(torch.zeros(1, V), torch.tensor([[a]]), 1)
     assert set(torch.nonzero(out[0] == -math.inf).flatten().tolist()) == {0, 1, 2, 3, a}
-    out = c._banned(torch.zeros(1, V), torch.tensor([[dog]]), 1)
+    out = c.rules.ban(torch.zeros(1, V), torch.tensor([[dog]]), 1)
     assert v.end_id not in set(torch.nonzero(out[0] == -math.inf).flatten().tolist())
 
 
@@ -249,7 +251,7 @@ def test_content_words_are_not_repeated_and_captions_never_end_dangling() -> Non
     a, dog, runs, on, the = (v.id(w) for w in ("a", "dog", "runs", "on", "the"))
     history = torch.tensor([[a, dog, runs, on, the]])
     banned = set(
-        torch.nonzero(c._banned(torch.zeros(1, len(v)), history, 5)[0] == -math.inf)
+        torch.nonzero(c.rules.ban(torch.zeros(1, len(v)), history, 5)[0] == -math.inf)
         .flatten()
         .tolist()
     )
@@ -260,7 +262,7 @@ def test_content_words_are_not_repeated_and_captions_never_end_dangling() -> Non
     last = c.config.max_words  # 8 for the tiny model; history length must equal t
     grass, in_ = v.id("grass"), v.id("in")
     full = torch.tensor([[a, dog, runs, on, the, grass, in_, the]])[:, :last]
-    out = c._banned(torch.zeros(1, len(v)), full, last)
+    out = c.rules.ban(torch.zeros(1, len(v)), full, last)
     assert out[0, v.end_id] == 0
     feats = _features(6, seed=3)
     for beam in (1, 3):
@@ -282,7 +284,7 @@ def test_no_end_after_a_word_that_waits_for_its_noun() -> None:
     assert "wooden" in RARELY_FINAL_WORDS and "grass" not in RARELY_FINAL_WORDS
     for last, ends in (("wooden", False), ("grass", True)):
         history = torch.tensor([[v.id("a"), v.id("dog"), v.id("on"), v.id("a"), v.id(last)]])
-        out = c._banned(torch.zeros(1, len(v)), history, 5)
+        out = c.rules.ban(torch.zeros(1, len(v)), history, 5)
         assert (out[0, v.end_id] == 0) == ends, last
 
 
@@ -292,7 +294,7 @@ def test_sample_shapes_masks_and_gradients() -> None:
     torch.manual_seed(0)
     feats = _features(3, seed=9)
     n = 4
-    tokens, logp, mask = c.sample(feats, n)
+    tokens, logp, mask = sample(c.decoder, c.rules, feats, n)
     v = c.vocab
     assert tokens.shape == logp.shape == mask.shape
     assert tokens.shape[0] == 3 * n and 1 <= tokens.shape[1] <= c.config.max_words + 1
@@ -327,7 +329,7 @@ def test_sample_log_probs_are_the_masked_policy() -> None:
     torch.manual_seed(1)
     feats = _features(2, seed=3)
     with torch.no_grad():
-        tokens, logp, mask = c.sample(feats, 3)
+        tokens, logp, mask = sample(c.decoder, c.rules, feats, 3)
         v = c.vocab
         for r in range(tokens.shape[0]):
             row = tokens[r]
@@ -337,7 +339,7 @@ def test_sample_log_probs_are_the_masked_policy() -> None:
             word = torch.tensor([v.start_id])
             for t in range(int(mask[r].sum())):
                 logits, state, _ = c.decoder.step(word, state, f, att)
-                allowed = c._banned(torch.zeros_like(logits), row[None, :t], t)
+                allowed = c.rules.ban(torch.zeros_like(logits), row[None, :t], t)
                 if t == c.config.max_words:
                     keep = allowed[:, v.end_id].clone()
                     allowed.fill_(-math.inf)
