@@ -140,8 +140,9 @@ def bench_stages(
     from photocap.image import DecodedPhoto, DecodeFailure, decode_photo
     from photocap.index import IndexWriter, PhotoIndex
     from photocap.library import discover_photos
+    from photocap.metadata import get_writers
     from photocap.pipeline import _make_pool
-    from photocap.writers import CaptionRecord, WriteOptions, get_writers
+    from photocap.writers import CaptionRecord, WriteOptions
 
     n = len(files)
     stages: dict[str, Any] = {}

@@ -1,11 +1,12 @@
 """What exact undo costs: the undo record's size per photo, its share of a write, and whether
 ``photocap revert`` gives back every photo byte for byte.
 
-For each photo (a fresh copy of the library): ``--write exif`` writes the caption (timed
-whole), the undo record's own work is timed alone on the same bytes (the patch from the written
-file back to the original, and the two SHA-256 hashes: :func:`photocap.exif.record_undo`), the
-record's size in the sidecar is read back, then ``photocap revert``'s library call runs and the
-photo's SHA-256 is compared with the original's.
+For each photo (a fresh copy of the library): ``--write exif`` writes the caption (timed whole),
+the undo record's own work is timed alone on the same bytes (the patch from the written file
+back to the original, and the two SHA-256 hashes:
+:func:`photocap.metadata.provenance.record_undo`), the record's size in the sidecar is read
+back, then ``photocap revert``'s library call runs and the photo's SHA-256 is compared with the
+original's.
 
     python benchmarks/make_library.py /tmp/lib --count 12 --png 4 --tiff 2 --raw 2
     python benchmarks/bench_undo.py /tmp/lib
@@ -27,11 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, report
 
-from photocap.container import IN_FILE_FORMATS, detect_file_format
-from photocap.exif import ExifWriter, Rewrite, record_undo
-from photocap.revert import revert_paths
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.infile import IN_FILE_FORMATS, Rewrite, detect_file_format
+from photocap.metadata.provenance import Provenance, read_provenance, record_undo
+from photocap.metadata.revert import revert_paths
+from photocap.metadata.sidecars import sidecar_path
+from photocap.metadata.xmp import XmpDocument
 from photocap.writers import CaptionRecord, WriteOptions
-from photocap.xmp import Provenance, XmpDocument, read_provenance, sidecar_path
 
 CAPTION = "A brown dog runs through the grass near a wooden fence."
 

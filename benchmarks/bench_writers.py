@@ -39,9 +39,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, report
 
-from photocap.exif import ExifWriter
+from photocap.metadata.authorship import find_human_caption
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.sidecar_writer import XmpWriter
 from photocap.writers import CaptionRecord, WriteOptions
-from photocap.xmp import XmpWriter, find_human_caption
 
 
 def _time(photos: list[Path], fn: Callable[[Path], object]) -> list[float]:

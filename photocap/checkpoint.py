@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from photocap.decoding import DEFAULT_BEAM_SIZE
-from photocap.errors import ModelError, PhotocapError
+from photocap.errors import ModelError, PhotocapError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -319,7 +319,7 @@ class LazyCaptioner:
         except PhotocapError as err:  # handed to the thread that captions
             self._error = str(err)
         except Exception as err:  # torch's own (out of memory, a CUDA error): one line
-            detail = " ".join(str(err).split())[:200] or type(err).__name__
+            detail = one_line(err, 200)
             self._error = f"cannot build the model of {self.path}: {detail}"
 
     def captioner(self) -> Captioner:
@@ -369,7 +369,7 @@ def _build_captioner(
         info = json.loads(meta.get("info", "{}"))
         state = load_tensors(data)
     except Exception as err:  # json's, the config's, safetensors' own (SafetensorError)
-        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        detail = one_line(err, 200)
         raise ModelError(f"corrupt model file {path}: {detail}") from None
     del data
     target = resolve_device(device)
@@ -378,7 +378,7 @@ def _build_captioner(
     try:
         missing, unexpected = captioner.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of the wrong shape
-        detail = " ".join(str(err).split())[:200]
+        detail = one_line(err, 200)
         raise ModelError(f"model file {path} does not match its config: {detail}") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

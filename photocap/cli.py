@@ -29,7 +29,7 @@ from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
 
 if TYPE_CHECKING:
-    from photocap.revert import RevertOutcome
+    from photocap.metadata.revert import RevertOutcome
 
 app = typer.Typer(
     name="photocap",
@@ -433,7 +433,7 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
     """Print a caption run's events: JSON lines, or lines + a progress bar on a terminal."""
     from photocap.image import describe_path
     from photocap.pipeline import PhotoResult, Progress, RunSummary
-    from photocap.safeio import UNWRITABLE_FOLDER
+    from photocap.writers import OutcomeCode
 
     out, err = _console(), _console(stderr=True)
     show_bar = not json_out and err.is_terminal
@@ -459,12 +459,12 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         task = bar.add_task("Scanning", total=None, rate=0.0)
     started = time.monotonic()
     summary = None
-    notes: Counter[str] = Counter()
+    notes: Counter[tuple[str, Any, str]] = Counter()  # (writer, code, message): photos
     unwritable = unwritable_indexed = 0  # photos whose folder could not take a sidecar/EXIF
     try:
         for event in events:
             if isinstance(event, PhotoResult):
-                if any(o.message.startswith(UNWRITABLE_FOLDER) for o in event.outputs):
+                if any(o.code is OutcomeCode.FOLDER_NOT_WRITABLE for o in event.outputs):
                     unwritable += 1
                     unwritable_indexed += any(
                         o.writer == "index" and o.status in ("written", "unchanged")
@@ -485,7 +485,7 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                 # photos: the count says it).
                 for outcome in event.outputs:
                     if outcome.message and outcome.status != "failed":
-                        notes[f"{outcome.writer}: {outcome.message}"] += 1
+                        notes[(outcome.writer, outcome.code, outcome.message)] += 1
                         if not json_out and outcome.status == "kept_human":
                             where = _esc(describe_path(event.path))
                             err.print(
@@ -521,8 +521,8 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
         err.print(line)
         if summary.encoder.startswith("torch (openvino:"):  # slower than it could be: say why
             err.print(f"  The encoder ran on torch: {_esc(summary.encoder[7:-1])}.")
-        for note, count in sorted(notes.items()):
-            err.print(f"  {count} × {_esc(note)}")
+        for (writer, _code, message), count in sorted(notes.items(), key=lambda n: n[0][::2]):
+            err.print(f"  {count} × {_esc(f'{writer}: {message}')}")
         if unwritable:
             one = unwritable == 1
             where = (("its caption is" if one else "their captions are") + " in the index. "
@@ -809,8 +809,8 @@ def revert(
     Exit code 0 when everything reverted, 1 when any file failed.
     """
     from photocap.index import PhotoIndex
+    from photocap.metadata.revert import revert_paths
     from photocap.paths import resolve_db_path
-    from photocap.revert import revert_paths
 
     names = [n.strip() for n in write.split(",") if n.strip()]
     unknown = sorted(set(names) - {"xmp", "exif"})

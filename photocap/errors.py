@@ -33,3 +33,14 @@ class IndexDbError(PhotocapError):
 
 class QueryError(PhotocapError):
     """A search query or one of its filters is malformed (e.g. a date that is not a date)."""
+
+
+class FolderNotWritable(WriteError):
+    """The folder cannot take a new file: read-only media, a share, permissions."""
+
+
+def one_line(err: BaseException, limit: int | None = None) -> str:
+    """``err`` as one line (whitespace folded; its type's name when it says nothing), cut to
+    ``limit`` characters: how every per-file failure is reported."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if limit is None else text[:limit]

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from photocap.errors import ImageError
+from photocap.errors import ImageError, one_line
 from photocap.safeio import read_sized
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,7 +171,7 @@ def decode_photo(
     except MemoryError:
         return DecodeFailure(path, "out of memory while decoding", size, mtime_ns)
     except Exception as err:  # a Pillow plugin bug must not kill the run; keep it to one line
-        return DecodeFailure(path, f"cannot decode image: {_one_line(err)}", size, mtime_ns)
+        return DecodeFailure(path, f"cannot decode image: {one_line(err, 200)}", size, mtime_ns)
 
 
 def read_bytes(path: str | os.PathLike[str]) -> tuple[bytes, int, int]:
@@ -305,7 +305,7 @@ def _open_upright(
     except Image.UnidentifiedImageError:
         raise ImageError(f"cannot identify {kind} image (corrupt header?)") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"corrupt {kind} image: {_one_line(err)}") from None
+        raise ImageError(f"corrupt {kind} image: {one_line(err, 200)}") from None
 
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -335,9 +335,9 @@ def _open_upright(
             img.seek(0)  # first frame of GIF / WebP / APNG
         img.load()
     except OSError as err:
-        raise ImageError(f"truncated or corrupt {kind} image: {_one_line(err)}") from None
+        raise ImageError(f"truncated or corrupt {kind} image: {one_line(err, 200)}") from None
     except (SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
-        raise ImageError(f"corrupt {kind} image: {_one_line(err)}") from None
+        raise ImageError(f"corrupt {kind} image: {one_line(err, 200)}") from None
 
     if orientation and orientation != "1":
         # A corrupt EXIF block must not lose the photo: keep it unrotated.
@@ -538,11 +538,6 @@ def register_heif(kind: str) -> None:
             f"{kind} needs the pillow-heif package (pip install pillow-heif)"
         ) from None
     pillow_heif.register_heif_opener()
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:200]
 
 
 def describe_path(path: str | os.PathLike[str]) -> str:

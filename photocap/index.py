@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import sqlite_utils
 
 from photocap.errors import IndexDbError, QueryError
-from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, register_writer
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
 
 BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
@@ -68,10 +68,12 @@ PHOTO_COLUMNS: dict[str, type] = {
     "error": str,  # one-line reason of the last failure, NULL when fine
     "updated_at": str,  # ISO 8601 UTC of the last change of this row
     # A caption a person wrote (in the sidecar, EXIF, embedded XMP or IPTC), found while
-    # captioning (photocap.xmp.find_human_caption); searched together with ``caption``.
+    # captioning (photocap.metadata.authorship.find_human_caption); searched together with
+    # ``caption``.
     "human_caption": str,
-    # photocap.xmp.sidecar_stamp after the last write: a re-run that finds it changed looks at
-    # the sidecars again (an edit in another app) without captioning the photo again.
+    # photocap.metadata.sidecars.sidecar_stamp after the last write: a re-run that finds it
+    # changed looks at the sidecars again (an edit in another app) without captioning the
+    # photo again.
     "sidecar_stamp": str,
     # photocap.image.DecodedPhoto.pixels_hash: the model's input when captioned. A photo whose
     # file changed but whose pixels did not (its metadata was edited) keeps its caption.
@@ -880,18 +882,6 @@ class IndexWriter:
 
     def close(self) -> None:
         self.flush()
-
-
-def _default_index_writer(options: WriteOptions) -> IndexWriter:
-    """``get_writers(["index"])`` outside a caption run: the default index."""
-    from photocap.paths import resolve_db_path
-
-    return IndexWriter(PhotoIndex(resolve_db_path(None)), options)
-
-
-# The pipeline builds its IndexWriter itself (on the run's index); registering the name makes
-# ``--write index`` a known output for parse_writer_names.
-register_writer("index", _default_index_writer)
 
 
 def _not_there(db_path: Path) -> list[Path]:

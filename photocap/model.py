@@ -37,6 +37,7 @@ from photocap.decoding import (
     to_caption,
 )
 from photocap.encoder import Encoder, EncoderConfig, fold_batchnorm
+from photocap.errors import one_line
 from photocap.preset import Preset
 from photocap.vocab import Vocab
 
@@ -309,7 +310,7 @@ class Captioner(nn.Module):
             try:
                 return runtime(self.preset.normalize(pixels))  # (B, L, D)
             except Exception as err:  # a compile or inference failure: torch from now on
-                reason = " ".join(str(err).split())[:160] or type(err).__name__
+                reason = one_line(err, 160)
                 self._runtime = None
                 self.runtime_name = f"torch (openvino: {reason})"
         encoder = self._inference_encoder() or self.encoder

@@ -57,11 +57,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, cast
 
 from photocap.decoding import DEFAULT_BEAM_SIZE
+from photocap.errors import one_line
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
 from photocap.index import FailureStage, IndexWriter, PhotoIndex, PhotoRow, index_key, mtime_iso
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
-from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer, get_writers
-from photocap.xmp import adopt_sidecar, find_human_caption, sidecar_stamp
+from photocap.metadata import get_writers
+from photocap.metadata.authorship import find_human_caption
+from photocap.metadata.sidecars import adopt_sidecar, sidecar_stamp
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -245,7 +248,8 @@ class _FilesDone:
     outcomes: tuple[WriteOutcome, ...]
     facts: dict[str, Any] | None  # new size/mtime/hash when a writer changed the photo's bytes
     human_caption: str | None = None  # a caption a person wrote for the photo, if any
-    sidecar_stamp: str | None = None  # photocap.xmp.sidecar_stamp once the writers are done
+    # photocap.metadata.sidecars.sidecar_stamp once the writers are done
+    sidecar_stamp: str | None = None
 
 
 @dataclass
@@ -685,7 +689,7 @@ class _Run:
             self.model_used = True
             captions = self.captioner.caption_batch(pixels, beam_size=self.options.beam_size)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
-            message = f"captioning failed: {' '.join(str(err).split())[:200]}"
+            message = f"captioning failed: {one_line(err, 200)}"
             for ready in batch:
                 self.out.append(self._fail_event(ready.photo.path, message, "model"))
                 self._resolve_lead(ready.photo.path, None)
@@ -934,7 +938,7 @@ def _safe_write(writer: Writer, record: CaptionRecord) -> WriteOutcome:
     try:
         return writer.write(record)
     except Exception as err:
-        return WriteOutcome(writer.name, record.path, "failed", " ".join(str(err).split())[:200])
+        return WriteOutcome(writer.name, record.path, "failed", one_line(err, 200))
 
 
 def _same_stat(row: PhotoRow, photo: PhotoFile) -> bool:

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from photocap.errors import one_line
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
@@ -157,7 +159,7 @@ def build_encoder_runtime(
             _export_onnx(fused, image_size, onnx_path)
             encoder = _compile(fused, image_size, onnx_path, folder / "blobs", threads)
     except Exception as err:  # an export or compile failure must not stop a caption run
-        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        reason = one_line(err, 160)
         return EncoderRuntime(None, f"torch (openvino: {reason})")
     return EncoderRuntime(encoder, f"openvino {encoder.version}")
 

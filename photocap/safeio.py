@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from photocap.errors import WriteError
+from photocap.errors import FolderNotWritable, WriteError
 
 TEMP_MARKER = ".photocap-tmp-"
 
@@ -38,9 +38,6 @@ CRASH_ENV = "PHOTOCAP_TEST_CRASH_BEFORE_REPLACE"
 
 
 NAME_MAX = 255  # bytes in one file name on every common file system
-
-# How a refusal for a folder that cannot take a new file starts (read by the CLI's hint).
-UNWRITABLE_FOLDER = ("read-only file system: ", "folder is not writable: ")
 
 
 def temp_path_for(path: Path) -> Path:
@@ -89,8 +86,8 @@ def check_writable(path: Path, *, in_place: bool) -> None:
     if not folder.is_dir():
         raise WriteError(f"folder does not exist: {folder}")
     if not _may_write(folder, os.W_OK | os.X_OK):
-        read_only, not_writable = UNWRITABLE_FOLDER
-        raise WriteError(f"{read_only if _read_only_mount(folder) else not_writable}{folder}")
+        why = "read-only file system" if _read_only_mount(folder) else "folder is not writable"
+        raise FolderNotWritable(f"{why}: {folder}")
     if path.is_dir():
         raise WriteError(f"is a folder, not a file: {path}")
     if in_place and path.exists() and not _may_write(path, os.W_OK):

@@ -1,83 +1,46 @@
-"""One writer interface, many outputs: ``--write xmp,exif,index``.
+"""The outputs of a caption run, and what every writer shares: ``--write xmp,exif,index``.
 
-Every output photocap writes a caption to (an XMP sidecar, EXIF inside the file, the SQLite
-index) is a :class:`Writer`, chosen by name through :func:`get_writers`. The pipeline hands each
-writer one :class:`CaptionRecord` per photo and gets back a :class:`WriteOutcome`; a writer
-never prints and never raises for a single photo's failure (it returns ``status="failed"``),
-so one bad file never stops a run.
+A caption goes to up to three outputs: an XMP sidecar (``xmp``), the photo file itself
+(``exif``) and the SQLite index (``index``). The two file writers live in
+:mod:`photocap.metadata` and are built by name with :func:`photocap.metadata.get_writers`; the
+index is the run's record (:mod:`photocap.index`), not a writer. Each file writer receives one
+:class:`CaptionRecord` per photo and returns a :class:`WriteOutcome`: it never prints and never
+raises for one photo's failure, so one bad file never stops a run. An outcome carries a
+:class:`OutcomeCode` for programs (the CLI counts codes) and a one-line message for people.
+
+This module imports nothing heavy: the CLI reads :data:`OUTPUTS` for its ``--help``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Literal, Protocol
 
-from photocap.errors import PhotocapError
+from photocap.errors import FolderNotWritable, PhotocapError, SidecarTaken, one_line
+
+# Every output ``--write`` takes, in the order they are written.
+OUTPUTS = ("xmp", "exif", "index")
+FILE_OUTPUTS = ("xmp", "exif")  # the outputs that write files (photocap.metadata.get_writers)
+
+KEPT_HUMAN = "kept human caption"  # the message of OutcomeCode.KEPT_HUMAN
 
 WriteStatus = Literal["written", "unchanged", "kept_human", "skipped", "failed"]
 
-# What cameras, phones and apps write into EXIF ImageDescription when nobody wrote a description
-# (and what some photo tools then copy into XMP): not a caption, so photocap may replace it, and
-# a photo holding one counts as uncaptioned. What it replaced is still recorded, so ``photocap
-# revert`` puts it back. Every entry is a string seen in real files, not a guess (a too-eager
-# list would treat a person's one-word caption as noise); besides the classic camera texts,
-# most come from PhotoPrism's list of unwanted descriptions.
-#
-# The scene and shooting modes Huawei phones write there ("rhdr": rear HDR, "fbt": front
-# beauty, ...).
-# fmt: off
-_HUAWEI_MODES = (
-    "rhdr", "hdrpl", "oznorWO", "frontbhdp", "fbt", "rbt", "ptr", "fbthdr", "btr", "mon", "nor",
-    "dav", "mde", "mde_soft", "edf", "btfmdn", "btf", "btfhdr", "frem", "oznor", "rpt", "burst",
-    "sdr_HDRB", "cof", "qrf", "fshbty",
-)
-# fmt: on
-CAMERA_DEFAULT_DESCRIPTIONS = frozenset(
-    text.casefold()
-    for text in (
-        "OLYMPUS DIGITAL CAMERA",
-        "SONY DSC",
-        "KODAK Digital Still Camera",
-        "MINOLTA DIGITAL CAMERA",
-        "KONICA MINOLTA DIGITAL CAMERA",
-        "SAMSUNG DIGITAL CAMERA",
-        "DIGITAL CAMERA",
-        "Exif_JPEG_PICTURE",  # many Android phones (Samsung, LG, ...)
-        "SAMSUNG",
-        "SAMSUNG CAMERA PICTURES",
-        "<Digimax i5, Samsung #1>",
-        "Scanner",  # KODAK Slide N Scan
-        "default",
-        "untitled",
-        "DCIM",
-        "binary comment",
-        "charset=Ascii",
-        "Created by Imlib",
-        "DVC 10.1 HDMI",
-        "iClarified",
-        *_HUAWEI_MODES,
-    )
-)
-# The pattern of most camera texts ("RICOH DIGITAL CAMERA", "NIKON DIGITAL CAMERA"), a folder
-# path some cameras put there ("DCIM\100MEDIA"), and what exiftool-based tools write for a
-# value they could not read.
-_NON_CAPTION = re.compile(
-    r"(?!(?:a|an|the|my|our|his|her|their) )(?:\S+ ){1,2}digital (?:still )?camera"
-    r"|DCIM\\\S*|\(binary data.*|string with binary data.*",
-    re.IGNORECASE,
-)
 
+class OutcomeCode(str, Enum):
+    """Why a write came out as it did: what programs test (never the message's wording)."""
 
-def is_blank_description(text: str | None) -> bool:
-    """True when no person wrote ``text``: none, only whitespace, or a device's default text."""
-    if not text:
-        return True
-    text = " ".join(text.split())
-    return text.casefold() in CAMERA_DEFAULT_DESCRIPTIONS or bool(_NON_CAPTION.fullmatch(text))
+    DONE = "done"  # written, or unchanged: nothing to say
+    KEPT_HUMAN = "kept_human"  # a person's caption is there: ours was not written over it
+    SIDECAR_TAKEN = "sidecar_taken"  # the stem-named sidecar is the RAW's of a RAW+JPEG pair
+    STEM_SIDECAR_BESIDE = "stem_sidecar_beside"  # a new photo.jpg.xmp beside the photo.xmp
+    FORMAT_NOT_WRITTEN = "format_not_written"  # no in-file caption for this format
+    FOLDER_NOT_WRITABLE = "folder_not_writable"  # read-only media, a share, permissions
+    FAILED = "failed"  # any other failure; the message says which
 
 
 @dataclass(frozen=True)
@@ -99,13 +62,34 @@ class WriteOutcome:
     writer: str
     path: Path
     status: WriteStatus
-    message: str = ""  # one line: the reason for failed/skipped/kept_human, else empty
+    message: str = ""  # one line for people: the reason for failed/skipped/kept_human, or a note
     # A caption a person wrote that this writer found for the photo (its sidecar, or inside
     # the file), kept or, with overwrite_human, replaced; the index makes it searchable.
     human_caption: str | None = None
     # The writer rewrote the photo file itself (an in-file caption written or taken out): its
     # size and hash are new. Sidecar and index writers never do.
     changed_photo: bool = False
+    code: OutcomeCode | None = None  # None: FAILED for a failure, else DONE
+
+    def __post_init__(self) -> None:
+        if self.code is None:
+            done = OutcomeCode.FAILED if self.status == "failed" else OutcomeCode.DONE
+            object.__setattr__(self, "code", done)
+
+    @classmethod
+    def failure(cls, writer: str, path: Path, err: Exception) -> WriteOutcome:
+        """The outcome of ``err`` raised while writing ``path``: skipped for a sidecar that is
+        another photo's, failed otherwise, with the code of the error's type."""
+        if isinstance(err, SidecarTaken):
+            return cls(writer, path, "skipped", one_line(err), code=OutcomeCode.SIDECAR_TAKEN)
+        if isinstance(err, OSError):
+            from photocap.safeio import describe_os_error
+
+            return cls(
+                writer, path, "failed", describe_os_error(err, path), code=OutcomeCode.FAILED
+            )
+        code = OutcomeCode.FOLDER_NOT_WRITABLE if isinstance(err, FolderNotWritable) else None
+        return cls(writer, path, "failed", one_line(err), code=code or OutcomeCode.FAILED)
 
 
 @dataclass
@@ -120,7 +104,8 @@ class WriteOptions:
 
 
 class Writer(Protocol):
-    """An output for captions. Implementations live in their domain modules (xmp, exif, index)."""
+    """A file output for captions (:mod:`photocap.metadata.sidecar_writer`,
+    :mod:`photocap.metadata.exif_writer`)."""
 
     name: str
 
@@ -134,45 +119,15 @@ class Writer(Protocol):
 
 
 WriterFactory = Callable[[WriteOptions], Writer]
-_REGISTRY: dict[str, WriterFactory] = {}
-
-
-def register_writer(name: str, factory: WriterFactory) -> None:
-    """Make a writer available to ``--write NAME``."""
-    _REGISTRY[name] = factory
-
-
-def available_writers() -> list[str]:
-    _load_builtin_writers()
-    return sorted(_REGISTRY)
 
 
 def parse_writer_names(spec: str | Iterable[str]) -> list[str]:
     """``"xmp,index"`` -> ``["xmp", "index"]``; unknown names raise :class:`PhotocapError`."""
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]
-    known = available_writers()
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
         raise PhotocapError(
-            f"unknown writer {', '.join(unknown)!s}; choose from {', '.join(known)}"
+            f"unknown writer {', '.join(unknown)!s}; choose from {', '.join(sorted(OUTPUTS))}"
         )
     return list(dict.fromkeys(names))  # de-duplicated, order kept
-
-
-def get_writers(names: Sequence[str], options: WriteOptions) -> list[Writer]:
-    """Build the named writers (file writers; the index writer is made by the pipeline)."""
-    _load_builtin_writers()
-    return [_REGISTRY[n](options) for n in names]
-
-
-def _load_builtin_writers() -> None:
-    # Imported lazily so that `photocap --help` stays instant and optional deps stay optional.
-    import importlib
-
-    for module in ("photocap.xmp", "photocap.exif"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # module not written yet / optional dep missing
-            if err.name != module:
-                raise

@@ -162,7 +162,8 @@ def test_writer_notes_a_photo_each_for_kept_captions_a_count_for_skips(
     from metadata_helpers import camera_exif
     from PIL import Image
 
-    from photocap.xmp import STEM_SIDECAR_BESIDE, XmpDocument
+    from photocap.metadata.sidecar_writer import STEM_SIDECAR_BESIDE
+    from photocap.metadata.xmp import XmpDocument
 
     lib = tmp_path / "lib"
     paths = make_tiny_jpegs(lib, 2)

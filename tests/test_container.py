@@ -8,7 +8,9 @@ import zlib
 
 import pytest
 
-from photocap.container import (
+from photocap.errors import WriteError
+from photocap.metadata.ifd import read_tiff_file_tags, set_ifd0_tags
+from photocap.metadata.png import (
     MAX_PNG_TEXT,
     PNG_SIGNATURE,
     parse_png,
@@ -16,10 +18,7 @@ from photocap.container import (
     png_texts,
     png_xmp_payload,
     read_png_file_chunks,
-    read_tiff_file_tags,
-    set_ifd0_tags,
 )
-from photocap.errors import WriteError
 
 
 def tiff_file(header: bytes, end: str, text: bytes, at: int = 4096) -> bytes:

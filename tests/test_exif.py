@@ -33,11 +33,15 @@ from metadata_helpers import (
 )
 from PIL import Image
 
-from photocap.container import Tiff, exif_tiff, parse_jpeg, read_tag
-from photocap.exif import ExifWriter, _load_piexif, read_exif_caption
-from photocap.revert import revert_paths
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.ifd import Tiff, load_piexif, read_tag
+from photocap.metadata.infile import read_exif_caption
+from photocap.metadata.jpeg import exif_tiff, parse_jpeg
+from photocap.metadata.provenance import read_provenance
+from photocap.metadata.revert import revert_paths
+from photocap.metadata.sidecar_writer import XmpWriter
+from photocap.metadata.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument
 from photocap.writers import WriteOptions, WriteOutcome
-from photocap.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument, XmpWriter, read_provenance
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
@@ -358,7 +362,7 @@ def test_cross_check_reads_sound_exif() -> None:
     pillow = Image.Exif()
     pillow[0x010F] = "Cam"  # little-endian, as Pillow writes it
     for exif in (camera_exif(), pillow.tobytes()):  # a camera's: sub-IFDs, thumbnail
-        assert _load_piexif(exif[6:]) is not None  # the TIFF block after "Exif\0\0"
+        assert load_piexif(exif[6:]) is not None  # the TIFF block after "Exif\0\0"
 
 
 def test_large_camera_jpeg_verified_and_written(lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1060,17 +1064,17 @@ def test_dng_verification_compares_what_libraw_reads(lib: Path) -> None:
     from raw_helpers import make_dng
 
     from photocap.errors import WriteError
-    from photocap.exif import _verify_same_raw
+    from photocap.metadata.tiff import verify_same_raw
 
     green = make_dng(lib / "a.dng").read_bytes()
     red = make_dng(lib / "b.dng", colour=(200, 10, 10)).read_bytes()  # the same sensor data
-    _verify_same_raw(green, green)
+    verify_same_raw(green, green)
     with pytest.raises(WriteError, match="sensor data or preview changed"):
-        _verify_same_raw(green, red)
+        verify_same_raw(green, red)
     with pytest.raises(WriteError, match="does not read back"):
-        _verify_same_raw(green, green[:100])
+        verify_same_raw(green, green[:100])
     with pytest.raises(WriteError, match="LibRaw cannot read this DNG"):
-        _verify_same_raw(green[:100], green)
+        verify_same_raw(green[:100], green)
 
 
 @needs_exiftool
@@ -1254,7 +1258,7 @@ def test_png_with_a_persons_caption_is_kept(lib: Path, where: str) -> None:
     # "Raw profile type exif" from before eXIf existed.
     from PIL import PngImagePlugin
 
-    from photocap.xmp import find_human_caption
+    from photocap.metadata.authorship import find_human_caption
 
     info = PngImagePlugin.PngInfo()
     exif = b""

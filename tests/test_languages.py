@@ -8,9 +8,13 @@ import pytest
 from metadata_helpers import camera_exif, make_jpeg, record, xmp_packet, xmp_segment
 from test_exif import with_segment
 
-from photocap.exif import ExifWriter, read_exif_caption
+from photocap.metadata.authorship import find_human_caption
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.infile import read_exif_caption
+from photocap.metadata.sidecar_writer import XmpWriter
+from photocap.metadata.sidecars import sidecar_path
+from photocap.metadata.xmp import NS_DC, XmpDocument
 from photocap.writers import WriteOptions
-from photocap.xmp import NS_DC, XmpDocument, XmpWriter, find_human_caption, sidecar_path
 
 CAPTION = "A dog runs through the grass."
 

@@ -132,10 +132,11 @@ def test_a_moved_photos_own_sidecar_follows_it(tmp_path: Path, captioner) -> Non
     import piexif
     from metadata_helpers import camera_exif
 
-    from photocap.exif import read_exif_caption
-    from photocap.revert import revert_paths
+    from photocap.metadata.infile import read_exif_caption
+    from photocap.metadata.provenance import read_provenance
+    from photocap.metadata.revert import revert_paths
+    from photocap.metadata.xmp import NS_DC, XmpDocument
     from photocap.writers import WriteOptions
-    from photocap.xmp import NS_DC, XmpDocument, read_provenance
 
     old, new = tmp_path / "lib" / "inbox", tmp_path / "lib" / "2024"
     paths = make_tiny_jpegs(old, 3)
@@ -382,12 +383,12 @@ class _CountingCaptioner:
 def test_writes_overlap_the_model_off_the_main_thread(
     tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photocap import writers
+    from photocap import pipeline
 
     paths = make_tiny_jpegs(tmp_path / "lib", 10)
     model = _CountingCaptioner(captioner)
     spy = _SpyWriter(fail_name=paths[5].name, hold=model.second_batch)
-    monkeypatch.setitem(writers._REGISTRY, "spy", lambda options: spy)
+    monkeypatch.setattr(pipeline, "get_writers", lambda names, options: [spy] * len(names))
     options = CaptionOptions(writers=["spy", "index"], batch_size=4, workers=1)
     results: list[PhotoResult] = []
     with PhotoIndex(tmp_path / "i.db") as index:
@@ -470,7 +471,7 @@ def test_index_only_run_finds_a_persons_caption_too(tmp_path: Path, captioner) -
     # sidecar digiKam wrote and inside the file.
     from metadata_helpers import insert_after_app, iptc_segment
 
-    from photocap.xmp import NS_DC, XmpDocument
+    from photocap.metadata.xmp import NS_DC, XmpDocument
 
     [labelled, inside, plain] = make_tiny_jpegs(tmp_path / "lib", 3)
     doc = XmpDocument.new()
@@ -489,9 +490,10 @@ def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, capt
     # After photocap captioned, a person types their own caption in digiKam (into the sidecar)
     # and deletes another photo's sidecar. The photos are unchanged, so a re-run skips them,
     # but the index would then never learn the person's words, and the sidecar stay gone.
-    from photocap.exif import read_exif_caption
+    from photocap.metadata.infile import read_exif_caption
+    from photocap.metadata.sidecars import read_caption
+    from photocap.metadata.xmp import NS_DC, XmpDocument
     from photocap.pipeline import SIDECAR_CHANGED
-    from photocap.xmp import NS_DC, XmpDocument, read_caption
 
     [edited, deleted, untouched] = make_tiny_jpegs(tmp_path / "lib", 3)
     db = tmp_path / "i.db"
@@ -527,8 +529,8 @@ def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, capt
     # An index an earlier version wrote has no sidecar stamps: the next run looks at each
     # photo's sidecars once (a person's caption becomes searchable), leaving the files alone,
     # and reports the photos as skipped (nothing a user sees changed; the CLI lists none).
+    from photocap.metadata.xmp import NS_DC, XmpDocument
     from photocap.pipeline import SIDECARS_UNRECORDED
-    from photocap.xmp import NS_DC, XmpDocument
 
     labelled, _ = make_tiny_jpegs(tmp_path / "lib", 2)
     db = tmp_path / "i.db"
@@ -606,7 +608,7 @@ def test_a_persons_caption_written_into_the_file_later_is_kept_and_found(
     # hide theirs in digiKam), and the index finds the photo by their words.
     from metadata_helpers import insert_after_app, xmp_packet, xmp_segment
 
-    from photocap.xmp import read_caption
+    from photocap.metadata.sidecars import read_caption
 
     [photo] = make_tiny_jpegs(tmp_path / "lib", 1)
     db = tmp_path / "i.db"

@@ -11,10 +11,13 @@ from test_xmp import HUMAN_SIDECAR, RICH_SIDECAR
 from typer.testing import CliRunner
 
 from photocap.cli import app
-from photocap.exif import ExifWriter, read_exif_caption
-from photocap.revert import revert_paths
+from photocap.metadata.authorship import human_caption_in_file_text
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.infile import read_exif_caption
+from photocap.metadata.revert import revert_paths
+from photocap.metadata.sidecar_writer import XmpWriter
+from photocap.metadata.xmp import NS_DC, NS_PHOTOCAP, XmpDocument
 from photocap.writers import WriteOptions
-from photocap.xmp import NS_DC, NS_PHOTOCAP, XmpDocument, XmpWriter
 
 
 @pytest.fixture
@@ -196,7 +199,7 @@ def test_webp_xmp_chunk_photocap_added_goes_on_revert(lib: Path) -> None:
 def test_tiff_reverted(lib: Path, kind: str) -> None:
     from test_exif import _make_tiff, _pages, _tags
 
-    from photocap.container import TAG_XMP, read_tag
+    from photocap.metadata.ifd import TAG_XMP, read_tag
 
     photo = _make_tiff(lib / "scan.tif", kind)
     before = photo.read_bytes()
@@ -243,7 +246,7 @@ def test_a_copy_of_a_photo_photocap_wrote_into_reverts_whole(lib: Path, writers:
     # A photo copied (or moved without its sidecar) after photocap wrote its caption into it:
     # the copy holds our caption and no provenance. It is ours, not a person's: not kept as
     # one, not recorded as what was there before, and gone from the copy on revert.
-    from photocap.embedded import read_photo_text
+    from photocap.metadata.infile import read_photo_text
 
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
     caption_all(photo)
@@ -259,7 +262,7 @@ def test_a_copy_of_a_photo_photocap_wrote_into_reverts_whole(lib: Path, writers:
     list(revert_paths([copy]))
     assert read_exif_caption(copy) == (None, None)
     text = read_photo_text(copy)
-    assert text is not None and text.human_caption() is None
+    assert text is not None and human_caption_in_file_text(text) is None
     doc = text.xmp()
     assert doc is None or doc.get_default(NS_DC, "description") is None
     assert piexif.load(copy.read_bytes())["0th"][piexif.ImageIFD.Make] == b"TestCam"

@@ -97,7 +97,7 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from photocap.exif import ExifWriter
+    from photocap.metadata.exif_writer import ExifWriter
     from photocap.writers import WriteOptions
     sys.path.insert(0, sys.argv[2])
     from metadata_helpers import record
@@ -212,9 +212,9 @@ NOBODY_SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from metadata_helpers import record
-    from photocap.exif import ExifWriter
+    from photocap.metadata.exif_writer import ExifWriter
     from photocap.writers import WriteOptions
-    from photocap.xmp import XmpWriter
+    from photocap.metadata.sidecar_writer import XmpWriter
     for writer in (ExifWriter(WriteOptions()), XmpWriter(WriteOptions())):
         outcome = writer.write(record(Path(sys.argv[1])))
         print(outcome.writer, outcome.status, outcome.message)

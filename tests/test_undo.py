@@ -13,11 +13,15 @@ import pytest
 from metadata_helpers import camera_exif, make_jpeg, record
 from test_exif import _make_png, _make_tiff, _make_webp
 
-from photocap.exif import ExifWriter, read_exif_caption
-from photocap.patch import Splice, apply_patch, decode_patch, diff_bytes, encode_patch
-from photocap.revert import revert_paths
+from photocap.metadata.exif_writer import ExifWriter
+from photocap.metadata.infile import read_exif_caption
+from photocap.metadata.patch import Splice, apply_patch, decode_patch, diff_bytes, encode_patch
+from photocap.metadata.provenance import read_provenance
+from photocap.metadata.revert import revert_paths
+from photocap.metadata.sidecar_writer import XmpWriter
+from photocap.metadata.sidecars import sidecar_path
+from photocap.metadata.xmp import XmpDocument
 from photocap.writers import WriteOptions
-from photocap.xmp import XmpDocument, XmpWriter, read_provenance, sidecar_path
 
 CAPTION = "A dog runs through the grass."
 SECOND = "A brown dog is running on the grass."
@@ -94,7 +98,7 @@ def test_revert_after_another_app_changed_the_file_leaves_no_trace(lib: Path) ->
     # (here: an extra IFD0 tag through photocap's own lossless writer, as a rating would be).
     photo = _make_tiff(lib / "photo.tif", "tagged")
     caption(photo)
-    from photocap.container import TYPE_ASCII, set_ifd0_tags
+    from photocap.metadata.ifd import TYPE_ASCII, set_ifd0_tags
 
     data = photo.read_bytes()
     photo.write_bytes(set_ifd0_tags(data, {315: (TYPE_ASCII, b"Ann Smith\0")}, "TIFF"))
@@ -246,7 +250,7 @@ def test_a_read_only_sidecar_means_the_photo_is_not_touched(lib: Path) -> None:
 def test_a_record_that_cannot_be_saved_puts_the_photo_back(
     lib: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import photocap.exif
+    import photocap.metadata.exif_writer
     from photocap.errors import WriteError
 
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
@@ -255,7 +259,7 @@ def test_a_record_that_cannot_be_saved_puts_the_photo_back(
     def disk_full(path: Path, doc: object) -> None:
         raise WriteError(f"no space left on device: {path}")
 
-    monkeypatch.setattr(photocap.exif, "save_sidecar", disk_full)
+    monkeypatch.setattr(photocap.metadata.exif_writer, "save_sidecar", disk_full)
     outcome = ExifWriter(WriteOptions()).write(record(photo, CAPTION))
     assert outcome.status == "failed" and "record could not be saved" in outcome.message
     assert sha(photo) == before and not outcome.changed_photo
@@ -348,8 +352,7 @@ def test_forgetting_a_caption_forgets_the_failure_to_write_it(tmp_path: Path) ->
 
 def test_every_page_of_a_tiff_counts_as_referenced(lib: Path) -> None:
     # A dead copy of our caption may be zeroed; a live one, in any page, never.
-    from photocap.container import Tiff
-    from photocap.exif import _all_references
+    from photocap.metadata.ifd import Tiff, all_references
 
     photo = _make_tiff(lib / "photo.tif", "pages")  # three pages: IFD0 -> IFD1 -> IFD2
     t = Tiff(photo.read_bytes(), "TIFF")
@@ -359,7 +362,7 @@ def test_every_page_of_a_tiff_counts_as_referenced(lib: Path) -> None:
         chain.append((at, at + 2 + 12 * len(entries) + 4))
         at = nxt
     assert len(chain) == 3
-    refs = _all_references(t)
+    refs = all_references(t)
     assert all(ifd in refs for ifd in chain)
     strips = [(s, e) for s, e in refs if e - s > 100]  # each page's pixels, as ranges
     assert len(strips) >= 3

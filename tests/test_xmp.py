@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 from metadata_helpers import EXIFTOOL, EXIV2, exiftool_json, exiftool_warnings, exiv2, record
 
-from photocap.writers import WriteOptions, get_writers
-from photocap.xmp import (
-    NS_DC,
-    NS_IPTC,
-    STEM_SIDECAR_BESIDE,
-    XmpDocument,
-    XmpWriter,
-    adopt_sidecar,
-    alt_text_for,
-    find_human_caption,
-    read_caption,
-    read_provenance,
-    sidecar_stamp,
-)
+from photocap.metadata import get_writers
+from photocap.metadata.authorship import alt_text_for, find_human_caption
+from photocap.metadata.provenance import read_provenance
+from photocap.metadata.sidecar_writer import STEM_SIDECAR_BESIDE, XmpWriter
+from photocap.metadata.sidecars import adopt_sidecar, read_caption, sidecar_stamp
+from photocap.metadata.xmp import NS_DC, NS_IPTC, XmpDocument
+from photocap.writers import WriteOptions
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
@@ -495,7 +488,7 @@ def test_a_persons_caption_past_a_large_jpeg_header_is_found(tmp_path: Path) -> 
     # Only the head of a JPEG is read for the check, unless its metadata runs past it.
     from metadata_helpers import app_segment, insert_after_app, make_jpeg, xmp_packet, xmp_segment
 
-    from photocap.embedded import JPEG_HEAD_BYTES
+    from photocap.metadata.jpeg import JPEG_HEAD_BYTES
 
     photo = make_jpeg(tmp_path / "photo.jpg")
     filler = app_segment(0xEF, b"\0" * 65000) * (JPEG_HEAD_BYTES // 65000 + 1)

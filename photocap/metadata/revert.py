@@ -22,11 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from photocap.container import IN_FILE_FORMATS, MAX_PHOTO_BYTES, detect_file_format
-from photocap.errors import WriteError
-from photocap.exif import original_bytes, restore_edit, rewrite_photo
+from photocap.errors import WriteError, one_line
 from photocap.index import PhotoIndex
 from photocap.library import is_skipped_folder
+from photocap.metadata.exif_writer import restore_edit
+from photocap.metadata.infile import (
+    IN_FILE_FORMATS,
+    MAX_PHOTO_BYTES,
+    detect_file_format,
+    rewrite_photo,
+)
+from photocap.metadata.provenance import (
+    Provenance,
+    original_bytes,
+    read_provenance,
+    write_provenance,
+)
+from photocap.metadata.sidecars import find_sidecars, photos_for_sidecar, save_sidecar, stem_owner
+from photocap.metadata.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument
 from photocap.safeio import (
     atomic_delete,
     atomic_write,
@@ -34,20 +47,6 @@ from photocap.safeio import (
     check_writable,
     describe_os_error,
     read_capped,
-)
-from photocap.xmp import (
-    NS_DC,
-    NS_IPTC,
-    NS_PHOTOCAP,
-    Provenance,
-    XmpDocument,
-    find_sidecars,
-    one_line,
-    photos_for_sidecar,
-    read_provenance,
-    save_sidecar,
-    stem_owner,
-    write_provenance,
 )
 
 RevertStatus = Literal["reverted", "deleted", "unchanged", "failed"]

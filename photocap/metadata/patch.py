@@ -1,14 +1,14 @@
 """Byte patches: how ``photocap revert`` gives back a photo's exact bytes.
 
-An in-file write (:mod:`photocap.exif`) changes a few metadata bytes of a photo and keeps the
-rest: a JPEG's Exif and XMP segments, a PNG's ``eXIf``/``iTXt`` chunks, a TIFF's header
-pointer and an IFD0 appended at its end. What the write replaced is therefore small, and it is
-kept as a *patch* from the written file back to the original one: a few splices ``(start,
+An in-file write (:mod:`photocap.metadata.exif_writer`) changes a few metadata bytes of a photo
+and keeps the rest: a JPEG's Exif and XMP segments, a PNG's ``eXIf``/``iTXt`` chunks, a TIFF's
+header pointer and an IFD0 appended at its end. What the write replaced is therefore small, and
+it is kept as a *patch* from the written file back to the original one: a few splices ``(start,
 end, bytes)`` on the written file. The patch is stored (compressed, base64) in photocap's
 provenance record in the sidecar, beside the SHA-256 of the original file and of the file as
-photocap wrote it. While the photo still has the written hash (nobody changed it since),
-revert applies the patch and checks that the result has the original hash: byte for byte the
-photo the user had.
+photocap wrote it. While the photo still has the written hash (nobody changed it since), revert
+applies the patch and checks that the result has the original hash: byte for byte the photo the
+user had.
 
 :func:`diff_bytes` finds the splices without knowing any file format. It trims the common
 prefix and suffix, then anchors on a block of the target found in the source (``bytes.find``,
@@ -28,11 +28,16 @@ from photocap.errors import WriteError
 
 # The most an encoded patch may take in a sidecar. A JPEG's rewritten Exif block costs a few
 # dozen bytes; a merged XMP packet is carried whole (compressed). Past this the photo is still
-# written, and revert falls back to restoring the texts (see photocap.revert).
+# written, and revert falls back to restoring the texts (see photocap.metadata.revert).
 MAX_PATCH_BYTES = 64 * 1024
 
+
 _SMALL = 1024  # regions both this small become one splice: anchoring would save little
+
+
 _PROBE = 64  # bytes of the target looked for in the source as an anchor
+
+
 _FORMAT = b"PCP1"  # patch format version, inside the compressed stream
 
 
