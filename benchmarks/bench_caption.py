@@ -138,7 +138,7 @@ def bench_stages(
     import torch
 
     from photocap.image import DecodedPhoto, DecodeFailure, decode_photo
-    from photocap.index import IndexWriter, PhotoIndex
+    from photocap.index import PhotoIndex, RunRecord
     from photocap.library import discover_photos
     from photocap.metadata import get_writers
     from photocap.pipeline import _make_pool
@@ -196,7 +196,7 @@ def bench_stages(
 
     writer_names = [w for w in args.write.split(",") if w != "index"]
     file_writers = get_writers(writer_names, WriteOptions())
-    index_writer = IndexWriter(index, WriteOptions())
+    run_record = RunRecord(index, WriteOptions())
     now = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     for i, (photo, cap) in enumerate(zip(files, captions, strict=True)):
@@ -205,10 +205,10 @@ def bench_stages(
                                captioned_at=now)  # fmt: skip
         for writer in file_writers:
             writer.write(record)
-        index_writer.write(record)
+        run_record.write(record)
         if (i + 1) % bs == 0:
-            index_writer.flush()
-    index_writer.close()
+            run_record.flush()
+    run_record.close()
     stages["writes"] = {"seconds": time.perf_counter() - t0, "photos": n, "writers": args.write}
     index.close()
     _remove_sidecars(library)

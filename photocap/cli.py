@@ -371,7 +371,7 @@ def caption(
     import threading
 
     from photocap.checkpoint import LazyCaptioner
-    from photocap.index import PhotoIndex  # also registers the "index" writer
+    from photocap.index import PhotoIndex
     from photocap.paths import resolve_db_path
     from photocap.pipeline import CaptionOptions, caption_library
     from photocap.writers import WriteOptions, parse_writer_names

@@ -23,6 +23,11 @@ class WriteError(PhotocapError):
     """A caption could not be written (read-only file, failed verification, ...)."""
 
 
+class MetadataError(WriteError):
+    """A photo's or a sidecar's metadata cannot be read: damaged, unsafe or too large. Raised by
+    the parsers, which only read; a WriteError too, as what cannot be read is not written."""
+
+
 class SidecarTaken(WriteError):
     """The stem-named sidecar belongs to another photo (the RAW of a RAW+JPEG pair)."""
 

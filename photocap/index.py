@@ -21,7 +21,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -81,6 +81,38 @@ PHOTO_COLUMNS: dict[str, type] = {
     # FailureStage of ``error`` (NULL when fine; NULL too in failure rows of earlier versions).
     "stage": str,
 }
+
+
+# A fact a PhotoFacts leaves out: the row keeps what it holds.
+_KEEP: Any = object()
+
+
+@dataclass(frozen=True)
+class PhotoFacts:
+    """What a run learnt about a photo besides its caption, for its row in ``photos``.
+
+    A field left out keeps what the row holds; ``None`` clears it. Typed, so that a misspelt
+    field is an error (a ``TypeError`` here, and mypy's), never a column silently not written.
+    """
+
+    size: int | None = _KEEP
+    mtime: str | None = _KEEP
+    mtime_ns: int | None = _KEEP
+    content_hash: str | None = _KEEP
+    pixels_hash: str | None = _KEEP
+    width: int | None = _KEEP
+    height: int | None = _KEEP
+    format: str | None = _KEEP
+    date_taken: str | None = _KEEP
+    camera: str | None = _KEEP
+    human_caption: str | None = _KEEP
+    sidecar_stamp: str | None = _KEEP
+    outputs: str | None = _KEEP
+
+    def given(self) -> dict[str, Any]:
+        """The facts given, by column."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not _KEEP}
 
 
 @dataclass(frozen=True)
@@ -785,12 +817,15 @@ class PhotoIndex:
         return gone
 
 
-class IndexWriter:
-    """The ``index`` writer: records captions (and failures) in the :class:`PhotoIndex`.
+class RunRecord:
+    """A caption run's record in the :class:`PhotoIndex`: its captions, its failures, and the
+    facts of each photo. The ``index`` output of ``--write``, but not a writer of files: every
+    run keeps it (without ``--write index`` its rows only let the next run skip the photos).
 
     Rows are buffered and written in one transaction per :meth:`flush` (the pipeline flushes once
     per batch), so the index is committed batch by batch. :meth:`note_photo` adds the photo's
-    facts (size, hash, EXIF...) that a :class:`CaptionRecord` does not carry.
+    facts (size, hash, EXIF...; a :class:`PhotoFacts`) that a :class:`CaptionRecord` does not
+    carry.
     """
 
     name = "index"
@@ -803,9 +838,9 @@ class IndexWriter:
         self._moves: list[tuple[str, str]] = []
         self._clears: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
 
-    def note_photo(self, path: str | os.PathLike[str], **facts: Any) -> None:
+    def note_photo(self, path: str | os.PathLike[str], facts: PhotoFacts) -> None:
         """Facts about a photo to store with its next record (size, mtime_ns, content_hash, ...)."""
-        self._facts.setdefault(os.fspath(path), {}).update(facts)
+        self._facts.setdefault(os.fspath(path), {}).update(facts.given())
 
     def note_move(self, old_path: str, new_path: str) -> None:
         """The photo at ``new_path`` is the row at ``old_path`` moved; applied before the rows."""

@@ -59,7 +59,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, cast
 from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import one_line
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo, describe_path, hash_file
-from photocap.index import FailureStage, IndexWriter, PhotoIndex, PhotoRow, index_key, mtime_iso
+from photocap.index import (
+    FailureStage,
+    PhotoFacts,
+    PhotoIndex,
+    PhotoRow,
+    RunRecord,
+    index_key,
+    mtime_iso,
+)
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.metadata import get_writers
 from photocap.metadata.authorship import find_human_caption
@@ -246,7 +254,7 @@ class _FilesDone:
     """What the writer thread did for one :class:`_Job`."""
 
     outcomes: tuple[WriteOutcome, ...]
-    facts: dict[str, Any] | None  # new size/mtime/hash when a writer changed the photo's bytes
+    facts: PhotoFacts | None  # new size/mtime/hash when a writer changed the photo's bytes
     human_caption: str | None = None  # a caption a person wrote for the photo, if any
     # photocap.metadata.sidecars.sidecar_stamp once the writers are done
     sidecar_stamp: str | None = None
@@ -322,7 +330,7 @@ class _Run:
         self.model_id: str = captioner.model_id
         self.preset: Preset = captioner.preset
         self.wanted = frozenset(options.writers)
-        self.index_writer = IndexWriter(index, options.write_options)
+        self.run_record = RunRecord(index, options.write_options)
         file_writer_names = [n for n in options.writers if n != "index"]
         self.file_writers: list[Writer] = get_writers(file_writer_names, options.write_options)
         self.counts = {"captioned": 0, "carried": 0, "skipped": 0, "failed": 0}
@@ -406,7 +414,7 @@ class _Run:
         return error
 
     def _close_writers(self) -> None:
-        for writer in [*self.file_writers, self.index_writer]:
+        for writer in [*self.file_writers, self.run_record]:
             try:
                 writer.close()
             except KeyboardInterrupt:
@@ -448,7 +456,7 @@ class _Run:
                 work.append(_Work(item, row))
         # Walked whole: a folder (or a name) that failed an earlier walk and not this one was
         # fixed, or is gone. Its failure goes with this run's first commit.
-        self.index_writer.clear_failures("discover", paths, keep=unwalked)
+        self.run_record.clear_failures("discover", paths, keep=unwalked)
         # Photos that only need their missing outputs written: no decode, no model.
         for start in range(0, len(completions), max(1, self.options.batch_size)):
             if self.stop.is_set():
@@ -538,7 +546,7 @@ class _Run:
                 if self.stop.is_set() and (pending or not exhausted):
                     break
             yield from self._drain()  # writes in flight complete, even when stopping
-            self.index_writer.flush()
+            self.run_record.flush()
             if (
                 abandoned
                 or self.dropped
@@ -584,10 +592,10 @@ class _Run:
         """Queue a failure or a carry for ``item``, or add it to the next model batch."""
         if isinstance(result, DecodeFailure):
             if result.size is not None:
-                self.index_writer.note_photo(
-                    item.photo.path, size=result.size, mtime_ns=result.mtime_ns,
+                self.run_record.note_photo(item.photo.path, PhotoFacts(
+                    size=result.size, mtime_ns=result.mtime_ns,
                     mtime=mtime_iso(result.mtime_ns or 0),
-                )  # fmt: skip
+                ))  # fmt: skip
             self.out.append(self._fail_event(item.photo.path, result.error, "decode"))
             self._resolve_lead(item.photo.path, None)
             return
@@ -695,7 +703,7 @@ class _Run:
                 self._resolve_lead(ready.photo.path, None)
             self.out.append(_PROGRESS)
             yield from self._drain()
-            self.index_writer.flush()
+            self.run_record.flush()
             return
         now = datetime.now(timezone.utc)
         caption_of = {id(r): c for r, c in zip(unique, captions, strict=True)}
@@ -782,7 +790,7 @@ class _Run:
         files = pending.future.result()
         results = [self._finish(job, done) for job, done in zip(pending.jobs, files, strict=True)]
         if pending.commit:
-            self.index_writer.flush()  # one transaction per batch
+            self.run_record.flush()  # one transaction per batch
         return results
 
     def _finish(self, job: _Job, files: _FilesDone) -> PhotoResult:
@@ -790,21 +798,23 @@ class _Run:
         record = job.record
         outcomes = list(files.outcomes)
         if job.photo is not None:
-            self.index_writer.note_photo(job.photo.path, size=job.photo.size,
-                                         mtime_ns=job.photo.mtime_ns,
-                                         mtime=mtime_iso(job.photo.mtime_ns))  # fmt: skip
+            self.run_record.note_photo(job.photo.path, PhotoFacts(
+                size=job.photo.size, mtime_ns=job.photo.mtime_ns,
+                mtime=mtime_iso(job.photo.mtime_ns),
+            ))  # fmt: skip
         if job.moved_from is not None:  # same transaction as the row: never a half-moved row
-            self.index_writer.note_move(job.moved_from, os.fspath(record.path))
+            self.run_record.note_move(job.moved_from, os.fspath(record.path))
         settled = {o.writer for o in outcomes if o.status in _SETTLED}
         settled |= job.already & self.wanted
         if "index" in self.wanted:
             settled.add("index")
         if files.facts is not None:  # EXIF written into the photo: new size/hash
-            self.index_writer.note_photo(record.path, **files.facts)
+            self.run_record.note_photo(record.path, files.facts)
         # What was found now replaces what an earlier run found (or clears it).
-        self.index_writer.note_photo(record.path, human_caption=files.human_caption,
-                                     sidecar_stamp=files.sidecar_stamp)  # fmt: skip
-        self.index_writer.note_photo(record.path, outputs=",".join(sorted(settled)))
+        self.run_record.note_photo(record.path, PhotoFacts(
+            human_caption=files.human_caption, sidecar_stamp=files.sidecar_stamp,
+            outputs=",".join(sorted(settled)),
+        ))  # fmt: skip
         # An output that could not be written (a malformed or hostile sidecar, corrupt EXIF, an
         # immutable file) fails the photo, and the index records it with the caption, which
         # stands: the next run writes that output again, and clears the failure once it can.
@@ -812,7 +822,7 @@ class _Run:
         error = failure_reason(failed) if failed else None
         # The first output that failed (a file writer's name: xmp or exif).
         stage = cast(FailureStage, failed[0].writer) if failed else None
-        written = self.index_writer.write(record, error=error, stage=stage)
+        written = self.run_record.write(record, error=error, stage=stage)
         if "index" in self.wanted or self.options.write_options.dry_run:
             outcomes.append(written)
         # else: not asked to write the index, but it still remembers what was captioned
@@ -829,18 +839,17 @@ class _Run:
                            outputs=tuple(outcomes))  # fmt: skip
 
     def _note_facts(self, path: Path, d: DecodedPhoto) -> None:
-        self.index_writer.note_photo(
-            path, size=d.size, mtime_ns=d.mtime_ns, mtime=mtime_iso(d.mtime_ns),
+        self.run_record.note_photo(path, PhotoFacts(
+            size=d.size, mtime_ns=d.mtime_ns, mtime=mtime_iso(d.mtime_ns),
             content_hash=d.content_hash, pixels_hash=d.pixels_hash, width=d.width,
-            height=d.height, format=d.format,
-            date_taken=d.date_taken, camera=d.camera,
-        )  # fmt: skip
+            height=d.height, format=d.format, date_taken=d.date_taken, camera=d.camera,
+        ))  # fmt: skip
 
     def _fail_event(self, path: Path, error: str, stage: FailureStage) -> PhotoResult:
         """A photo failed before it had a caption: counted, and recorded in the index."""
         self.counts["failed"] += 1
         self.failures.append((os.fspath(path), error))
-        self.index_writer.write_failure(path, error, stage)
+        self.run_record.write_failure(path, error, stage)
         return PhotoResult(path, "failed", error=error, stage=stage)
 
 
@@ -923,12 +932,12 @@ def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str |
         return None
 
 
-def _file_facts(path: Path) -> dict[str, Any] | None:
+def _file_facts(path: Path) -> PhotoFacts | None:
     """Size, mtime and hash of a photo a writer just changed (None if it cannot be read)."""
     try:
         st = os.stat(path)
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "mtime": mtime_iso(st.st_mtime_ns),
-                "content_hash": hash_file(path)}  # fmt: skip
+        return PhotoFacts(size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=hash_file(path),
+                          mtime=mtime_iso(st.st_mtime_ns))  # fmt: skip
     except OSError:
         return None
 

@@ -15,8 +15,9 @@ import pytest
 from photocap.errors import IndexDbError, QueryError
 from photocap.index import (
     MIGRATIONS,
-    IndexWriter,
+    PhotoFacts,
     PhotoIndex,
+    RunRecord,
     SearchFilter,
     build_fts_query,
     index_error,
@@ -42,9 +43,10 @@ def _record(path: str, caption: str) -> CaptionRecord:
 @pytest.fixture
 def index(tmp_path: Path) -> PhotoIndex:
     idx = PhotoIndex(tmp_path / "sub" / "index.db")
-    writer = IndexWriter(idx)
+    writer = RunRecord(idx)
     for path, caption in CAPTIONS.items():
-        writer.note_photo(path, size=10, mtime_ns=1, content_hash="h" + path, width=4, height=3)
+        facts = PhotoFacts(size=10, mtime_ns=1, content_hash="h" + path, width=4, height=3)
+        writer.note_photo(path, facts)
         writer.write(_record(path, caption))
     writer.write_failure("/p/broken.jpg", "truncated JPEG")
     writer.close()
@@ -65,6 +67,19 @@ def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
     assert "porter" in db["photos_fts"].schema
     assert list(db["photos_fts"].columns_dict) == ["caption", "human_caption"]
     assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_photo_facts_are_typed_and_a_fact_left_out_keeps_the_column(index: PhotoIndex) -> None:
+    with pytest.raises(TypeError):
+        PhotoFacts(widht=5)  # type: ignore[call-arg]  # a misspelt column is an error
+    writer = RunRecord(index)
+    writer.note_photo("/p/dog.jpg", PhotoFacts(width=8))
+    writer.note_photo("/p/dog.jpg", PhotoFacts(camera=None, height=None))
+    writer.write(_record("/p/dog.jpg", CAPTIONS["/p/dog.jpg"]))
+    writer.close()
+    row = index.get_dict("/p/dog.jpg")
+    assert row is not None
+    assert (row["width"], row["height"], row["size"], row["camera"]) == (8, None, 10, None)
 
 
 def test_row_contents(index: PhotoIndex) -> None:
@@ -402,7 +417,7 @@ def test_stats_and_prune(tmp_path: Path) -> None:
     idx = PhotoIndex(tmp_path / "i.db")
     real = tmp_path / "real.jpg"
     real.write_bytes(b"x")
-    writer = IndexWriter(idx)
+    writer = RunRecord(idx)
     writer.write(_record(str(real), "A cat sleeps."))
     writer.write(_record(str(tmp_path / "gone.jpg"), "A cat runs."))
     writer.write_failure(str(tmp_path / "gone2.jpg"), "boom")
@@ -424,7 +439,7 @@ def test_stats_and_prune(tmp_path: Path) -> None:
 
 def test_dry_run_writer_writes_nothing(tmp_path: Path) -> None:
     idx = PhotoIndex(tmp_path / "i.db")
-    writer = IndexWriter(idx, WriteOptions(dry_run=True))
+    writer = RunRecord(idx, WriteOptions(dry_run=True))
     assert writer.write(_record("/x.jpg", "A cat.")).status == "skipped"
     writer.close()
     assert idx.count() == 0

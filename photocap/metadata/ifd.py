@@ -20,7 +20,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 
 TAG_IMAGE_DESCRIPTION = 0x010E
 
@@ -79,25 +79,25 @@ class Tiff:
         elif data[:4] == b"MM\x00*":
             self.end = ">"
         else:
-            raise WriteError(f"corrupt {what}: bad TIFF header")
+            raise MetadataError(f"corrupt {what}: bad TIFF header")
         self.data = data
         self.ifd0 = self.u32(4)
 
     def u16(self, off: int) -> int:
         if off + 2 > len(self.data):
-            raise WriteError(f"corrupt {self.what}: offset out of range")
+            raise MetadataError(f"corrupt {self.what}: offset out of range")
         return int(struct.unpack(self.end + "H", self.data[off : off + 2])[0])
 
     def u32(self, off: int) -> int:
         if off + 4 > len(self.data):
-            raise WriteError(f"corrupt {self.what}: offset out of range")
+            raise MetadataError(f"corrupt {self.what}: offset out of range")
         return int(struct.unpack(self.end + "I", self.data[off : off + 4])[0])
 
     def read_ifd(self, off: int) -> tuple[list[Entry], int]:
         """(entries, offset of the next IFD or 0)."""
         n = self.u16(off)
         if off + 2 + 12 * n + 4 > len(self.data):
-            raise WriteError(f"corrupt {self.what}: IFD runs past the end")
+            raise MetadataError(f"corrupt {self.what}: IFD runs past the end")
         entries = []
         for i in range(n):
             p = off + 2 + 12 * i
@@ -121,7 +121,7 @@ class Tiff:
         while nxt and nxt not in seen:  # a cycle among later IFDs ends the walk
             if self.ifd0 <= nxt < ifd0_end:
                 where = "to itself" if depth == 0 and nxt == self.ifd0 else "back into IFD0"
-                raise WriteError(
+                raise MetadataError(
                     f"corrupt {self.what}: IFD{depth}'s next-IFD pointer points {where}; "
                     "not written"
                 )
@@ -138,7 +138,7 @@ class Tiff:
             return entry.raw[:size]
         off = int(struct.unpack(self.end + "I", entry.raw)[0])
         if off + size > len(self.data):
-            raise WriteError(f"corrupt {self.what}: value out of range")
+            raise MetadataError(f"corrupt {self.what}: value out of range")
         return self.data[off : off + size]
 
     def longs(self, entry: Entry) -> list[int]:
@@ -228,7 +228,7 @@ def read_tiff_file_tags(
         fh.seek(offset)
         data = fh.read(size)
         if len(data) != size:
-            raise WriteError("corrupt TIFF: offset out of range")
+            raise MetadataError("corrupt TIFF: offset out of range")
         return data
 
     (ifd0,) = struct.unpack(end + "I", header[4:8])
@@ -244,7 +244,7 @@ def read_tiff_file_tags(
         (offset,) = struct.unpack(end + "I", field)
         try:
             if size > MAX_TIFF_FILE_VALUE:
-                raise WriteError(f"TIFF tag {tag} too large ({size} bytes)")
+                raise MetadataError(f"TIFF tag {tag} too large ({size} bytes)")
             found[tag] = (typ, field[:size] if size <= 4 else read_at(offset, size))
         except WriteError:
             if tag not in optional:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 from photocap.metadata import jpeg, png, webp
 from photocap.metadata import tiff as tiff_format
 from photocap.metadata.edit import FileEdit, InFileText, verify_same_frames
@@ -107,7 +107,7 @@ def read_photo_text(photo: Path) -> InFileText | None:
         if fmt == "PNG":  # its text chunks, by seeking past the image data
             return png.read_file_texts(photo)
     except OSError as err:
-        raise WriteError(f"cannot read photo: {err.strerror}") from None
+        raise MetadataError(f"cannot read photo: {err.strerror}") from None
     if fmt not in ("JPEG", "WebP", *PILLOW_TEXT_FORMATS):
         return None
     if fmt == "JPEG":
@@ -134,7 +134,7 @@ def read_photo_text(photo: Path) -> InFileText | None:
                 tiff = exif.tobytes()[len(EXIF_HEADER) :] if len(exif) else None
                 packet = img.info.get("xmp") or getattr(img, "tag_v2", {}).get(700)
     except Exception as err:  # any reader error: the caller decides what an unreadable file means
-        raise WriteError(f"cannot read the photo's metadata: {err}") from None
+        raise MetadataError(f"cannot read the photo's metadata: {err}") from None
     if isinstance(packet, str):
         packet = packet.encode()
     return InFileText(fmt, tiff, packet if isinstance(packet, bytes) else None, None)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 from photocap.metadata.edit import FileEdit, InFileText
 from photocap.metadata.ifd import EXIF_HEADER, NEW_IFD0_DEFAULTS, Tiff, set_ifd0_tags, verify_tags
 from photocap.metadata.iptc import photoshop_caption
@@ -48,16 +48,16 @@ class Segment:
 def parse_jpeg(data: bytes) -> tuple[list[Segment], int]:
     """(segments between SOI and SOS, offset of the SOS marker). Raises WriteError."""
     if data[:2] != b"\xff\xd8":
-        raise WriteError("not a JPEG (no SOI marker)")
+        raise MetadataError("not a JPEG (no SOI marker)")
     pos, segments = 2, list[Segment]()
     while True:
         if pos >= len(data) or data[pos] != 0xFF:
-            raise WriteError(f"corrupt JPEG: no marker at byte {pos}")
+            raise MetadataError(f"corrupt JPEG: no marker at byte {pos}")
         start = pos
         while pos < len(data) and data[pos] == 0xFF:  # fill bytes are allowed before a marker
             pos += 1
         if pos >= len(data):
-            raise WriteError("corrupt JPEG: truncated before image data")
+            raise MetadataError("corrupt JPEG: truncated before image data")
         marker = data[pos]
         pos += 1
         if marker == SOS:
@@ -66,12 +66,12 @@ def parse_jpeg(data: bytes) -> tuple[list[Segment], int]:
             segments.append(Segment(marker, start, pos))
             continue
         if marker in (SOI, 0xD9, 0x00):
-            raise WriteError(f"corrupt JPEG: unexpected marker FF{marker:02X} at byte {start}")
+            raise MetadataError(f"corrupt JPEG: unexpected marker FF{marker:02X} at byte {start}")
         if pos + 2 > len(data):
-            raise WriteError("corrupt JPEG: truncated segment")
+            raise MetadataError("corrupt JPEG: truncated segment")
         (length,) = struct.unpack(">H", data[pos : pos + 2])
         if length < 2 or pos + length > len(data):
-            raise WriteError(f"corrupt JPEG: bad segment length at byte {start}")
+            raise MetadataError(f"corrupt JPEG: bad segment length at byte {start}")
         pos += length
         segments.append(Segment(marker, start, pos))
 
@@ -146,7 +146,7 @@ def xmp_segment(data: bytes, segments: Sequence[Segment]) -> tuple[int | None, b
     """
     found = [i for i, seg in enumerate(segments) if is_xmp_segment(data, seg)]
     if len(found) > 1:
-        raise WriteError("the photo holds two XMP packets; not written")
+        raise MetadataError("the photo holds two XMP packets; not written")
     if not found:
         return None, None
     seg = segments[found[0]]

@@ -24,7 +24,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 
 # The most an encoded patch may take in a sidecar. A JPEG's rewritten Exif block costs a few
 # dozen bytes; a merged XMP packet is carried whole (compressed). Past this the photo is still
@@ -171,5 +171,5 @@ def decode_patch(text: str) -> list[Splice]:
             out.append(Splice(start, end, raw[at : at + size]))
             at += size
     except (ValueError, zlib.error, struct.error, UnicodeEncodeError) as err:
-        raise WriteError(f"undo record is damaged ({err})") from None
+        raise MetadataError(f"undo record is damaged ({err})") from None
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 from photocap.metadata.edit import FileEdit, InFileText, verify_same_frames
 from photocap.metadata.ifd import EXIF_HEADER, NEW_IFD0_DEFAULTS, set_ifd0_tags, verify_tags
 from photocap.metadata.xmp import XmpDocument, apply_xmp_edit, parse_packet, verify_xmp_edit
@@ -58,21 +58,21 @@ class PngChunk:
 def parse_png(data: bytes) -> tuple[list[PngChunk], int]:
     """(chunks from IHDR to IEND, offset after IEND), every CRC checked. Raises WriteError."""
     if not data.startswith(PNG_SIGNATURE):
-        raise WriteError("not a PNG (no PNG signature)")
+        raise MetadataError("not a PNG (no PNG signature)")
     pos, chunks = len(PNG_SIGNATURE), list[PngChunk]()
     while not chunks or chunks[-1].type != b"IEND":
         if pos + 12 > len(data):
-            raise WriteError("corrupt PNG: truncated (no IEND chunk)")
+            raise MetadataError("corrupt PNG: truncated (no IEND chunk)")
         (size,) = struct.unpack(">I", data[pos : pos + 4])
         kind = data[pos + 4 : pos + 8]
         end = pos + 12 + size
         if size > 0x7FFFFFFF or end > len(data) or not kind.isalpha():
-            raise WriteError(f"corrupt PNG: bad chunk at byte {pos}")
+            raise MetadataError(f"corrupt PNG: bad chunk at byte {pos}")
         (crc,) = struct.unpack(">I", data[end - 4 : end])
         if zlib.crc32(data[pos + 4 : end - 4]) != crc:
-            raise WriteError(f"corrupt PNG: {kind.decode('latin-1')} chunk fails its CRC")
+            raise MetadataError(f"corrupt PNG: {kind.decode('latin-1')} chunk fails its CRC")
         if not chunks and kind != b"IHDR":
-            raise WriteError("corrupt PNG: does not start with IHDR")
+            raise MetadataError("corrupt PNG: does not start with IHDR")
         chunks.append(PngChunk(kind, pos, end))
         pos = end
     return chunks, pos
@@ -107,11 +107,11 @@ def png_text_value(kind: bytes, payload: bytes) -> bytes:
         rest = rest[1:]  # the compression method
     elif kind == b"iTXt":
         if len(rest) < 2:
-            raise WriteError("corrupt PNG: short iTXt chunk")
+            raise MetadataError("corrupt PNG: short iTXt chunk")
         compressed = rest[0] == 1
         parts = rest[2:].split(b"\x00", 2)  # language tag, translated keyword, text
         if len(parts) != 3:
-            raise WriteError("corrupt PNG: malformed iTXt chunk")
+            raise MetadataError("corrupt PNG: malformed iTXt chunk")
         rest = parts[2]
     if not compressed:
         return rest
@@ -119,9 +119,9 @@ def png_text_value(kind: bytes, payload: bytes) -> bytes:
     try:
         text = inflate.decompress(rest, MAX_PNG_TEXT)
     except zlib.error:
-        raise WriteError("corrupt PNG: a compressed text chunk does not inflate") from None
+        raise MetadataError("corrupt PNG: a compressed text chunk does not inflate") from None
     if inflate.unconsumed_tail:
-        raise WriteError(f"PNG text chunk inflates past {MAX_PNG_TEXT // 2**20} MB; not read")
+        raise MetadataError(f"PNG text chunk inflates past {MAX_PNG_TEXT // 2**20} MB; not read")
     return text
 
 
@@ -161,13 +161,13 @@ def read_png_file_chunks(fh: BinaryIO) -> list[tuple[bytes, bytes]]:
     by seeking past the rest (the image data is most of a PNG). Raises WriteError."""
     fh.seek(0)
     if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-        raise WriteError("not a PNG (no PNG signature)")
+        raise MetadataError("not a PNG (no PNG signature)")
     wanted = {PNG_XMP_KEYWORD, *PNG_RAW_EXIF_KEYWORDS}
     found: list[tuple[bytes, bytes]] = []
     while True:
         head = fh.read(8)
         if len(head) < 8:
-            raise WriteError("corrupt PNG: truncated (no IEND chunk)")
+            raise MetadataError("corrupt PNG: truncated (no IEND chunk)")
         (size,) = struct.unpack(">I", head[:4])
         kind = head[4:]
         if kind == b"IEND":
@@ -177,10 +177,10 @@ def read_png_file_chunks(fh: BinaryIO) -> list[tuple[bytes, bytes]]:
             payload = fh.read(min(size, 80))  # the keyword, to tell whether it is wanted
             if kind == b"eXIf" or png_keyword(payload) in wanted:
                 if size > MAX_PNG_TEXT:
-                    raise WriteError(f"PNG {kind.decode()} chunk too large ({size} bytes)")
+                    raise MetadataError(f"PNG {kind.decode()} chunk too large ({size} bytes)")
                 payload += fh.read(size - len(payload))
                 if len(payload) != size:
-                    raise WriteError("corrupt PNG: truncated chunk")
+                    raise MetadataError("corrupt PNG: truncated chunk")
                 found.append((kind, payload))
         fh.seek(start + size + 4)  # past the payload and the CRC
 

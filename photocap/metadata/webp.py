@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 from photocap.metadata.edit import FileEdit, InFileText, verify_same_frames
 from photocap.metadata.ifd import EXIF_HEADER, NEW_IFD0_DEFAULTS, set_ifd0_tags, verify_tags
 from photocap.metadata.xmp import XmpDocument, apply_xmp_edit, parse_packet, verify_xmp_edit
@@ -48,24 +48,24 @@ class Chunk:
 def parse_webp(data: bytes) -> tuple[list[Chunk], int]:
     """(chunks of the RIFF ``WEBP`` form, offset where the RIFF data ends). Raises WriteError."""
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        raise WriteError("not a WebP (no RIFF WEBP header)")
+        raise MetadataError("not a WebP (no RIFF WEBP header)")
     (riff_size,) = struct.unpack("<I", data[4:8])
     end = 8 + riff_size
     if end > len(data):
-        raise WriteError("corrupt WebP: truncated")
+        raise MetadataError("corrupt WebP: truncated")
     pos, chunks = 12, list[Chunk]()
     while pos < end:
         if pos + 8 > end:
-            raise WriteError(f"corrupt WebP: truncated chunk header at byte {pos}")
+            raise MetadataError(f"corrupt WebP: truncated chunk header at byte {pos}")
         fourcc = data[pos : pos + 4]
         (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
         if pos + 8 + size > end:
-            raise WriteError(f"corrupt WebP: chunk {fourcc!r} runs past the end")
+            raise MetadataError(f"corrupt WebP: chunk {fourcc!r} runs past the end")
         stop = min(pos + 8 + size + (size & 1), end)
         chunks.append(Chunk(fourcc, pos, stop, size))
         pos = stop
     if not chunks:
-        raise WriteError("corrupt WebP: no chunks")
+        raise MetadataError("corrupt WebP: no chunks")
     return chunks, end
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from photocap.errors import WriteError
+from photocap.errors import MetadataError, WriteError
 from photocap.safeio import read_capped
 
 
@@ -162,7 +162,7 @@ class XmpDocument:
                 rdf = ET.SubElement(root, RDF_RDF)
             self.rdf = rdf
         else:
-            raise WriteError(f"not an XMP sidecar (root element {_local(root.tag)!r})")
+            raise MetadataError(f"not an XMP sidecar (root element {_local(root.tag)!r})")
 
     # ---- construction / parsing
 
@@ -206,11 +206,11 @@ class XmpDocument:
                     # top level: TreeBuilder attaches these to no element, so keep them here
                     (before if root is None else after).append(item)
         except DefusedXmlException as err:
-            raise WriteError(f"unsafe XML refused ({type(err).__name__}) in {source}") from None
+            raise MetadataError(f"unsafe XML refused ({type(err).__name__}) in {source}") from None
         except ET.ParseError as err:
-            raise WriteError(f"malformed XML in {source}: {err}") from None
+            raise MetadataError(f"malformed XML in {source}: {err}") from None
         if root is None:
-            raise WriteError(f"empty XML document: {source}")
+            raise MetadataError(f"empty XML document: {source}")
         return cls(root, prefixes, before, after)
 
     @classmethod
