@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
-    from photocap.train import extract_features, load_pixels
+    from photocap.training.features import extract_features, load_pixels
 
     torch.set_num_threads(1)
     captioner = load_captioner(args.model, "cpu")

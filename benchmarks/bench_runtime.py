@@ -47,8 +47,8 @@ def main() -> None:
 
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
-    from photocap.evaluate import score_captions
-    from photocap.train import load_pixels
+    from photocap.training.evaluation import score_captions
+    from photocap.training.features import load_pixels
 
     ours = load_captioner(None, "cpu", runtime=True)
     if not ours.runtime_name.startswith("openvino"):

@@ -1,6 +1,6 @@
 """Training throughput on CPU (or GPU): a short ``photocap train`` run, samples/s per stage.
 
-Runs :func:`photocap.train.iter_train` (what ``photocap train`` runs) on ``--data`` with
+Runs :func:`photocap.training.run.iter_train` (what ``photocap train`` runs) on ``--data`` with
 ``--limit`` photos, one epoch of each stage - xe (decoder on cached encoder features; caption
 pairs/s), finetune (encoder + decoder; photos/s) and scst (self-critical; photos/s) - and reports
 the samples/s of each epoch as the trainer measured it. Skips (exit 0) when the data is missing.
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"skipped: no Flickr8k at {args.data}")
         return
 
-    from photocap.train import STAGE_UNITS, TrainConfig, iter_train
+    from photocap.training.config import TrainConfig
+    from photocap.training.run import iter_train
+    from photocap.training.stages import STAGE_UNITS
 
     stages = set(args.stages.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="photocap-train-"))

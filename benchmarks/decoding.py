@@ -33,8 +33,8 @@ def main() -> None:
 
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
-    from photocap.evaluate import score_captions
-    from photocap.train import extract_features, load_pixels
+    from photocap.training.evaluation import score_captions
+    from photocap.training.features import extract_features, load_pixels
 
     data = load_flickr8k(args.data)
     names = data.split(args.split, args.limit)

@@ -36,8 +36,8 @@ def main() -> None:
     from photocap import decoding as model_module
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
-    from photocap.evaluate import score_captions
-    from photocap.train import extract_features, load_pixels
+    from photocap.training.evaluation import score_captions
+    from photocap.training.features import extract_features, load_pixels
     from photocap.vocab import tokenize
 
     data = load_flickr8k(args.data)

@@ -48,7 +48,8 @@ def main() -> None:
 
     from photocap import encoder as encoder_module
     from photocap.checkpoint import default_model_path
-    from photocap.train import TrainConfig, iter_train
+    from photocap.training.config import TrainConfig
+    from photocap.training.run import iter_train
 
     if args.grid == "dense":
         # iter_train builds its encoder itself: make every encoder built here dense.

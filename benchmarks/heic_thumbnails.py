@@ -10,7 +10,7 @@ Two measurements in one run:
   with a 320-px thumbnail, captioned by the model (default: the shipped one) from the photo
   and from its thumbnail. Only photos whose thumbnail is big enough to be used count (both sides
   >= the model's input, so landscape ones). Reported: captions that changed, and corpus CIDEr-D
-  / BLEU-4 (``photocap.cider``) of both against the 5 references. 25 photos: a rough check,
+  / BLEU-4 (``photocap.training.cider``) of both against the 5 references. 25 photos: a rough check,
   not a dev-set score.
 
     python benchmarks/heic_thumbnails.py
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from photocap.checkpoint import load_captioner
-    from photocap.cider import corpus_bleu4, corpus_cider
     from photocap.image import DecodedPhoto, decode_photo
+    from photocap.training.cider import corpus_bleu4, corpus_cider
 
     torch.set_num_threads(1)
     captioner = load_captioner(args.model, device="cpu")

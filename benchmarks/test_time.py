@@ -70,11 +70,11 @@ def main() -> None:
     import torch
 
     from photocap.checkpoint import load_captioner
-    from photocap.cider import CiderD
     from photocap.dataset import load_flickr8k
     from photocap.decoding import DEFAULT_BEAM_SIZE
-    from photocap.evaluate import score_captions
-    from photocap.train import extract_features, load_pixels
+    from photocap.training.cider import CiderD
+    from photocap.training.evaluation import score_captions
+    from photocap.training.features import extract_features, load_pixels
     from photocap.vocab import to_sentence, tokenize
 
     torch.manual_seed(0)

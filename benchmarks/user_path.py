@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from photocap.dataset import load_flickr8k
-    from photocap.evaluate import score_captions
+    from photocap.training.evaluation import score_captions
 
     data = load_flickr8k(args.data)
     names = data.split(args.split, args.limit)
@@ -88,7 +88,7 @@ def _compare_with_evaluate(
     """`photocap evaluate`'s own run on the same photos: its scores, and how many of ``texts``
     differ from its captions."""
     from photocap.checkpoint import DEFAULT_BEAM_SIZE
-    from photocap.evaluate import evaluate_model
+    from photocap.training.evaluation import evaluate_model
 
     evaluated = evaluate_model(
         args.data, args.split, args.model, args.beam_size or DEFAULT_BEAM_SIZE, device="cpu",

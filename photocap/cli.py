@@ -142,7 +142,9 @@ def train(
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
 
-    from photocap.train import STAGE_UNITS, TrainConfig, iter_train
+    from photocap.training.config import TrainConfig
+    from photocap.training.run import iter_train
+    from photocap.training.stages import STAGE_UNITS
 
     config = TrainConfig(
         data=data,
@@ -220,7 +222,7 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from photocap.evaluate import METRICS, evaluate_model
+    from photocap.training.evaluation import METRICS, evaluate_model
 
     console = Console(stderr=True)
     with console.status("captioning") as status:
@@ -273,7 +275,7 @@ def ensemble(
     encoders that differ in their last blocks (--scst-encoder-blocks) become branches of one
     encoder, the shared trunk computed once."""
     from photocap.checkpoint import read_metadata
-    from photocap.train import merge_decoders
+    from photocap.training.ensembles import merge_decoders
 
     try:
         keep = [int(k) for k in decoders.split(",")] if decoders else None

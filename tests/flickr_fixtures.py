@@ -151,8 +151,8 @@ def make_fake_flickr(
 
 
 def tiny_train_config(data: Path, out: Path, cache_dir: Path, **overrides: Any) -> Any:
-    """A :class:`photocap.train.TrainConfig` that trains in seconds on a 2-core CPU."""
-    from photocap.train import TrainConfig
+    """A :class:`photocap.training.config.TrainConfig` that trains in seconds on a 2-core CPU."""
+    from photocap.training.config import TrainConfig
 
     settings: dict[str, Any] = {
         "data": data,
@@ -187,7 +187,7 @@ def tiny_train_config(data: Path, out: Path, cache_dir: Path, **overrides: Any) 
 def scst_config(init: Path, tmp_path: Path) -> Any:
     """One epoch of stage 3 (the encoder frozen) continuing the model file ``init``, on a
     6-photo fake Flickr8k; the best model goes to ``tmp_path / "t.safetensors"``."""
-    from photocap.train import TrainConfig
+    from photocap.training.config import TrainConfig
 
     fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=6, n_dev=2)
     return TrainConfig(
@@ -249,7 +249,7 @@ def tiny_run_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     if "main" not in _RUNS:
         import torch
 
-        from photocap.train import iter_train
+        from photocap.training.run import iter_train
 
         base = tmp_path_factory.mktemp("tiny_run")
         fake = make_fake_flickr(base / "f8k", "kaggle", n_train=12, n_dev=4)

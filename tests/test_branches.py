@@ -17,7 +17,8 @@ from photocap.cli import app
 from photocap.encoder import EncoderConfig
 from photocap.errors import ModelError
 from photocap.model import Captioner, Ensemble, ModelConfig
-from photocap.train import iter_train, merge_decoders
+from photocap.training.ensembles import merge_decoders
+from photocap.training.run import iter_train
 
 
 def _retopped(model: Captioner, seed: int) -> Captioner:

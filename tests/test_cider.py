@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from photocap.cider import CiderD, corpus_bleu4, corpus_cider, count_ngrams, sentence_bleu4
+from photocap.training.cider import CiderD, corpus_bleu4, corpus_cider, count_ngrams, sentence_bleu4
 
 cider_ref = pytest.importorskip("pycocoevalcap.cider.cider")
 bleu_ref = pytest.importorskip("pycocoevalcap.bleu.bleu")

@@ -17,7 +17,9 @@ from photocap.checkpoint import build_random_captioner, load_captioner, save_cap
 from photocap.cli import app
 from photocap.errors import ModelError
 from photocap.model import Captioner, Ensemble
-from photocap.train import TrainConfig, iter_train, merge_decoders
+from photocap.training.config import TrainConfig
+from photocap.training.ensembles import merge_decoders
+from photocap.training.run import iter_train
 
 
 def _ensemble_of(*models: Captioner) -> Captioner:

@@ -13,10 +13,10 @@ from flickr_fixtures import (
 )
 from typer.testing import CliRunner
 
-from photocap.cider import corpus_cider
 from photocap.cli import app
 from photocap.errors import DatasetError, ModelError
-from photocap.evaluate import METRICS, evaluate_model, score_captions
+from photocap.training.cider import corpus_cider
+from photocap.training.evaluation import METRICS, evaluate_model, score_captions
 from photocap.vocab import tokenize
 
 pytest.importorskip("pycocoevalcap")

@@ -19,20 +19,20 @@ from flickr_fixtures import (  # noqa: F401
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import photocap.train as train_mod
+import photocap.training.features as features_mod
+import photocap.training.stages as stages_mod
 from photocap.checkpoint import load_captioner
 from photocap.cli import app
 from photocap.dataset import load_flickr8k
 from photocap.errors import DatasetError, ModelError
-from photocap.train import (
-    _encode_captions,
+from photocap.training.evaluation import score_dev, selection_score
+from photocap.training.features import (
     cached_features,
+    encode_captions,
     extract_features,
-    iter_train,
     load_pixels,
-    score_dev,
-    selection_score,
 )
+from photocap.training.run import iter_train
 from photocap.vocab import tokenize
 
 
@@ -235,13 +235,13 @@ def test_bleu_weight_mixes_bleu4_into_the_reward_and_the_choice_of_epoch(
     tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scored: list[list[str]] = []
-    real = train_mod.sentence_bleu4
+    real = stages_mod.sentence_bleu4
 
     def spy(candidate: list[str], refs: list[list[str]]) -> float:
         scored.append(list(candidate))
         return real(candidate, refs)
 
-    monkeypatch.setattr(train_mod, "sentence_bleu4", spy)
+    monkeypatch.setattr(stages_mod, "sentence_bleu4", spy)
     out = tmp_path / "mixed.safetensors"
     config = tiny_train_config(
         tiny_run.fake.root, out, tmp_path / "cache", epochs=0, scst_epochs=3,
@@ -292,8 +292,8 @@ def test_jitter_scale_crops_inside_the_image() -> None:
     torch.manual_seed(0)
     ramp = torch.linspace(-1, 1, 32)  # x coordinate as the pixel value
     images = ramp.expand(4, 3, 32, 32).clone()  # (4, 3, 32, 32)
-    assert torch.allclose(train_mod.jitter_scale(images, 0.0), images, atol=1e-5)
-    out = train_mod.jitter_scale(images, 0.3)
+    assert torch.allclose(stages_mod.jitter_scale(images, 0.0), images, atol=1e-5)
+    out = stages_mod.jitter_scale(images, 0.3)
     assert out.shape == images.shape
     # a crop, resized: values stay inside the image's range (no zero padding pulled in) and
     # each row still increases left to right, spanning at least 70 % of the original range
@@ -306,13 +306,13 @@ def test_jitter_scale_crops_inside_the_image() -> None:
 
 def test_feature_cache_is_reused_across_runs(small_data, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     calls: list[int] = []
-    real = train_mod.extract_features
+    real = features_mod.extract_features
 
     def counting(captioner, pixels, batch_size=128, start=None):  # type: ignore[no-untyped-def]
         calls.append(len(pixels))
         return real(captioner, pixels, batch_size, start)
 
-    monkeypatch.setattr(train_mod, "extract_features", counting)
+    monkeypatch.setattr(features_mod, "extract_features", counting)
     cache = tmp_path / "cache"
     list(
         iter_train(tiny_train_config(small_data.root, tmp_path / "a.safetensors", cache, epochs=1))
@@ -353,7 +353,7 @@ def test_cached_features_equal_fresh_ones_and_follow_content(small_data, tmp_pat
     assert len(list(cache.glob(f"trunk{start}-*.safetensors"))) == 1
     assert torch.equal(cached_features(captioner, paths, pixels, cache, start), acts)
     torch.testing.assert_close(
-        train_mod.encode_top(captioner, acts, start), fresh.float(), atol=2e-2, rtol=2e-2
+        features_mod.encode_top(captioner, acts, start), fresh.float(), atol=2e-2, rtol=2e-2
     )
     # the trunk's file is keyed by the trunk alone: a model whose top was trained (a run to
     # continue) reuses it; a change below the split gets a file of its own
@@ -369,7 +369,7 @@ def test_cached_features_equal_fresh_ones_and_follow_content(small_data, tmp_pat
 
 def test_encode_captions_pads_and_truncates(tiny_run: TinyRun) -> None:
     vocab = load_captioner(tiny_run.out, "cpu").vocab
-    tokens = _encode_captions(vocab, ["A dog runs.", "a dog " * 30], max_words=5)
+    tokens = encode_captions(vocab, ["A dog runs.", "a dog " * 30], max_words=5)
     assert tokens.shape == (2, 7)
     assert tokens[0].tolist()[:5] == [1, vocab.id("a"), vocab.id("dog"), vocab.id("runs"), 2]
     assert tokens[0, 5:].tolist() == [0, 0]

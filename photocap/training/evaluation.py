@@ -6,6 +6,9 @@ tokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L and CIDEr(-D). The tokenizer and METEO
 SPICE is never called (it downloads Stanford CoreNLP at run time).
 
 Photos go through the same preset as ``photocap caption`` and training.
+
+Also the in-training dev score: :func:`score_dev` (greedy captions scored in-process) and
+:func:`selection_score`, which picks a run's best epoch.
 """
 
 from __future__ import annotations
@@ -16,8 +19,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
+from photocap.model import Captioner
+from photocap.training.cider import corpus_bleu4, corpus_cider
+from photocap.training.config import TrainConfig
+from photocap.vocab import tokenize
+
+
+def score_dev(
+    captioner: Captioner, features: torch.Tensor, refs: list[list[list[str]]], beam_size: int = 1
+) -> dict[str, float]:
+    """Caption dev features and score them (CIDEr-D, BLEU-4 in-process)."""
+    captions = []
+    for i in range(0, len(features), 250):
+        captions += captioner.caption_features(features[i : i + 250].float(), beam_size)
+    hyps = [tokenize(c.text) for c in captions]
+    return {"cider": corpus_cider(hyps, refs), "bleu4": corpus_bleu4(hyps, refs)}
+
+
+def selection_score(dev: dict[str, float], config: TrainConfig) -> float:
+    """What picks the best epoch: dev CIDEr-D, plus ``bleu_weight`` x dev BLEU-4."""
+    return dev["cider"] + config.bleu_weight * dev.get("bleu4", 0.0)
+
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -113,7 +139,7 @@ def evaluate_model(
 
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
-    from photocap.train import load_pixels
+    from photocap.training.features import load_pixels
 
     dataset = load_flickr8k(data)
     names = dataset.split(split, limit)

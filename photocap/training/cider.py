@@ -18,7 +18,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 NGRAMS = 4
+
+
 SIGMA = 6.0
+
 
 Ngrams = Counter[tuple[str, ...]]
 
