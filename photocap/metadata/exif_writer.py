@@ -120,13 +120,78 @@ def restore_edit(
 
 
 @dataclass
-class _PlanSeen:
-    """What the exif writer's plan found in the photo, for the outcome and the provenance."""
+class InFilePlan:
+    """The exif writer's plan for one photo: given what the file holds (``rewrite_photo`` calls
+    it with the file's current texts), the edit to make, and in ``prov`` what it replaces. What
+    it found is kept on it for the outcome."""
 
+    prov: Provenance  # read from the photo's sidecar; the plan records what it replaces
+    caption: str  # whitespace folded
+    in_sidecar: str | None  # a caption a person wrote in a sidecar (digiKam's, say)
+    overwrite_human: bool
+    alt: str = ""  # the alt text for ``caption``
     human: str | None = None  # a caption a person wrote (in the file or a sidecar)
     claim: bool = False  # our caption or alt text differs from what the provenance records
     wrote_alt: bool = False  # the alt text in the embedded XMP is ours (now or before)
     retracted: bool = False  # our caption left the file: a person's came after it
+
+    def __post_init__(self) -> None:
+        self.alt = alt_text_for(self.caption)
+
+    def before_us(self, found: str | None) -> str | None:
+        """What a text in the file was before photocap wrote there. Our caption with no
+        provenance for it (the photo was copied, or moved without its sidecar, after
+        photocap wrote into it) is ours: nothing of anyone's to give back."""
+        return None if found == self.caption else found
+
+    def __call__(self, text: InFileText) -> FileEdit | None:
+        """The edit for a file that holds ``text`` (None: leave it as it is)."""
+        prov, caption, alt = self.prov, self.caption, self.alt
+        desc, comment = text.description, text.comment
+        written = prov.exif_description
+        self.human = self.in_sidecar or human_caption_in_file_text(
+            text, written, prov.description, caption
+        )
+        if self.human is not None and not self.overwrite_human:
+            # A person's caption keeps ours out of the file. If ours is there already
+            # (theirs came later), it would hide theirs from apps that read the file
+            # first: ours goes, the alt text stays.
+            retract = restore_edit(prov, text, alt_text=False)
+            self.retracted = retract is not None
+            return retract
+        edit = FileEdit()
+        if desc != caption:
+            edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
+        comment_ours = comment is not None and comment in (written, caption)
+        if comment != caption and (
+            not written_by_person(comment, (written, caption)) or self.overwrite_human
+        ):
+            edit.tags[TAG_XP_COMMENT] = encode_xp(caption)
+        if not (desc is not None and desc == written):
+            # first write over someone else's (or no) text: remember it
+            prov.exif_previous_description = self.before_us(desc)
+            prov.exif_previous_comment = None if comment_ours else comment
+        self.claim = written != caption
+        # The caption and alt text go into the embedded XMP too (MWG).
+        packet = text.xmp()
+        if packet is None:
+            prov.exif_added_xmp = "True"
+        xdesc = xmp_description(packet)
+        if xdesc != caption:
+            edit.xmp[(NS_DC, "description")] = caption
+        if xdesc is None or xdesc != written:
+            prov.exif_previous_xmp_description = self.before_us(xdesc)
+        cur_alt = packet.get_default(NS_IPTC, "AltTextAccessibility") if packet else None
+        alt_ours = cur_alt is not None and cur_alt in (prov.exif_alt_text, alt)
+        alt_empty = not (cur_alt and cur_alt.strip())
+        if alt_empty or alt_ours or self.overwrite_human:
+            if cur_alt != alt:
+                edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
+            if not alt_ours:
+                prov.exif_previous_alt_text = cur_alt
+            self.claim = self.claim or prov.exif_alt_text != alt
+            self.wrote_alt = True
+        return edit or None
 
 
 class ExifWriter:
@@ -157,66 +222,10 @@ class ExifWriter:
                 check_writable(sidecar, in_place=True)
             prov = read_provenance(doc)
             caption = " ".join(record.caption.split())
-            alt = alt_text_for(caption)
-            seen = _PlanSeen()
             # A person's caption in a sidecar (digiKam's, say) keeps ours out of the file too:
             # apps reading the file would show ours, apps reading the sidecar theirs.
             in_sidecar, _ = human_caption_in_sidecars(photo)
-
-            def before_us(found: str | None) -> str | None:
-                """What a text in the file was before photocap wrote there. Our caption with no
-                provenance for it (the photo was copied, or moved without its sidecar, after
-                photocap wrote into it) is ours: nothing of anyone's to give back."""
-                return None if found == caption else found
-
-            def plan(text: InFileText) -> FileEdit | None:
-                desc, comment = text.description, text.comment
-                written = prov.exif_description
-                seen.human = in_sidecar or human_caption_in_file_text(
-                    text, written, prov.description, caption
-                )
-                if seen.human is not None and not self.options.overwrite_human:
-                    # A person's caption keeps ours out of the file. If ours is there already
-                    # (theirs came later), it would hide theirs from apps that read the file
-                    # first: ours goes, the alt text stays.
-                    retract = restore_edit(prov, text, alt_text=False)
-                    seen.retracted = retract is not None
-                    return retract
-                edit = FileEdit()
-                if desc != caption:
-                    edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(caption)
-                comment_ours = comment is not None and comment in (written, caption)
-                if comment != caption and (
-                    not written_by_person(comment, (written, caption))
-                    or self.options.overwrite_human
-                ):
-                    edit.tags[TAG_XP_COMMENT] = encode_xp(caption)
-                if not (desc is not None and desc == written):
-                    # first write over someone else's (or no) text: remember it
-                    prov.exif_previous_description = before_us(desc)
-                    prov.exif_previous_comment = None if comment_ours else comment
-                seen.claim = written != caption
-                # The caption and alt text go into the embedded XMP too (MWG).
-                packet = text.xmp()
-                if packet is None:
-                    prov.exif_added_xmp = "True"
-                xdesc = xmp_description(packet)
-                if xdesc != caption:
-                    edit.xmp[(NS_DC, "description")] = caption
-                if xdesc is None or xdesc != written:
-                    prov.exif_previous_xmp_description = before_us(xdesc)
-                cur_alt = packet.get_default(NS_IPTC, "AltTextAccessibility") if packet else None
-                alt_ours = cur_alt is not None and cur_alt in (prov.exif_alt_text, alt)
-                alt_empty = not (cur_alt and cur_alt.strip())
-                if alt_empty or alt_ours or self.options.overwrite_human:
-                    if cur_alt != alt:
-                        edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt
-                    if not alt_ours:
-                        prov.exif_previous_alt_text = cur_alt
-                    seen.claim = seen.claim or prov.exif_alt_text != alt
-                    seen.wrote_alt = True
-                return edit or None
-
+            plan = InFilePlan(prov, caption, in_sidecar, self.options.overwrite_human)
             # A caption of ours the file no longer points to (re-captioned over an IFD0 another
             # app appended after ours, or taken out for a person's) leaves no dead bytes.
             stale = [t for t in (prov.exif_description,) if t and t != caption]
@@ -226,8 +235,8 @@ class ExifWriter:
             rewrote = changed is not None and not self.options.dry_run  # the bytes are new
             if changed is not None and rewrote:
                 record_undo(prov, changed, caption)  # before the record says "ours" below
-            if seen.human is not None and not self.options.overwrite_human:
-                if seen.retracted and not self.options.dry_run:
+            if plan.human is not None and not self.options.overwrite_human:
+                if plan.retracted and not self.options.dry_run:
                     prov.forget_exif(alt_text=False)
                     write_provenance(doc, prov)
                     try:
@@ -235,14 +244,14 @@ class ExifWriter:
                     except WriteError as err:
                         return self._unrecorded(photo, changed, err)
                 return WriteOutcome(
-                    self.name, photo, "kept_human", KEPT_HUMAN, human_caption=seen.human,
+                    self.name, photo, "kept_human", KEPT_HUMAN, human_caption=plan.human,
                     changed_photo=rewrote, code=OutcomeCode.KEPT_HUMAN,
                 )  # fmt: skip
-            if changed is None and not seen.claim:
+            if changed is None and not plan.claim:
                 return WriteOutcome(self.name, photo, "unchanged")
             prov.exif_description = caption
-            if seen.wrote_alt:
-                prov.exif_alt_text = alt
+            if plan.wrote_alt:
+                prov.exif_alt_text = plan.alt
             if not existed:
                 prov.created_sidecar = True
             stamp(prov, record)
@@ -255,7 +264,7 @@ class ExifWriter:
         except (WriteError, OSError) as err:  # SidecarTaken: no sidecar of its own for the record
             return WriteOutcome.failure(self.name, photo, err)
         return WriteOutcome(
-            self.name, photo, "written", human_caption=seen.human, changed_photo=rewrote
+            self.name, photo, "written", human_caption=plan.human, changed_photo=rewrote
         )
 
     def _unrecorded(self, photo: Path, rewrite: Rewrite | None, err: WriteError) -> WriteOutcome:
