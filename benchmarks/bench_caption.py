@@ -141,7 +141,7 @@ def bench_stages(
     from photocap.index import PhotoIndex, RunRecord
     from photocap.library import discover_photos
     from photocap.metadata import get_writers
-    from photocap.pipeline import _make_pool
+    from photocap.run.decode import make_pool as _make_pool
     from photocap.writers import CaptionRecord, WriteOptions
 
     n = len(files)

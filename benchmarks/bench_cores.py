@@ -5,7 +5,8 @@ Three ways to run the real CLI on the same camera-sized JPEGs, interleaved in on
 * ``before``: the model at half the cores throughout (while decode workers run) and the
   encoder on torch, as photocap did before issue 23;
 * ``threads``: torch's threads following the decode queue (every core for a batch when no
-  worker is decoding: ``pipeline._CoreShare``), encoder on torch (``PHOTOCAP_RUNTIME=torch``);
+  worker is decoding: ``photocap.run.caption.CoreShare``), encoder on torch
+  (``PHOTOCAP_RUNTIME=torch``);
 * ``openvino``: photocap now: threads following the queue and the encoder on OpenVINO.
 
 It reports the marginal rate (two library sizes, the difference: start-up and model load

@@ -402,8 +402,8 @@ def _build_captioner(
             with torch.no_grad():
                 fused = captioner._inference_encoder()
             if fused is not None:
-                # Compiled for the thread counts a run gives the model (pipeline._CoreShare):
-                # all of torch's, and half the cores while decode workers decode.
+                # Compiled for the thread counts a run gives the model (all of torch's, and half
+                # the cores while decode workers decode: photocap.run.caption.CoreShare).
                 threads = threads or torch.get_num_threads()
                 half = max(1, min(threads, (os.cpu_count() or 1) // 2))
                 captioner.use_encoder_runtime(

@@ -77,8 +77,9 @@ class OpenVinoEncoder:
     """An encoder compiled by OpenVINO: float (B, 3, S, S) normalised pixels -> (B, L, D).
 
     Compiled once per torch thread count (the run gives the model half the cores while decode
-    workers decode, every core otherwise: see ``pipeline._CoreShare``), in fp32: OpenVINO's
-    default on CPUs with bf16 units is bf16, which changes features by ~8 % and so captions.
+    workers decode, every core otherwise: see ``photocap.run.caption.CoreShare``), in fp32:
+    OpenVINO's default on CPUs with bf16 units is bf16, which changes features by ~8 % and so
+    captions.
     """
 
     def __init__(self, onnx_path: Path, blobs: Path) -> None:

@@ -297,9 +297,9 @@ def test_a_decoder_that_crashes_or_hangs_fails_only_its_photo(
     # never answers. Either way only the culprit may fail, and the run must end.
     import time
 
-    import photocap.pipeline as pipeline
+    import photocap.run.decode as decode
 
-    monkeypatch.setattr(pipeline, "decode_photo", _faulty_decode)  # forked workers see it
+    monkeypatch.setattr(decode, "decode_photo", _faulty_decode)  # forked workers see it
     paths = make_tiny_jpegs(tmp_path / "lib", 8)
     paths[3].rename(paths[3].with_name(f"img_0003_{fault}.jpg"))
     started = time.monotonic()
@@ -383,12 +383,12 @@ class _CountingCaptioner:
 def test_writes_overlap_the_model_off_the_main_thread(
     tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photocap import pipeline
+    from photocap.run import local
 
     paths = make_tiny_jpegs(tmp_path / "lib", 10)
     model = _CountingCaptioner(captioner)
     spy = _SpyWriter(fail_name=paths[5].name, hold=model.second_batch)
-    monkeypatch.setattr(pipeline, "get_writers", lambda names, options: [spy] * len(names))
+    monkeypatch.setattr(local, "get_writers", lambda names, options: [spy] * len(names))
     options = CaptionOptions(writers=["spy", "index"], batch_size=4, workers=1)
     results: list[PhotoResult] = []
     with PhotoIndex(tmp_path / "i.db") as index:
@@ -420,10 +420,10 @@ def test_writes_overlap_the_model_off_the_main_thread(
 def test_writer_thread_error_ends_the_run_with_a_consistent_index(
     tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photocap import pipeline
+    from photocap.run import local
 
     make_tiny_jpegs(tmp_path / "lib", 12)
-    real = pipeline._write_files
+    real = local.write_files
     calls = []
 
     def flaky(writers: Any, options: Any, jobs: Any) -> Any:
@@ -432,11 +432,11 @@ def test_writer_thread_error_ends_the_run_with_a_consistent_index(
             raise RuntimeError("writer thread bug")
         return real(writers, options, jobs)
 
-    monkeypatch.setattr(pipeline, "_write_files", flaky)
+    monkeypatch.setattr(local, "write_files", flaky)
     with pytest.raises(RuntimeError, match="writer thread bug"):
         run([tmp_path / "lib"], captioner, tmp_path / "i.db")
     assert len(rows(tmp_path / "i.db")) == 4  # batch 1 committed, nothing of batch 2
-    monkeypatch.setattr(pipeline, "_write_files", real)
+    monkeypatch.setattr(local, "write_files", real)
     _, rest = run([tmp_path / "lib"], captioner, tmp_path / "i.db")
     assert (rest.captioned, rest.skipped) == (8, 4)
 
@@ -493,7 +493,7 @@ def test_a_sidecar_edited_in_another_app_is_looked_at_again(tmp_path: Path, capt
     from photocap.metadata.infile import read_exif_caption
     from photocap.metadata.sidecars import read_caption
     from photocap.metadata.xmp import NS_DC, XmpDocument
-    from photocap.pipeline import SIDECAR_CHANGED
+    from photocap.run.plan import SIDECAR_CHANGED
 
     [edited, deleted, untouched] = make_tiny_jpegs(tmp_path / "lib", 3)
     db = tmp_path / "i.db"
@@ -530,7 +530,7 @@ def test_rows_from_before_sidecar_stamps_are_looked_at_once(tmp_path: Path, capt
     # photo's sidecars once (a person's caption becomes searchable), leaving the files alone,
     # and reports the photos as skipped (nothing a user sees changed; the CLI lists none).
     from photocap.metadata.xmp import NS_DC, XmpDocument
-    from photocap.pipeline import SIDECARS_UNRECORDED
+    from photocap.run.plan import SIDECARS_UNRECORDED
 
     labelled, _ = make_tiny_jpegs(tmp_path / "lib", 2)
     db = tmp_path / "i.db"
@@ -839,7 +839,7 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
     # photos in flight are decoded, or the last batches) it gets every thread torch had.
     import torch
 
-    from photocap.pipeline import _Run
+    from photocap.run.local import LocalRun as _Run
 
     submitted: list[Any] = []  # the futures of the photos sent to decode
     submit = _Run._submit

@@ -1,0 +1,90 @@
+"""The caption stage: a batch of decoded photos -> caption records, one model call.
+
+Copies side by side ("IMG_1.jpg", "IMG_1 (1).jpg") have the same pixels: the model captions
+the first and the others take its caption (``--force``: every photo). :class:`CoreShare` gives
+the model the CPU cores the decode workers leave.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from photocap.run.plan import Job, Ready, same_picture
+from photocap.writers import CaptionRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from photocap.run.events import CaptionModel
+
+
+def caption_batch(
+    batch: list[Ready], captioner: CaptionModel, model_id: str, beam_size: int, force: bool = False
+) -> list[Job]:
+    """Caption ``batch`` in one model call: one :class:`~photocap.run.plan.Job` per photo, in
+    order ("captioned", or "carried" for a copy of a photo of the batch). The model's
+    errors (``RuntimeError``, ``ValueError``: out of memory, say) propagate."""
+    import numpy as np
+    import torch
+
+    by_pixels: dict[str, Ready] = {}
+    twin_of = {  # id(photo) -> the photo of this batch whose caption it gets
+        id(r): r if force else by_pixels.setdefault(r.decoded.pixels_hash, r) for r in batch
+    }
+    unique = [r for r in batch if twin_of[id(r)] is r]
+    pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in unique]))  # (U, 3, S, S)
+    captions = captioner.caption_batch(pixels, beam_size=beam_size)
+    now = datetime.now(timezone.utc)
+    caption_of = {id(r): c for r, c in zip(unique, captions, strict=True)}
+    jobs = []
+    for ready in batch:
+        twin = twin_of[id(ready)]
+        caption = caption_of[id(twin)]
+        record = CaptionRecord(
+            path=ready.photo.path, caption=caption.text, score=float(caption.score),
+            alternatives=tuple(caption.alternatives), model_id=model_id, captioned_at=now,
+        )  # fmt: skip
+        if twin is ready:
+            jobs.append(Job(record, "captioned", reason=""))
+        else:
+            jobs.append(Job(record, "carried", same_picture(twin.photo.path).text))
+    return jobs
+
+
+class CoreShare:
+    """torch's thread count on a CPU run with decode workers, set before each model batch.
+
+    torch's OpenMP threads spin-wait for each other at every operator; when a decode worker (or
+    anything else) takes a core, one descheduled thread stalls all the others. On 2 cores with 2
+    workers, 1 torch thread captions 12-MP photos ~3.7x faster than 2 (benchmarks/README.md).
+    So while workers decode, the model gets at most half the cores; when none is decoding
+    (the photos in flight are all decoded: decoding is ahead, or the run's last batches), it
+    gets every thread torch had, as no worker decodes while the model works (the run sends
+    photos to decode between batches only).
+    """
+
+    def __init__(self, captioner: CaptionModel, workers: int) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        self.active = workers > 0 and captioner.device.type == "cpu"
+        self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
+        self.current = self.before  # set before each batch, not now: the model build (on
+        # its thread) compiles OpenVINO for torch's own count and for ``shared``
+
+    def set_for_batch(self, *, decoding: bool) -> None:
+        if not self.active:
+            return
+        wanted = self.shared if decoding else self.before
+        if wanted != self.current:
+            import torch
+
+            torch.set_num_threads(wanted)
+            self.current = wanted
+
+    def restore(self) -> None:
+        if self.active and self.current != self.before:
+            import torch
+
+            torch.set_num_threads(self.before)
+            self.current = self.before
