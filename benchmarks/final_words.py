@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from photocap import decoding as model_module
+    from photocap import decoding
     from photocap.checkpoint import load_captioner
     from photocap.dataset import load_flickr8k
     from photocap.training.evaluation import score_captions
@@ -55,9 +55,9 @@ def main() -> None:
         for w in captioner.vocab.words
         if seen[w] >= args.min_count
         and final[w] / seen[w] < args.max_share
-        and w not in model_module.DANGLING_WORDS
+        and w not in decoding.DANGLING_WORDS
     )
-    in_code = sorted(model_module.RARELY_FINAL_WORDS)
+    in_code = sorted(decoding.RARELY_FINAL_WORDS)
     result: dict[str, object] = {
         "derived": derived,
         "matches_code": derived == in_code,
@@ -74,8 +74,8 @@ def main() -> None:
         runs: dict[str, list[str]] = {}
         rules: list[tuple[str, tuple[str, ...]]] = [("without", ()), ("with", tuple(derived))]
         for label, rule in rules:
-            model_module.RARELY_FINAL_WORDS = rule  # read when the ids are first needed
-            captioner.rules._masks.clear()
+            decoding.RARELY_FINAL_WORDS = rule  # read when the ids are first needed
+            captioner.rules.clear_cache()
             texts: list[str] = []
             with torch.inference_mode():
                 for i in range(0, len(features), 50):

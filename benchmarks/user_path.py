@@ -87,7 +87,7 @@ def _compare_with_evaluate(
 ) -> dict[str, object]:
     """`photocap evaluate`'s own run on the same photos: its scores, and how many of ``texts``
     differ from its captions."""
-    from photocap.checkpoint import DEFAULT_BEAM_SIZE
+    from photocap.decoding import DEFAULT_BEAM_SIZE
     from photocap.training.evaluation import evaluate_model
 
     evaluated = evaluate_model(

@@ -120,6 +120,10 @@ class DecodingRules:
         default_factory=dict, repr=False, compare=False
     )
 
+    def clear_cache(self) -> None:
+        """Forget the word masks (made again from the word lists when next needed)."""
+        self._masks.clear()
+
     def _word_masks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids a caption may not end on, (V,) True for words used at most once) on ``device``."""
         import torch

@@ -306,7 +306,9 @@ def fold_batchnorm(encoder: Encoder) -> nn.Module:
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
                 setattr(module, bn_name, nn.Identity())
-    return _ChannelsLast(fused.requires_grad_(False))
+    # eval() on the wrapper too: a module made in training mode that is later put back in its
+    # mode (torch.onnx.export does) would switch stochastic depth on in every block.
+    return _ChannelsLast(fused.requires_grad_(False)).eval()
 
 
 class _ChannelsLast(nn.Module):

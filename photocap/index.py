@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import sqlite_utils
 
 from photocap.errors import IndexDbError, QueryError
-from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
+from photocap.writers import CaptionRecord, OutcomeCode, WriteOptions, WriteOutcome
 
 BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
@@ -87,7 +87,7 @@ PHOTO_COLUMNS: dict[str, type] = {
 _KEEP: Any = object()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PhotoFacts:
     """What a run learnt about a photo besides its caption, for its row in ``photos``.
 
@@ -853,7 +853,9 @@ class RunRecord:
         (see :data:`FailureStage`); the caption is kept, the failure recorded with it. Without
         them, a failure recorded earlier is cleared."""
         if self.options.dry_run:
-            return WriteOutcome(self.name, record.path, "skipped", "dry run")
+            return WriteOutcome(
+                self.name, record.path, "skipped", "dry run", code=OutcomeCode.DRY_RUN
+            )
         key = os.fspath(record.path)
         row = {
             "path": key,

@@ -262,9 +262,17 @@ class Captioner(nn.Module):
     @property
     def rules(self) -> DecodingRules:
         """The vocabulary and decoding rules of this model (:mod:`photocap.decoding`)."""
+        c = self.config
         rules = getattr(self, "_rules", None)
-        if rules is None or rules.vocab is not self.vocab:
-            c = self.config
+        # Built again when the vocabulary or a setting changes (a sweep assigns a new config).
+        if (
+            rules is None
+            or rules.vocab is not self.vocab
+            or (
+                (rules.max_words, rules.length_penalty, rules.no_repeat_words)
+                != (c.max_words, c.length_penalty, c.no_repeat_words)
+            )
+        ):
             rules = DecodingRules(
                 self.vocab,
                 max_words=c.max_words,

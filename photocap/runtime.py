@@ -196,6 +196,10 @@ def _export_onnx(fused: nn.Module, image_size: int, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     example = torch.zeros(2, 3, image_size, image_size)
     try:
+        # torch.onnx.export puts the module back in the mode it had: eval, so that the torch
+        # encoder computes the same features afterwards (a training-mode wrapper came back
+        # with stochastic depth on in every block).
+        fused.eval()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings: the padding is fixed per size
             torch.onnx.export(

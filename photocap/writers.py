@@ -8,7 +8,7 @@ index is the run's record (:mod:`photocap.index`), not a writer. Each file write
 raises for one photo's failure, so one bad file never stops a run. An outcome carries a
 :class:`OutcomeCode` for programs (the CLI counts codes) and a one-line message for people.
 
-This module imports nothing heavy: the CLI reads :data:`OUTPUTS` for its ``--help``.
+This module imports nothing heavy (the CLI checks ``--write`` against :data:`OUTPUTS`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from photocap.errors import FolderNotWritable, PhotocapError, SidecarTaken, one_
 
 # Every output ``--write`` takes, in the order they are written.
 OUTPUTS = ("xmp", "exif", "index")
-FILE_OUTPUTS = ("xmp", "exif")  # the outputs that write files (photocap.metadata.get_writers)
 
 KEPT_HUMAN = "kept human caption"  # the message of OutcomeCode.KEPT_HUMAN
 
@@ -39,6 +38,7 @@ class OutcomeCode(str, Enum):
     SIDECAR_TAKEN = "sidecar_taken"  # the stem-named sidecar is the RAW's of a RAW+JPEG pair
     STEM_SIDECAR_BESIDE = "stem_sidecar_beside"  # a new photo.jpg.xmp beside the photo.xmp
     FORMAT_NOT_WRITTEN = "format_not_written"  # no in-file caption for this format
+    DRY_RUN = "dry_run"  # --dry-run: nothing written
     FOLDER_NOT_WRITABLE = "folder_not_writable"  # read-only media, a share, permissions
     FAILED = "failed"  # any other failure; the message says which
 
@@ -73,6 +73,9 @@ class WriteOutcome:
 
     def __post_init__(self) -> None:
         if self.code is None:
+            # A skipped or kept outcome says why with its own code; the others have one.
+            if self.status in ("skipped", "kept_human"):
+                raise ValueError(f"a {self.status} outcome needs its OutcomeCode")
             done = OutcomeCode.FAILED if self.status == "failed" else OutcomeCode.DONE
             object.__setattr__(self, "code", done)
 

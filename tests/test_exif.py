@@ -41,7 +41,7 @@ from photocap.metadata.provenance import read_provenance
 from photocap.metadata.revert import revert_paths
 from photocap.metadata.sidecar_writer import XmpWriter
 from photocap.metadata.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument
-from photocap.writers import WriteOptions, WriteOutcome
+from photocap.writers import OutcomeCode, WriteOptions, WriteOutcome
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
@@ -146,8 +146,10 @@ def test_human_description_kept(lib: Path) -> None:
     before = photo.read_bytes()
     outcome = write(photo)
     assert (outcome.status, outcome.message) == ("kept_human", "kept human caption")
+    assert outcome.code is OutcomeCode.KEPT_HUMAN
     assert photo.read_bytes() == before
-    assert write(photo, overwrite_human=True).status == "written"
+    written = write(photo, overwrite_human=True)
+    assert (written.status, written.code) == ("written", OutcomeCode.DONE)
     assert read_exif_caption(photo)[0] == CAPTION
     prov = read_provenance(XmpDocument.load(lib / "photo.jpg.xmp"))
     assert prov.exif_previous_description == "Holiday in Rome"
@@ -207,7 +209,7 @@ def test_other_formats_skipped(lib: Path, fmt: str, name: str) -> None:
     Image.new("RGB", (8, 8), "red").save(photo, fmt)
     before = photo.read_bytes()
     outcome = write(photo)
-    assert outcome.status == "skipped"
+    assert (outcome.status, outcome.code) == ("skipped", OutcomeCode.FORMAT_NOT_WRITTEN)
     assert outcome.message.startswith("exif not supported for ") and "sidecar" in outcome.message
     assert photo.read_bytes() == before
     assert sorted(p.name for p in lib.iterdir()) == [name]
@@ -228,6 +230,7 @@ def test_raw_is_skipped_by_name(lib: Path) -> None:
     before = jpeg.read_bytes()
     outcome = write(jpeg, sidecar_name="stem")
     assert outcome.status == "skipped" and "belongs to the RAW" in outcome.message
+    assert outcome.code is OutcomeCode.SIDECAR_TAKEN
     assert jpeg.read_bytes() == before
 
 

@@ -233,3 +233,24 @@ def test_an_export_removes_what_it_replaces(
     lazy.captioner()
     assert not older.exists() and not stale.exists() and other.exists() and fresh.exists()
     assert (folder / f"encoder-{key}-{size}-v1.onnx").exists()
+
+
+def test_exporting_leaves_the_torch_encoder_in_eval_mode(model_file: Path, tmp_path: Path) -> None:
+    # torch.onnx.export puts a module back in the mode it had. The BN-folded copy's wrapper
+    # was made in training mode, so an export switched stochastic depth on in every block:
+    # torch then computed other features (3.7 off on a scale of 6 with the shipped model),
+    # OpenVINO's check against them failed, and the whole run fell back to that torch.
+    import photocap.runtime as runtime
+
+    captioner = load_captioner(model_file, "cpu")
+    pixels = _pixels(captioner.preset.size)
+    with torch.inference_mode():
+        before = captioner.encode(pixels)
+    with torch.no_grad():
+        fused = captioner._inference_encoder()
+    assert fused is not None
+    runtime._export_onnx(fused, captioner.preset.size, tmp_path / "encoder-x-64-v1.onnx")
+    assert not any(module.training for module in fused.modules())
+    with torch.inference_mode():
+        after = captioner.encode(pixels)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

@@ -14,7 +14,7 @@ from photocap.metadata.provenance import read_provenance
 from photocap.metadata.sidecar_writer import STEM_SIDECAR_BESIDE, XmpWriter
 from photocap.metadata.sidecars import adopt_sidecar, read_caption, sidecar_stamp
 from photocap.metadata.xmp import NS_DC, NS_IPTC, XmpDocument
-from photocap.writers import WriteOptions
+from photocap.writers import OutcomeCode, WriteOptions, WriteOutcome
 
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 needs_exiv2 = pytest.mark.skipif(EXIV2 is None, reason="exiv2 not installed")
@@ -112,7 +112,13 @@ def write(photo: Path, caption: str = "A dog runs through the grass.", **opts: o
     return XmpWriter(WriteOptions(**opts)).write(record(photo, caption))  # type: ignore[arg-type]
 
 
-def test_registered_under_its_name() -> None:
+def test_a_skipped_or_kept_outcome_needs_its_code() -> None:
+    with pytest.raises(ValueError, match="needs its OutcomeCode"):
+        WriteOutcome("xmp", Path("photo.jpg"), "skipped", "why")
+    assert WriteOutcome("xmp", Path("photo.jpg"), "failed", "why").code is OutcomeCode.FAILED
+
+
+def test_built_by_name() -> None:
     writers = get_writers(["xmp", "exif"], WriteOptions())
     assert [w.name for w in writers] == ["xmp", "exif"]
 
@@ -157,6 +163,7 @@ def test_stem_sidecar_of_a_raw_jpeg_pair_is_the_raws(lib: Path) -> None:
     assert write(raw, "A dog on a beach.", sidecar_name="stem").status == "written"
     outcome = write(jpg, "A dog on the beach.", sidecar_name="stem")
     assert outcome.status == "skipped" and "belongs to the RAW" in outcome.message
+    assert outcome.code is OutcomeCode.SIDECAR_TAKEN
     assert sorted(p.name for p in lib.iterdir()) == ["IMG_0001.CR2", "IMG_0001.JPG", "IMG_0001.xmp"]
     assert read_caption(raw) == "A dog on a beach."
     assert read_caption(jpg) is None  # the stem sidecar is not the JPEG's
@@ -575,6 +582,7 @@ def test_a_new_sidecar_beside_a_stem_named_one_says_so(lib: Path) -> None:
     (lib / "IMG_1.xmp").write_text(RICH_NO_CAPTION, encoding="utf-8")
     outcome = XmpWriter(WriteOptions()).write(record(raw))
     assert (outcome.status, outcome.message) == ("written", STEM_SIDECAR_BESIDE)
+    assert outcome.code is OutcomeCode.STEM_SIDECAR_BESIDE
     assert (lib / "IMG_1.CR2.xmp").is_file()
     again = XmpWriter(WriteOptions()).write(record(raw, "A cat sleeps."))  # not news any more
     assert (again.status, again.message) == ("written", "")

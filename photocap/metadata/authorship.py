@@ -2,9 +2,9 @@
 
 photocap never writes over, hides or shadows a caption a person wrote, in any language and in
 any place photo software reads one: a sidecar's ``dc:description``, EXIF ``ImageDescription``
-and ``XPComment``, the file's embedded XMP, IPTC ``Caption-Abstract``. Every writer and the
-index ask this module, and only this module, whether a text is a person's
-(:func:`written_by_person`):
+and ``XPComment``, the file's embedded XMP, IPTC ``Caption-Abstract``. Every writer, and the
+run for the index, ask this module, and only this module, whether a text is a person's
+(:func:`written_by_person`; for alt text :func:`is_our_alt_text`):
 
 * not blank and not a device's default text (:data:`CAMERA_DEFAULT_DESCRIPTIONS`: "OLYMPUS
   DIGITAL CAMERA", a Huawei shooting mode, ...; :func:`is_blank_description`);
@@ -213,6 +213,17 @@ _ALT_PREFIX = re.compile(
     r"^\s*(?:(?:an?|the)\s+)?(?:image|picture|photo(?:graph)?|close-?up|view)\s+(?:of|showing)\s+",
     re.IGNORECASE,
 )
+
+
+def is_blank_alt_text(text: str | None) -> bool:
+    """No alt text: none, or only whitespace (anyone may write one there)."""
+    return not (text and text.strip())
+
+
+def is_our_alt_text(text: str | None, *ours: str | None) -> bool:
+    """The alt text is photocap's: one of ``ours`` (what it recorded writing, or is writing).
+    Any other alt text is a person's, kept unless ``--overwrite-human``."""
+    return text is not None and text in ours
 
 
 def alt_text_for(caption: str) -> str:

@@ -27,7 +27,7 @@ from photocap.metadata.xmp import XmpDocument, parse_packet
 class InFileText:
     """What a photo file holds where a caption can be: the input of a rewrite's plan (JPEG,
     WebP, TIFF, PNG), and of the look for a person's caption (those, RAWs and
-    :data:`PILLOW_TEXT_FORMATS`)."""
+    :data:`photocap.metadata.infile.PILLOW_TEXT_FORMATS`)."""
 
     format: str  # "JPEG", "WebP", "TIFF", "PNG", "DNG", "RAW" or one of PILLOW_TEXT_FORMATS
     tiff: bytes | None  # the EXIF TIFF block

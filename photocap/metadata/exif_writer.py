@@ -60,7 +60,7 @@ in :func:`photocap.metadata.infile.rewrite_photo`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from photocap.errors import WriteError, one_line
@@ -68,6 +68,8 @@ from photocap.metadata.authorship import (
     alt_text_for,
     human_caption_in_file_text,
     human_caption_in_sidecars,
+    is_blank_alt_text,
+    is_our_alt_text,
     written_by_person,
 )
 from photocap.metadata.edit import FileEdit, InFileText
@@ -77,6 +79,7 @@ from photocap.metadata.provenance import (
     Provenance,
     read_provenance,
     record_undo,
+    restore_edit,
     stamp,
     write_provenance,
 )
@@ -84,39 +87,6 @@ from photocap.metadata.sidecars import load_or_new, save_sidecar, sidecar_for_wr
 from photocap.metadata.xmp import NS_DC, NS_IPTC, xmp_description
 from photocap.safeio import atomic_write, check_replaceable, check_writable
 from photocap.writers import KEPT_HUMAN, CaptionRecord, OutcomeCode, WriteOptions, WriteOutcome
-
-
-def restore_edit(
-    prov: Provenance, text: InFileText, notes: list[str] | None = None, *, alt_text: bool = True
-) -> FileEdit | None:
-    """The edit that puts back what the exif writer replaced in a file, wherever the file still
-    holds what it wrote (``prov``): ImageDescription, XPComment, the embedded XMP description
-    and, with ``alt_text``, the alt text. A text edited since is left, with a line in ``notes``.
-    None: nothing to put back. ``photocap revert`` uses it, and the writer when a person's
-    caption came after ours."""
-    notes = [] if notes is None else notes
-    written = prov.exif_description
-    edit = FileEdit(drop_empty_xmp=prov.exif_added_xmp == "True")
-    if written is not None and text.description == written:
-        before = prov.exif_previous_description
-        edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
-    elif written is not None:
-        notes.append("EXIF description was edited after photocap wrote it; left as is")
-    if written is not None and text.comment == written:
-        before = prov.exif_previous_comment
-        edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
-    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF, PNG, DNG)
-    fields = [(NS_DC, "description", written, prov.exif_previous_xmp_description)]
-    if alt_text:
-        fields.append((NS_IPTC, "AltTextAccessibility", prov.exif_alt_text,
-                       prov.exif_previous_alt_text))  # fmt: skip
-    for ns, name, ours, before_text in fields:
-        current = doc.get_default(ns, name) if doc is not None else None
-        if ours is not None and current == ours:
-            edit.xmp[(ns, name)] = before_text
-        elif ours is not None and current is not None and name == "description":
-            notes.append("embedded XMP description was edited after photocap; left as is")
-    return edit or None
 
 
 @dataclass
@@ -129,11 +99,16 @@ class InFilePlan:
     caption: str  # whitespace folded
     in_sidecar: str | None  # a caption a person wrote in a sidecar (digiKam's, say)
     overwrite_human: bool
-    alt: str = ""  # the alt text for ``caption``
-    human: str | None = None  # a caption a person wrote (in the file or a sidecar)
-    claim: bool = False  # our caption or alt text differs from what the provenance records
-    wrote_alt: bool = False  # the alt text in the embedded XMP is ours (now or before)
-    retracted: bool = False  # our caption left the file: a person's came after it
+    # the alt text for ``caption``
+    alt: str = field(default="", init=False)
+    # a caption a person wrote (in the file or a sidecar)
+    human: str | None = field(default=None, init=False)
+    # our caption or alt text differs from what the provenance records
+    claim: bool = field(default=False, init=False)
+    # the alt text in the embedded XMP is ours (now or before)
+    wrote_alt: bool = field(default=False, init=False)
+    # our caption left the file: a person's came after it
+    retracted: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.alt = alt_text_for(self.caption)
@@ -182,8 +157,8 @@ class InFilePlan:
         if xdesc is None or xdesc != written:
             prov.exif_previous_xmp_description = self.before_us(xdesc)
         cur_alt = packet.get_default(NS_IPTC, "AltTextAccessibility") if packet else None
-        alt_ours = cur_alt is not None and cur_alt in (prov.exif_alt_text, alt)
-        alt_empty = not (cur_alt and cur_alt.strip())
+        alt_ours = is_our_alt_text(cur_alt, prov.exif_alt_text, alt)
+        alt_empty = is_blank_alt_text(cur_alt)
         if alt_empty or alt_ours or self.overwrite_human:
             if cur_alt != alt:
                 edit.xmp[(NS_IPTC, "AltTextAccessibility")] = alt

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from photocap.errors import WriteError
+from photocap.metadata.edit import FileEdit, InFileText
+from photocap.metadata.ifd import TAG_IMAGE_DESCRIPTION, TAG_XP_COMMENT, encode_ascii, encode_xp
 from photocap.metadata.patch import (
     MAX_PATCH_BYTES,
     apply_patch,
@@ -23,7 +25,7 @@ from photocap.metadata.patch import (
     diff_bytes,
     encode_patch,
 )
-from photocap.metadata.xmp import NS_PHOTOCAP, XmpDocument
+from photocap.metadata.xmp import NS_DC, NS_IPTC, NS_PHOTOCAP, XmpDocument
 from photocap.writers import CaptionRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,7 +102,7 @@ class Provenance:
     def forget_exif(self, *, alt_text: bool = True) -> None:
         """Clear the exif writer's record of its caption (and, with ``alt_text``, of its alt
         text) once the file no longer holds it: put back by revert, or taken out for a
-        person's (:func:`photocap.metadata.exif_writer.restore_edit` with the same ``alt_text``)."""
+        person's (:func:`restore_edit` with the same ``alt_text``)."""
         self.exif_description = self.exif_previous_description = None
         self.exif_previous_comment = self.exif_previous_xmp_description = None
         if alt_text:
@@ -186,3 +188,36 @@ def stamp(prov: Provenance, record: CaptionRecord) -> None:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
+
+
+def restore_edit(
+    prov: Provenance, text: InFileText, notes: list[str] | None = None, *, alt_text: bool = True
+) -> FileEdit | None:
+    """The edit that puts back what the exif writer replaced in a file, wherever the file still
+    holds what it wrote (``prov``): ImageDescription, XPComment, the embedded XMP description
+    and, with ``alt_text``, the alt text. A text edited since is left, with a line in ``notes``.
+    None: nothing to put back. ``photocap revert`` uses it, and the writer when a person's
+    caption came after ours."""
+    notes = [] if notes is None else notes
+    written = prov.exif_description
+    edit = FileEdit(drop_empty_xmp=prov.exif_added_xmp == "True")
+    if written is not None and text.description == written:
+        before = prov.exif_previous_description
+        edit.tags[TAG_IMAGE_DESCRIPTION] = encode_ascii(before) if before is not None else None
+    elif written is not None:
+        notes.append("EXIF description was edited after photocap wrote it; left as is")
+    if written is not None and text.comment == written:
+        before = prov.exif_previous_comment
+        edit.tags[TAG_XP_COMMENT] = encode_xp(before) if before is not None else None
+    doc = text.xmp()  # the embedded packet (JPEG, WebP, TIFF, PNG, DNG)
+    fields = [(NS_DC, "description", written, prov.exif_previous_xmp_description)]
+    if alt_text:
+        fields.append((NS_IPTC, "AltTextAccessibility", prov.exif_alt_text,
+                       prov.exif_previous_alt_text))  # fmt: skip
+    for ns, name, ours, before_text in fields:
+        current = doc.get_default(ns, name) if doc is not None else None
+        if ours is not None and current == ours:
+            edit.xmp[(ns, name)] = before_text
+        elif ours is not None and current is not None and name == "description":
+            notes.append("embedded XMP description was edited after photocap; left as is")
+    return edit or None

@@ -25,7 +25,6 @@ from typing import Literal
 from photocap.errors import WriteError, one_line
 from photocap.index import PhotoIndex
 from photocap.library import is_skipped_folder
-from photocap.metadata.exif_writer import restore_edit
 from photocap.metadata.infile import (
     IN_FILE_FORMATS,
     MAX_PHOTO_BYTES,
@@ -36,6 +35,7 @@ from photocap.metadata.provenance import (
     Provenance,
     original_bytes,
     read_provenance,
+    restore_edit,
     write_provenance,
 )
 from photocap.metadata.sidecars import find_sidecars, photos_for_sidecar, save_sidecar, stem_owner

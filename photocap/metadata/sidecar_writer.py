@@ -24,7 +24,13 @@ thin adapter that finds the sidecar, asks it, and saves.
 from __future__ import annotations
 
 from photocap.errors import WriteError
-from photocap.metadata.authorship import alt_text_for, find_human_caption, human_description
+from photocap.metadata.authorship import (
+    alt_text_for,
+    find_human_caption,
+    human_description,
+    is_blank_alt_text,
+    is_our_alt_text,
+)
 from photocap.metadata.provenance import read_provenance, stamp, write_provenance
 from photocap.metadata.sidecars import (
     find_sidecars,
@@ -84,8 +90,8 @@ def apply_caption(
         changed = True
 
     cur_alt = doc.get_default(NS_IPTC, "AltTextAccessibility")
-    alt_ours = cur_alt is not None and cur_alt == prov.alt_text
-    alt_empty = not (cur_alt and cur_alt.strip())
+    alt_ours = is_our_alt_text(cur_alt, prov.alt_text)
+    alt_empty = is_blank_alt_text(cur_alt)
     # With a person's description kept, alt text is only added where there is none.
     if alt_empty or overwrite_human or (alt_ours and not human):
         if not alt_ours:

@@ -141,7 +141,8 @@ def sidecar_for_write(photo: Path, naming: SidecarName) -> Path:
         others = stem_siblings(photo)
         owner = stem_owner([photo, *others]) if others else photo
         if owner is not None and owner != photo:
-            raise SidecarTaken(  # no file names: the summary counts photos by this message
+            # No file names: the summary shows it once, with the count of photos.
+            raise SidecarTaken(
                 "the stem-named sidecar belongs to the RAW of this RAW+JPEG pair "
                 "(--sidecar-name full gives this photo its own)"
             )

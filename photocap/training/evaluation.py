@@ -17,16 +17,18 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from photocap.decoding import DEFAULT_BEAM_SIZE
 from photocap.errors import PhotocapError
-from photocap.model import Captioner
 from photocap.training.cider import corpus_bleu4, corpus_cider
 from photocap.training.config import TrainConfig
 from photocap.vocab import tokenize
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from photocap.model import Captioner
 
 
 def score_dev(
