@@ -42,9 +42,9 @@ WAYS = {
 _DRIVER = """
 import os, sys
 if os.environ.get("PHOTOCAP_CORES") == "half":
-    import photocap.pipeline as pl
-    follow = pl._CoreShare.set_for_batch
-    pl._CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
+    import photocap.run.caption as rc
+    follow = rc.CoreShare.set_for_batch
+    rc.CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
 from photocap.cli import app
 app(sys.argv[1:], prog_name="photocap")
 """

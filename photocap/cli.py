@@ -303,6 +303,11 @@ class SidecarName(str, Enum):
     stem = "stem"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -362,6 +367,16 @@ def caption(
         "--fast-heic",
         help="HEIC: caption the embedded thumbnail (~36x faster decode; some captions differ).",
     ),
+    engine: Engine = typer.Option(
+        Engine.local, "--engine", help="Run here (local) or on a Ray cluster (ray: photocap[ray])."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        show_default=False,
+        help="Ray cluster to use with --engine ray [default: start one on this machine].",
+    ),
 ) -> None:
     """Caption photos and write the captions to XMP sidecars, EXIF and the search index.
 
@@ -388,7 +403,7 @@ def caption(
             dry_run=dry_run,
         ),
         force=force, limit=limit, batch_size=batch_size, workers=workers, beam_size=beam_size,
-        heif_thumbnails=fast_heic,
+        heif_thumbnails=fast_heic, engine=engine.value, ray_address=ray_address,
     )  # fmt: skip
     db_path = resolve_db_path(db)
 

@@ -45,7 +45,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
+from photocap.errors import PhotocapError
 from photocap.index import PhotoIndex
 from photocap.run.events import (
     CaptionEvent,
@@ -68,9 +70,23 @@ def caption_library(
     options: CaptionOptions | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[CaptionEvent]:
-    """Caption every photo under ``paths`` that needs it; yield events, end with a RunSummary."""
-    run = LocalRun(captioner, index, options or CaptionOptions(), stop or threading.Event())
-    yield from run.events(paths)
+    """Caption every photo under ``paths`` that needs it; yield events, end with a RunSummary.
+
+    ``options.engine``: ``"local"`` (this machine) or ``"ray"`` (a Ray cluster, or a Ray
+    started here: :mod:`photocap.run.ray_engine`; needs ``photocap[ray]`` and the model file
+    the captioner was opened from)."""
+    options = options or CaptionOptions()
+    stop = stop or threading.Event()
+    if options.engine == "ray":
+        from photocap.run.ray_engine import RayRun
+
+        model_path = getattr(captioner, "path", None) or getattr(captioner, "source", None)
+        if model_path is None:
+            raise PhotocapError("--engine ray needs a model file (the captioner has none)")
+        ray_run = RayRun(captioner, index, options, stop, Path(model_path), options.ray_address)
+        yield from ray_run.events(paths)
+        return
+    yield from LocalRun(captioner, index, options, stop).events(paths)
 
 
 __all__ = [

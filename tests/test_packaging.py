@@ -15,7 +15,7 @@ def _requirement_names() -> set[str]:
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     lines = [*project["dependencies"]]
-    for extra in ("train", "dev"):  # dev includes photocap[train]
+    for extra in ("train", "ray", "dev"):  # dev includes photocap[train,ray]
         lines += project["optional-dependencies"][extra]
     return {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower() for line in lines}
 

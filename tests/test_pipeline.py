@@ -849,11 +849,23 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
         return submitted[-1]
 
     monkeypatch.setattr(_Run, "_submit", tracked)
-    seen: list[tuple[bool, int]] = []  # (a worker was decoding, torch threads) per batch
+    from photocap.run.caption import CoreShare
+
+    # What the run decided before each batch, beside what the test saw at that moment (the
+    # test looks again only at the decision: a worker may finish while the batch starts).
+    decisions: list[tuple[bool, bool]] = []  # (the run: decoding, the test: decoding)
+    decide = CoreShare.set_for_batch
+
+    def watched(self: Any, *, decoding: bool) -> None:
+        decisions.append((decoding, any(not f.done() for f in submitted)))
+        decide(self, decoding=decoding)
+
+    monkeypatch.setattr(CoreShare, "set_for_batch", watched)
+    seen: list[tuple[bool, int]] = []  # (the run said a worker was decoding, torch threads)
 
     class Watching(_CountingCaptioner):
         def caption_batch(self, pixels: Any, beam_size: int) -> Any:
-            seen.append((any(not f.done() for f in submitted), torch.get_num_threads()))
+            seen.append((decisions[-1][0], torch.get_num_threads()))
             return super().caption_batch(pixels, beam_size)
 
     make_tiny_jpegs(tmp_path / "lib", 14)
@@ -863,5 +875,8 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
     assert summary.captioned == 14 and len(seen) == 4  # batches of 4, 4, 4, 2
     assert torch.get_num_threads() == threads  # restored
     assert seen[-1] == (False, threads)  # the last batch: nothing left to decode
+    # The run's view is the futures': decoding while one is not done. The test looks just
+    # after the run: a future may finish in between, never start again.
+    assert all(ours or not theirs for ours, theirs in decisions)
     for decoding, used in seen:
         assert used == (shared if decoding else threads)

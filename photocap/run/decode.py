@@ -31,6 +31,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from photocap.run.events import CaptionOptions
 
 DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
+# For the tests of engines whose workers a test cannot patch (Ray's): a decode worker given a
+# file whose name holds this variable's value crashes as a C decoder does (SIGSEGV).
+CRASH_ENV = "PHOTOCAP_TEST_CRASH_DECODER"
+
+
+def _decode_in_worker(path: str, *args: object) -> DecodedPhoto | DecodeFailure:
+    """:func:`decode_photo` in a worker process (and the tests' crash hook)."""
+    crash = os.environ.get(CRASH_ENV)
+    if crash and crash in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_photo(path, *args)  # type: ignore[arg-type]
 
 
 def submit_decode(
@@ -39,8 +50,30 @@ def submit_decode(
     """Decode ``path`` for the model in ``pool``, or here and now without one."""
     args = (os.fspath(path), preset, options.max_pixels, options.heif_thumbnails)
     if pool is not None:
-        return pool.submit(decode_photo, *args)
+        return pool.submit(_decode_in_worker, *args)
     return done_future(decode_photo(*args))
+
+
+def decode_batch(
+    paths: list[Path], preset: Preset, options: CaptionOptions
+) -> list[DecodedPhoto | DecodeFailure]:
+    """Decode ``paths`` in one worker process, in order. A worker that crashes or hangs is
+    replaced: the photo it was on and those after it are decoded alone, so only the culprit
+    fails (what a Ray decode task runs: a decoder's crash stays inside the task)."""
+    pool: ProcessPoolExecutor | None = make_pool(1)
+    results: list[DecodedPhoto | DecodeFailure] = []
+    try:
+        futures = [submit_decode(pool, path, preset, options) for path in paths]
+        for k, future in enumerate(futures):
+            try:
+                results.append(future.result(timeout=options.decode_timeout_s))
+            except (BrokenProcessPool, FutureTimeout):
+                close_pool(pool, kill=True)
+                pool = None
+                return results + [decode_alone(p, preset, options) for p in paths[k:]]
+        return results
+    finally:
+        close_pool(pool)
 
 
 def decode_alone(

@@ -70,6 +70,8 @@ class CaptionOptions:
     # loop on a hostile file): it is killed and the photo fails. A 100-MP photo takes ~1 s.
     decode_timeout_s: float = 120.0
     heif_thumbnails: bool = False  # --fast-heic: a HEIC's embedded thumbnail stands in for it
+    engine: Literal["local", "ray"] = "local"  # --engine: this machine, or a Ray cluster
+    ray_address: str | None = None  # --ray-address (else $RAY_ADDRESS, else a local Ray)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""``photocap caption --engine ray``: the run's stages on Ray (real Ray, no mocks).
+
+A Ray started for this module on this machine (2 CPUs); the local engine's results are the
+reference: the same library through both engines gives the same index rows and sidecars.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_bad_photos, make_tiny_jpegs
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'photocap[ray]'")
+
+from photocap.checkpoint import LazyCaptioner  # noqa: E402
+from photocap.index import PhotoIndex  # noqa: E402
+from photocap.pipeline import CaptionOptions, PhotoResult, RunSummary, caption_library  # noqa: E402
+from photocap.run.decode import CRASH_ENV  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Any:
+    """One Ray for the module: starting one costs seconds. Its workers crash on files named
+    *decoder-crash-test* (the decode stage's test hook)."""
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        runtime_env={"env_vars": {CRASH_ENV: "decoder-crash-test"}},
+    )  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+def _library(root: Path) -> Path:
+    """Good photos (one a copy of another), a RAW+JPEG pair, and files that do not decode."""
+    lib = root / "lib"
+    paths = make_tiny_jpegs(lib, 6)
+    (lib / "copy of img_0001.jpg").write_bytes(paths[1].read_bytes())
+    make_bad_photos(lib / "bad")
+    from raw_helpers import make_dng
+
+    make_dng(lib / "IMG_9000.DNG")
+    make_tiny_jpegs(lib / "pair", 1)[0].rename(lib / "IMG_9000.JPG")
+    return lib
+
+
+def _run(lib: Path, model: Path, db: Path, **options: Any) -> tuple[list[PhotoResult], RunSummary]:
+    captioner = LazyCaptioner(model, device="cpu")
+    opts = CaptionOptions(writers=["xmp", "index"], batch_size=4, workers=1, **options)
+    results: list[PhotoResult] = []
+    summary = None
+    with PhotoIndex(db) as index:
+        for event in caption_library([lib], captioner, index, opts):
+            if isinstance(event, PhotoResult):
+                results.append(event)
+            elif isinstance(event, RunSummary):
+                summary = event
+    assert summary is not None
+    return results, summary
+
+
+def _rows(db: Path, root: Path) -> dict[str, tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT path, caption, error, stage, model_id FROM photos")
+        return {os.path.relpath(r[0], root): tuple(r[1:]) for r in rows}
+
+
+def _sidecars(root: Path) -> dict[str, bytes]:
+    """Each sidecar's bytes, the caption date taken out (the runs differ in time)."""
+    import re
+
+    out = {}
+    for path in sorted(root.rglob("*.xmp")):
+        text = re.sub(rb"<photocap:captionDate>[^<]*<", b"<", path.read_bytes())
+        out[os.path.relpath(path, root)] = text
+    return out
+
+
+def test_both_engines_give_the_same_rows_and_sidecars(
+    local_ray: Any, model_file: Path, tmp_path: Path
+) -> None:
+    local_lib = _library(tmp_path / "local")
+    ray_lib = _library(tmp_path / "ray")
+    _, local_summary = _run(local_lib, model_file, tmp_path / "local.db")
+    remote, summary = _run(ray_lib, model_file, tmp_path / "ray.db", engine="ray")
+    assert _rows(tmp_path / "ray.db", ray_lib) == _rows(tmp_path / "local.db", local_lib)
+    assert _sidecars(ray_lib) == _sidecars(local_lib)
+    # A copy is captioned, or carried from its original: that depends on which batch each
+    # is in (the local engine), or on the order they come back in (Ray). Either way the
+    # same caption.
+    counts = lambda s: (s.captioned + s.carried, s.skipped, s.failed)  # noqa: E731
+    assert counts(summary) == counts(local_summary) == (9, 0, 4)
+    # Bad files are one line each, and the run went on.
+    failed = {r.path.name: r.error for r in remote if r.status == "failed"}
+    assert set(failed) == {"truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"}
+    assert all(error and "\n" not in error for error in failed.values())
+    # A re-run finds nothing to do.
+    _, rerun = _run(ray_lib, model_file, tmp_path / "ray.db", engine="ray")
+    assert (rerun.captioned, rerun.skipped) == (0, 9)
+
+
+def test_a_decoder_crash_fails_its_file_only(
+    local_ray: Any, model_file: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    paths = make_tiny_jpegs(lib, 5)
+    paths[2].rename(lib / "img_decoder-crash-test.jpg")
+    results, summary = _run(lib, model_file, tmp_path / "i.db", engine="ray")
+    failed = {r.path.name: r.error for r in results if r.status == "failed"}
+    assert failed == {
+        "img_decoder-crash-test.jpg": "the decoder crashed on this file (corrupt, or out of memory)"
+    }
+    assert (summary.captioned, summary.failed) == (4, 1)
