@@ -115,3 +115,32 @@ def test_a_decoder_crash_fails_its_file_only(
         "img_decoder-crash-test.jpg": "the decoder crashed on this file (corrupt, or out of memory)"
     }
     assert (summary.captioned, summary.failed) == (4, 1)
+
+
+def test_a_stopped_run_commits_what_it_has_and_the_next_resumes(
+    local_ray: Any, model_file: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 12)
+    stop = threading.Event()
+    captioner = LazyCaptioner(model_file, device="cpu")
+    opts = CaptionOptions(writers=["xmp", "index"], batch_size=2, workers=1, engine="ray")
+    done = []
+    with PhotoIndex(tmp_path / "i.db") as index:
+        for event in caption_library([lib], captioner, index, opts, stop=stop):
+            if isinstance(event, PhotoResult):
+                done.append(event.path)
+                stop.set()  # as Ctrl-C does: the run ends after what is under way
+            elif isinstance(event, RunSummary):
+                summary = event
+    assert summary.interrupted and 0 < summary.captioned < 12
+    assert len(_rows(tmp_path / "i.db", lib)) == summary.captioned  # committed, each once
+    assert all(p.with_name(p.name + ".xmp").is_file() for p in done)
+    _, rest = _run(lib, model_file, tmp_path / "i.db", engine="ray")
+    assert (rest.captioned, rest.skipped, rest.failed) == (
+        12 - summary.captioned,
+        summary.captioned,
+        0,
+    )

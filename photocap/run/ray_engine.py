@@ -326,7 +326,9 @@ class RayRun:
         # actor: torch's threads scale poorly past that) and half to decoding.
         per_actor = 0 if gpus else min(4, max(1, cpus // 2))
         actors = gpus or max(1, (cpus // 2) // per_actor)
-        device = "cuda" if gpus else "cpu"
+        # "auto" on each actor: a node's own GPU, else its CPU (a GPU the cluster claims is not
+        # necessarily one torch sees there).
+        device = "auto" if gpus else "cpu"
         model = ray.put(self.model_path.read_bytes())
         items = [{"item": k, "path": os.fspath(w.photo.path)} for k, w in enumerate(work)]
         ds = ray.data.from_items(items)
