@@ -417,8 +417,14 @@ class PhotoIndex:
             self.db = sqlite_utils.Database(conn)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not self.read_only:
-                if not memory:
-                    self.db.enable_wal()
+                if not memory and self.db.journal_mode != "wal":
+                    # Switching to WAL takes an exclusive lock without waiting for a busy one:
+                    # two runs opening a new index at once would see "database is locked".
+                    # One switches at a time (under the migrations' lock); the other then finds
+                    # WAL on.
+                    with _file_lock(self.path):
+                        if self.db.journal_mode != "wal":
+                            self.db.enable_wal()
                 self.db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode, much faster
                 self._migrate()
             # A read-only index an earlier version wrote may lack later columns: read as NULL.
