@@ -567,7 +567,9 @@ def _esc(text: str) -> str:
 @cli_errors
 def search(
     words: list[str] = typer.Argument(
-        ..., metavar="WORDS", help="Words to find in captions (all must match; stemmed)."
+        ...,
+        metavar="WORDS",
+        help='Words to find in captions (stemmed): a sentence, "a phrase", a OR b, -word.',
     ),
     under: list[Path] | None = typer.Option(
         None, "--in", help="Only photos in this folder (repeat for several).", show_default=False
@@ -586,29 +588,35 @@ def search(
 
     A caption a person wrote (in a sidecar or in the photo, found while captioning) is
     searched too and shown under photocap's, after ✎.
-    Quotes are optional: `photocap search dog on a beach`. The dates are the EXIF date taken;
-    photos without one are left out when `--since` or `--until` is given.
+    Quotes are optional: `photocap search a dog on a beach`. Photos with every word come
+    first, then those with some of them (marked ~). `"red car"` is a phrase, `dog OR cat`
+    either, `children -water` (or `NOT water`) leaves photos out. The dates are the EXIF date
+    taken; photos without one are left out when `--since` or `--until` is given.
     """
-    from photocap.index import PhotoIndex, build_fts_query, make_search_filter
+    from photocap.index import PhotoIndex, make_search_filter
     from photocap.paths import resolve_db_path
+    from photocap.query import parse_query
 
     query = " ".join(words)
-    if not build_fts_query(query):  # "", '"', "*", "AND": it would match nothing, say why
+    if parse_query(query).is_empty:  # "", '"', "*", "-dog": it would match nothing, say why
         typer.echo(
             f"Error: nothing to search for in {query!r} (WORDS are words of a caption; "
-            "quotes, * and AND, OR, NOT, NEAR are ignored)",
+            "-word and NOT word only leave photos out)",
             err=True,
         )
         raise typer.Exit(2)
     only = make_search_filter(under or [], since=since, until=until)
+    suggestions: dict[str, str] = {}
     with PhotoIndex(resolve_db_path(db), create=False) as index:
         hits = index.search(query, limit=limit, only=only)
+        if not hits:
+            suggestions = index.suggest(query)
     if json_out:
         for hit in hits:
             _emit_json({
                 "path": hit.path, "caption": hit.caption, "rank": round(hit.rank, 4),
                 "matched": hit.matched, "date_taken": hit.date_taken, "camera": hit.camera,
-                "human_caption": hit.human_caption,
+                "human_caption": hit.human_caption, "complete": hit.complete,
             })  # fmt: skip
         return
     from rich.text import Text
@@ -618,7 +626,7 @@ def search(
     out = _console()
     for hit in hits:
         line = Text(describe_path(hit.path), style="cyan")
-        line.append("  ")
+        line.append("  " if hit.complete else " ~ ", style="dim")
         for text, matched in hit.segments:
             line.append(text, style="bold yellow" if matched else "")
         if hit.human_caption:  # the person's own caption, on the next line
@@ -627,7 +635,12 @@ def search(
                 line.append(text, style="bold yellow" if matched else "italic")
         out.print(line)
     if not hits:
-        typer.echo("No photos match.", err=True)
+        if suggestions:
+            wrong = ", ".join(suggestions)
+            meant = ", ".join(suggestions.values())
+            typer.echo(f"No photos match {wrong}; did you mean {meant}?", err=True)
+        else:
+            typer.echo("No photos match.", err=True)
 
 
 @app.command()

@@ -21,7 +21,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -35,7 +35,13 @@ BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
 RANK_WINDOW = 5_000
 PHOTOS = "photos"
-FTS_COLUMNS = ["caption", "human_caption"]  # what search looks in, in photos_fts column order
+# What search looks in, in photos_fts column order: the caption, a person's caption, the
+# beam's other captions (JSON: its words are words to FTS5), the photo's path (its folder and
+# file names: "Paris 2023/IMG_0412.jpg" is found by "paris").
+FTS_COLUMNS = ["caption", "human_caption", "alternatives", "path"]
+# Their bm25 weights: the caption and a person's count most; the other captions less (the model
+# was less sure of them); a name found in the path less still.
+FTS_WEIGHTS = (1.0, 1.0, 0.3, 0.5)
 
 # Where a photo's last failure happened (the ``stage`` column, beside its one-line ``error``):
 # "discover" (its path could not be walked: a folder that cannot be read, a name that is not
@@ -156,6 +162,8 @@ class SearchHit:
     camera: str | None = None
     human_caption: str | None = None  # a person's own caption of the photo, if one was found
     human_segments: tuple[tuple[str, bool], ...] = ()
+    # It matches the whole query; False: some of its words only (ranked after the others).
+    complete: bool = True
 
     @property
     def matched(self) -> list[str]:
@@ -290,7 +298,10 @@ def _m005_search_human_captions(db: sqlite_utils.Database) -> None:
     table = db.table(PHOTOS)
     if "human_caption" not in table.columns_dict:
         table.add_column("human_caption", str)
-    table.enable_fts(FTS_COLUMNS, tokenize="porter unicode61", create_triggers=True, replace=True)
+    table.enable_fts(
+        ["caption", "human_caption"], tokenize="porter unicode61", create_triggers=True,
+        replace=True,
+    )  # fmt: skip
 
 
 def _m006_sidecar_stamp(db: sqlite_utils.Database) -> None:
@@ -316,6 +327,14 @@ def _m009_failure_stage(db: sqlite_utils.Database) -> None:
         db.table(PHOTOS).add_column("stage", str)
 
 
+def _m010_search_alternatives_and_names(db: sqlite_utils.Database) -> None:
+    # search finds the beam's other captions and folder / file names too; the full-text index
+    # is rebuilt over all four (once; idempotent if interrupted).
+    db.table(PHOTOS).enable_fts(
+        FTS_COLUMNS, tokenize="porter unicode61", create_triggers=True, replace=True
+    )
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -327,6 +346,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("007_pixels_hash", _m007_pixels_hash),
     ("008_index_pixels_hash", _m008_index_pixels_hash),
     ("009_failure_stage", _m009_failure_stage),
+    ("010_search_alternatives_and_names", _m010_search_alternatives_and_names),
 ]
 
 
@@ -400,6 +420,8 @@ class PhotoIndex:
         # nothing else changes it either, so it needs no lock or -shm file.
         self.read_only = not (memory or create or _writable(self.path))
         self._human_fts: bool | None = None  # whether photos_fts has human_caption (005)
+        self._vocabulary: list[str] | None = None  # FTS5's words, most frequent first
+        self._fts_columns: int | None = None  # columns of photos_fts (2 before migration 010)
         # A -wal file left by a writer that never closed the index (killed, a card pulled out)
         # holds committed changes that "immutable" would not read: the index would look old,
         # or empty. SQLite then reads it through the WAL, which read-only media allow when
@@ -588,12 +610,16 @@ class PhotoIndex:
         """Full-text search over captions (photocap's and a person's), best first (bm25), with
         matches highlighted.
 
+        ``query`` is read by :func:`photocap.query.parse_query`: words (stemmed: "dogs
+        running" finds "A dog runs"; irregular plurals too), ``"phrases"``, ``OR``, ``-word``
+        or ``NOT word``; nothing a user types forms FTS5 syntax of its own, and nothing raises.
+        Photos matching every word come first; then, for a query of several words (a sentence
+        typed as the query), photos matching some of them, ranked by how much they match
+        (bm25 over the matched words; their :attr:`SearchHit.complete` is False). Function
+        words ("a", "the", "on") are left out of a query that has other words.
+
         ``only`` keeps photos below some folders / taken within some dates; it applies before
         the ranking window below, so a folder of old photos is searched whole.
-
-        Every word of ``query`` must match (porter stemming: "dogs running" finds "A dog runs").
-        Words are quoted, so FTS syntax in user input (quotes, hyphens, AND/OR/NOT, ``:``) is
-        taken literally and never raises; a trailing ``*`` keeps its prefix meaning.
 
         Ranking happens inside FTS5 (``bm25`` with ``ORDER BY ... LIMIT``) on row ids only; the
         ``photos`` rows and ``highlight()`` are read for the top rows alone. Equal scores are
@@ -603,12 +629,25 @@ class PhotoIndex:
         match); ``rank_window=None`` ranks every match. Scores use the whole index's statistics
         either way.
         """
-        fts = build_fts_query(query)
-        if not fts or limit <= 0:
+        from photocap.query import parse_query
+
+        parsed = parse_query(query)
+        if parsed.is_empty or limit <= 0:
             return []
+        want = int(limit)
+        hits = self._ranked(parsed.all_of(), want, only, rank_window)
+        if len(hits) < want and len(parsed.groups) > 1:
+            found = {hit.path for hit in hits}
+            more = self._ranked(parsed.any_of(), want + len(hits), only, rank_window)
+            hits += [replace(h, complete=False) for h in more if h.path not in found]
+        return hits[:want]
+
+    def _ranked(
+        self, fts: str, want: int, only: SearchFilter | None, rank_window: int | None
+    ) -> list[SearchHit]:
+        """The ``want`` best photos for the FTS5 query ``fts`` (see :meth:`search`)."""
         conn = self.db.conn
         try:
-            want = int(limit)
             where, params = "photos_fts MATCH ?", [fts]
             if only is not None and only != SearchFilter():
                 cond, values = only.sql()
@@ -635,7 +674,7 @@ class PhotoIndex:
             fetch = 2 * want  # a margin for rows with an error and for ties at the cut
             while True:
                 top = conn.execute(
-                    f"SELECT rowid, bm25(photos_fts) AS r FROM photos_fts WHERE {where} "
+                    f"SELECT rowid, {self._bm25()} AS r FROM photos_fts WHERE {where} "
                     "ORDER BY r LIMIT ?",
                     [*params, fetch],
                 ).fetchall()
@@ -681,6 +720,48 @@ class PhotoIndex:
         ]  # fmt: skip
         hits.sort(key=lambda h: (h.rank, h.path))
         return hits
+
+    @_sqlite_errors
+    def suggest(self, query: str) -> dict[str, str]:
+        """For each word of ``query`` that no caption holds, the closest word the index's
+        captions do hold ("dgo" -> "dog"), when one is close enough: for "did you mean".
+        The index's vocabulary is FTS5's own (stemmed words, as stored)."""
+        import difflib
+
+        from photocap.query import parse_query
+
+        unknown = [
+            word
+            for word in dict.fromkeys(parse_query(query).words)
+            if not self.db.conn.execute(
+                "SELECT 1 FROM photos_fts WHERE photos_fts MATCH ? LIMIT 1", [f'"{word}"']
+            ).fetchone()
+        ]
+        if not unknown:
+            return {}
+        if self._vocabulary is None:
+            # A temp table: it works on an index opened read-only too, and adds nothing to it.
+            self.db.conn.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.photocap_vocabulary "
+                "USING fts5vocab(main, photos_fts, 'row')"
+            )
+            rows = self.db.conn.execute(
+                "SELECT term FROM temp.photocap_vocabulary ORDER BY doc DESC"
+            ).fetchall()
+            self._vocabulary = [row[0] for row in rows if row[0].isalpha()]
+        out = {}
+        for word in unknown:
+            close = difflib.get_close_matches(word, self._vocabulary, n=1, cutoff=0.6)
+            if close:
+                out[word] = close[0]
+        return out
+
+    def _bm25(self) -> str:
+        """bm25 with the columns' weights (an index opened read-only may predate some)."""
+        if self._fts_columns is None:
+            self._fts_columns = len(self.db.table(f"{PHOTOS}_fts").columns_dict)
+        weights = ", ".join(str(w) for w in FTS_WEIGHTS[: self._fts_columns])
+        return f"bm25(photos_fts, {weights})"
 
     def _searches_human_captions(self) -> bool:
         if self._human_fts is None:
@@ -965,18 +1046,11 @@ def _writable(path: Path) -> bool:
 
 
 def build_fts_query(query: str) -> str:
-    """User words -> a safe FTS5 query: each word a quoted string, all words required."""
-    terms = []
-    for word in query.split():
-        prefix = word.endswith("*")
-        word = word.replace('"', "").rstrip("*")  # quotes carry no meaning in a caption word
-        if not any(ch.isalnum() for ch in word):
-            continue  # a lone "-" or '"' is not a word
-        if word.upper() in ("AND", "OR", "NOT", "NEAR"):
-            continue  # operators typed in plain English carry no meaning for captions
-        quoted = f'"{word}"'
-        terms.append(quoted + ("*" if prefix else ""))
-    return " ".join(terms)
+    """User text -> the safe FTS5 query matching all of it (:func:`photocap.query.parse_query`);
+    "" when there is nothing to search for."""
+    from photocap.query import parse_query
+
+    return parse_query(query).all_of()
 
 
 def index_key(path: str | os.PathLike[str]) -> str:

@@ -31,7 +31,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
      "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py", "bench_runtime.py",
-     "bench_engines.py"],
+     "bench_engines.py", "search_quality.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")

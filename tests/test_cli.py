@@ -269,6 +269,25 @@ def test_search_words_unquoted_in_a_folder_since_a_date(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--since 'last week': give a date as YYYY" in bad.output
 
 
+def test_search_says_which_matches_are_partial_and_suggests_for_a_typo(tmp_path: Path) -> None:
+    from photocap.index import PhotoIndex
+
+    db = tmp_path / "i.db"
+    with PhotoIndex(db) as index:
+        index.upsert_photos([
+            {"path": "/p/a.jpg", "caption": "A dog runs on the beach."},
+            {"path": "/p/b.jpg", "caption": "A dog sleeps on a sofa."},
+        ])  # fmt: skip
+    result = runner.invoke(app, ["search", "a", "dog", "on", "the", "beach", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("/p/a.jpg  ") and lines[1].startswith("/p/b.jpg ~ ")
+    found = runner.invoke(app, ["search", "dog beach", "--db", str(db), "--json"])
+    assert [json.loads(x)["complete"] for x in found.stdout.splitlines()] == [True, False]
+    typo = runner.invoke(app, ["search", "dgo", "--db", str(db)])
+    assert typo.exit_code == 0 and typo.stderr.strip() == "No photos match dgo; did you mean dog?"
+
+
 def test_fast_heic_reaches_the_decoder(tmp_path: Path, model_file: Path, monkeypatch) -> None:
     pillow_heif = pytest.importorskip("pillow_heif")
     import photocap.image as image
@@ -320,7 +339,7 @@ def test_raw_and_jpeg_pair_share_a_caption_raw_untouched(tmp_path: Path, model_f
 
 
 @pytest.mark.parametrize(
-    "words", [[""], ["   "], ["!!!"], ['"'], ["*"], ["AND"], ['"', "*", "AND", "or"]]
+    "words", [[""], ["   "], ["!!!"], ['"'], ["*"], ["AND"], ['"', "*", "AND", "OR"]]
 )
 def test_search_without_words_is_a_usage_error(tmp_path: Path, words: list[str]) -> None:
     result = runner.invoke(app, ["search", *words, "--db", str(tmp_path / "none.db")])
@@ -328,7 +347,7 @@ def test_search_without_words_is_a_usage_error(tmp_path: Path, words: list[str])
     # One line naming the argument as --help does (WORDS), and what was given.
     assert result.stderr.splitlines() == [
         f"Error: nothing to search for in {' '.join(words)!r} (WORDS are words of a caption; "
-        "quotes, * and AND, OR, NOT, NEAR are ignored)"
+        "-word and NOT word only leave photos out)"
     ]
     assert "QUERY" not in result.output
     assert "WORDS" in runner.invoke(app, ["search", "--help"]).output

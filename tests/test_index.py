@@ -65,7 +65,9 @@ def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
     assert db["photos"].pks == ["path"]
     assert db["photos"].detect_fts() == "photos_fts"  # what datasette uses for search
     assert "porter" in db["photos_fts"].schema
-    assert list(db["photos_fts"].columns_dict) == ["caption", "human_caption"]
+    assert list(db["photos_fts"].columns_dict) == [
+        "caption", "human_caption", "alternatives", "path"
+    ]  # fmt: skip
     assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
 
 
@@ -228,8 +230,9 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     assert "the file is damaged" in str(index_error(path, err))
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
-        assert idx.applied_migrations()[-4:] == [
+        assert idx.applied_migrations()[-5:] == [
             "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash", "009_failure_stage",
+            "010_search_alternatives_and_names",
         ]  # fmt: skip
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]
@@ -408,9 +411,63 @@ def test_odd_queries_never_crash(index: PhotoIndex, query: str) -> None:
 
 
 def test_fts_query_quoting() -> None:
-    assert build_fts_query('dog "big" -x "AND') == '"dog" "big" "-x"'
+    # Operators do what they say; every word reaches FTS5 as a quoted string.
+    assert build_fts_query('dog "big" -x "AND') == '("dog" AND "big") NOT ("x")'
     assert build_fts_query("bik*") == '"bik"*'
     assert build_fts_query(" AND - ") == ""
+    assert build_fts_query("-water") == ""  # only leaving out: nothing to find
+    assert build_fts_query('"red car" NOT water') == '("red car") NOT ("water")'
+    assert build_fts_query('dog" OR 1=1 --') == '("dog" OR "1 1")'  # injected syntax: words
+    assert build_fts_query("children playing") == '("child" OR "children") AND "playing"'
+    assert build_fts_query("A dog on the beach") == '"dog" AND "beach"'  # function words out
+
+
+def test_a_sentence_query_ranks_whole_matches_first_then_partial_ones(index: PhotoIndex) -> None:
+    hits = index.search("A brown dog is running on the grass", limit=10)
+    assert [(h.path, h.complete) for h in hits][:2] == [
+        ("/p/dog.jpg", True),  # every word
+        ("/p/dogs.jpg", False),  # dogs, running: some of the words
+    ]
+    assert "/p/girl.jpg" not in [h.path for h in hits]  # none of the words
+    assert [h.path for h in index.search("dog grass", limit=1)] == ["/p/dog.jpg"]
+
+
+def test_operators_do_what_they_say(index: PhotoIndex) -> None:
+    paths = lambda q: sorted(h.path for h in index.search(q))  # noqa: E731
+    assert paths("dogs") == ["/p/dog.jpg", "/p/dogs.jpg"]
+    assert paths("dogs -beach") == paths("dogs NOT beach") == ["/p/dog.jpg"]
+    assert paths("girl OR bike") == ["/p/bike.jpg", "/p/girl.jpg"]
+    assert paths('"dirt road"') == ["/p/bike.jpg"]
+    assert paths('"road dirt"') == []  # a phrase: in this order
+
+
+def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: Path) -> None:
+    with PhotoIndex(tmp_path / "i.db") as idx:
+        idx.upsert_photos([
+            {"path": "/p/Paris 2023/IMG_0412.jpg", "caption": "A woman stands on a bridge.",
+             "alternatives": json.dumps(["A woman stands near a river."]), "model_id": "m"},
+            {"path": "/p/home/IMG_0413.jpg", "caption": "A river flows under a bridge.",
+             "alternatives": json.dumps([]), "model_id": "m"},
+        ])  # fmt: skip
+        assert [h.path for h in idx.search("paris")] == ["/p/Paris 2023/IMG_0412.jpg"]
+        # The caption that says it first, the photo whose other caption does after it.
+        assert [h.path for h in idx.search("river")] == [
+            "/p/home/IMG_0413.jpg", "/p/Paris 2023/IMG_0412.jpg",
+        ]  # fmt: skip
+
+
+def test_irregular_plurals_find_each_other(tmp_path: Path) -> None:
+    with _bulk_index(tmp_path, ["Two children play in the sand.", "A man rides a horse."]) as idx:
+        assert [h.caption for h in idx.search("child")] == ["Two children play in the sand."]
+        assert [h.caption for h in idx.search("men")] == ["A man rides a horse."]
+
+
+def test_a_typo_gets_a_suggestion_from_the_index_words(index: PhotoIndex) -> None:
+    assert index.search("dgo") == []
+    assert index.suggest("dgo") == {"dgo": "dog"}
+    assert index.suggest("brown dgo") == {"dgo": "dog"}  # known words are not "corrected"
+    assert index.suggest("dog") == {}
+    assert index.suggest("qqqqzz") == {}  # nothing close: no guess
 
 
 def test_stats_and_prune(tmp_path: Path) -> None:
