@@ -65,6 +65,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/flickr8k"))
     parser.add_argument("--db", type=Path, help="an index of the dev photos (else captioned now)")
     parser.add_argument("--limit", type=int, default=1000, help="dev photos")
+    parser.add_argument(
+        "--near-sweep",
+        action="store_true",
+        help="also try other near-word settings (similarity x count)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -87,15 +92,40 @@ def main() -> None:
         by_name = {Path(p).name: p for p in index.iter_paths()}
         names = [n for n in names if n in by_name]
 
+        from photocap.checkpoint import default_model_path
+        from photocap.lexicon import NEAR_SIMILARITY, NEAR_WORDS, NearWords
+
+        lexicon = NearWords.from_model(default_model_path())
+
         def photocap_search(query: str, k: int) -> list[str]:
             return [Path(h.path).name for h in index.search(query, limit=k, rank_window=None)]
+
+        def near_search(similarity: float, count: int) -> Any:
+            def near(word: str) -> list[str]:
+                return lexicon.of(word, count, similarity)
+
+            def search(query: str, k: int) -> list[str]:
+                hits = index.search(query, limit=k, rank_window=None, near=near)
+                return [Path(h.path).name for h in hits]
+
+            return search
 
         def baseline_search(query: str, k: int) -> list[str]:
             fts = baseline_fts(query)
             hits = index._ranked(fts, k, None, None) if fts else []
             return [Path(h.path).name for h in hits]
 
-        ways = {"photocap": photocap_search, "before (all words)": baseline_search}
+        ways = {
+            f"photocap + near words ({NEAR_SIMILARITY}, {NEAR_WORDS})": near_search(
+                NEAR_SIMILARITY, NEAR_WORDS
+            ),
+            "photocap, words typed only (--exact)": photocap_search,
+            "before (all words)": baseline_search,
+        }
+        if args.near_sweep:
+            for similarity in (0.3, 0.35, 0.4, 0.5):
+                for count in (2, 4):
+                    ways[f"near words ({similarity}, {count})"] = near_search(similarity, count)
         rows: list[list[Any]] = []
         result: dict[str, Any] = {"photos": len(names)}
         for way, search in ways.items():

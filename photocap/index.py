@@ -34,11 +34,13 @@ from photocap.writers import CaptionRecord, OutcomeCode, WriteOptions, WriteOutc
 BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
 RANK_WINDOW = 5_000
+# "did you mean": the words of the newest this many captions are the words it may offer.
+SUGGESTION_SAMPLE = 50_000
 PHOTOS = "photos"
 # What search looks in, in photos_fts column order: the caption, a person's caption, the
-# beam's other captions (JSON: its words are words to FTS5), the photo's path (its folder and
-# file names: "Paris 2023/IMG_0412.jpg" is found by "paris").
-FTS_COLUMNS = ["caption", "human_caption", "alternatives", "path"]
+# beam's other captions (JSON: its words are words to FTS5), the photo's folder name and file
+# stem ("Paris 2023/IMG_0412.jpg" is found by "paris").
+FTS_COLUMNS = ["caption", "human_caption", "alternatives", "place"]
 # Their bm25 weights: the caption and a person's count most; the other captions less (the model
 # was less sure of them); a name found in the path less still.
 FTS_WEIGHTS = (1.0, 1.0, 0.3, 0.5)
@@ -86,6 +88,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     "pixels_hash": str,
     # FailureStage of ``error`` (NULL when fine; NULL too in failure rows of earlier versions).
     "stage": str,
+    # The photo's folder name and file stem ("Paris 2023 IMG_0412"): searched, so a photo is
+    # found by where it is; not the whole path (its upper folders are every photo's).
+    "place": str,
 }
 
 
@@ -330,6 +335,13 @@ def _m009_failure_stage(db: sqlite_utils.Database) -> None:
 def _m010_search_alternatives_and_names(db: sqlite_utils.Database) -> None:
     # search finds the beam's other captions and folder / file names too; the full-text index
     # is rebuilt over all four (once; idempotent if interrupted).
+    table = db.table(PHOTOS)
+    if "place" not in table.columns_dict:
+        table.add_column("place", str)
+    rows = db.execute("SELECT rowid, path FROM photos WHERE place IS NULL").fetchall()
+    db.conn.executemany(
+        "UPDATE photos SET place = ? WHERE rowid = ?", [(place_of(p), r) for r, p in rows]
+    )
     db.table(PHOTOS).enable_fts(
         FTS_COLUMNS, tokenize="porter unicode61", create_triggers=True, replace=True
     )
@@ -420,7 +432,7 @@ class PhotoIndex:
         # nothing else changes it either, so it needs no lock or -shm file.
         self.read_only = not (memory or create or _writable(self.path))
         self._human_fts: bool | None = None  # whether photos_fts has human_caption (005)
-        self._vocabulary: list[str] | None = None  # FTS5's words, most frequent first
+        self._vocabulary: list[str] | None = None  # captions' words, most frequent first
         self._fts_columns: int | None = None  # columns of photos_fts (2 before migration 010)
         # A -wal file left by a writer that never closed the index (killed, a card pulled out)
         # holds committed changes that "immutable" would not read: the index would look old,
@@ -606,6 +618,7 @@ class PhotoIndex:
         *,
         only: SearchFilter | None = None,
         rank_window: int | None = RANK_WINDOW,
+        near: Callable[[str], list[str]] | None = None,
     ) -> list[SearchHit]:
         """Full-text search over captions (photocap's and a person's), best first (bm25), with
         matches highlighted.
@@ -616,7 +629,10 @@ class PhotoIndex:
         Photos matching every word come first; then, for a query of several words (a sentence
         typed as the query), photos matching some of them, ranked by how much they match
         (bm25 over the matched words; their :attr:`SearchHit.complete` is False). Function
-        words ("a", "the", "on") are left out of a query that has other words.
+        words ("a", "the", "on") are left out of a query that has other words. With ``near``
+        (a word -> its near words: :meth:`photocap.lexicon.NearWords.of`), photos found
+        through near words follow those with the words typed ("kid": a caption with "kid",
+        then ones with "boy", "child"...).
 
         ``only`` keeps photos below some folders / taken within some dates; it applies before
         the ranking window below, so a folder of old photos is searched whole.
@@ -636,9 +652,20 @@ class PhotoIndex:
             return []
         want = int(limit)
         hits = self._ranked(parsed.all_of(), want, only, rank_window)
-        if len(hits) < want and len(parsed.groups) > 1:
+        # Then, while there is room, each tier ranked below the one before: some of the words
+        # typed (a sentence query; measured better than all of them through near words), all
+        # of them through their near words, some of them through near words.
+        wider = parsed.expanded(near) if near is not None else parsed
+        several = len(parsed.groups) > 1
+        tiers = [parsed.any_of() if several else "", wider.all_of(),
+                 wider.any_of() if several else ""]  # fmt: skip
+        done = {parsed.all_of()}
+        for fts in tiers:
+            if len(hits) >= want or not fts or fts in done:
+                continue
+            done.add(fts)
             found = {hit.path for hit in hits}
-            more = self._ranked(parsed.any_of(), want + len(hits), only, rank_window)
+            more = self._ranked(fts, want + len(hits), only, rank_window)
             hits += [replace(h, complete=False) for h in more if h.path not in found]
         return hits[:want]
 
@@ -724,8 +751,7 @@ class PhotoIndex:
     @_sqlite_errors
     def suggest(self, query: str) -> dict[str, str]:
         """For each word of ``query`` that no caption holds, the closest word the index's
-        captions do hold ("dgo" -> "dog"), when one is close enough: for "did you mean".
-        The index's vocabulary is FTS5's own (stemmed words, as stored)."""
+        captions do hold ("dgo" -> "dog"), when one is close enough: for "did you mean"."""
         import difflib
 
         from photocap.query import parse_query
@@ -740,21 +766,31 @@ class PhotoIndex:
         if not unknown:
             return {}
         if self._vocabulary is None:
-            # A temp table: it works on an index opened read-only too, and adds nothing to it.
-            self.db.conn.execute(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.photocap_vocabulary "
-                "USING fts5vocab(main, photos_fts, 'row')"
-            )
-            rows = self.db.conn.execute(
-                "SELECT term FROM temp.photocap_vocabulary ORDER BY doc DESC"
-            ).fetchall()
-            self._vocabulary = [row[0] for row in rows if row[0].isalpha()]
+            self._vocabulary = self._caption_words()
         out = {}
         for word in unknown:
             close = difflib.get_close_matches(word, self._vocabulary, n=1, cutoff=0.6)
             if close:
                 out[word] = close[0]
         return out
+
+    def _caption_words(self, sample: int = SUGGESTION_SAMPLE) -> list[str]:
+        """The words of the captions (photocap's and people's) as written, most frequent first:
+        what a suggestion may offer (never a stem, nor a word of a path). From the newest
+        ``sample`` rows: their words are the library's words."""
+        import re
+        from collections import Counter
+
+        counts: Counter[str] = Counter()
+        human = "human_caption" if self._searches_human_captions() else "NULL"
+        rows = self.db.execute(
+            f"SELECT caption, {human} FROM photos ORDER BY rowid DESC LIMIT ?", [sample]
+        )
+        for caption, person in rows:
+            for text in (caption, person):
+                if text:
+                    counts.update(re.findall(r"[^\W\d_]+", text.lower()))
+        return [word for word, _ in counts.most_common()]
 
     def _bm25(self) -> str:
         """bm25 with the columns' weights (an index opened read-only may predate some)."""
@@ -821,6 +857,8 @@ class PhotoIndex:
             return
         with self.transaction():
             for row in rows:
+                if "path" in row and "place" not in row:
+                    row = {**row, "place": place_of(row["path"])}
                 cols = [c for c in row if c in PHOTO_COLUMNS]
                 values = [_sql_value(row[c]) for c in cols]
                 updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c != "path")
@@ -852,7 +890,10 @@ class PhotoIndex:
         """Give a row a new path (moved/renamed photo); replaces any row already at new_path."""
         with self.transaction():
             self.db.execute("DELETE FROM photos WHERE path = ?", [new_path])
-            self.db.execute("UPDATE photos SET path = ? WHERE path = ?", [new_path, old_path])
+            self.db.execute(
+                "UPDATE photos SET path = ?, place = ? WHERE path = ?",
+                [new_path, place_of(new_path), old_path],
+            )
 
     @_sqlite_errors
     def captioned_under(self, under: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -1051,6 +1092,12 @@ def build_fts_query(query: str) -> str:
     from photocap.query import parse_query
 
     return parse_query(query).all_of()
+
+
+def place_of(path: str) -> str:
+    """What search knows of where a photo is: its folder's name and its file's stem."""
+    folder, name = os.path.split(path)
+    return f"{os.path.basename(folder)} {os.path.splitext(name)[0]}".strip()
 
 
 def index_key(path: str | os.PathLike[str]) -> str:

@@ -21,6 +21,7 @@ This module imports no database and no torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Words that carry no content in a caption or a query: dropped from a query that has content
@@ -47,7 +48,10 @@ _FORMS: dict[str, tuple[str, ...]] = {}
 for _one, _many in IRREGULAR_PLURALS:
     _FORMS[_one] = _FORMS[_many] = tuple(dict.fromkeys((_one, _many)))
 
-_TOKEN = re.compile(r'"([^"]*)"|(\S+)')  # a quote left open is a character like any other
+# A phrase (its minus before it: -"black dog"), or anything else up to a space; a quote left
+# open is a character like any other.
+_TOKEN = re.compile(r'([-\u2013\u2212]?)"([^"]*)"|(\S+)')
+_MINUS = ("-", "\u2013", "\u2212")  # hyphen-minus, en dash, minus sign: as people type it
 _WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)  # "dog's" one word, "t-shirt" two
 
 
@@ -103,6 +107,22 @@ class Query:
         excluded = " OR ".join(term.fts() for term in self.excluded)
         return f"({positive}) NOT ({excluded})"
 
+    def expanded(self, near: Callable[[str], list[str]]) -> Query:
+        """This query with each word's near words (``near(word)``) as alternatives in its
+        group (:mod:`photocap.lexicon`); phrases and prefixes stay as typed."""
+        groups = []
+        for group in self.groups:
+            terms = list(group)
+            have = {t.words for t in terms}
+            for term in group:
+                if len(term.words) == 1 and not term.prefix:
+                    for word in near(term.words[0]):
+                        if (word,) not in have:
+                            have.add((word,))
+                            terms.append(Term((word,)))
+            groups.append(tuple(terms))
+        return Query(tuple(groups), self.excluded)
+
     @property
     def words(self) -> list[str]:
         """The words to find, in order (for a "did you mean" suggestion)."""
@@ -122,7 +142,7 @@ def parse_query(text: str) -> Query:
     joining = False  # the previous token was OR: the next term joins the last group
     negate = False  # the previous token was NOT
     for match in _TOKEN.finditer(text):
-        phrase, bare = match.group(1), match.group(2)
+        minus_phrase, phrase, bare = match.group(1), match.group(2), match.group(3)
         if bare is not None and not phrase:
             if bare == "OR":  # between two terms; at either end it joins nothing
                 joining = bool(positive)
@@ -131,9 +151,10 @@ def parse_query(text: str) -> Query:
                 negate = bare == "NOT"
                 continue
         raw = phrase if phrase is not None else bare
-        minus = bare is not None and raw.startswith("-") and len(raw) > 1
+        minus = bool(minus_phrase) or (bare is not None and raw.startswith(_MINUS) and len(raw) > 1)
         prefix = bare is not None and raw.endswith("*")
-        words = tuple(w.lower() for w in _WORD.findall(raw))
+        # "dog's" is the word dog: a possessive is not a word of its own.
+        words = tuple(re.sub(r"['’]s$", "", w.lower()) for w in _WORD.findall(raw))
         if not words:
             continue
         term = Term(words, prefix=prefix)  # "t-shirt": the phrase of its parts
@@ -144,11 +165,12 @@ def parse_query(text: str) -> Query:
         else:
             positive.append([term])
         joining = negate = False
-    groups = [tuple(g) for g in positive]
+    groups = [tuple(dict.fromkeys(g)) for g in positive]  # "dog OR dog": one term
     content = [g for g in groups if not _only_function_words(g)]
     if content:
-        groups = content
-    return Query(tuple(groups), tuple(excluded))
+        # In "the OR dog", the function word would match every caption: only dog counts.
+        groups = [tuple(t for t in g if not _only_function_words((t,))) for g in content]
+    return Query(tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(excluded)))
 
 
 def _only_function_words(group: tuple[Term, ...]) -> bool:

@@ -66,7 +66,7 @@ def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
     assert db["photos"].detect_fts() == "photos_fts"  # what datasette uses for search
     assert "porter" in db["photos_fts"].schema
     assert list(db["photos_fts"].columns_dict) == [
-        "caption", "human_caption", "alternatives", "path"
+        "caption", "human_caption", "alternatives", "place"
     ]  # fmt: skip
     assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
 
@@ -439,6 +439,8 @@ def test_operators_do_what_they_say(index: PhotoIndex) -> None:
     assert paths("girl OR bike") == ["/p/bike.jpg", "/p/girl.jpg"]
     assert paths('"dirt road"') == ["/p/bike.jpg"]
     assert paths('"road dirt"') == []  # a phrase: in this order
+    assert paths('dogs -"the beach"') == ["/p/dog.jpg"]  # a phrase left out
+    assert paths("dogs \u2013beach") == paths("dogs \u2212beach") == ["/p/dog.jpg"]  # dashes
 
 
 def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: Path) -> None:
@@ -450,10 +452,13 @@ def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: P
              "alternatives": json.dumps([]), "model_id": "m"},
         ])  # fmt: skip
         assert [h.path for h in idx.search("paris")] == ["/p/Paris 2023/IMG_0412.jpg"]
+        assert idx.search("p") == []  # a folder above the photo's own is every photo's
         # The caption that says it first, the photo whose other caption does after it.
         assert [h.path for h in idx.search("river")] == [
             "/p/home/IMG_0413.jpg", "/p/Paris 2023/IMG_0412.jpg",
         ]  # fmt: skip
+        idx.move_photo("/p/Paris 2023/IMG_0412.jpg", "/p/Rome 2024/IMG_0412.jpg")
+        assert [h.path for h in idx.search("rome")] == ["/p/Rome 2024/IMG_0412.jpg"]
 
 
 def test_irregular_plurals_find_each_other(tmp_path: Path) -> None:
@@ -468,6 +473,8 @@ def test_a_typo_gets_a_suggestion_from_the_index_words(index: PhotoIndex) -> Non
     assert index.suggest("brown dgo") == {"dgo": "dog"}  # known words are not "corrected"
     assert index.suggest("dog") == {}
     assert index.suggest("qqqqzz") == {}  # nothing close: no guess
+    # Words as captions write them, not the index's stems ("running" is stored as "run").
+    assert index.suggest("runnin") == {"runnin": "running"}
 
 
 def test_stats_and_prune(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ flat for any library size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -203,8 +204,11 @@ class RayRun:
         self.first_of: dict[str, Path] = {}  # pixels hash -> the first photo of this run with it
         self._ready: list[PhotoResult] = []  # failures found on the driver, to yield next
         self.writes: deque[tuple[list[Job], Any, bool]] = deque()  # (jobs, ObjectRef, commit)
+        self.own_failures: dict[Path, str] = {}  # ... or why the model gave it none
         self.done = 0
         self.total = 0
+        self.counting = False  # photo results count toward ``done`` (after planning)
+        self.checked = False  # every node was asked whether it sees the library
         self.model_used = False
 
     def events(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[CaptionEvent]:
@@ -214,10 +218,10 @@ class RayRun:
         try:
             work = yield from self._plan(paths)
             self.total = len(work)
+            self.counting = True
             yield Progress("caption", 0, self.total)
             if work and not self.stop.is_set():
-                self._start_ray()
-                self._check_nodes(work[0].photo.path)
+                self._start_ray(work[0].photo.path)
                 finished = yield from self._caption(work)
                 interrupted = not finished
             else:
@@ -227,19 +231,21 @@ class RayRun:
             if not interrupted:
                 yield Progress("caption", self.done, self.total)
         except KeyboardInterrupt:
-            interrupted = True
-            for _ in self._drain_writes(0):
-                pass
+            interrupted = True  # writes under way complete and are recorded
+            with contextlib.suppress(KeyboardInterrupt):
+                yield from self._drain_writes(0)
         finally:
+            self._finish_in_flight()
             self.record.run_record.close()
         encoder = "ray" if self.model_used else ""
         yield self.record.summary(time.monotonic() - started, interrupted, self.model_id, encoder)
 
     # -------------------------------------------------------------- setup
 
-    def _start_ray(self) -> None:
-        """Connect to the cluster, or start a Ray here: only once a photo needs a stage on Ray
-        (an unchanged library's re-run starts none)."""
+    def _start_ray(self, path: Path) -> None:
+        """Connect to the cluster, or start a Ray here, and check that every node sees the
+        library (``path``: a photo of it): only once a photo needs a stage on Ray (an
+        unchanged library's re-run starts none)."""
         ray = self.ray
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -263,6 +269,9 @@ class RayRun:
         context.print_on_execution_start = False
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+        if not self.checked:
+            self._check_nodes(path)
+            self.checked = True
 
     def _check_nodes(self, path: Path) -> None:
         """Every node must see the library at the same path: a path of the plan is looked up
@@ -308,7 +317,7 @@ class RayRun:
             if self.stop.is_set():
                 break
             self._hand_off(plan.carries[start : start + size], commit=True)
-            yield from self._drain_writes(_MAX_WRITE_TASKS)
+            yield from self._drain_writes(0)
         return plan.work
 
     # -------------------------------------------------------------- 2-4. decode, caption, decide
@@ -321,11 +330,15 @@ class RayRun:
         self.pairs.paired = {lead for lead in leads if lead is not None and lead in in_work}
         batch_size = max(1, self.options.batch_size)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        # One actor per GPU; without GPUs, half the CPUs go to the model (a few threads per
-        # actor: torch's threads scale poorly past that) and half to decoding.
-        per_actor = 0 if gpus else min(4, max(1, cpus // 2))
-        actors = gpus or max(1, (cpus // 2) // per_actor)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        # The largest node decides what one actor may ask for: no node has the cluster's CPUs.
+        node_cpus = max(float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"])
+        # One actor per GPU; without GPUs, half a node's CPUs go to the model (a few threads per
+        # actor: torch's threads scale poorly past that) and the rest to decoding and writing,
+        # on a one-CPU machine too (a share of a CPU each: never an actor holding them all).
+        per_actor = 0.0 if gpus else min(4.0, max(0.5, node_cpus / 2))
+        actors = gpus or max(1, int(cpus / 2 / per_actor))
+        decode_cpus = 1.0 if node_cpus >= 2 else 0.5
         # "auto" on each actor: a node's own GPU, else its CPU (a GPU the cluster claims is not
         # necessarily one torch sees there).
         device = "auto" if gpus else "cpu"
@@ -339,7 +352,7 @@ class RayRun:
             # actors' also keep Ray Data from fusing decoding into the caption actors (it
             # fuses ops with equal resources): files are decoded by CPU tasks on every node
             # while the actors caption.
-            num_cpus=1, memory=DECODE_MEMORY,
+            num_cpus=decode_cpus, memory=DECODE_MEMORY,
         )  # fmt: skip
         ds = ds.map_batches(
             CaptionActor, batch_size=batch_size, batch_format="numpy",
@@ -353,8 +366,12 @@ class RayRun:
             jobs = self._decide(work, rows)
             # RAWs whose JPEG got no caption: their own, which the model made already.
             for raw in self.pairs.take_released():
-                record = self.own_captions.pop(raw.photo.path)
-                jobs.append(Job(record, "captioned", reason=""))
+                own = self.own_captions.pop(raw.photo.path, None)
+                if own is not None:
+                    jobs.append(Job(own, "captioned", reason=""))
+                else:
+                    why = self.own_failures.pop(raw.photo.path, "captioning failed")
+                    self._fail_now(raw.photo.path, why, "model")
             if jobs:
                 self._hand_off(jobs, commit=True)
             yield from self._drain_writes(_MAX_WRITE_TASKS)
@@ -377,37 +394,52 @@ class RayRun:
                         size=size, mtime_ns=mtime_ns, mtime=mtime_iso(mtime_ns),
                     ))  # fmt: skip
                 self._fail_now(path, error, "decode")
-                jobs += self.pairs.resolve(path, None)
+                jobs += self._resolve(path, None)
                 continue
             decoded = _decoded(rows, k)
             self.record.note_decoded(path, decoded)
             carry = decide_decoded(item, decoded, self.index, self.model_id, self.options.force)
             if carry is not None:
-                jobs += [carry, *self.pairs.resolve(path, carry.record)]
+                jobs += [carry, *self._resolve(path, carry.record)]
                 continue
             failure = str(rows["caption_error"][k])
-            if failure:
-                self._fail_now(path, failure, "model")
-                jobs += self.pairs.resolve(path, None)
-                continue
-            record = CaptionRecord(
+            record = None if failure else CaptionRecord(
                 path=path, caption=str(rows["caption"][k]), score=float(rows["score"][k]),
                 alternatives=tuple(json.loads(str(rows["alternatives"][k]))),
                 model_id=self.model_id, captioned_at=_now(),
             )  # fmt: skip
             ready = Ready(item.photo, item.row, decoded)
+            # The RAW of a pair takes its JPEG's caption, whatever the model made of the RAW:
+            # its own is kept for the case that the JPEG gets none.
             if self.pairs.waits(ready):
-                self.own_captions[path] = record  # if its JPEG gets none
+                if record is None:
+                    self.own_failures[path] = failure
+                else:
+                    self.own_captions[path] = record
                 continue
             job = self.pairs.job_for(ready)
+            if job is None and record is None:
+                self._fail_now(path, failure, "model")
+                jobs += self._resolve(path, None)
+                continue
             if job is None:
+                assert record is not None
                 # Copies in this run ("IMG_1.jpg", "IMG_1 (1).jpg"): the first's caption.
                 first = self.first_of.setdefault(decoded.pixels_hash, path)
                 if first != path and not self.options.force:
                     job = Job(record, "carried", same_picture(first).text)
                 else:
                     job = Job(record, "captioned", reason="")
-            jobs += [job, *self.pairs.resolve(path, record)]
+            jobs += [job, *self._resolve(path, record)]
+        return jobs
+
+    def _resolve(self, lead: Path, record: CaptionRecord | None) -> list[Job]:
+        """:meth:`RawJpegPairs.resolve`, and the RAW's own caption (or failure) forgotten
+        once it has its JPEG's."""
+        jobs = self.pairs.resolve(lead, record)
+        for job in jobs:
+            self.own_captions.pop(job.record.path, None)
+            self.own_failures.pop(job.record.path, None)
         return jobs
 
     def _fail_now(self, path: Path, error: str, stage: Any) -> None:
@@ -417,8 +449,10 @@ class RayRun:
     # -------------------------------------------------------------- 5-6. write + record
 
     def _hand_off(self, jobs: list[Job], commit: bool) -> None:
-        self._start_ray()
-        write = self.ray.remote(num_cpus=1, max_retries=3)(write_jobs)
+        self._start_ray(jobs[0].record.path)
+        # A quarter of a CPU: writes wait on disks, and must never wait for a CPU the decode
+        # tasks hold (the driver stops taking decoded photos while writes are behind).
+        write = self.ray.remote(num_cpus=0.25, max_retries=3)(write_jobs)
         ref = write.remote(self.file_writers, self.options.write_options, jobs)
         self.writes.append((jobs, ref, commit))
 
@@ -438,13 +472,28 @@ class RayRun:
             results = [self.record.finish(job, done) for job, done in zip(jobs, files, strict=True)]
             self.record.flush()  # one transaction per batch
             for result in results:
-                self.done += 1
+                self.done += self.counting
                 yield result
-            yield Progress("caption", self.done, self.total)
+            if self.counting:
+                yield Progress("caption", self.done, self.total)
+
+    def _finish_in_flight(self) -> None:
+        """Record the writes still under way (an error or a second Ctrl-C ended the run):
+        never a written photo left out of the index."""
+        while self.writes:
+            jobs, ref, _commit = self.writes.popleft()
+            try:
+                files: list[FilesDone] = self.ray.get(ref)
+                for job, done in zip(jobs, files, strict=True):
+                    self.record.finish(job, done)
+            except BaseException:
+                continue
+        with contextlib.suppress(Exception):
+            self.record.flush()
 
     def _take_ready(self) -> list[PhotoResult]:
         ready, self._ready = self._ready, []
-        self.done += len(ready)
+        self.done += len(ready) if self.counting else 0
         return ready
 
 
