@@ -583,6 +583,15 @@ def search(
     db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     limit: int = typer.Option(20, "--limit", min=1, help="Show at most N photos."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per photo."),
+    exact: bool = typer.Option(
+        False, "--exact", help="Only the words typed, not their near words (kid: boy, child)."
+    ),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="The model whose near words to use [default: the shipped one].",
+        show_default=False,
+    ),
 ) -> None:
     """Search captions: best matches first, matching words highlighted.
 
@@ -590,8 +599,10 @@ def search(
     searched too and shown under photocap's, after ✎.
     Quotes are optional: `photocap search a dog on a beach`. Photos with every word come
     first, then those with some of them (marked ~). `"red car"` is a phrase, `dog OR cat`
-    either, `children -water` (or `NOT water`) leaves photos out. The dates are the EXIF date
-    taken; photos without one are left out when `--since` or `--until` is given.
+    either, `children -water` (or `NOT water`) leaves photos out. After the words typed come
+    photos found through near words the model knows (kid: boy, child; lady: woman), marked ~.
+    The dates are the EXIF date taken; photos without one are left out when `--since` or
+    `--until` is given.
     """
     from photocap.index import PhotoIndex, make_search_filter
     from photocap.paths import resolve_db_path
@@ -606,9 +617,10 @@ def search(
         )
         raise typer.Exit(2)
     only = make_search_filter(under or [], since=since, until=until)
+    near = None if exact else _near_words(model)
     suggestions: dict[str, str] = {}
     with PhotoIndex(resolve_db_path(db), create=False) as index:
-        hits = index.search(query, limit=limit, only=only)
+        hits = index.search(query, limit=limit, only=only, near=near)
         if not hits:
             suggestions = index.suggest(query)
     if json_out:
@@ -641,6 +653,21 @@ def search(
             typer.echo(f"No photos match {wrong}; did you mean {meant}?", err=True)
         else:
             typer.echo("No photos match.", err=True)
+
+
+def _near_words(model: Path | None) -> Callable[[str], list[str]] | None:
+    """A word's near words from the model file's own vectors (:mod:`photocap.lexicon`); None
+    (the words typed only) when the model file cannot be read: search works without it."""
+    from photocap.checkpoint import default_model_path
+    from photocap.errors import ModelError
+    from photocap.lexicon import NearWords
+
+    try:
+        return NearWords.from_model(model or default_model_path()).of
+    except (ModelError, OSError, KeyError, ValueError):
+        if model is not None:
+            raise ModelError(f"cannot read near words from {model}") from None
+        return None
 
 
 @app.command()

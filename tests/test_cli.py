@@ -284,6 +284,8 @@ def test_search_says_which_matches_are_partial_and_suggests_for_a_typo(tmp_path:
     assert lines[0].startswith("/p/a.jpg  ") and lines[1].startswith("/p/b.jpg ~ ")
     found = runner.invoke(app, ["search", "dog beach", "--db", str(db), "--json"])
     assert [json.loads(x)["complete"] for x in found.stdout.splitlines()] == [True, False]
+    exact = runner.invoke(app, ["search", "dog", "--db", str(db), "--exact", "--json"])
+    assert exact.exit_code == 0 and len(exact.stdout.splitlines()) == 2
     typo = runner.invoke(app, ["search", "dgo", "--db", str(db)])
     assert typo.exit_code == 0 and typo.stderr.strip() == "No photos match dgo; did you mean dog?"
 

@@ -650,3 +650,35 @@ def test_a_failed_open_never_removes_the_files_of_an_index_in_use(
     assert wal.exists() and path.with_name(path.name + "-shm").exists()
     assert other.execute("SELECT caption FROM photos").fetchall() == [("A dog runs.",)]
     other.close()
+
+
+def test_near_words_come_after_the_words_typed(tmp_path: Path) -> None:
+    near = {"kid": ["boy", "child"]}.get
+    with _bulk_index(tmp_path, ["A boy plays.", "A kid runs.", "A dog sleeps."]) as idx:
+        hits = idx.search("kid", near=lambda w: near(w) or [])
+        assert [(h.caption, h.complete) for h in hits] == [
+            ("A kid runs.", True), ("A boy plays.", False),
+        ]  # fmt: skip
+        assert [h.caption for h in idx.search("kid")] == ["A kid runs."]  # none given: exact
+
+
+def test_near_words_are_read_from_the_model_output_vectors(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from photocap.checkpoint import FORMAT, FORMAT_VERSION
+    from photocap.lexicon import NearWords
+
+    words = ["<pad>", "<start>", "<end>", "<unk>", "kid", "boy", "child", "car", "dog"]
+    vectors = np.zeros((len(words), 4), dtype=np.float32)
+    vectors[4:] = [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0.8, 0.3, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    path = tmp_path / "m.safetensors"
+    save_file(
+        {"decoder.members.0.out.weight": vectors, "decoder.members.1.out.weight": vectors},
+        str(path),
+        metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                  "vocab": json.dumps(words)},
+    )  # fmt: skip
+    lexicon = NearWords.from_model(path)
+    assert lexicon.of("kid") == ["boy", "child"]  # nearest first, at most two
+    assert lexicon.of("car") == [] and lexicon.of("zebra") == []  # nothing near; unknown
