@@ -45,13 +45,12 @@ from pathlib import Path
 from photocap.errors import one_line
 from photocap.image import DecodedPhoto, DecodeFailure
 from photocap.index import PhotoFacts, PhotoIndex, mtime_iso
-from photocap.library import DiscoveryFailure
 from photocap.metadata import get_writers
 from photocap.run import decode
 from photocap.run.caption import CoreShare, caption_batch
 from photocap.run.events import CaptionEvent, CaptionModel, CaptionOptions, PhotoResult, Progress
 from photocap.run.pairs import RawJpegPairs
-from photocap.run.plan import Job, Plan, Ready, Work, decide_decoded, plan_library
+from photocap.run.plan import Job, Ready, Work, decide_decoded, plan_library
 from photocap.run.record import Recorder
 from photocap.run.write import FilesDone, write_files
 from photocap.writers import Writer
@@ -175,21 +174,10 @@ class LocalRun:
     ) -> Generator[CaptionEvent, None, list[Work]]:
         """Walk the library: yield what needs nothing, write what needs no decoding; return
         the photos to decode (none when stopped during the walk)."""
-        plan: Plan | None = None
-        for step in plan_library(paths, self.index, self.model_id, self.options, self.stop):
-            if isinstance(step, Plan):
-                plan = step
-            elif isinstance(step, DiscoveryFailure):
-                yield self.record.fail(step.path, step.error, "discover")
-            elif isinstance(step, PhotoResult):
-                yield self.record.skipped(step)
-            else:
-                yield step
+        steps = plan_library(paths, self.index, self.model_id, self.options, self.stop)
+        plan = yield from self.record.walk(steps, paths)
         if plan is None:
             return []
-        # Walked whole: a folder (or a name) that failed an earlier walk and not this one was
-        # fixed, or is gone. Its failure goes with this run's first commit.
-        self.record.run_record.clear_failures("discover", paths, keep=plan.unwalked)
         # Photos that only need their missing outputs written: no decode, no model.
         size = max(1, self.options.batch_size)
         for start in range(0, len(plan.carries), size):

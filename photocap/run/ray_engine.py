@@ -43,11 +43,10 @@ import numpy as np
 from photocap.errors import PhotocapError, one_line
 from photocap.image import DecodedPhoto, DecodeFailure
 from photocap.index import PhotoFacts, PhotoIndex, mtime_iso
-from photocap.library import DiscoveryFailure
 from photocap.run.decode import decode_batch
 from photocap.run.events import CaptionEvent, CaptionModel, CaptionOptions, PhotoResult, Progress
 from photocap.run.pairs import RawJpegPairs
-from photocap.run.plan import Job, Plan, Ready, Work, decide_decoded, plan_library, same_picture
+from photocap.run.plan import Job, Ready, Work, decide_decoded, plan_library, same_picture
 from photocap.run.record import Recorder
 from photocap.run.write import FilesDone, write_files
 from photocap.writers import CaptionRecord, WriteOptions
@@ -299,19 +298,11 @@ class RayRun:
     def _plan(
         self, paths: list[str | os.PathLike[str]]
     ) -> Generator[CaptionEvent, None, list[Work]]:
-        plan: Plan | None = None
-        for step in plan_library(paths, self.index, self.model_id, self.options, self.stop):
-            if isinstance(step, Plan):
-                plan = step
-            elif isinstance(step, DiscoveryFailure):
-                yield self.record.fail(step.path, step.error, "discover")
-            elif isinstance(step, PhotoResult):
-                yield self.record.skipped(step)
-            else:
-                yield step
+        steps = plan_library(paths, self.index, self.model_id, self.options, self.stop)
+        plan = yield from self.record.walk(steps, paths)
         if plan is None:
             return []
-        self.record.run_record.clear_failures("discover", paths, keep=plan.unwalked)
+        # Photos that only need their missing outputs written: no decode, no model.
         size = max(1, self.options.batch_size)
         for start in range(0, len(plan.carries), size):
             if self.stop.is_set():

@@ -11,14 +11,15 @@ output could not be written keeps its caption there.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
 from photocap.image import DecodedPhoto
 from photocap.index import FailureStage, PhotoFacts, PhotoIndex, RunRecord, mtime_iso
-from photocap.run.events import CaptionOptions, PhotoResult, RunSummary
-from photocap.run.plan import Job
+from photocap.library import DiscoveryFailure
+from photocap.run.events import CaptionEvent, CaptionOptions, PhotoResult, RunSummary
+from photocap.run.plan import Job, Plan, PlanStep
 from photocap.run.write import FilesDone
 from photocap.writers import WriteOutcome
 
@@ -46,6 +47,28 @@ class Recorder:
         """A photo that needed nothing: counted."""
         self.counts["skipped"] += 1
         return result
+
+    def walk(
+        self, steps: Iterable[PlanStep], paths: Sequence[str | os.PathLike[str]]
+    ) -> Generator[CaptionEvent, None, Plan | None]:
+        """The plan stage's steps (:func:`~photocap.run.plan.plan_library` over ``paths``) as
+        events: a path that cannot be walked recorded as failed, a photo that needs nothing
+        counted; returns the :class:`~photocap.run.plan.Plan` (None: stopped during the walk).
+        A walk to its end forgets the discover failures it did not meet again under
+        ``paths``: a folder fixed, or gone (with the run's first commit)."""
+        plan: Plan | None = None
+        for step in steps:
+            if isinstance(step, Plan):
+                plan = step
+            elif isinstance(step, DiscoveryFailure):
+                yield self.fail(step.path, step.error, "discover")
+            elif isinstance(step, PhotoResult):
+                yield self.skipped(step)
+            else:
+                yield step
+        if plan is not None:
+            self.run_record.clear_failures("discover", paths, keep=plan.unwalked)
+        return plan
 
     def finish(self, job: Job, files: FilesDone) -> PhotoResult:
         """Write ``job``'s index row after its file writes; count and return the result."""
