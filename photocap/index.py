@@ -40,10 +40,10 @@ PHOTOS = "photos"
 # What search looks in, in photos_fts column order: the caption, a person's caption, the
 # beam's other captions (JSON: its words are words to FTS5), the photo's folder name and file
 # stem ("Paris 2023/IMG_0412.jpg" is found by "paris").
-FTS_COLUMNS = ["caption", "human_caption", "alternatives", "place"]
-# Their bm25 weights: the caption and a person's count most; the other captions less (the model
-# was less sure of them); a name found in the path less still.
-FTS_WEIGHTS = (1.0, 1.0, 0.3, 0.5)
+FTS_COLUMNS = ["caption", "human_caption", "alternatives", "place", "keywords"]
+# Their bm25 weights: the caption, a person's and their keywords count most; the other captions
+# less (the model was less sure of them); a folder or file name less still.
+FTS_WEIGHTS = (1.0, 1.0, 0.3, 0.5, 1.0)
 
 # Where a photo's last failure happened (the ``stage`` column, beside its one-line ``error``):
 # "discover" (its path could not be walked: a folder that cannot be read, a name that is not
@@ -91,6 +91,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     # The photo's folder name and file stem ("Paris 2023 IMG_0412"): searched, so a photo is
     # found by where it is; not the whole path (its upper folders are every photo's).
     "place": str,
+    # The keywords people gave the photo in its sidecars (dc:subject, Lightroom's hierarchical
+    # subjects), ", "-joined: searched like a person's caption.
+    "keywords": str,
 }
 
 
@@ -118,6 +121,7 @@ class PhotoFacts:
     camera: str | None = _KEEP
     human_caption: str | None = _KEEP
     sidecar_stamp: str | None = _KEEP
+    keywords: str | None = _KEEP
     outputs: str | None = _KEEP
 
     def given(self) -> dict[str, Any]:
@@ -332,12 +336,14 @@ def _m009_failure_stage(db: sqlite_utils.Database) -> None:
         db.table(PHOTOS).add_column("stage", str)
 
 
-def _m010_search_alternatives_and_names(db: sqlite_utils.Database) -> None:
-    # search finds the beam's other captions and folder / file names too; the full-text index
-    # is rebuilt over all four (once; idempotent if interrupted).
+def _m010_search_more_text(db: sqlite_utils.Database) -> None:
+    # search finds the beam's other captions, folder / file names and sidecar keywords too;
+    # the full-text index is rebuilt over all five (once; idempotent if interrupted).
     table = db.table(PHOTOS)
     if "place" not in table.columns_dict:
         table.add_column("place", str)
+    if "keywords" not in table.columns_dict:
+        table.add_column("keywords", str)
     rows = db.execute("SELECT rowid, path FROM photos WHERE place IS NULL").fetchall()
     db.conn.executemany(
         "UPDATE photos SET place = ? WHERE rowid = ?", [(place_of(p), r) for r, p in rows]
@@ -358,7 +364,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("007_pixels_hash", _m007_pixels_hash),
     ("008_index_pixels_hash", _m008_index_pixels_hash),
     ("009_failure_stage", _m009_failure_stage),
-    ("010_search_alternatives_and_names", _m010_search_alternatives_and_names),
+    ("010_search_other_captions_names_keywords", _m010_search_more_text),
 ]
 
 

@@ -66,7 +66,7 @@ def test_schema_wal_fts_and_migrations(index: PhotoIndex) -> None:
     assert db["photos"].detect_fts() == "photos_fts"  # what datasette uses for search
     assert "porter" in db["photos_fts"].schema
     assert list(db["photos_fts"].columns_dict) == [
-        "caption", "human_caption", "alternatives", "place"
+        "caption", "human_caption", "alternatives", "place", "keywords"
     ]  # fmt: skip
     assert index.applied_migrations() == [name for name, _ in MIGRATIONS]
 
@@ -232,7 +232,7 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     with PhotoIndex(path) as idx:
         assert idx.applied_migrations()[-5:] == [
             "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash", "009_failure_stage",
-            "010_search_alternatives_and_names",
+            "010_search_other_captions_names_keywords",
         ]  # fmt: skip
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]

@@ -880,3 +880,24 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
     assert all(ours or not theirs for ours, theirs in decisions)
     for decoding, used in seen:
         assert used == (shared if decoding else threads)
+
+
+def test_sidecar_keywords_are_indexed_and_searched(tmp_path: Path, captioner) -> None:
+    lib = tmp_path / "lib"
+    photo = make_tiny_jpegs(lib, 1)[0]
+    photo.with_name(photo.name + ".xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        'xmlns:lr="http://ns.adobe.com/lightroom/1.0/">'
+        "<dc:subject><rdf:Bag><rdf:li>lighthouse</rdf:li><rdf:li>holiday</rdf:li></rdf:Bag>"
+        "</dc:subject><lr:hierarchicalSubject><rdf:Bag><rdf:li>Places|France|Brest</rdf:li>"
+        "</rdf:Bag></lr:hierarchicalSubject></rdf:Description></rdf:RDF></x:xmpmeta>",
+        encoding="utf-8",
+    )
+    run([lib], captioner, tmp_path / "i.db", writers=["xmp", "index"])
+    (row,) = rows(tmp_path / "i.db")
+    assert row["keywords"] == "lighthouse, holiday, Places, France, Brest"
+    with PhotoIndex(tmp_path / "i.db") as index:
+        assert [h.path for h in index.search("brest")] == [str(photo)]
+        assert [h.path for h in index.search("lighthouse")] == [str(photo)]

@@ -233,3 +233,24 @@ def read_caption(photo: Path) -> str | None:
         if text:
             return text
     return None
+
+
+NS_LIGHTROOM = "http://ns.adobe.com/lightroom/1.0/"
+
+
+def read_keywords(photo: Path) -> list[str]:
+    """The keywords people gave ``photo`` in its sidecars (either naming form): ``dc:subject``
+    (digiKam, darktable, Lightroom, exiftool) and Lightroom's hierarchical subjects, each level
+    of "Places|France|Paris" a keyword; each once, in order. Unreadable sidecars count as
+    holding none."""
+    found: list[str] = []
+    for sidecar in find_sidecars(photo):
+        try:
+            doc = XmpDocument.load(sidecar)
+        except WriteError:
+            continue
+        words = doc.get_items(NS_DC, "subject")
+        for path in doc.get_items(NS_LIGHTROOM, "hierarchicalSubject"):
+            words += path.split("|")
+        found += [w.strip() for w in words if w.strip()]
+    return list(dict.fromkeys(found))

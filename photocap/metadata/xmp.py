@@ -290,6 +290,22 @@ class XmpDocument:
             return [(li.get(XML_LANG, "x-default"), li.text or "") for li in alt.findall(RDF_LI)]
         return []
 
+    def get_items(self, ns: str, name: str) -> list[str]:
+        """The texts of a bag or sequence property (``dc:subject``: keywords), in order; a
+        simple property counts as one item."""
+        key = _q(ns, name)
+        for desc, elem in self._find(ns, name):
+            if elem is None:
+                return [desc.attrib[key]]
+            if len(elem) == 0:
+                return [elem.text] if elem.text and elem.text.strip() else []
+            items = []
+            for container in elem:
+                if _is_element(container):
+                    items += [li.text for li in container.findall(RDF_LI) if li.text]
+            return items
+        return []
+
     def get_default(self, ns: str, name: str) -> str | None:
         """The ``x-default`` text of a lang-alt property (None when there is none)."""
         for lang, text in self.get_lang_alt(ns, name):

@@ -90,6 +90,7 @@ class Recorder:
         # What was found now replaces what an earlier run found (or clears it).
         self.run_record.note_photo(record.path, PhotoFacts(
             human_caption=files.human_caption, sidecar_stamp=files.sidecar_stamp,
+            keywords=files.keywords,
             outputs=",".join(sorted(settled)),
         ))  # fmt: skip
         # An output that could not be written (a malformed or hostile sidecar, corrupt EXIF, an

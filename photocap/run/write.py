@@ -19,7 +19,7 @@ from photocap.errors import one_line
 from photocap.image import hash_file
 from photocap.index import PhotoFacts, mtime_iso
 from photocap.metadata.authorship import find_human_caption
-from photocap.metadata.sidecars import adopt_sidecar, sidecar_stamp
+from photocap.metadata.sidecars import adopt_sidecar, read_keywords, sidecar_stamp
 from photocap.run.plan import Job
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome, Writer
 
@@ -36,6 +36,7 @@ class FilesDone:
     human_caption: str | None = None  # a caption a person wrote for the photo, if any
     # photocap.metadata.sidecars.sidecar_stamp once the writers are done
     sidecar_stamp: str | None = None
+    keywords: str | None = None  # the keywords of the photo's sidecars, ", "-joined, if any
 
 
 def write_files(
@@ -55,7 +56,9 @@ def write_files(
         changed_photo = any(o.changed_photo for o in outcomes)  # EXIF written into the photo
         facts = _file_facts(job.record.path) if changed_photo else None
         human = _human_caption(job.record, outcomes)
-        done.append(FilesDone(tuple(outcomes), facts, human, sidecar_stamp(job.record.path)))
+        keywords = ", ".join(_keywords(job.record.path)) or None
+        stamp = sidecar_stamp(job.record.path)
+        done.append(FilesDone(tuple(outcomes), facts, human, stamp, keywords))
     return done
 
 
@@ -73,6 +76,14 @@ def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str |
         return find_human_caption(record.path, record.caption)
     except OSError:  # the photo or its folder went away: nothing to find
         return None
+
+
+def _keywords(path: Path) -> list[str]:
+    """The keywords of the photo's sidecars; none when the photo or its folder went away."""
+    try:
+        return read_keywords(path)
+    except OSError:
+        return []
 
 
 def _file_facts(path: Path) -> PhotoFacts | None:
