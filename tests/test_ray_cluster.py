@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 from photocap.checkpoint import LazyCaptioner  # noqa: E402
 from photocap.index import PhotoIndex  # noqa: E402
-from photocap.pipeline import CaptionOptions, PhotoResult, RunSummary, caption_library  # noqa: E402
+from photocap.pipeline import CaptionOptions, RunSummary, caption_library  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +38,20 @@ def _paths(db: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT path FROM photos WHERE caption IS NOT NULL")]
 
 
-def test_a_node_lost_mid_run_loses_no_photo(cluster: Any, model_file: Path, tmp_path: Path) -> None:
-    simulated, workers = cluster
+def test_a_simulated_cluster_captions_every_photo_once(
+    cluster: Any, model_file: Path, tmp_path: Path
+) -> None:
+    # Two worker nodes with a (fake) GPU each: two caption actors, decoding on both nodes.
+    # (A node removed mid-run passed 4 of 4 runs alone, but once ended the test process in a
+    # full suite: not claimed, see the CHANGELOG.)
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 16)
     captioner = LazyCaptioner(model_file, device="cpu")
     options = CaptionOptions(writers=["xmp", "index"], batch_size=2, workers=1, engine="ray")
     summary = None
-    removed = False
     with PhotoIndex(tmp_path / "i.db") as index:
         for event in caption_library([lib], captioner, index, options):
-            if isinstance(event, PhotoResult) and not removed:
-                simulated.remove_node(workers[1])  # a node lost after the first results
-                simulated.add_node(num_cpus=1, num_gpus=1)  # and another one joining
-                removed = True
-            elif isinstance(event, RunSummary):
+            if isinstance(event, RunSummary):
                 summary = event
     assert summary is not None and not summary.interrupted
     assert (summary.captioned, summary.failed) == (16, 0)
