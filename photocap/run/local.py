@@ -179,11 +179,8 @@ class LocalRun:
         if plan is None:
             return []
         # Photos that only need their missing outputs written: no decode, no model.
-        size = max(1, self.options.batch_size)
-        for start in range(0, len(plan.carries), size):
-            if self.stop.is_set():
-                return plan.work
-            self._hand_off(plan.carries[start : start + size])
+        for jobs in plan.carry_batches(self.options.batch_size, self.stop):
+            self._hand_off(jobs)
             yield from self._drain()
         return plan.work
 

@@ -97,6 +97,14 @@ class Plan:
     carries: list[Job]  # unchanged photos whose outputs are to write again: no decode
     unwalked: list[str]  # index keys of the paths that could not be walked
 
+    def carry_batches(self, size: int, stop: threading.Event) -> Iterator[list[Job]]:
+        """The carried photos' writes in batches of ``size``, until ``stop`` is set."""
+        size = max(1, size)
+        for start in range(0, len(self.carries), size):
+            if stop.is_set():
+                return
+            yield self.carries[start : start + size]
+
 
 PlanStep = DiscoveryFailure | Progress | PhotoResult | Plan
 

@@ -303,11 +303,8 @@ class RayRun:
         if plan is None:
             return []
         # Photos that only need their missing outputs written: no decode, no model.
-        size = max(1, self.options.batch_size)
-        for start in range(0, len(plan.carries), size):
-            if self.stop.is_set():
-                break
-            self._hand_off(plan.carries[start : start + size], commit=True)
+        for jobs in plan.carry_batches(self.options.batch_size, self.stop):
+            self._hand_off(jobs, commit=True)
             yield from self._drain_writes(0)
         return plan.work
 
