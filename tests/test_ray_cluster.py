@@ -42,8 +42,6 @@ def test_a_simulated_cluster_captions_every_photo_once(
     cluster: Any, model_file: Path, tmp_path: Path
 ) -> None:
     # Two worker nodes with a (fake) GPU each: two caption actors, decoding on both nodes.
-    # (A node removed mid-run passed 4 of 4 runs alone, but once ended the test process in a
-    # full suite: not claimed, see the CHANGELOG.)
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 16)
     captioner = LazyCaptioner(model_file, device="cpu")

@@ -21,15 +21,18 @@ from photocap.checkpoint import LazyCaptioner  # noqa: E402
 from photocap.index import PhotoIndex  # noqa: E402
 from photocap.pipeline import CaptionOptions, PhotoResult, RunSummary, caption_library  # noqa: E402
 from photocap.run.decode import CRASH_ENV  # noqa: E402
+from photocap.run.ray_engine import WRITE_CRASH_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Any:
     """One Ray for the module: starting one costs seconds. Its workers crash on files named
-    *decoder-crash-test* (the decode stage's test hook)."""
+    *decoder-crash-test* (the decode stage's test hook), and write tasks die on photos named
+    *writer-crash-test* (as on a lost node)."""
+    hooks = {CRASH_ENV: "decoder-crash-test", WRITE_CRASH_ENV: "writer-crash-test"}
     ray.init(
         num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-        runtime_env={"env_vars": {CRASH_ENV: "decoder-crash-test"}},
+        runtime_env={"env_vars": hooks},
     )  # fmt: skip
     yield ray
     ray.shutdown()
@@ -50,7 +53,7 @@ def _library(root: Path) -> Path:
 
 def _run(lib: Path, model: Path, db: Path, **options: Any) -> tuple[list[PhotoResult], RunSummary]:
     captioner = LazyCaptioner(model, device="cpu")
-    opts = CaptionOptions(writers=["xmp", "index"], batch_size=4, workers=1, **options)
+    opts = CaptionOptions(**{"writers": ["xmp", "index"], "batch_size": 4, "workers": 1, **options})
     results: list[PhotoResult] = []
     summary = None
     with PhotoIndex(db) as index:
@@ -115,6 +118,27 @@ def test_a_decoder_crash_fails_its_file_only(
         "img_decoder-crash-test.jpg": "the decoder crashed on this file (corrupt, or out of memory)"
     }
     assert (summary.captioned, summary.failed) == (4, 1)
+
+
+def test_a_write_task_lost_after_its_retries_fails_its_photos_writes_only(
+    local_ray: Any, model_file: Path, tmp_path: Path
+) -> None:
+    # Its worker dies each time Ray runs it (as on a node lost, again and again): the run goes
+    # on, and the photos of that task keep their row and caption, their write failed.
+    lib = tmp_path / "lib"
+    paths = make_tiny_jpegs(lib, 6)
+    crashing = paths[3].rename(lib / "img_writer-crash-test.jpg")
+    results, summary = _run(lib, model_file, tmp_path / "i.db", engine="ray", batch_size=1)
+    failed = {r.path.name: r.error for r in results if r.status == "failed"}
+    assert list(failed) == [crashing.name]
+    assert "write task was lost" in (failed[crashing.name] or "")
+    assert not summary.interrupted
+    with sqlite3.connect(tmp_path / "i.db") as conn:
+        rows = dict(conn.execute("SELECT path, error FROM photos WHERE caption IS NOT NULL"))
+    assert sorted(rows) == sorted(str(p) for p in lib.glob("*.jpg"))  # each photo, once
+    assert "write task was lost" in rows[str(crashing)]
+    assert not crashing.with_name(crashing.name + ".xmp").exists()
+    assert all(p.with_name(p.name + ".xmp").is_file() for p in lib.glob("img_000*.jpg"))
 
 
 def test_a_stopped_run_commits_what_it_has_and_the_next_resumes(

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -49,7 +50,7 @@ from photocap.run.pairs import RawJpegPairs
 from photocap.run.plan import Job, Ready, Work, decide_decoded, plan_library, same_picture
 from photocap.run.record import Recorder
 from photocap.run.write import FilesDone, write_files
-from photocap.writers import CaptionRecord, WriteOptions
+from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from photocap.preset import Preset
@@ -61,6 +62,13 @@ DECODE_MEMORY = 256 * 1024**2
 # Write tasks in flight at once: enough to keep the writers busy, few enough that a stop
 # finishes quickly.
 _MAX_WRITE_TASKS = 4
+# Ray runs a write task again when its worker or node is lost, this many times; then its
+# photos' writes fail (the caption is in the index, a re-run writes the files).
+WRITE_RETRIES = 3
+WRITE_LOST = "the write task was lost on the cluster ({}); a re-run writes it"
+# For the tests (a Ray worker cannot be patched): a write task given a photo whose name holds
+# this variable's value dies as a worker on a lost node does.
+WRITE_CRASH_ENV = "PHOTOCAP_TEST_CRASH_WRITER"
 
 
 def import_ray() -> Any:
@@ -161,6 +169,9 @@ def write_jobs(names: list[str], options: WriteOptions, jobs: list[Job]) -> list
     """Write stage (a Ray task): the file writers for ``jobs``, as the local writer thread does."""
     from photocap.metadata import get_writers
 
+    crash = os.environ.get(WRITE_CRASH_ENV)
+    if crash and any(crash in job.record.path.name for job in jobs):
+        os.kill(os.getpid(), signal.SIGKILL)
     writers = get_writers(names, options)
     try:
         return write_files(writers, options, jobs)
@@ -440,7 +451,7 @@ class RayRun:
         self._start_ray(jobs[0].record.path)
         # A quarter of a CPU: writes wait on disks, and must never wait for a CPU the decode
         # tasks hold (the driver stops taking decoded photos while writes are behind).
-        write = self.ray.remote(num_cpus=0.25, max_retries=3)(write_jobs)
+        write = self.ray.remote(num_cpus=0.25, max_retries=WRITE_RETRIES)(write_jobs)
         ref = write.remote(self.file_writers, self.options.write_options, jobs)
         self.writes.append((jobs, ref, commit))
 
@@ -455,7 +466,7 @@ class RayRun:
                 ready, _ = self.ray.wait([ref], timeout=0)
                 if not ready:
                     return
-            files: list[FilesDone] = self.ray.get(ref)
+            files = self._written(jobs, ref)
             self.writes.popleft()
             results = [self.record.finish(job, done) for job, done in zip(jobs, files, strict=True)]
             self.record.flush()  # one transaction per batch
@@ -464,6 +475,17 @@ class RayRun:
                 yield result
             if self.counting:
                 yield Progress("caption", self.done, self.total)
+
+    def _written(self, jobs: list[Job], ref: Any) -> list[FilesDone]:
+        """What a write task did; when Ray gave it up (its worker or node lost after every
+        retry), a failed write for each of its photos: the run goes on, each photo keeps its
+        row and caption, and a re-run writes its files."""
+        try:
+            files: list[FilesDone] = self.ray.get(ref)
+            return files
+        except self.ray.exceptions.RayError as err:
+            why = WRITE_LOST.format(type(err).__name__)
+            return [_lost(job, self.file_writers, why) for job in jobs]
 
     def _finish_in_flight(self) -> None:
         """Record the writes still under way (an error or a second Ctrl-C ended the run):
@@ -483,6 +505,12 @@ class RayRun:
         ready, self._ready = self._ready, []
         self.done += len(ready) if self.counting else 0
         return ready
+
+
+def _lost(job: Job, writers: list[str], why: str) -> FilesDone:
+    """A failed write, ``why``, for each of ``writers`` the job had to write."""
+    names = [name for name in writers if name not in job.already]
+    return FilesDone(tuple(WriteOutcome(n, job.record.path, "failed", why) for n in names), None)
 
 
 def _decoded(rows: dict[str, np.ndarray], k: int) -> DecodedPhoto:
