@@ -533,6 +533,8 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
             f"skipped {summary.skipped} unchanged, failed {summary.failed} "
             f"in {summary.elapsed_s:.1f} s{speed}."
         )
+        if summary.nodes:
+            line += f" Ray: {_count(summary.nodes, 'node')}."
         if summary.interrupted:
             line += " Interrupted: run again to continue."
         err.print(line)

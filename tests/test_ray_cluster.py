@@ -53,6 +53,7 @@ def test_a_simulated_cluster_captions_every_photo_once(
                 summary = event
     assert summary is not None and not summary.interrupted
     assert (summary.captioned, summary.failed) == (16, 0)
+    assert summary.nodes == 2  # work ran on both worker nodes
     paths = _paths(tmp_path / "i.db")
     assert sorted(paths) == sorted(str(p) for p in lib.glob("*.jpg"))  # each exactly once
     assert all((lib / f"{Path(p).name}.xmp").is_file() for p in paths)

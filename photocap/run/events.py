@@ -130,6 +130,8 @@ class RunSummary:
     # What ran the encoder: "openvino 2026.4.1", "torch", "torch (openvino: why not)"; empty
     # when no photo needed the model (see photocap.runtime).
     encoder: str = ""
+    # Ray nodes that decoded or captioned photos (--engine ray); 0 on the local engine.
+    nodes: int = 0
 
     @property
     def photos_per_s(self) -> float:
@@ -151,6 +153,7 @@ class RunSummary:
             "interrupted": self.interrupted,
             "model_id": self.model_id,
             "encoder": self.encoder,
+            "nodes": self.nodes,
             "dry_run": self.dry_run,
         }
 

@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,7 @@ def decode_rows(
             out[name].append(_EMPTY[name] if value is None else value)
     columns = {name: np.array(values) for name, values in out.items()}
     columns["pixels"] = pixels  # (N, 3, S, S) uint8
+    columns["node"] = np.array([_node_id()] * len(paths))  # where it was decoded
     return columns
 
 
@@ -162,6 +164,8 @@ class CaptionActor:
         out["score"] = np.array(scores)
         out["alternatives"] = np.array(alternatives, dtype=object)
         out["caption_error"] = np.array([failure] * n, dtype=object)
+        out["node"] = rows["node"]
+        out["caption_node"] = np.array([_node_id()] * n)
         return out
 
 
@@ -178,6 +182,12 @@ def write_jobs(names: list[str], options: WriteOptions, jobs: list[Job]) -> list
     finally:
         for writer in writers:
             writer.close()
+
+
+def _node_id() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _sees(path: str) -> bool:
@@ -220,6 +230,7 @@ class RayRun:
         self.counting = False  # photo results count toward ``done`` (after planning)
         self.checked = False  # every node was asked whether it sees the library
         self.model_used = False
+        self.nodes: dict[str, set[str]] = {"decode": set(), "caption": set()}  # Ray node ids
 
     def events(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[CaptionEvent]:
         started = time.monotonic()
@@ -248,7 +259,9 @@ class RayRun:
             self._finish_in_flight()
             self.record.run_record.close()
         encoder = "ray" if self.model_used else ""
-        yield self.record.summary(time.monotonic() - started, interrupted, self.model_id, encoder)
+        elapsed = time.monotonic() - started
+        summary = self.record.summary(elapsed, interrupted, self.model_id, encoder)
+        yield replace(summary, nodes=len(self.nodes["decode"] | self.nodes["caption"]))
 
     # -------------------------------------------------------------- setup
 
@@ -362,6 +375,8 @@ class RayRun:
         )  # fmt: skip
         self.model_used = True
         for rows in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            self.nodes["decode"].update(str(node) for node in rows["node"])
+            self.nodes["caption"].update(str(node) for node in rows["caption_node"])
             jobs = self._decide(work, rows)
             # RAWs whose JPEG got no caption: their own, which the model made already.
             for raw in self.pairs.take_released():
