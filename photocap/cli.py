@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -52,6 +53,7 @@ EXIT_CODES = (
 )
 BEAM_HELP = "Beam width of the caption search (1 = greedy)."
 DEVICE_HELP = "auto, cpu or cuda."
+DEFAULT_SERVE_PORT = 8750  # photocap.gallery.DEFAULT_PORT (not imported: --help stays instant)
 
 
 def cli_errors(func: F) -> F:
@@ -655,6 +657,62 @@ def search(
             typer.echo(f"No photos match {wrong}; did you mean {meant}?", err=True)
         else:
             typer.echo("No photos match.", err=True)
+
+
+@app.command()
+@cli_errors
+def serve(
+    db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    port: int = typer.Option(
+        DEFAULT_SERVE_PORT, "--port", min=0, max=65535, help="Port to serve on (0: a free one)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on. Any other than this machine's own needs --token.",
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="PHOTOCAP_SERVE_TOKEN",
+        help="Access token visitors give once (http://HOST:PORT/?token=...); needed with --host.",
+        show_default=False,
+    ),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="The model whose near words search uses [default: the shipped one].",
+        show_default=False,
+    ),
+) -> None:
+    """A local web page over the index: search, review, and correct captions.
+
+    Search works as `photocap search` does; Review lists failures, then captions from the
+    model's least confident up. A caption corrected in the page is saved as a person's caption
+    (in the sidecar, and in the photo when photocap wrote its caption there), which photocap
+    never overwrites. Serves this machine only unless --host and --token are given. Ctrl-C
+    stops it.
+    """
+    from photocap.gallery import GalleryConfig, gallery_url, make_server
+    from photocap.paths import resolve_db_path
+
+    config = GalleryConfig(
+        db=resolve_db_path(db), host=host, port=port, access_token=token, near=_near_words(model)
+    )
+    server = make_server(config)
+    typer.echo(f"photocap gallery: {gallery_url(config)}  (Ctrl-C to stop)", err=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("Stopped.", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _near_words(model: Path | None) -> Callable[[str], list[str]] | None:

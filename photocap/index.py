@@ -353,6 +353,13 @@ def _m010_search_more_text(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m011_index_review_order(db: sqlite_utils.Database) -> None:
+    # The gallery's review page (PhotoIndex.list_photos(review=True)) walks this order: failures
+    # first, then the least confident captions. Without the index a deep page sorted every row
+    # (0.4 s a page at 100,000 photos).
+    db.execute("CREATE INDEX IF NOT EXISTS photos_review ON photos ((error IS NULL), score, path)")
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -365,6 +372,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("008_index_pixels_hash", _m008_index_pixels_hash),
     ("009_failure_stage", _m009_failure_stage),
     ("010_search_other_captions_names_keywords", _m010_search_more_text),
+    ("011_index_review_order", _m011_index_review_order),
 ]
 
 
@@ -604,6 +612,36 @@ class PhotoIndex:
         )
         row = cur.fetchone()
         return None if row is None else _to_row(row)
+
+    @_sqlite_errors
+    def get_by_id(self, photo_id: int) -> dict[str, Any] | None:
+        """The row whose SQLite rowid is ``photo_id`` (the gallery's id of a photo), all
+        columns and ``id``; None when there is none."""
+        rows = list(self.db.query("SELECT rowid AS id, * FROM photos WHERE rowid = ?", [photo_id]))
+        return rows[0] if rows else None
+
+    @_sqlite_errors
+    def rows_by_path(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The rows of ``paths`` (all columns and ``id``), by path; paths not in the index are
+        left out."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(paths), 500):  # SQLite's limit on parameters
+            chunk = list(paths[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT rowid AS id, * FROM photos WHERE path IN ({marks})"
+            found |= {row["path"]: row for row in self.db.query(sql, chunk)}
+        return found
+
+    @_sqlite_errors
+    def list_photos(
+        self, *, offset: int = 0, limit: int = 50, review: bool = False
+    ) -> list[dict[str, Any]]:
+        """A page of rows (all columns and ``id``): the most recently indexed first; with
+        ``review``, failures first, then captions from the model's least confident (lowest
+        score) up, the order in which a person checks them."""
+        order = "error IS NULL, score, path" if review else "rowid DESC"
+        sql = f"SELECT rowid AS id, * FROM photos ORDER BY {order} LIMIT ? OFFSET ?"
+        return list(self.db.query(sql, [max(0, int(limit)), max(0, int(offset))]))
 
     @_sqlite_errors
     def count(self) -> int:
@@ -851,6 +889,12 @@ class PhotoIndex:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # ------------------------------------------------------------------ writes
+
+    @_sqlite_errors
+    def update_photo(self, path: str | os.PathLike[str], facts: PhotoFacts) -> None:
+        """Change the given facts of the row of ``path`` (a person's caption saved in the
+        gallery, the file's new size and hash), in one transaction; nothing else changes."""
+        self.upsert_photos([{"path": index_key(path), **facts.given(), "updated_at": _utcnow()}])
 
     @_sqlite_errors
     def upsert_photos(self, rows: Sequence[dict[str, Any]]) -> None:

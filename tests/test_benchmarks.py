@@ -31,7 +31,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
      "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py", "bench_runtime.py",
-     "bench_engines.py", "search_quality.py"],
+     "bench_engines.py", "search_quality.py", "bench_gallery.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -83,6 +83,12 @@ def test_bench_search_smoke(tmp_path: Path) -> None:
     _run("bench_search.py", "--rows", "500", "--repeats", "1", "--json", str(tmp_path / "s.json"))
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["rows"] == 500 and data["median_ms"] >= 0
+
+
+def test_bench_gallery_smoke(tmp_path: Path) -> None:
+    out = _run("bench_gallery.py", "--rows", "300", "--repeats", "1",
+               "--json", str(tmp_path / "g.json"))  # fmt: skip
+    assert "review, first page" in out
 
 
 def test_bench_raw_smoke(tmp_path: Path) -> None:
