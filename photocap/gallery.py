@@ -23,11 +23,14 @@ Security, because a browser visits other sites too:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import math
+import os
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from photocap.errors import ImageError, PhotocapError, WriteError, one_line
 from photocap.index import PhotoFacts, PhotoIndex
 from photocap.metadata.authorship import find_human_caption
-from photocap.metadata.correction import MAX_CAPTION, write_human_caption
+from photocap.metadata.correction import MAX_CAPTION, current_caption, write_human_caption
 from photocap.metadata.sidecars import find_sidecars, sidecar_stamp
 from photocap.metadata.xmp import NS_IPTC, XmpDocument
 from photocap.thumbnails import PREVIEW_SIZE, THUMBNAIL_SIZE, ThumbnailCache
@@ -45,6 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask, Response
 
 PAGE_SIZE = 48  # photos per page of the grid
+MAX_PAGE = 10_000  # a deeper page number is read as this one
+MAX_SEARCH_PAGE = 40  # search results go this deep (the ranking is cut there anyway)
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 DEFAULT_PORT = 8750
 _COOKIE = "photocap_access"
 
@@ -77,6 +83,12 @@ class GalleryConfig:
     # The form token of this server's session: a page of another site cannot read it.
     session_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
+    def cookie_value(self) -> str:
+        """What the access cookie holds: a keyed hash of the access token (the token itself
+        never travels back to a browser)."""
+        key = (self.access_token or "").encode()
+        return hmac.new(key, b"photocap-gallery-access", "sha256").hexdigest()
+
     def check(self) -> None:
         """Refuse what would expose the library: another host without an access token."""
         if not is_loopback(self.host) and not self.access_token:
@@ -107,6 +119,9 @@ def create_app(config: GalleryConfig) -> Flask:
 
         config.thumbnails = cache_dir() / "thumbnails"
     thumbs = ThumbnailCache(config.thumbnails)
+    corrections = threading.Lock()
+    # Thumbnails decoded at once: a page asks for 48; the machine has only so many cores.
+    decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def open_index() -> PhotoIndex:
         # One connection per request: Werkzeug serves each request on a thread of its own.
@@ -117,8 +132,22 @@ def create_app(config: GalleryConfig) -> Flask:
         if not _host_allowed(request.host, config):
             abort(400, "this address is not the gallery's (Host header refused)")
         if config.access_token:
-            given = request.args.get("token") or request.cookies.get(_COOKIE) or ""
-            if not hmac.compare_digest(given.encode(), config.access_token.encode()):
+            given = request.args.get("token")
+            if given is not None:
+                if not hmac.compare_digest(given.encode(), config.access_token.encode()):
+                    abort(401, "an access token is needed: open the address with ?token=TOKEN")
+                # Good: kept in a cookie (a keyed hash of it, never the token), and the token
+                # taken out of the address (history, logs).
+                args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "token"}
+                args |= request.view_args or {}
+                response = redirect(url_for(request.endpoint or "home", **args))
+                response.set_cookie(
+                    _COOKIE, config.cookie_value(), httponly=True, samesite="Strict",
+                    secure=request.is_secure,
+                )  # fmt: skip
+                return response
+            cookie = request.cookies.get(_COOKIE) or ""
+            if not hmac.compare_digest(cookie.encode(), config.cookie_value().encode()):
                 abort(401, "an access token is needed: open the address with ?token=TOKEN")
         if request.method == "POST":
             site = request.headers.get("Sec-Fetch-Site", "same-origin")
@@ -142,16 +171,14 @@ def create_app(config: GalleryConfig) -> Flask:
         # same-origin, not no-referrer: with no-referrer a form post says "Origin: null".
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
-        if config.access_token and request.args.get("token"):
-            response.set_cookie(
-                _COOKIE, config.access_token, httponly=True, samesite="Strict"
-            )  # fmt: skip
         return response
 
     @app.get("/")
     def home() -> Any:
         query = request.args.get("q", "").strip()[:500]
         page = _page_number(request.args.get("page"))
+        if query:
+            page = min(page, MAX_SEARCH_PAGE)
         suggestions: dict[str, str] = {}
         with open_index() as index:
             if query:
@@ -192,25 +219,36 @@ def create_app(config: GalleryConfig) -> Flask:
             row = index.get_by_id(photo_id)
         if row is None:
             abort(404, "no such photo in the index")
+        return photo_page(row, saved=request.args.get("saved") == "1")
+
+    def photo_page(row: dict[str, Any], *, saved: bool = False, error: str | None = None) -> Any:
+        card = _card(row)
+        # The text a correction replaces: the sidecar's, in one language.
+        card["editable"] = current_caption(Path(row["path"])) or card["caption"]
         return render_template(
-            "gallery/photo.html", photo=_card(row), csrf=config.session_token,
-            saved=request.args.get("saved") == "1", error=None, max_caption=MAX_CAPTION,
+            "gallery/photo.html", photo=card, csrf=config.session_token, saved=saved,
+            error=error, max_caption=MAX_CAPTION, photo_key=photo_key(row["path"]),
         )  # fmt: skip
 
     @app.post("/photo/<int:photo_id>/caption")
     def correct(photo_id: int) -> Any:
         text = request.form.get("caption", "")
-        with open_index() as index:
+        with corrections, open_index() as index:  # one correction at a time
             row = index.get_by_id(photo_id)
             if row is None:
                 abort(404, "no such photo in the index")
+            if not hmac.compare_digest(request.form.get("photo", ""), photo_key(row["path"])):
+                # The page was made for another photo under this id (the index changed).
+                abort(409, "the index changed since this page was made: reload it")
             try:
                 correct_caption(index, row, text)
-            except (WriteError, OSError) as err:
-                return render_template(
-                    "gallery/photo.html", photo=_card(row), csrf=config.session_token,
-                    saved=False, error=one_line(err), max_caption=MAX_CAPTION,
-                ), 422  # fmt: skip
+            except WriteError as err:
+                return photo_page(row, error=one_line(err)), 422
+            except PhotocapError as err:  # the index: the files have the caption already
+                why = f"saved in the photo's files, but the index was not updated ({one_line(err)})"
+                return photo_page(
+                    row, error=why + "; the next photocap caption run updates it"
+                ), 503
         return redirect(url_for("photo", photo_id=photo_id, saved=1), code=303)
 
     @app.get("/thumb/<int:photo_id>")
@@ -229,7 +267,8 @@ def create_app(config: GalleryConfig) -> Flask:
         if row is None:
             abort(404, "no such photo in the index")
         try:
-            data = thumbs.get(Path(row["path"]), row.get("content_hash"), size)
+            with decoding:
+                data = thumbs.get(Path(row["path"]), row.get("content_hash"), size)
         except (ImageError, OSError):
             abort(404, "this photo cannot be shown")
         response = Response(data, mimetype="image/jpeg")
@@ -240,6 +279,7 @@ def create_app(config: GalleryConfig) -> Flask:
     @app.errorhandler(401)
     @app.errorhandler(403)
     @app.errorhandler(404)
+    @app.errorhandler(409)
     @app.errorhandler(413)
     def error_page(err: Any) -> Any:
         return render_template("gallery/error.html", error=err), err.code
@@ -253,13 +293,10 @@ def correct_caption(index: PhotoIndex, row: dict[str, Any], text: str) -> None:
     when it could not be saved; an in-file write that failed is raised too, after the sidecar
     has the caption."""
     path = Path(row["path"])
-    outputs = set((row.get("outputs") or "").split(","))
-    outcomes = write_human_caption(path, text, in_file="exif" in outputs)
+    outcomes = write_human_caption(path, text)
     human = find_human_caption(path) or " ".join(text.split())
     facts: dict[str, Any] = {"human_caption": human, "sidecar_stamp": sidecar_stamp(path)}
     if any(o.changed_photo for o in outcomes):
-        import os
-
         from photocap.image import hash_file
         from photocap.index import mtime_iso
 
@@ -269,7 +306,7 @@ def correct_caption(index: PhotoIndex, row: dict[str, Any], text: str) -> None:
     index.update_photo(path, PhotoFacts(**facts))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        raise WriteError(f"saved in the sidecar, but not in the file: {failed[0].message}")
+        raise WriteError(f"saved in the sidecar, but not in the photo: {failed[0].message}")
 
 
 def make_server(config: GalleryConfig) -> Any:
@@ -314,17 +351,27 @@ def written_alt_text(photo: Path) -> str:
 def _host_allowed(host_header: str, config: GalleryConfig) -> bool:
     """The Host header names the address served: loopback names for a loopback server (a page
     from another site whose name resolves to 127.0.0.1 sends its own name), the host given."""
-    names = {config.host}
+    if config.host in WILDCARD_HOSTS:
+        # Reachable by any of the machine's names: the access token (required for these
+        # hosts) guards it; a DNS-rebinding page does not have this site's cookie.
+        return True
+    names = {config.host.lower()}
     if is_loopback(config.host):
         names |= {"127.0.0.1", "localhost", "[::1]", "::1"}
+    host_header = host_header.lower()
     return host_header in {f"{name}:{config.port}" for name in names} | (
         names if config.port == 80 else set()
     )
 
 
+def photo_key(path: str) -> str:
+    """A short digest of a photo's path: a correction's form names the photo it was made for."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
 def _page_number(text: str | None) -> int:
     try:
-        return max(0, min(int(text or 0), 1_000_000))
+        return max(0, min(int(text or 0), MAX_PAGE))
     except ValueError:
         return 0
 
@@ -345,5 +392,5 @@ def _card(row: dict[str, Any], complete: bool = True) -> dict[str, Any]:
         "score": row.get("score"), "error": row.get("error") or "",
         "alternatives": [a for a in alternatives if isinstance(a, str)],
         "date_taken": row.get("date_taken") or "", "camera": row.get("camera") or "",
-        "complete": complete, "in_file": "exif" in (row.get("outputs") or "").split(","),
+        "complete": complete,
     }  # fmt: skip

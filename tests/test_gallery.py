@@ -41,11 +41,17 @@ def _caption_run(lib: Path, captioner: Any, db: Path, writers: list[str]) -> dic
     return {e.path: e.status for e in events if isinstance(e, PhotoResult)}
 
 
-def _form(client: Any, photo_id: int) -> str:
+def _form(client: Any, photo_id: int, caption: str) -> dict[str, str]:
+    """The photo page's form, filled in: its per-session token, the photo it was made for."""
     page = client.get(f"/photo/{photo_id}", base_url=BASE).get_data(as_text=True)
-    found = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert found
-    return found.group(1)
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]+)"', page))
+    assert set(fields) == {"csrf", "photo"}
+    return {**fields, "caption": caption}
+
+
+def _correct(client: Any, photo_id: int, caption: str) -> Any:
+    form = _form(client, photo_id, caption)
+    return client.post(f"/photo/{photo_id}/caption", base_url=BASE, data=form)
 
 
 # ----------------------------------------------------------------------------- pages
@@ -184,10 +190,7 @@ def test_a_correction_is_a_persons_caption_in_the_sidecar_and_the_index_kept_by_
     sidecar.write_text(text[:at] + '<rdf:li xml:lang="de-DE">Ein Bild</rdf:li>' + text[at:])
     client = _client(db, tmp_path)
     (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
-    response = client.post(
-        f"/photo/{photo_id}/caption", base_url=BASE,
-        data={"caption": "  Grandma's   dog Rex in the garden ", "csrf": _form(client, photo_id)},
-    )  # fmt: skip
+    response = _correct(client, photo_id, "  Grandma's   dog Rex in the garden ")
     assert response.status_code == 303
     page = client.get(response.headers["Location"], base_url=BASE).get_data(as_text=True)
     assert "Saved as a person" in page
@@ -227,11 +230,7 @@ def test_a_correction_goes_into_the_file_photocap_wrote_losslessly_and_revert_ke
     assert read_exif_caption(photo)[0]  # photocap's caption is in the file
     client = _client(db, tmp_path)
     (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
-    response = client.post(
-        f"/photo/{photo_id}/caption",
-        base_url=BASE,
-        data={"caption": "Oma's tulips", "csrf": _form(client, photo_id)},
-    )
+    response = _correct(client, photo_id, "Oma's tulips")
     assert response.status_code == 303
     assert read_exif_caption(photo) == ("Oma's tulips", "Oma's tulips")
     assert Image.open(photo).tobytes() == pixels
@@ -253,7 +252,9 @@ def test_a_correction_goes_into_the_file_photocap_wrote_losslessly_and_revert_ke
     )
 
 
-def test_an_empty_correction_is_refused_and_nothing_changes(tmp_path: Path, captioner: Any) -> None:
+def test_corrections_photocap_would_not_keep_are_refused_and_nothing_changes(
+    tmp_path: Path, captioner: Any
+) -> None:
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 1)
     db = tmp_path / "i.db"
@@ -261,15 +262,70 @@ def test_an_empty_correction_is_refused_and_nothing_changes(tmp_path: Path, capt
     before = (lib / "img_0000.jpg.xmp").read_bytes()
     client = _client(db, tmp_path)
     (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
-    response = client.post(
-        f"/photo/{photo_id}/caption",
-        base_url=BASE,
-        data={"caption": "   ", "csrf": _form(client, photo_id)},
-    )
-    assert response.status_code == 422 and "Not saved: a caption cannot be empty" in (
-        response.get_data(as_text=True)
-    )
+    camera_text = "is what cameras write when nobody wrote a caption"
+    for text, why in (("   ", "a caption cannot be empty"), ("Untitled", camera_text)):
+        response = _correct(client, photo_id, text)
+        assert response.status_code == 422 and why in response.get_data(as_text=True)
     assert (lib / "img_0000.jpg.xmp").read_bytes() == before
+
+
+def test_a_photo_gone_since_it_was_indexed_gets_no_sidecar(tmp_path: Path, captioner: Any) -> None:
+    lib = tmp_path / "lib"
+    (photo,) = make_tiny_jpegs(lib, 1)
+    db = tmp_path / "i.db"
+    _caption_run(lib, captioner, db, ["index"])
+    client = _client(db, tmp_path)
+    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    form = _form(client, photo_id, "Rex")
+    photo.unlink()
+    response = client.post(f"/photo/{photo_id}/caption", base_url=BASE, data=form)
+    assert response.status_code == 422 and "no longer at" in response.get_data(as_text=True)
+    assert list(lib.iterdir()) == []
+
+
+def test_a_persons_comment_in_the_file_is_kept_by_a_correction(
+    tmp_path: Path, captioner: Any
+) -> None:
+    import piexif
+    from metadata_helpers import camera_exif
+
+    from photocap.metadata.infile import read_exif_caption
+
+    lib = tmp_path / "lib"
+    (photo,) = make_tiny_jpegs(lib, 1, size=(64, 48))
+    exif = piexif.load(camera_exif())
+    exif["0th"][piexif.ImageIFD.XPComment] = "Opa's birthday".encode("utf-16le") + b"\0\0"
+    piexif.insert(piexif.dump(exif), str(photo))
+    db = tmp_path / "i.db"
+    _caption_run(lib, captioner, db, ["xmp", "exif", "index"])
+    assert read_exif_caption(photo)[1] == "Opa's birthday"  # the run kept it
+    client = _client(db, tmp_path)
+    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    assert _correct(client, photo_id, "Opa blowing out the candles").status_code == 303
+    assert read_exif_caption(photo) == ("Opa blowing out the candles", "Opa's birthday")
+
+
+def test_a_sidecar_that_cannot_be_saved_leaves_photo_and_sidecar_as_they_were(
+    tmp_path: Path, captioner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photocap.errors import WriteError
+    from photocap.metadata import correction
+
+    lib = tmp_path / "lib"
+    (photo,) = make_tiny_jpegs(lib, 1, size=(64, 48))
+    db = tmp_path / "i.db"
+    _caption_run(lib, captioner, db, ["xmp", "exif", "index"])
+    before = photo.read_bytes(), (lib / "img_0000.jpg.xmp").read_bytes()
+
+    def full_disk(path: Path, doc: Any) -> None:
+        raise WriteError("no space left on device")
+
+    monkeypatch.setattr(correction, "save_sidecar", full_disk)  # after the photo's rewrite
+    client = _client(db, tmp_path)
+    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    response = _correct(client, photo_id, "Oma's tulips")
+    assert response.status_code == 422 and "no space left" in response.get_data(as_text=True)
+    assert (photo.read_bytes(), (lib / "img_0000.jpg.xmp").read_bytes()) == before
 
 
 # ----------------------------------------------------------------------------- guards
@@ -285,13 +341,13 @@ def test_a_correction_needs_this_sessions_token_and_this_origin(
     before = (lib / "img_0000.jpg.xmp").read_bytes()
     client = _client(db, tmp_path)
     (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
-    token = _form(client, photo_id)
+    form = _form(client, photo_id, "pwned")
     url = f"/photo/{photo_id}/caption"
     attempts = [
-        ({"caption": "pwned"}, {}),  # no token: another site's form
-        ({"caption": "pwned", "csrf": "guess"}, {}),
-        ({"caption": "pwned", "csrf": token}, {"Sec-Fetch-Site": "cross-site"}),
-        ({"caption": "pwned", "csrf": token}, {"Origin": "http://evil.example"}),
+        ({"caption": "pwned", "photo": form["photo"]}, {}),  # no token: another site's form
+        ({**form, "csrf": "guess"}, {}),
+        (form, {"Sec-Fetch-Site": "cross-site"}),
+        (form, {"Origin": "http://evil.example"}),
     ]
     for data, headers in attempts:
         response = client.post(url, base_url=BASE, data=data, headers=headers)
@@ -314,9 +370,30 @@ def test_another_host_than_loopback_needs_an_access_token(tmp_path: Path) -> Non
     _rows(db, [{"path": "/p/dog.jpg", "caption": "A dog."}])
     with pytest.raises(GalleryError, match="--token"):
         _client(db, tmp_path, host="0.0.0.0")
-    client = _client(db, tmp_path, host="192.0.2.7", access_token="s3cret-token")
-    base = "http://192.0.2.7:8750"
-    assert client.get("/", base_url=base).status_code == 401
-    assert client.get("/?token=wrong", base_url=base).status_code == 401
-    assert client.get("/?token=s3cret-token", base_url=base).status_code == 200
-    assert client.get("/review", base_url=base).status_code == 200  # kept in a cookie
+    for host in ("192.0.2.7", "0.0.0.0"):  # an address of this machine, or all of them
+        client = _client(db, tmp_path, host=host, access_token="s3cret-token")
+        base = "http://192.0.2.7:8750"
+        assert client.get("/", base_url=base).status_code == 401
+        wrong = client.get("/?token=wrong", base_url=base)
+        assert wrong.status_code == 401 and "Set-Cookie" not in wrong.headers
+        good = client.get("/review?token=s3cret-token&page=0", base_url=base)
+        # Kept in a cookie that does not hold the token; the token leaves the address.
+        assert good.status_code == 302 and good.headers["Location"] == "/review?page=0"
+        cookie = good.headers["Set-Cookie"]
+        assert "s3cret-token" not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert client.get("/review", base_url=base).status_code == 200
+        client.delete_cookie("photocap_access", domain="192.0.2.7")
+        client.set_cookie("photocap_access", "s3cret-token", domain="192.0.2.7")
+        assert client.get("/review", base_url=base).status_code == 401  # the token is no cookie
+
+
+def test_a_stale_page_cannot_correct_another_photo(tmp_path: Path, captioner: Any) -> None:
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 1)
+    db = tmp_path / "i.db"
+    _caption_run(lib, captioner, db, ["xmp", "index"])
+    client = _client(db, tmp_path)
+    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    form = _form(client, photo_id, "A new caption")
+    form["photo"] = "0123456789abcdef"  # made for another photo that had this id
+    assert client.post(f"/photo/{photo_id}/caption", base_url=BASE, data=form).status_code == 409

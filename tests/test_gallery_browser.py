@@ -137,7 +137,7 @@ def test_a_caption_holding_markup_is_shown_as_text_and_never_runs(
 
 
 def test_a_path_outside_the_index_is_refused(gallery: str, browser: Any) -> None:
-    for url in ("/thumb/999", "/preview/../../../../etc/passwd", "/thumb/%2Fetc%2Fpasswd"):
+    for url in ("/thumb/999", "/preview/..%2F..%2F..%2Fetc%2Fpasswd", "/thumb/%2Fetc%2Fpasswd"):
         browser.get(gallery + url)
         assert "root:" not in browser.page_source
         assert "404" in browser.title or "Not Found" in browser.page_source, url

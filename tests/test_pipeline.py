@@ -901,3 +901,29 @@ def test_sidecar_keywords_are_indexed_and_searched(tmp_path: Path, captioner) ->
     with PhotoIndex(tmp_path / "i.db") as index:
         assert [h.path for h in index.search("brest")] == [str(photo)]
         assert [h.path for h in index.search("lighthouse")] == [str(photo)]
+
+
+def test_keywords_inside_the_file_are_indexed_and_searched(tmp_path: Path, captioner) -> None:
+    # Lightroom, digiKam, Photos and cameras' apps write keywords into the file itself: the
+    # embedded XMP (dc:subject, Lightroom's hierarchical subjects) and IPTC Keywords (2:25).
+    from metadata_helpers import app_segment, insert_after_app, xmp_packet, xmp_segment
+
+    lib = tmp_path / "lib"
+    photo = make_tiny_jpegs(lib, 1)[0]
+    subjects = (
+        "<dc:subject><rdf:Bag><rdf:li>lighthouse</rdf:li></rdf:Bag></dc:subject>"
+        "<lr:hierarchicalSubject xmlns:lr='http://ns.adobe.com/lightroom/1.0/'><rdf:Bag>"
+        "<rdf:li>Places|France|Brest</rdf:li></rdf:Bag></lr:hierarchicalSubject>"
+    )
+    iim = b"\x1c\x02\x00\x00\x02\x00\x04"  # RecordVersion 4, then two Keywords datasets
+    for word in (b"vacances", b"Bretagne"):
+        iim += b"\x1c\x02\x19" + len(word).to_bytes(2, "big") + word
+    irb = b"8BIM\x04\x04\x00\x00" + len(iim).to_bytes(4, "big") + iim + b"\x00" * (len(iim) & 1)
+    blob = xmp_segment(xmp_packet(extra=subjects)) + app_segment(0xED, b"Photoshop 3.0\x00" + irb)
+    photo.write_bytes(insert_after_app(photo.read_bytes(), blob))
+    run([lib], captioner, tmp_path / "i.db", writers=["xmp", "index"])
+    (row,) = rows(tmp_path / "i.db")
+    assert row["keywords"] == "lighthouse, Places, France, Brest, vacances, Bretagne"
+    with PhotoIndex(tmp_path / "i.db") as index:
+        for word in ("brest", "lighthouse", "bretagne", "vacances"):
+            assert [h.path for h in index.search(word)] == [str(photo)], word
