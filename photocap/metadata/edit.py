@@ -33,6 +33,7 @@ class InFileText:
     tiff: bytes | None  # the EXIF TIFF block
     packet: bytes | None  # the embedded XMP packet (JPEG APP1, WebP "XMP ", PNG iTXt, ...)
     iptc_caption: str | None  # IPTC Caption-Abstract (JPEG, TIFF and TIFF-based RAW)
+    iptc_keywords: tuple[str, ...] = ()  # IPTC Keywords (the same formats)
 
     @property
     def description(self) -> str | None:
@@ -43,6 +44,17 @@ class InFileText:
     def comment(self) -> str | None:
         """EXIF XPComment."""
         return decode_xp(read_tag(self.tiff, TAG_XP_COMMENT))
+
+    def keywords(self) -> list[str]:
+        """The keywords people gave the photo inside the file: the embedded XMP's (see
+        :meth:`XmpDocument.keywords`), then IPTC's; each once. A malformed packet counts as
+        holding none."""
+        try:
+            packet = self.xmp()
+        except WriteError:
+            packet = None
+        words = (packet.keywords() if packet is not None else []) + list(self.iptc_keywords)
+        return list(dict.fromkeys(words))
 
     def xmp(self) -> XmpDocument | None:
         """The embedded packet, parsed; a malformed one raises :class:`WriteError`."""

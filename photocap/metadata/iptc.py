@@ -1,4 +1,4 @@
-"""IPTC-IIM: the ``Caption-Abstract`` older tools wrote, read only.
+"""IPTC-IIM: the ``Caption-Abstract`` and ``Keywords`` older tools wrote, read only.
 
 photocap never writes IPTC (an existing block keeps its digest valid that way; Metadata Working
 Group readers take EXIF before IPTC in any case), but a caption a person wrote there is theirs
@@ -14,6 +14,7 @@ IPTC_RESOURCE = 0x0404  # the IPTC-NAA record in a Photoshop image resource bloc
 
 
 IPTC_CAPTION = (2, 120)  # IIM record 2, dataset 120: Caption-Abstract
+IPTC_KEYWORDS = (2, 25)  # Keywords, one dataset per keyword
 
 
 def photoshop_caption(irb: bytes) -> str | None:
@@ -26,6 +27,31 @@ def tiff_iptc_caption(iptc_naa: bytes | None, photoshop: bytes | None) -> str | 
     Photoshop types it LONG, but its bytes are the record's, in order) or else from its
     Photoshop image resource block; None when neither holds one. Damage reads as None."""
     return _iim_caption(iptc_naa) or _iim_caption(_image_resource(photoshop or b"", IPTC_RESOURCE))
+
+
+def photoshop_keywords(irb: bytes) -> tuple[str, ...]:
+    """The IPTC Keywords in a Photoshop image resource block (a JPEG's APP13), in order."""
+    return _iim_texts(_image_resource(irb, IPTC_RESOURCE), IPTC_KEYWORDS)
+
+
+def tiff_iptc_keywords(iptc_naa: bytes | None, photoshop: bytes | None) -> tuple[str, ...]:
+    """IPTC Keywords of a TIFF, from the places :func:`tiff_iptc_caption` reads."""
+    return _iim_texts(iptc_naa, IPTC_KEYWORDS) or _iim_texts(
+        _image_resource(photoshop or b"", IPTC_RESOURCE), IPTC_KEYWORDS
+    )
+
+
+def _iim_texts(record: bytes | None, wanted: tuple[int, int]) -> tuple[str, ...]:
+    """Every dataset ``wanted`` of an IPTC-IIM record as text (see :func:`_iim_caption`)."""
+    found = [] if record is None else _iim_datasets(record, wanted)
+    return tuple(t for t in (_text(raw).strip() for raw in found) if t)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _iim_caption(record: bytes | None) -> str | None:
@@ -63,6 +89,13 @@ def _image_resource(irb: bytes, wanted: int) -> bytes | None:
 
 def _iim_dataset(record: bytes, wanted: tuple[int, int]) -> bytes | None:
     """The first dataset (record, number) of an IPTC-IIM stream."""
+    found = _iim_datasets(record, wanted, first=True)
+    return found[0] if found else None
+
+
+def _iim_datasets(record: bytes, wanted: tuple[int, int], first: bool = False) -> list[bytes]:
+    """The datasets (record, number) of an IPTC-IIM stream, in order (damage ends the walk)."""
+    found: list[bytes] = []
     pos = 0
     while pos + 5 <= len(record) and record[pos] == 0x1C:
         number = (record[pos + 1], record[pos + 2])
@@ -71,12 +104,14 @@ def _iim_dataset(record: bytes, wanted: tuple[int, int]) -> bytes | None:
         if size & 0x8000:  # extended dataset: the next (size & 0x7FFF) bytes hold the length
             width = size & 0x7FFF
             if width > 4 or pos + width > len(record):
-                return None
+                return found
             size = int.from_bytes(record[pos : pos + width], "big")
             pos += width
         if pos + size > len(record):
-            return None
+            return found
         if number == wanted:
-            return record[pos : pos + size]
+            found.append(record[pos : pos + size])
+            if first:
+                return found
         pos += size
-    return None
+    return found

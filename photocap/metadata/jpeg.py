@@ -27,7 +27,7 @@ from pathlib import Path
 from photocap.errors import MetadataError, WriteError
 from photocap.metadata.edit import FileEdit, InFileText
 from photocap.metadata.ifd import EXIF_HEADER, NEW_IFD0_DEFAULTS, Tiff, set_ifd0_tags, verify_tags
-from photocap.metadata.iptc import photoshop_caption
+from photocap.metadata.iptc import photoshop_caption, photoshop_keywords
 from photocap.metadata.xmp import XmpDocument, apply_xmp_edit, parse_packet, verify_xmp_edit
 
 MAX_SEGMENT = 0xFFFF  # a JPEG segment's length field (includes its own 2 bytes)
@@ -164,15 +164,19 @@ def xmp_app1(doc: XmpDocument) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", 2 + len(XMP_HEADER) + len(packet)) + XMP_HEADER + packet
 
 
-def iptc_caption(data: bytes, segments: Sequence[Segment]) -> str | None:
-    """IPTC ``Caption-Abstract`` of a JPEG (Photoshop APP13), or None; damage reads as None."""
-    irb = b"".join(
+def photoshop_block(data: bytes, segments: Sequence[Segment]) -> bytes:
+    """The Photoshop image resource block of a JPEG (its APP13 segments joined)."""
+    return b"".join(
         data[seg.start + 4 + len(PHOTOSHOP_HEADER) : seg.end]
         for seg in segments
         if seg.marker == APP13
         and data[seg.start + 4 : seg.start + 4 + len(PHOTOSHOP_HEADER)] == PHOTOSHOP_HEADER
     )
-    return photoshop_caption(irb)
+
+
+def iptc_caption(data: bytes, segments: Sequence[Segment]) -> str | None:
+    """IPTC ``Caption-Abstract`` of a JPEG (Photoshop APP13), or None; damage reads as None."""
+    return photoshop_caption(photoshop_block(data, segments))
 
 
 JPEG_HEAD_BYTES = 256 * 1024  # where a JPEG's metadata segments end, nearly always
@@ -282,7 +286,9 @@ def read_texts(data: bytes, fmt: str = "JPEG") -> InFileText:
     image data). Raises WriteError."""
     segments, _ = parse_jpeg(data)
     tiff = exif_tiff(data, segments)[1]
-    return InFileText("JPEG", tiff, xmp_segment(data, segments)[1], iptc_caption(data, segments))
+    irb = photoshop_block(data, segments)
+    packet = xmp_segment(data, segments)[1]
+    return InFileText("JPEG", tiff, packet, photoshop_caption(irb), photoshop_keywords(irb))
 
 
 def exif_span(data: bytes) -> tuple[int, int] | None:

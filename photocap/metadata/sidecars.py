@@ -235,9 +235,6 @@ def read_caption(photo: Path) -> str | None:
     return None
 
 
-NS_LIGHTROOM = "http://ns.adobe.com/lightroom/1.0/"
-
-
 def read_keywords(photo: Path) -> list[str]:
     """The keywords people gave ``photo`` in its sidecars (either naming form): ``dc:subject``
     (digiKam, darktable, Lightroom, exiftool) and Lightroom's hierarchical subjects, each level
@@ -249,8 +246,5 @@ def read_keywords(photo: Path) -> list[str]:
             doc = XmpDocument.load(sidecar)
         except WriteError:
             continue
-        words = doc.get_items(NS_DC, "subject")
-        for path in doc.get_items(NS_LIGHTROOM, "hierarchicalSubject"):
-            words += path.split("|")
-        found += [w.strip() for w in words if w.strip()]
+        found += doc.keywords()
     return list(dict.fromkeys(found))

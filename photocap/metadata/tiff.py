@@ -35,7 +35,7 @@ from photocap.metadata.ifd import (
     set_ifd0_tags,
     verify_tags,
 )
-from photocap.metadata.iptc import tiff_iptc_caption
+from photocap.metadata.iptc import tiff_iptc_caption, tiff_iptc_keywords
 from photocap.metadata.jpeg import parse_jpeg
 from photocap.metadata.xmp import XmpDocument, apply_xmp_edit, parse_packet, verify_xmp_edit
 
@@ -73,10 +73,11 @@ def read_file_texts(photo: Path, fmt: str) -> InFileText | None:
     if values is None:
         return None
     packet = values.pop(TAG_XMP, (0, None))[1]
-    iptc = tiff_iptc_caption(*(values.pop(t, (0, None))[1] for t in TIFF_IPTC_TAGS))
+    blocks = [values.pop(t, (0, None))[1] for t in TIFF_IPTC_TAGS]
+    iptc, keywords = tiff_iptc_caption(*blocks), tiff_iptc_keywords(*blocks)
     # The texts as a small TIFF block of their own, which InFileText reads like any EXIF.
     texts = set_ifd0_tags(None, dict(values)) if values else None
-    return InFileText(fmt, texts, packet, iptc)
+    return InFileText(fmt, texts, packet, iptc, keywords)
 
 
 def rebuild_tiff(data: bytes, edit: FileEdit, *, dng: bool = False) -> bytes:
@@ -190,8 +191,9 @@ def _preview_image(thumb: object) -> bytes:
 def read_texts(data: bytes, fmt: str = "TIFF") -> InFileText:
     """The caption-bearing parts of a TIFF's or DNG's bytes: the file is one TIFF block; its
     XMP packet is IFD0's tag 700. Raises WriteError."""
-    iptc = tiff_iptc_caption(*(readable_tag(data, t) for t in TIFF_IPTC_TAGS))
-    return InFileText(fmt, data, read_tag(data, TAG_XMP, "TIFF"), iptc)
+    blocks = [readable_tag(data, t) for t in TIFF_IPTC_TAGS]
+    iptc, keywords = tiff_iptc_caption(*blocks), tiff_iptc_keywords(*blocks)
+    return InFileText(fmt, data, read_tag(data, TAG_XMP, "TIFF"), iptc, keywords)
 
 
 def exif_span(data: bytes) -> tuple[int, int] | None:

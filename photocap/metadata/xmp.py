@@ -87,6 +87,8 @@ NS_IPTC = "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"
 
 
 NS_PHOTOCAP = "https://github.com/photocap/ns/1.0/"
+# Lightroom's namespace: hierarchicalSubject, keywords as paths ("Places|France|Paris").
+NS_LIGHTROOM = "http://ns.adobe.com/lightroom/1.0/"
 
 
 # Conventional prefixes, used when serialising; a sidecar's own prefixes win for other URIs.
@@ -305,6 +307,15 @@ class XmpDocument:
                     items += [li.text for li in container.findall(RDF_LI) if li.text]
             return items
         return []
+
+    def keywords(self) -> list[str]:
+        """The keywords people gave the photo here: ``dc:subject`` (digiKam, darktable,
+        Lightroom, exiftool) and Lightroom's hierarchical subjects, each level of
+        "Places|France|Paris" a keyword; each once, in order."""
+        words = self.get_items(NS_DC, "subject")
+        for path in self.get_items(NS_LIGHTROOM, "hierarchicalSubject"):
+            words += path.split("|")
+        return list(dict.fromkeys(w.strip() for w in words if w.strip()))
 
     def get_default(self, ns: str, name: str) -> str | None:
         """The ``x-default`` text of a lang-alt property (None when there is none)."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from photocap.errors import one_line
+from photocap.errors import WriteError, one_line
 from photocap.image import hash_file
 from photocap.index import PhotoFacts, mtime_iso
 from photocap.metadata.authorship import find_human_caption
@@ -79,11 +79,21 @@ def _human_caption(record: CaptionRecord, outcomes: list[WriteOutcome]) -> str |
 
 
 def _keywords(path: Path) -> list[str]:
-    """The keywords of the photo's sidecars; none when the photo or its folder went away."""
+    """The keywords of the photo's sidecars, then those inside the file (embedded XMP, IPTC);
+    none when the photo or its folder went away or the file cannot be read."""
+    from photocap.metadata.infile import read_photo_text
+
     try:
-        return read_keywords(path)
+        found = read_keywords(path)
     except OSError:
-        return []
+        found = []
+    try:
+        text = read_photo_text(path)
+    except (WriteError, OSError):
+        text = None
+    if text is not None:
+        found += text.keywords()
+    return list(dict.fromkeys(found))
 
 
 def _file_facts(path: Path) -> PhotoFacts | None:
