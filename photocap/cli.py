@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -700,15 +701,18 @@ def serve(
         db=resolve_db_path(db), host=host, port=port, access_token=token, near=_near_words(model)
     )
     server = make_server(config)
+    # One line a request is noise on a terminal; errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     typer.echo(f"photocap gallery: {gallery_url(config)}  (Ctrl-C to stop)", err=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        server.serve_forever()
+        server.serve_forever()  # returns on Ctrl-C or SIGTERM (Werkzeug ends it quietly)
     except KeyboardInterrupt:
-        typer.echo("Stopped.", err=True)
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.server_close()
+    typer.echo("Stopped.", err=True)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

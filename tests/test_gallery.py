@@ -397,3 +397,45 @@ def test_a_stale_page_cannot_correct_another_photo(tmp_path: Path, captioner: An
     form = _form(client, photo_id, "A new caption")
     form["photo"] = "0123456789abcdef"  # made for another photo that had this id
     assert client.post(f"/photo/{photo_id}/caption", base_url=BASE, data=form).status_code == 409
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_photocap_serve_serves_until_sigterm_and_leaves_no_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    db = tmp_path / "i.db"
+    _rows(db, [{"path": "/p/dog.jpg", "caption": "A dog."}])
+    args = [sys.executable, "-m", "photocap", "serve", "--db", str(db), "--port", "0"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # "photocap gallery: http://127.0.0.1:PORT/  (Ctrl-C ...)"
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        with urllib.request.urlopen(url.group(0) + "?q=dog", timeout=30) as page:
+            assert page.status == 200 and "A dog." in page.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read().strip() == "Stopped."  # no line per request
+    finally:
+        proc.kill()
+
+
+def test_photocap_serve_refuses_another_host_without_a_token_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+
+    db = tmp_path / "i.db"
+    _rows(db, [{"path": "/p/dog.jpg", "caption": "A dog."}])
+    result = CliRunner().invoke(app, ["serve", "--db", str(db), "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--token" in lines[0]
+    result = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2 and "no index at" in result.output
