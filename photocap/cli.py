@@ -604,7 +604,8 @@ def search(
     searched too and shown under photocap's, after ✎.
     Quotes are optional: `photocap search a dog on a beach`. Photos with every word come
     first, then those with some of them (marked ~). `"red car"` is a phrase, `dog OR cat`
-    either, `children -water` (or `NOT water`) leaves photos out. After the words typed come
+    either, `'children -water'` (or `NOT water`; quoted, or after `--`, since a shell word
+    starting with - reads as an option) leaves photos out. After the words typed come
     photos found through near words the model knows (kid: boy, child; lady: woman), marked ~.
     The dates are the EXIF date taken; photos without one are left out when `--since` or
     `--until` is given.
@@ -703,7 +704,8 @@ def serve(
     server = make_server(config)
     # One line a request is noise on a terminal; errors still show.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    typer.echo(f"photocap gallery: {gallery_url(config)}  (Ctrl-C to stop)", err=True)
+    hint = "  (visitors add ?token=YOUR_TOKEN once)" if token else ""
+    typer.echo(f"photocap gallery: {gallery_url(config)}{hint}  (Ctrl-C to stop)", err=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         server.serve_forever()  # returns on Ctrl-C or SIGTERM (Werkzeug ends it quietly)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,10 +193,11 @@ def create_app(config: GalleryConfig) -> Flask:
                     suggestions = index.suggest(query)
                 total = None
             else:
+                total = index.count()
+                page = min(page, max(0, math.ceil(total / PAGE_SIZE) - 1))
                 found = index.list_photos(offset=PAGE_SIZE * page, limit=PAGE_SIZE + 1)
                 photos = [_card(row) for row in found[:PAGE_SIZE]]
                 more = len(found) > PAGE_SIZE
-                total = index.count()
         return render_template(
             "gallery/grid.html", view="search", query=query, photos=photos, page=page,
             more=more, total=total, suggestions=suggestions,
@@ -311,19 +313,24 @@ def correct_caption(index: PhotoIndex, row: dict[str, Any], text: str) -> None:
 
 def make_server(config: GalleryConfig) -> Any:
     """A threaded Werkzeug server for the gallery (``.serve_forever()``, ``.shutdown()``);
-    ``config.port`` 0 picks a free port (``.server_port``)."""
+    ``config.port`` 0 picks a free port (``config.port`` then says which)."""
     from werkzeug.serving import make_server as werkzeug_server
 
     app = create_app(config)
     with PhotoIndex(config.db, create=False):  # no index: say so now, not on every page
         pass
+    # Our own socket: Werkzeug prints two lines and exits 1 on a port in use.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
-        server = werkzeug_server(config.host, config.port, app, threaded=True)
+        sock = socket.create_server((config.host.strip("[]"), config.port), family=family)
     except OSError as err:
         raise GalleryError(
             f"cannot serve on {config.host}:{config.port}: {err.strerror or err} (another --port?)"
         ) from None
-    config.port = server.server_port
+    sock.set_inheritable(True)
+    server = werkzeug_server(config.host, config.port, app, threaded=True, fd=sock.fileno())
+    sock.close()  # the server holds its own duplicate
+    config.port = int(server.port)
     return server
 
 
@@ -393,4 +400,8 @@ def _card(row: dict[str, Any], complete: bool = True) -> dict[str, Any]:
         "alternatives": [a for a in alternatives if isinstance(a, str)],
         "date_taken": row.get("date_taken") or "", "camera": row.get("camera") or "",
         "complete": complete,
+        # A photo that failed before it had a caption (not an image, empty) has nothing to show.
+        "viewable": not (row.get("error") and not caption),
+        # Mean log-probability per word -> the model's mean probability of each word.
+        "confidence": None if row.get("score") is None else round(100 * math.exp(row["score"])),
     }  # fmt: skip

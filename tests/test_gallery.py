@@ -439,3 +439,29 @@ def test_photocap_serve_refuses_another_host_without_a_token_in_one_line(tmp_pat
     assert len(lines) == 1 and "--token" in lines[0]
     result = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2 and "no index at" in result.output
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+
+    db = tmp_path / "i.db"
+    _rows(db, [{"path": "/p/dog.jpg", "caption": "A dog."}])
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--db", str(db), "--port", str(port)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot serve on 127.0.0.1:{port}" in lines[0]
+
+
+def test_a_photo_that_cannot_be_shown_says_so_instead_of_a_broken_image(tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    with PhotoIndex(db) as index:
+        index.upsert_photos([{"path": "/p/empty.jpg", "error": "empty file"}])
+    client = _client(db, tmp_path)
+    html = client.get("/review", base_url=BASE).get_data(as_text=True)
+    assert "<img" not in html and "empty.jpg: cannot be shown" in html

@@ -100,6 +100,8 @@ def write_human_caption(photo: Path, text: str) -> list[WriteOutcome]:
     caption = clean_caption(text)
     if not photo.is_file():
         raise WriteError(f"the photo is no longer at {photo}: nothing written")
+    if photo.stat().st_size == 0:
+        raise WriteError(f"{photo.name} is an empty file, not a photo: nothing written")
     naming = our_sidecar_name(photo)
     target = sidecar_for_write(photo, naming)
     before_sidecar = target.read_bytes() if target.is_file() else None
