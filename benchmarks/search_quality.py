@@ -96,16 +96,24 @@ def main() -> None:
         from photocap.lexicon import NEAR_SIMILARITY, NEAR_WORDS, NearWords
 
         lexicon = NearWords.from_model(default_model_path())
+        from photocap.embedding import QueryEncoder
+
+        encoder = QueryEncoder.from_model(default_model_path())
+        has_vectors = (
+            index.db.execute("SELECT count(*) FROM photos WHERE vector IS NOT NULL").fetchone()[0]
+            if "vector" in index.db.table("photos").columns_dict
+            else 0
+        )
 
         def photocap_search(query: str, k: int) -> list[str]:
             return [Path(h.path).name for h in index.search(query, limit=k, rank_window=None)]
 
-        def near_search(similarity: float, count: int) -> Any:
+        def near_search(similarity: float, count: int, meaning: Any = None) -> Any:
             def near(word: str) -> list[str]:
                 return lexicon.of(word, count, similarity)
 
             def search(query: str, k: int) -> list[str]:
-                hits = index.search(query, limit=k, rank_window=None, near=near)
+                hits = index.search(query, limit=k, rank_window=None, near=near, meaning=meaning)
                 return [Path(h.path).name for h in hits]
 
             return search
@@ -115,7 +123,12 @@ def main() -> None:
             hits = index._ranked(fts, k, None, None) if fts else []
             return [Path(h.path).name for h in hits]
 
-        ways = {
+        ways = {}
+        if encoder is not None and has_vectors:
+            ways["photocap + near words + meaning (embedding)"] = near_search(
+                NEAR_SIMILARITY, NEAR_WORDS, encoder.encode
+            )
+        ways |= {
             f"photocap + near words ({NEAR_SIMILARITY}, {NEAR_WORDS})": near_search(
                 NEAR_SIMILARITY, NEAR_WORDS
             ),

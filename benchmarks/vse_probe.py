@@ -9,7 +9,7 @@ trained with a symmetric contrastive loss (InfoNCE) on the 6,000 train photos x 
 on the CPU; then the sentence protocol on the 1,000 dev photos: each photo's first reference
 caption as the query, the photo's rank among the 1,000 by cosine similarity.
 
-    python benchmarks/vse_probe.py --data ../shared/flickr8k --epochs 20
+    python benchmarks/vse_probe.py --data ../shared/flickr8k --epochs 6 [--save]
 """
 
 from __future__ import annotations
@@ -52,24 +52,24 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=FLICKR8K)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/photocap-vse"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--save", action="store_true", help="write it beside the shipped model")
     args = parser.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
-    from torch import nn
 
-    from photocap.checkpoint import load_captioner
+    from photocap.checkpoint import default_model_path, load_captioner
     from photocap.dataset import load_flickr8k
+    from photocap.embedding import MAX_WORDS, embedding_path, save_embedding
+    from photocap.training.embedding import train_embedding
     from photocap.training.features import encode_captions
 
-    torch.manual_seed(args.seed)
     data = load_flickr8k(args.data)
     captioner = load_captioner(None, "cpu")
     started = time.perf_counter()
@@ -78,72 +78,31 @@ def main(argv: list[str] | None = None) -> None:
     features_s = time.perf_counter() - started
     vocab = captioner.vocab
     train_names, dev_names = data.split("train"), data.split("dev")
-    # (6000 * 5) captions, each with the row of its photo
-    train_caps = [c for n in train_names for c in data.captions[n][:5]]
-    train_img = torch.arange(len(train_names)).repeat_interleave(5)
-    train_tok = encode_captions(vocab, train_caps, 20)  # (P, T)
-    dev_tok = encode_captions(vocab, [data.captions[n][0] for n in dev_names], 20)  # (1000, T)
-    word_vectors = captioner.decoder.members[0].embed.weight.detach().clone()  # (V, 512)
-
-    class TextEncoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding.from_pretrained(word_vectors, freeze=False)
-            self.gru = nn.GRU(word_vectors.shape[1], args.dim, batch_first=True, bidirectional=True)
-            self.out = nn.Linear(2 * args.dim, args.dim)
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, dim)
-            mask = (tokens != vocab.pad_id).float().unsqueeze(-1)  # (B, T, 1)
-            states, _ = self.gru(self.embed(tokens))  # (B, T, 2*dim)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over words
-            return F.normalize(self.out(pooled), dim=-1)
-
-    text = TextEncoder()
-    image = nn.Sequential(nn.LayerNorm(train_x.shape[1]), nn.Linear(train_x.shape[1], args.dim))
-    scale = nn.Parameter(torch.tensor(3.0))  # log of the inverse temperature
-    params = [*text.parameters(), *image.parameters(), scale]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    steps = args.epochs * (len(train_caps) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps)
-
-    def recall(txt: torch.Tensor, img: torch.Tensor) -> tuple[float, float, float]:
-        sims = txt @ img.T  # (1000, 1000): query i's photo is photo i
-        rank = (sims > sims.diag().unsqueeze(1)).sum(1)  # photos ranked above the right one
-        return tuple(round(100 * (rank < k).float().mean().item(), 1) for k in (1, 5, 10))  # type: ignore[return-value]
-
-    history = []
-    train_started = time.perf_counter()
-    for epoch in range(args.epochs):
-        text.train()
-        image.train()
-        # Captions of one photo met in the same batch are not negatives of each other (masked).
-        order = torch.randperm(len(train_caps))
-        for start in range(0, len(order) - args.batch + 1, args.batch):
-            idx = order[start : start + args.batch]
-            t = text(train_tok[idx])  # (B, dim)
-            v = F.normalize(image(train_x[train_img[idx]]), dim=-1)  # (B, dim)
-            logits = scale.exp().clamp(max=100) * t @ v.T  # (B, B)
-            same = train_img[idx].unsqueeze(0) == train_img[idx].unsqueeze(1)  # duplicates
-            logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
-            target = torch.arange(len(idx))
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        text.eval()
-        image.eval()
-        with torch.no_grad():
-            r = recall(text(dev_tok), F.normalize(image(dev_x), dim=-1))
-        history.append((epoch + 1, round(loss.item(), 3), *r))
-        print(f"  epoch {epoch + 1}: loss {loss.item():.3f} dev R@1/5/10 {r}", file=sys.stderr)
-    train_s = time.perf_counter() - train_started
-    best = max(history, key=lambda h: h[2] + h[3] + h[4])
-    table = markdown_table(history, ["epoch", "loss", "R@1", "R@5", "R@10"])
-    table += (f"\n\nbest epoch {best[0]}: R@1 {best[2]} / R@5 {best[3]} / R@10 {best[4]} "
+    train_caps = [c for n in train_names for c in data.captions[n][:5]]  # (P = 5 N)
+    photo_of = torch.arange(len(train_names)).repeat_interleave(5)  # (P,)
+    train_tok = encode_captions(vocab, train_caps, MAX_WORDS)  # (P, T)
+    dev_tok = encode_captions(vocab, [data.captions[n][0] for n in dev_names], MAX_WORDS)
+    first: Any = captioner.decoder.members[0]  # type: ignore[index]
+    word_vectors = first.embed.weight.detach().float()  # (V, 512): the decoder's words
+    started = time.perf_counter()
+    module, history = train_embedding(
+        train_x.float(), train_tok, photo_of, word_vectors, epochs=args.epochs, dim=args.dim,
+        batch_size=args.batch, seed=args.seed, dev=(dev_x.float(), dev_tok),
+        log=lambda line: print("  " + line, file=sys.stderr),
+    )  # fmt: skip
+    train_s = time.perf_counter() - started
+    rows = [(e, loss, *r) for e, loss, r in history]
+    best = max(rows, key=lambda h: h[2] + h[3] + h[4])
+    table = markdown_table(rows, ["epoch", "loss", "R@1", "R@5", "R@10"])
+    table += (f"\n\nkept: epoch {best[0]}: R@1 {best[2]} / R@5 {best[3]} / R@10 {best[4]} "
               f"(features {features_s:.0f} s, training {train_s:.0f} s)")  # fmt: skip
-    data_out = {"history": history, "best": best, "features_s": features_s, "train_s": train_s}
-    report("VSE probe: dev sentence search by embedding alone", table, data_out, args.json)
+    if args.save:
+        out = save_embedding(
+            module, vocab, captioner.model_id, embedding_path(default_model_path())
+        )
+        table += f"\n\nsaved: {out}"
+    data_out = {"history": rows, "best": best, "features_s": features_s, "train_s": train_s}
+    report("Embedding: dev sentence search by the embedding alone", table, data_out, args.json)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,11 @@ def _build_captioner(
     captioner.model_id = f"{info.get('name', path.stem)}@{digest[:12]}"
     captioner.source = f"{path} ({path.stat().st_size / 1e6:.1f} MB)"
     captioner.to(target).eval()
+    from photocap.embedding import find_embedding, load_embedding
+
+    found = find_embedding(path, captioner.model_id)  # beside it, made for this model
+    if found is not None:
+        captioner.use_embedding(load_embedding(found, captioner.model_id, target))
     if captioner.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:

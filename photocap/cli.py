@@ -626,7 +626,7 @@ def search(
     near = None if exact else _near_words(model)
     suggestions: dict[str, str] = {}
     with PhotoIndex(resolve_db_path(db), create=False) as index:
-        hits = index.search(query, limit=limit, only=only, near=near)
+        hits = index.search(query, limit=limit, only=only, near=near, meaning=_meaning(model))
         if not hits:
             suggestions = index.suggest(query)
     if json_out:
@@ -699,8 +699,9 @@ def serve(
     from photocap.paths import resolve_db_path
 
     config = GalleryConfig(
-        db=resolve_db_path(db), host=host, port=port, access_token=token, near=_near_words(model)
-    )
+        db=resolve_db_path(db), host=host, port=port, access_token=token,
+        near=_near_words(model), meaning=_meaning(model),
+    )  # fmt: skip
     server = make_server(config)
     # One line a request is noise on a terminal; errors still show.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -719,6 +720,20 @@ def serve(
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _meaning(model: Path | None) -> Callable[[str], Any] | None:
+    """A query's vector in the model's text-image embedding (:mod:`photocap.embedding`); None
+    (the order of the words alone) when the model has no embedding beside it."""
+    from photocap.checkpoint import default_model_path
+    from photocap.embedding import QueryEncoder
+    from photocap.errors import ModelError
+
+    try:
+        encoder = QueryEncoder.from_model(model or default_model_path())
+    except (ModelError, OSError):
+        return None
+    return None if encoder is None else encoder.encode
 
 
 def _near_words(model: Path | None) -> Callable[[str], list[str]] | None:

@@ -87,6 +87,9 @@ class Caption:
     text: str  # "A dog runs through the grass."
     score: float  # mean log-probability per token (<end> included); closer to 0 = surer
     alternatives: tuple[str, ...] = ()  # other beam hypotheses, best first
+    # The photo's vector in the text-image embedding (photocap.embedding.vector_bytes), when
+    # the model has one: what search by meaning compares queries with.
+    vector: bytes | None = None
 
 
 class StepDecoder(Protocol):

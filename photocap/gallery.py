@@ -81,6 +81,7 @@ class GalleryConfig:
     access_token: str | None = None
     thumbnails: Path | None = None  # the thumbnail cache's folder (default: the user cache)
     near: Callable[[str], list[str]] | None = None  # near words for search (lexicon)
+    meaning: Callable[[str], Any] | None = None  # a query's vector (photocap.embedding)
     # The form token of this server's session: a page of another site cannot read it.
     session_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -184,7 +185,10 @@ def create_app(config: GalleryConfig) -> Flask:
         with open_index() as index:
             if query:
                 # The CLI's search; a page is the next PAGE_SIZE of its ranking.
-                hits = index.search(query, limit=PAGE_SIZE * (page + 1) + 1, near=config.near)
+                hits = index.search(
+                    query, limit=PAGE_SIZE * (page + 1) + 1, near=config.near,
+                    meaning=config.meaning,
+                )  # fmt: skip
                 window = hits[PAGE_SIZE * page : PAGE_SIZE * (page + 1)]
                 rows = index.rows_by_path([hit.path for hit in window])
                 photos = [_card(rows[h.path], h.complete) for h in window if h.path in rows]

@@ -94,6 +94,9 @@ PHOTO_COLUMNS: dict[str, type] = {
     # The keywords people gave the photo in its sidecars (dc:subject, Lightroom's hierarchical
     # subjects), ", "-joined: searched like a person's caption.
     "keywords": str,
+    # The photo in the text-image embedding (photocap.embedding.vector_bytes: float16), when the
+    # model had one: search orders its matches by meaning with it.
+    "vector": bytes,
 }
 
 
@@ -363,6 +366,11 @@ def _m011_index_review_order(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m012_photo_vectors(db: sqlite_utils.Database) -> None:
+    if "vector" not in db.table(PHOTOS).columns_dict:
+        db.table(PHOTOS).add_column("vector", bytes)
+
+
 # Append only; never rename or reorder: the names are recorded in existing databases.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_create_photos", _m001_create_photos),
@@ -376,6 +384,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("009_failure_stage", _m009_failure_stage),
     ("010_search_other_captions_names_keywords", _m010_search_more_text),
     ("011_index_review_order", _m011_index_review_order),
+    ("012_photo_vectors", _m012_photo_vectors),
 ]
 
 
@@ -667,6 +676,7 @@ class PhotoIndex:
         only: SearchFilter | None = None,
         rank_window: int | None = RANK_WINDOW,
         near: Callable[[str], list[str]] | None = None,
+        meaning: Callable[[str], Any] | None = None,
     ) -> list[SearchHit]:
         """Full-text search over captions (photocap's and a person's), best first (bm25), with
         matches highlighted.
@@ -685,6 +695,13 @@ class PhotoIndex:
         ``only`` keeps photos below some folders / taken within some dates; it applies before
         the ranking window below, so a folder of old photos is searched whole.
 
+        With ``meaning`` (a query -> its unit vector: :meth:`photocap.embedding.QueryEncoder.
+        encode`), the matches of each tier are ordered by meaning too: the best
+        :data:`MEANING_POOL` by bm25 are ranked again by their photo's vector's cosine with the
+        query's, fused with bm25 by reciprocal rank (:func:`fuse_ranks`); photos without a
+        vector (captioned before) keep their bm25 place. Which photos a tier holds, and the
+        order of the tiers, do not change; ``rank`` is then minus the fused score.
+
         Ranking happens inside FTS5 (``bm25`` with ``ORDER BY ... LIMIT``) on row ids only; the
         ``photos`` rows and ``highlight()`` are read for the top rows alone. Equal scores are
         ordered by path. When a query matches more than ``rank_window`` captions (a very
@@ -699,7 +716,8 @@ class PhotoIndex:
         if parsed.is_empty or limit <= 0:
             return []
         want = int(limit)
-        hits = self._ranked(parsed.all_of(), want, only, rank_window)
+        query_vector = meaning(query) if meaning is not None else None
+        hits = self._ranked(parsed.all_of(), want, only, rank_window, query_vector)
         # Then, while there is room, each tier ranked below the one before: some of the words
         # typed (a sentence query; measured better than all of them through near words), all
         # of them through their near words, some of them through near words.
@@ -713,12 +731,17 @@ class PhotoIndex:
                 continue
             done.add(fts)
             found = {hit.path for hit in hits}
-            more = self._ranked(fts, want + len(hits), only, rank_window)
+            more = self._ranked(fts, want + len(hits), only, rank_window, query_vector)
             hits += [replace(h, complete=False) for h in more if h.path not in found]
         return hits[:want]
 
     def _ranked(
-        self, fts: str, want: int, only: SearchFilter | None, rank_window: int | None
+        self,
+        fts: str,
+        want: int,
+        only: SearchFilter | None,
+        rank_window: int | None,
+        query_vector: Any = None,
     ) -> list[SearchHit]:
         """The ``want`` best photos for the FTS5 query ``fts`` (see :meth:`search`)."""
         conn = self.db.conn
@@ -747,18 +770,43 @@ class PhotoIndex:
                 if floor is not None:
                     where, params = where + " AND rowid >= ?", [*params, floor[0]]
             fetch = 2 * want  # a margin for rows with an error and for ties at the cut
+            if query_vector is not None:
+                fetch = max(fetch, MEANING_POOL)
             while True:
                 top = conn.execute(
                     f"SELECT rowid, {self._bm25()} AS r FROM photos_fts WHERE {where} "
                     "ORDER BY r LIMIT ?",
                     [*params, fetch],
                 ).fetchall()
-                hits = self._hits(fts, dict(top))
+                ranks = dict(top)
+                if query_vector is not None and ranks:
+                    ranks = fuse_ranks(ranks, self._vectors(list(ranks)), query_vector)
+                hits = self._hits(fts, ranks)
                 if len(hits) >= want or len(top) < fetch:
                     return hits[:want]
                 fetch *= 4
         except sqlite3.OperationalError as err:
             raise IndexDbError(f"search failed: {err}") from None
+
+    def _vectors(self, ids: list[int]) -> dict[int, bytes]:
+        """The embedding vectors of the rows ``ids`` that have one."""
+        found: dict[int, bytes] = {}
+        if not self._has_vectors():
+            return found
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found |= dict(self.db.conn.execute(
+                f"SELECT rowid, vector FROM photos WHERE rowid IN ({marks}) AND vector IS NOT NULL",
+                chunk,
+            ).fetchall())  # fmt: skip
+        return found
+
+    def _has_vectors(self) -> bool:
+        # A read-only index is not migrated: before 012 it has no vectors.
+        if getattr(self, "_vector_column", None) is None:
+            self._vector_column = "vector" in self.db.table(PHOTOS).columns_dict
+        return bool(self._vector_column)
 
     def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
         """SearchHits for the given FTS row ids (id -> bm25), best first, ties by path."""
@@ -1052,6 +1100,8 @@ class RunRecord:
             "stage": stage if error is not None else None,
             "updated_at": _utcnow(),
         }
+        if record.vector is not None:  # else the row keeps its own (a moved photo's)
+            row["vector"] = record.vector
         row.update(self._facts.pop(key, {}))
         self._pending.append(row)
         return WriteOutcome(self.name, record.path, "written")
@@ -1138,6 +1188,38 @@ def _writable(path: Path) -> bool:
     """Whether photocap may write the index at ``path``: the file and its folder (WAL's -shm and
     -wal files live beside it)."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+# Search by meaning (PhotoIndex.search's ``meaning``): how many of a tier's best matches by bm25
+# are ranked again by their vectors, the reciprocal-rank constant of the fusion and the text
+# order's weight in it. Chosen on dev among K 3/10/60/inf x weight 0/0.5/1
+# (benchmarks/README.md "Search by meaning"): K 10, weight 0.5 gave the best sentence recall.
+MEANING_POOL = 500
+FUSION_K = 10
+TEXT_WEIGHT = 0.5  # the bm25 order's weight in the fusion (the order by meaning's is 1)
+
+
+def fuse_ranks(bm25: dict[int, float], vectors: dict[int, bytes], query: Any) -> dict[int, float]:
+    """Row id -> minus the fused score (lower is better, as bm25): reciprocal-rank fusion of
+    the bm25 order and the order by cosine with ``query`` (unit, float32). A row without a
+    vector is given its bm25 rank in both, so it keeps its place among the others."""
+    import numpy as np
+
+    from photocap.embedding import vector_from_bytes
+
+    by_text = sorted(bm25, key=lambda i: (bm25[i], i))
+    text_rank = {row: k for k, row in enumerate(by_text)}
+    with_vector = [row for row in by_text if row in vectors]
+    meaning_rank = dict(text_rank)
+    if with_vector:
+        matrix = np.stack([vector_from_bytes(vectors[row]) for row in with_vector])  # (M, dim)
+        cosine = matrix @ np.asarray(query, dtype=np.float32)  # (M,)
+        # The rows with a vector take the text ranks they hold among themselves, reordered.
+        slots = sorted(text_rank[row] for row in with_vector)
+        order = [with_vector[k] for k in np.argsort(-cosine, kind="stable")]
+        meaning_rank |= dict(zip(order, slots, strict=True))
+    text = {row: TEXT_WEIGHT / (FUSION_K + k) for row, k in text_rank.items()}
+    return {row: -(text[row] + 1 / (FUSION_K + meaning_rank[row])) for row in bm25}
 
 
 def build_fts_query(query: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -254,6 +254,9 @@ class Captioner(nn.Module):
         self.runtime_name = "torch"  # what runs the encoder (see use_encoder_runtime)
         # (the encoder's weights key when it was made, the runtime's encoder), or None
         self._runtime: tuple[tuple[Any, ...], Callable[[torch.Tensor], torch.Tensor]] | None = None
+        # The text-image embedding (photocap.embedding) in a tuple: not a submodule, so never
+        # saved with the model's weights; None without one.
+        self._embedding: tuple[Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -383,7 +386,18 @@ class Captioner(nn.Module):
         """Caption a batch of photos given as uint8 (B, 3, S, S) tensors from the preset."""
         self.eval()
         features = self.encode(pixels)  # (B, L, D)
-        return self.caption_features(features, beam_size)
+        captions = self.caption_features(features, beam_size)
+        if self._embedding is None or not captions:
+            return captions
+        from photocap.embedding import vector_bytes
+
+        vectors = self._embedding[0].image_vectors(features.float()).cpu().numpy()  # (B, dim)
+        return [replace(c, vector=vector_bytes(v)) for c, v in zip(captions, vectors, strict=True)]
+
+    def use_embedding(self, embedding: nn.Module | None) -> None:
+        """Give each caption its photo's vector in ``embedding`` (a
+        :func:`photocap.embedding.load_embedding` module), or stop (None)."""
+        self._embedding = None if embedding is None else (embedding.to(self.device).eval(),)
 
     @torch.inference_mode()
     def caption_features(

@@ -53,6 +53,7 @@ class CaptionRecord:
     alternatives: tuple[str, ...]  # the other beam hypotheses, best first
     model_id: str  # identifies the model that produced the caption
     captioned_at: datetime  # timezone-aware UTC
+    vector: bytes | None = None  # the photo in the text-image embedding (Caption.vector)
 
 
 @dataclass(frozen=True)

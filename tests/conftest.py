@@ -220,3 +220,22 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, captioner: Any) -> Path
     from photocap.checkpoint import save_captioner
 
     return save_captioner(captioner, tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def model_with_embedding(tmp_path_factory: pytest.TempPathFactory, captioner: Any) -> Path:
+    """The tiny captioner's model file with a random text-image embedding (16-d) beside it."""
+    import torch
+
+    from photocap.checkpoint import LazyCaptioner, save_captioner
+    from photocap.embedding import embedding_path, new_embedding, save_embedding
+
+    path = save_captioner(captioner, tmp_path_factory.mktemp("vse") / "tiny.safetensors")
+    model_id = LazyCaptioner(path, device="cpu").model_id
+    decoder = captioner.decoder
+    first = decoder.members[0] if hasattr(decoder, "members") else decoder
+    torch.manual_seed(0)
+    words = first.embed.weight.detach().float()
+    module = new_embedding(captioner.encoder.feature_dim, words, dim=16)
+    save_embedding(module, captioner.vocab, model_id, embedding_path(path))
+    return path

@@ -235,9 +235,10 @@ def test_an_index_on_read_only_media_is_searched_as_it_is(
     assert "the file is damaged" in str(index_error(path, err))
     monkeypatch.undo()  # writable again: migrated, and the new column is there
     with PhotoIndex(path) as idx:
-        assert idx.applied_migrations()[-6:] == [
+        assert idx.applied_migrations()[-7:] == [
             "006_sidecar_stamp", "007_pixels_hash", "008_index_pixels_hash", "009_failure_stage",
             "010_search_other_captions_names_keywords", "011_index_review_order",
+            "012_photo_vectors",
         ]  # fmt: skip
         idx.upsert_photos([{"path": "/p/dog.jpg", "sidecar_stamp": "dog.jpg.xmp:10:1"}])
         assert idx.get("/p/dog.jpg").sidecar_stamp == "dog.jpg.xmp:10:1"  # type: ignore[union-attr]

@@ -141,6 +141,22 @@ def test_a_write_task_lost_after_its_retries_fails_its_photos_writes_only(
     assert all(p.with_name(p.name + ".xmp").is_file() for p in lib.glob("img_000*.jpg"))
 
 
+def test_the_ray_engine_stores_the_photos_vectors_as_the_local_one_does(
+    local_ray: Any, model_with_embedding: Path, tmp_path: Path
+) -> None:
+    # The actors get the embedding file with the model file: the same vectors on both engines.
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 4)
+    vectors = {}
+    for engine in ("local", "ray"):
+        db = tmp_path / f"{engine}.db"
+        _run(lib, model_with_embedding, db, engine=engine, force=True)
+        with sqlite3.connect(db) as conn:
+            vectors[engine] = dict(conn.execute("SELECT path, vector FROM photos"))
+    assert len(vectors["ray"]) == 4 and all(v and len(v) == 32 for v in vectors["ray"].values())
+    assert vectors["ray"] == vectors["local"]
+
+
 def test_a_stopped_run_commits_what_it_has_and_the_next_resumes(
     local_ray: Any, model_file: Path, tmp_path: Path
 ) -> None:

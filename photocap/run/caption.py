@@ -43,6 +43,7 @@ def caption_batch(
         record = CaptionRecord(
             path=ready.photo.path, caption=caption.text, score=float(caption.score),
             alternatives=tuple(caption.alternatives), model_id=model_id, captioned_at=now,
+            vector=caption.vector,
         )  # fmt: skip
         if twin is ready:
             jobs.append(Job(record, "captioned", reason=""))

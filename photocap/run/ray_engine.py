@@ -127,18 +127,21 @@ _EMPTY: dict[str, Any] = {name: "" for name in _DECODED_COLUMNS} | {
 class CaptionActor:
     """Caption stage (a Ray actor): the model loaded once, from the driver's model file."""
 
-    def __init__(self, model: Any, device: str, beam_size: int) -> None:
+    def __init__(self, model: Any, device: str, beam_size: int, embedding: Any = ()) -> None:
         import ray
 
         from photocap.checkpoint import load_captioner
+        from photocap.embedding import embedding_path
 
-        # The model file's bytes, in a list: a reference the actor fetches itself (an
-        # ObjectRef among its arguments would be fetched by Ray for every restart).
-        data = ray.get(model[0])
-        with tempfile.NamedTemporaryFile(suffix=".safetensors") as fh:
-            fh.write(data)
-            fh.flush()
-            self.captioner = load_captioner(Path(fh.name), device)
+        # The model file's bytes (and its embedding's, if any), in lists: references the actor
+        # fetches itself (an ObjectRef among its arguments would be fetched by Ray for every
+        # restart). Written under the same names, so the embedding is found beside the model.
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.safetensors"
+            path.write_bytes(ray.get(model[0]))
+            if embedding:
+                embedding_path(path).write_bytes(ray.get(embedding[0]))
+            self.captioner = load_captioner(path, device)
         self.beam_size = beam_size
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,6 +152,7 @@ class CaptionActor:
         ok = [k for k, error in enumerate(rows["error"]) if not error]
         n = len(rows["error"])
         captions, scores, alternatives = [""] * n, [0.0] * n, ["[]"] * n
+        vectors = [b""] * n  # b"": none (a model without an embedding)
         failure = ""
         if ok:
             try:
@@ -157,6 +161,7 @@ class CaptionActor:
                 for k, caption in zip(ok, found, strict=True):
                     captions[k], scores[k] = caption.text, float(caption.score)
                     alternatives[k] = json.dumps(list(caption.alternatives), ensure_ascii=False)
+                    vectors[k] = caption.vector or b""
             except (RuntimeError, ValueError) as err:  # out of memory, say: the batch fails
                 failure = f"captioning failed: {one_line(err, 200)}"
         out = {name: rows[name] for name in _DECODED_COLUMNS}
@@ -164,6 +169,7 @@ class CaptionActor:
         out["score"] = np.array(scores)
         out["alternatives"] = np.array(alternatives, dtype=object)
         out["caption_error"] = np.array([failure] * n, dtype=object)
+        out["vector"] = np.array(vectors, dtype=object)
         out["node"] = rows["node"]
         out["caption_node"] = np.array([_node_id()] * n)
         return out
@@ -355,6 +361,10 @@ class RayRun:
         # necessarily one torch sees there).
         device = "auto" if gpus else "cpu"
         model = ray.put(self.model_path.read_bytes())
+        from photocap.embedding import find_embedding
+
+        found = find_embedding(self.model_path, self.model_id)
+        embedding = [ray.put(found.read_bytes())] if found is not None else []
         items = [{"item": k, "path": os.fspath(w.photo.path)} for k, w in enumerate(work)]
         ds = ray.data.from_items(items)
         ds = ds.map_batches(
@@ -371,7 +381,7 @@ class RayRun:
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_gpus=1 if gpus else 0, num_cpus=per_actor,
             fn_constructor_kwargs={"model": [model], "device": device,
-                                   "beam_size": self.options.beam_size},
+                                   "beam_size": self.options.beam_size, "embedding": embedding},
         )  # fmt: skip
         self.model_used = True
         for rows in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
@@ -421,6 +431,7 @@ class RayRun:
                 path=path, caption=str(rows["caption"][k]), score=float(rows["score"][k]),
                 alternatives=tuple(json.loads(str(rows["alternatives"][k]))),
                 model_id=self.model_id, captioned_at=_now(),
+                vector=bytes(rows["vector"][k]) or None,
             )  # fmt: skip
             ready = Ready(item.photo, item.row, decoded)
             # The RAW of a pair takes its JPEG's caption, whatever the model made of the RAW:

@@ -1,0 +1,106 @@
+"""The text-image embedding (photocap/embedding.py): its file, the numpy query encoder, photo
+vectors written by a run, and search ordered by meaning (reciprocal-rank fusion)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_jpegs
+
+torch = pytest.importorskip("torch")
+
+from photocap.embedding import (  # noqa: E402
+    QueryEncoder,
+    embedding_path,
+    find_embedding,
+    load_embedding,
+    vector_bytes,
+)
+from photocap.errors import ModelError  # noqa: E402
+from photocap.index import PhotoIndex, fuse_ranks  # noqa: E402
+
+
+def test_the_numpy_query_encoder_computes_the_torch_text_side(model_with_embedding: Path) -> None:
+    from photocap.checkpoint import LazyCaptioner
+
+    model_id = LazyCaptioner(model_with_embedding, device="cpu").model_id
+    module = load_embedding(embedding_path(model_with_embedding), model_id)
+    encoder = QueryEncoder.from_model(model_with_embedding)
+    assert encoder is not None
+    for text in ("a dog runs on the beach", "zebra", "two children play in the water"):
+        ids = encoder.tokens(text)
+        tokens = torch.zeros((1, 22), dtype=torch.long)  # padded as a training batch is
+        tokens[0, : len(ids)] = torch.tensor(ids)
+        with torch.no_grad():
+            expected = module.text_vectors(tokens)[0].numpy()
+        got = encoder.encode(text)
+        assert np.allclose(got, expected, atol=1e-4), text
+        assert abs(float(np.linalg.norm(got)) - 1) < 1e-5
+
+
+def test_an_embedding_made_for_another_model_is_not_used(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    path = embedding_path(model_with_embedding)
+    with pytest.raises(ModelError, match="another model"):
+        load_embedding(path, "another-model@0123456789ab")
+    assert find_embedding(model_with_embedding, "another-model@0123456789ab") is None
+    (tmp_path / "x.embedding.safetensors").write_bytes(b"not a safetensors file")
+    assert find_embedding(tmp_path / "x.safetensors", "m") is None
+
+
+def test_a_run_stores_each_photos_vector_when_the_model_has_an_embedding(
+    model_with_embedding: Path, model_file: Path, tmp_path: Path
+) -> None:
+    from photocap.checkpoint import LazyCaptioner
+    from photocap.pipeline import CaptionOptions, caption_library
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 5)
+    for model, db in ((model_with_embedding, tmp_path / "a.db"), (model_file, tmp_path / "b.db")):
+        options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
+        with PhotoIndex(db) as index:
+            list(caption_library([lib], LazyCaptioner(model, device="cpu"), index, options))
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        vectors = [r[0] for r in conn.execute("SELECT vector FROM photos")]
+    assert len(vectors) == 5 and all(len(v) == 16 * 2 for v in vectors)  # 16 float16 each
+    units = [np.frombuffer(v, dtype="<f2").astype(np.float32) for v in vectors]
+    assert all(abs(float(np.linalg.norm(u)) - 1) < 1e-2 for u in units)
+    with sqlite3.connect(tmp_path / "b.db") as conn:  # no embedding: no vectors
+        assert {r[0] for r in conn.execute("SELECT vector FROM photos")} == {None}
+
+
+def test_fusion_moves_the_closest_photo_up_and_keeps_photos_without_a_vector_in_place() -> None:
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    bm25 = {1: -3.0, 2: -2.0, 3: -1.0, 4: -0.5}  # text order: 1, 2, 3, 4
+    vectors = {
+        1: vector_bytes([0.0, 1.0]),
+        3: vector_bytes([1.0, 0.0]),
+        4: vector_bytes([0.6, 0.8]),
+    }
+    fused = fuse_ranks(bm25, vectors, query)
+    order = sorted(fused, key=lambda row: fused[row])
+    assert order.index(3) < order.index(1)  # closest in meaning, up
+    assert order.index(2) == 1  # no vector: keeps its place
+    assert fuse_ranks(bm25, {}, query) == fuse_ranks(bm25, {}, query * 0)  # no vectors: bm25
+
+
+def test_search_by_meaning_reorders_within_a_tier_never_across(tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    rows = [
+        ("/p/a.jpg", "A dog runs.", [0.0, 1.0]),
+        ("/p/b.jpg", "A dog sits.", [1.0, 0.0]),  # the meaning of the query
+        ("/p/c.jpg", "A dog and a ball on the beach.", [0.0, 1.0]),  # every word: first
+    ]
+    with PhotoIndex(db) as index:
+        index.upsert_photos([
+            {"path": p, "caption": c, "model_id": "m", "vector": vector_bytes(v)}
+            for p, c, v in rows
+        ])  # fmt: skip
+        plain = [h.path for h in index.search("dog beach")]
+        meant = [h.path for h in index.search("dog beach", meaning=lambda q: [1.0, 0.0])]
+    assert plain[0] == meant[0] == "/p/c.jpg"  # the complete match stays first
+    assert meant.index("/p/b.jpg") < meant.index("/p/a.jpg")
