@@ -19,7 +19,6 @@ with another model it is not used. Search needs only the text side, run in numpy
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +86,9 @@ def new_embedding(feature_dim: int, word_vectors: torch.Tensor, dim: int = 512) 
 
 def save_embedding(module: Any, vocab: Vocab, model_id: str, path: Path) -> Path:
     """Write ``module`` (trained for the model ``model_id``) to ``path`` atomically, fp16."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from photocap.safeio import atomic_write
 
     tensors = {k: v.detach().cpu().half().contiguous() for k, v in module.state_dict().items()}
     metadata = {
@@ -103,12 +104,7 @@ def save_embedding(module: Any, vocab: Vocab, model_id: str, path: Path) -> Path
         "vocab": json.dumps(list(vocab.words)),
         "model_id": model_id,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, save(tensors, metadata=metadata), preserve_mtime=False)
     return path
 
 
