@@ -113,7 +113,10 @@ def main() -> None:
                 return lexicon.of(word, count, similarity)
 
             def search(query: str, k: int) -> list[str]:
-                hits = index.search(query, limit=k, rank_window=None, near=near, meaning=meaning)
+                hits = index.search(
+                    query, limit=k, rank_window=None, near=near, meaning=meaning,
+                    meaning_model=encoder.model_id if encoder and meaning else None,
+                )  # fmt: skip
                 return [Path(h.path).name for h in hits]
 
             return search

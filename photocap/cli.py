@@ -626,7 +626,12 @@ def search(
     near = None if exact else _near_words(model)
     suggestions: dict[str, str] = {}
     with PhotoIndex(resolve_db_path(db), create=False) as index:
-        hits = index.search(query, limit=limit, only=only, near=near, meaning=_meaning(model))
+        encoder = _meaning(model)
+        hits = index.search(
+            query, limit=limit, only=only, near=near,
+            meaning=encoder.encode if encoder else None,
+            meaning_model=encoder.model_id if encoder else None,
+        )  # fmt: skip
         if not hits:
             suggestions = index.suggest(query)
     if json_out:
@@ -722,8 +727,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _meaning(model: Path | None) -> Callable[[str], Any] | None:
-    """A query's vector in the model's text-image embedding (:mod:`photocap.embedding`); None
+def _meaning(model: Path | None) -> Any:
+    """The query encoder of the model's text-image embedding (:mod:`photocap.embedding`); None
     (the order of the words alone) when the model has no embedding beside it."""
     from photocap.checkpoint import default_model_path
     from photocap.embedding import QueryEncoder
@@ -733,7 +738,7 @@ def _meaning(model: Path | None) -> Callable[[str], Any] | None:
         encoder = QueryEncoder.from_model(model or default_model_path())
     except (ModelError, OSError):
         return None
-    return None if encoder is None else encoder.encode
+    return encoder
 
 
 def _near_words(model: Path | None) -> Callable[[str], list[str]] | None:

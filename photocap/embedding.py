@@ -182,9 +182,10 @@ class QueryEncoder:
     """The text side in numpy: a search query -> its unit vector (dim,). Loads in ~0.1 s and
     imports no torch."""
 
-    def __init__(self, words: list[str], tensors: dict[str, Any]) -> None:
+    def __init__(self, words: list[str], tensors: dict[str, Any], model_id: str = "") -> None:
         import numpy as np
 
+        self.model_id = model_id  # the model whose photo vectors these queries compare with
         self.ids = {w: i for i, w in enumerate(words)}
         self.t = {k: v.astype(np.float32) for k, v in tensors.items() if not k.startswith("image")}
 
@@ -195,7 +196,11 @@ class QueryEncoder:
         if not path.is_file():
             return None
         _config, words, tensors = _read(path, None)
-        return cls(words, tensors)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            model_id = (f.metadata() or {}).get("model_id", "")
+        return cls(words, tensors, model_id)
 
     def tokens(self, text: str) -> list[int]:
         from photocap.vocab import tokenize

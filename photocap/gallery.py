@@ -81,7 +81,7 @@ class GalleryConfig:
     access_token: str | None = None
     thumbnails: Path | None = None  # the thumbnail cache's folder (default: the user cache)
     near: Callable[[str], list[str]] | None = None  # near words for search (lexicon)
-    meaning: Callable[[str], Any] | None = None  # a query's vector (photocap.embedding)
+    meaning: Any = None  # the query encoder (photocap.embedding.QueryEncoder), if any
     # The form token of this server's session: a page of another site cannot read it.
     session_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -187,7 +187,8 @@ def create_app(config: GalleryConfig) -> Flask:
                 # The CLI's search; a page is the next PAGE_SIZE of its ranking.
                 hits = index.search(
                     query, limit=PAGE_SIZE * (page + 1) + 1, near=config.near,
-                    meaning=config.meaning,
+                    meaning=config.meaning.encode if config.meaning else None,
+                    meaning_model=config.meaning.model_id if config.meaning else None,
                 )  # fmt: skip
                 window = hits[PAGE_SIZE * page : PAGE_SIZE * (page + 1)]
                 rows = index.rows_by_path([hit.path for hit in window])

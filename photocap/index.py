@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import sqlite_utils
 
 from photocap.errors import IndexDbError, QueryError
-from photocap.writers import CaptionRecord, OutcomeCode, WriteOptions, WriteOutcome
+from photocap.writers import KEEP_VECTOR, CaptionRecord, OutcomeCode, WriteOptions, WriteOutcome
 
 BUSY_TIMEOUT_MS = 60_000
 # search: a query matching more captions than this ranks only the newest this many (latency).
@@ -169,7 +169,7 @@ class SearchHit:
     path: str
     caption: str
     segments: tuple[tuple[str, bool], ...]
-    rank: float  # bm25; lower is better
+    rank: float  # lower is better: bm25, or with search by meaning minus the fused score
     date_taken: str | None = None
     camera: str | None = None
     human_caption: str | None = None  # a person's own caption of the photo, if one was found
@@ -677,6 +677,7 @@ class PhotoIndex:
         rank_window: int | None = RANK_WINDOW,
         near: Callable[[str], list[str]] | None = None,
         meaning: Callable[[str], Any] | None = None,
+        meaning_model: str | None = None,
     ) -> list[SearchHit]:
         """Full-text search over captions (photocap's and a person's), best first (bm25), with
         matches highlighted.
@@ -696,11 +697,13 @@ class PhotoIndex:
         the ranking window below, so a folder of old photos is searched whole.
 
         With ``meaning`` (a query -> its unit vector: :meth:`photocap.embedding.QueryEncoder.
-        encode`), the matches of each tier are ordered by meaning too: the best
-        :data:`MEANING_POOL` by bm25 are ranked again by their photo's vector's cosine with the
-        query's, fused with bm25 by reciprocal rank (:func:`fuse_ranks`); photos without a
-        vector (captioned before) keep their bm25 place. Which photos a tier holds, and the
-        order of the tiers, do not change; ``rank`` is then minus the fused score.
+        encode`) and ``meaning_model`` (the model whose photo vectors it compares with), the
+        matches of each tier are ordered by meaning too: its best :data:`MEANING_POOL` by bm25
+        (whatever ``limit`` is) are ranked again by fusing the bm25 order with the order by
+        cosine (:func:`fuse_ranks`), the rest follow in bm25 order; photos without a vector
+        (captioned before) keep their bm25 rank in the fusion. Words left out (``-cat``) are
+        not part of the meaning. Which photos a tier holds, and the order of the tiers, do not
+        change; ``rank`` is then minus the fused score (lower is still better).
 
         Ranking happens inside FTS5 (``bm25`` with ``ORDER BY ... LIMIT``) on row ids only; the
         ``photos`` rows and ``highlight()`` are read for the top rows alone. Equal scores are
@@ -716,7 +719,13 @@ class PhotoIndex:
         if parsed.is_empty or limit <= 0:
             return []
         want = int(limit)
-        query_vector = meaning(query) if meaning is not None else None
+        from photocap.query import meaning_text
+
+        query_vector = None
+        if meaning is not None and meaning_text(query):
+            # What the query means, without the words it leaves out; compared with the vectors
+            # of photos captioned by ``meaning_model`` only (another's are another space).
+            query_vector = (meaning(meaning_text(query)), meaning_model)
         hits = self._ranked(parsed.all_of(), want, only, rank_window, query_vector)
         # Then, while there is room, each tier ranked below the one before: some of the words
         # typed (a sentence query; measured better than all of them through near words), all
@@ -775,30 +784,52 @@ class PhotoIndex:
             while True:
                 top = conn.execute(
                     f"SELECT rowid, {self._bm25()} AS r FROM photos_fts WHERE {where} "
-                    "ORDER BY r LIMIT ?",
+                    "ORDER BY r, rowid LIMIT ?",
                     [*params, fetch],
                 ).fetchall()
                 ranks = dict(top)
                 if query_vector is not None and ranks:
-                    ranks = fuse_ranks(ranks, self._vectors(list(ranks)), query_vector)
-                hits = self._hits(fts, ranks)
+                    ranks = self._by_meaning(top, *query_vector)
+                order = sorted(ranks, key=lambda row: (ranks[row], row))
+                # highlight() and the photos join for the best rows only (more when rows with
+                # an error fall out)
+                take = 2 * want + 16
+                while True:
+                    hits = self._hits(fts, {row: ranks[row] for row in order[:take]})
+                    if len(hits) >= want or take >= len(order):
+                        break
+                    take *= 4
                 if len(hits) >= want or len(top) < fetch:
                     return hits[:want]
                 fetch *= 4
         except sqlite3.OperationalError as err:
             raise IndexDbError(f"search failed: {err}") from None
 
-    def _vectors(self, ids: list[int]) -> dict[int, bytes]:
-        """The embedding vectors of the rows ``ids`` that have one."""
+    def _by_meaning(
+        self, top: list[tuple[int, float]], query: Any, model_id: str | None
+    ) -> dict[int, float]:
+        """Row id -> rank for ``top`` (row ids and bm25, best first): the first
+        :data:`MEANING_POOL` fused with the order by meaning (:func:`fuse_ranks`, all < 0),
+        the rest after them in bm25 order."""
+        pool = dict(top[:MEANING_POOL])
+        ranks = fuse_ranks(pool, self._vectors(list(pool), model_id, len(query)), query)
+        ranks |= {row: float(k) for k, (row, _) in enumerate(top[MEANING_POOL:])}
+        return ranks
+
+    def _vectors(self, ids: list[int], model_id: str | None, dim: int) -> dict[int, bytes]:
+        """The embedding vectors of the rows ``ids`` that have one of ``dim`` values, made by
+        the model ``model_id`` (any model: None)."""
         found: dict[int, bytes] = {}
         if not self._has_vectors():
             return found
+        same_model = "" if model_id is None else " AND model_id = ?"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             found |= dict(self.db.conn.execute(
-                f"SELECT rowid, vector FROM photos WHERE rowid IN ({marks}) AND vector IS NOT NULL",
-                chunk,
+                f"SELECT rowid, vector FROM photos WHERE rowid IN ({marks}) "
+                f"AND length(vector) = ?{same_model}",
+                [*chunk, 2 * dim, *([model_id] if model_id is not None else [])],
             ).fetchall())  # fmt: skip
         return found
 
@@ -1100,7 +1131,7 @@ class RunRecord:
             "stage": stage if error is not None else None,
             "updated_at": _utcnow(),
         }
-        if record.vector is not None:  # else the row keeps its own (a moved photo's)
+        if record.vector != KEEP_VECTOR:  # a carried caption keeps its row's vector
             row["vector"] = record.vector
         row.update(self._facts.pop(key, {}))
         self._pending.append(row)

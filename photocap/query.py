@@ -175,3 +175,15 @@ def parse_query(text: str) -> Query:
 
 def _only_function_words(group: tuple[Term, ...]) -> bool:
     return all(len(t.words) == 1 and not t.prefix and t.words[0] in FUNCTION_WORDS for t in group)
+
+
+# What a query means, for the text-image embedding: its words as typed (function words too:
+# the embedding was trained on sentences), without the words to leave out and the operators.
+_EXCLUDED = re.compile(r'(?:(?<=\s)|^)[-\u2013\u2212](?:"[^"]*"?|\S+)|\bNOT\s+(?:"[^"]*"?|\S+)')
+_OPERATORS = re.compile(r"\b(?:OR|AND)\b|[\"*]")
+
+
+def meaning_text(text: str) -> str:
+    """``text`` as a sentence for the embedding: "dog -cat" -> "dog"; "red car OR bike" ->
+    "red car bike"; quotes and prefix stars dropped."""
+    return " ".join(_OPERATORS.sub(" ", _EXCLUDED.sub(" ", text)).split())

@@ -43,6 +43,9 @@ class OutcomeCode(str, Enum):
     FAILED = "failed"  # any other failure; the message says which
 
 
+KEEP_VECTOR = b""  # CaptionRecord.vector: the row keeps the vector it has
+
+
 @dataclass(frozen=True)
 class CaptionRecord:
     """What every writer receives for one captioned photo."""
@@ -53,7 +56,9 @@ class CaptionRecord:
     alternatives: tuple[str, ...]  # the other beam hypotheses, best first
     model_id: str  # identifies the model that produced the caption
     captioned_at: datetime  # timezone-aware UTC
-    vector: bytes | None = None  # the photo in the text-image embedding (Caption.vector)
+    # The photo in the text-image embedding (Caption.vector); None: it has none (the index
+    # clears an old one); KEEP_VECTOR: the row keeps its own (a caption carried, not made).
+    vector: bytes | None = None
 
 
 @dataclass(frozen=True)

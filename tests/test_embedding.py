@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,3 +105,68 @@ def test_search_by_meaning_reorders_within_a_tier_never_across(tmp_path: Path) -
         meant = [h.path for h in index.search("dog beach", meaning=lambda q: [1.0, 0.0])]
     assert plain[0] == meant[0] == "/p/c.jpg"  # the complete match stays first
     assert meant.index("/p/b.jpg") < meant.index("/p/a.jpg")
+
+
+def test_a_vector_follows_its_caption_kept_when_carried_cleared_when_recaptioned_without(
+    model_with_embedding: Path, model_file: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from photocap.checkpoint import LazyCaptioner
+    from photocap.pipeline import CaptionOptions, caption_library
+
+    lib = tmp_path / "lib"
+    photos = make_tiny_jpegs(lib, 3)
+    db = tmp_path / "i.db"
+
+    def run(model: Path, force: bool = False) -> dict[str, Any]:
+        options = CaptionOptions(writers=["index"], batch_size=2, workers=1, force=force)
+        with PhotoIndex(db) as index:
+            list(caption_library([lib], LazyCaptioner(model, device="cpu"), index, options))
+        with sqlite3.connect(db) as conn:
+            return dict(conn.execute("SELECT path, vector FROM photos"))
+
+    first = run(model_with_embedding)
+    assert all(first.values())
+    os.utime(photos[0], ns=(1, 1))  # touched: carried ("content unchanged"), vector kept
+    assert run(model_with_embedding) == first
+    # Captioned again by a model without an embedding: no stale vector of the other model.
+    assert set(run(model_file, force=True).values()) == {None}
+
+
+def test_search_by_meaning_leaves_out_excluded_words_and_foreign_vectors(tmp_path: Path) -> None:
+    db = tmp_path / "i.db"
+    with PhotoIndex(db) as index:
+        index.upsert_photos([
+            {"path": "/p/a.jpg", "caption": "A dog runs.", "model_id": "m",
+             "vector": vector_bytes([1.0, 0.0])},
+            {"path": "/p/b.jpg", "caption": "A dog sits.", "model_id": "other",
+             "vector": vector_bytes([1.0, 0.0, 0.0])},  # another model's space, another size
+        ])  # fmt: skip
+        asked: list[str] = []
+
+        def meaning(text: str) -> Any:
+            asked.append(text)
+            return np.array([0.0, 1.0], dtype=np.float32)
+
+        hits = index.search("dog -cat NOT bird", meaning=meaning, meaning_model="m")
+    assert asked == ["dog"]
+    assert sorted(h.path for h in hits) == ["/p/a.jpg", "/p/b.jpg"]  # no error, both found
+
+
+def test_the_order_by_meaning_does_not_depend_on_how_many_results_are_asked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    db = tmp_path / "i.db"
+    with PhotoIndex(db) as index:
+        index.upsert_photos([
+            {"path": f"/p/{i:04d}.jpg", "caption": f"A dog runs {'fast' if i % 3 else ''}.",
+             "model_id": "m", "vector": vector_bytes(rng.normal(size=8) / 3)}
+            for i in range(700)
+        ])  # fmt: skip
+        query = rng.normal(size=8).astype(np.float32)
+
+        def order(limit: int) -> list[str]:
+            hits = index.search("dog runs", limit=limit, meaning=lambda t: query, meaning_model="m")
+            return [h.path for h in hits]
+
+        assert order(10) == order(300)[:10] == order(600)[:10]

@@ -29,7 +29,7 @@ from photocap.index import PhotoIndex, PhotoRow, index_key
 from photocap.library import DiscoveryFailure, PhotoFile, discover_photos
 from photocap.metadata.sidecars import sidecar_stamp
 from photocap.run.events import CaptionOptions, PhotoResult, PhotoStatus, Progress
-from photocap.writers import CaptionRecord
+from photocap.writers import KEEP_VECTOR, CaptionRecord
 
 
 @dataclass
@@ -196,6 +196,8 @@ def carry_job(
     pixels; ``moved_from``: the photo's row from before it moved, renamed to it.
     """
     record = row_record(photo.path, row)
+    if own_row:  # its own row (or the row it moved from) keeps its vector; a copy has none
+        record = replace(record, vector=KEEP_VECTOR)
     skip = row.outputs if own_row and moved_from is None else frozenset()
     if why.look_again:
         skip -= {"xmp", "exif"}

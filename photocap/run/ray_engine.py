@@ -127,11 +127,13 @@ _EMPTY: dict[str, Any] = {name: "" for name in _DECODED_COLUMNS} | {
 class CaptionActor:
     """Caption stage (a Ray actor): the model loaded once, from the driver's model file."""
 
-    def __init__(self, model: Any, device: str, beam_size: int, embedding: Any = ()) -> None:
+    def __init__(
+        self, model: Any, device: str, beam_size: int, embedding: Any = (), model_id: str = ""
+    ) -> None:
         import ray
 
         from photocap.checkpoint import load_captioner
-        from photocap.embedding import embedding_path
+        from photocap.embedding import embedding_path, load_embedding
 
         # The model file's bytes (and its embedding's, if any), in lists: references the actor
         # fetches itself (an ObjectRef among its arguments would be fetched by Ray for every
@@ -139,9 +141,11 @@ class CaptionActor:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.safetensors"
             path.write_bytes(ray.get(model[0]))
-            if embedding:
-                embedding_path(path).write_bytes(ray.get(embedding[0]))
             self.captioner = load_captioner(path, device)
+            if embedding:  # the driver's, for the driver's model id (checked there)
+                embedding_path(path).write_bytes(ray.get(embedding[0]))
+                vectors = load_embedding(embedding_path(path), model_id, self.captioner.device)
+                self.captioner.use_embedding(vectors)
         self.beam_size = beam_size
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -381,7 +385,8 @@ class RayRun:
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_gpus=1 if gpus else 0, num_cpus=per_actor,
             fn_constructor_kwargs={"model": [model], "device": device,
-                                   "beam_size": self.options.beam_size, "embedding": embedding},
+                                   "beam_size": self.options.beam_size, "embedding": embedding,
+                                   "model_id": self.model_id},
         )  # fmt: skip
         self.model_used = True
         for rows in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
