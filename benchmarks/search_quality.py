@@ -99,10 +99,8 @@ def main() -> None:
         from photocap.embedding import QueryEncoder
 
         encoder = QueryEncoder.from_model(default_model_path())
-        has_vectors = (
-            index.db.execute("SELECT count(*) FROM photos WHERE vector IS NOT NULL").fetchone()[0]
-            if "vector" in index.db.table("photos").columns_dict
-            else 0
+        has_vectors = index.db.table("photo_vectors").exists() and bool(
+            index.db.execute("SELECT count(*) FROM photo_vectors").fetchone()[0]
         )
 
         def photocap_search(query: str, k: int) -> list[str]:

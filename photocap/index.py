@@ -94,10 +94,14 @@ PHOTO_COLUMNS: dict[str, type] = {
     # The keywords people gave the photo in its sidecars (dc:subject, Lightroom's hierarchical
     # subjects), ", "-joined: searched like a person's caption.
     "keywords": str,
-    # The photo in the text-image embedding (photocap.embedding.vector_bytes: float16), when the
-    # model had one: search orders its matches by meaning with it.
-    "vector": bytes,
 }
+
+# The photos' vectors in the text-image embedding (photocap.embedding.vector_bytes: float16),
+# when the model had one: search orders its matches by meaning with them. A table of their own,
+# keyed by the photo's rowid: a 1 KB blob in every row of ``photos`` made text search at
+# 1,000,000 photos twice as slow (benchmarks/README.md). A trigger removes a photo's vector
+# with its row, so a reused rowid never inherits one.
+VECTORS = "photo_vectors"
 
 
 # A fact a PhotoFacts leaves out: the row keeps what it holds.
@@ -367,8 +371,11 @@ def _m011_index_review_order(db: sqlite_utils.Database) -> None:
 
 
 def _m012_photo_vectors(db: sqlite_utils.Database) -> None:
-    if "vector" not in db.table(PHOTOS).columns_dict:
-        db.table(PHOTOS).add_column("vector", bytes)
+    db.execute(f"CREATE TABLE IF NOT EXISTS {VECTORS} (id INTEGER PRIMARY KEY, vector BLOB)")
+    db.execute(
+        f"CREATE TRIGGER IF NOT EXISTS {VECTORS}_follow AFTER DELETE ON {PHOTOS} "
+        f"BEGIN DELETE FROM {VECTORS} WHERE id = old.rowid; END"
+    )
 
 
 # Append only; never rename or reorder: the names are recorded in existing databases.
@@ -822,13 +829,13 @@ class PhotoIndex:
         found: dict[int, bytes] = {}
         if not self._has_vectors():
             return found
-        same_model = "" if model_id is None else " AND model_id = ?"
+        same_model = "" if model_id is None else " AND p.model_id = ?"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             found |= dict(self.db.conn.execute(
-                f"SELECT rowid, vector FROM photos WHERE rowid IN ({marks}) "
-                f"AND length(vector) = ?{same_model}",
+                f"SELECT v.id, v.vector FROM {VECTORS} v JOIN photos p ON p.rowid = v.id "
+                f"WHERE v.id IN ({marks}) AND length(v.vector) = ?{same_model}",
                 [*chunk, 2 * dim, *([model_id] if model_id is not None else [])],
             ).fetchall())  # fmt: skip
         return found
@@ -836,7 +843,7 @@ class PhotoIndex:
     def _has_vectors(self) -> bool:
         # A read-only index is not migrated: before 012 it has no vectors.
         if getattr(self, "_vector_column", None) is None:
-            self._vector_column = "vector" in self.db.table(PHOTOS).columns_dict
+            self._vector_column = self.db.table(VECTORS).exists()
         return bool(self._vector_column)
 
     def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
@@ -974,6 +981,22 @@ class PhotoIndex:
     # ------------------------------------------------------------------ writes
 
     @_sqlite_errors
+    def set_vectors(self, vectors: dict[str, bytes | None]) -> None:
+        """Each photo's vector (by path; None removes it), in one transaction; paths without
+        a row are left out."""
+        with self.transaction():
+            for path, vector in vectors.items():
+                if vector is None:
+                    row = "(SELECT rowid FROM photos WHERE path = ?)"
+                    self.db.execute(f"DELETE FROM {VECTORS} WHERE id = {row}", [index_key(path)])
+                else:
+                    self.db.execute(
+                        f"INSERT OR REPLACE INTO {VECTORS} (id, vector) "
+                        "SELECT rowid, ? FROM photos WHERE path = ?",
+                        [vector, index_key(path)],
+                    )
+
+    @_sqlite_errors
     def update_photo(self, path: str | os.PathLike[str], facts: PhotoFacts) -> None:
         """Change the given facts of the row of ``path`` (a person's caption saved in the
         gallery, the file's new size and hash), in one transaction; nothing else changes."""
@@ -1098,6 +1121,7 @@ class RunRecord:
         self._pending: list[dict[str, Any]] = []
         self._moves: list[tuple[str, str]] = []
         self._clears: list[tuple[str, tuple[str, ...], frozenset[str]]] = []
+        self._vectors: dict[str, bytes | None] = {}  # path -> vector (None: none any more)
 
     def note_photo(self, path: str | os.PathLike[str], facts: PhotoFacts) -> None:
         """Facts about a photo to store with its next record (size, mtime_ns, content_hash, ...)."""
@@ -1132,7 +1156,7 @@ class RunRecord:
             "updated_at": _utcnow(),
         }
         if record.vector != KEEP_VECTOR:  # a carried caption keeps its row's vector
-            row["vector"] = record.vector
+            self._vectors[key] = record.vector
         row.update(self._facts.pop(key, {}))
         self._pending.append(row)
         return WriteOutcome(self.name, record.path, "written")
@@ -1169,6 +1193,7 @@ class RunRecord:
         if not (self._pending or self._moves or self._clears):
             return
         rows, moves, clears = self._pending, self._moves, self._clears
+        vectors, self._vectors = self._vectors, {}
         self._pending, self._moves, self._clears = [], [], []
         try:
             with self.index.transaction():
@@ -1177,6 +1202,7 @@ class RunRecord:
                 for old, new in moves:
                     self.index.move_photo(old, new)
                 self.index.upsert_photos(rows)
+                self.index.set_vectors(vectors)
         except sqlite3.Error as err:
             raise index_error(self.index.path, err, "write to") from None
 

@@ -24,6 +24,14 @@ from photocap.errors import ModelError  # noqa: E402
 from photocap.index import PhotoIndex, fuse_ranks  # noqa: E402
 
 
+def vectors_of(db: Path) -> dict[str, bytes | None]:
+    """Each photo's vector in the index (None: none)."""
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute(
+            "SELECT path, vector FROM photos LEFT JOIN photo_vectors ON id = photos.rowid"
+        ))  # fmt: skip
+
+
 def test_the_numpy_query_encoder_computes_the_torch_text_side(model_with_embedding: Path) -> None:
     from photocap.checkpoint import LazyCaptioner
 
@@ -65,13 +73,11 @@ def test_a_run_stores_each_photos_vector_when_the_model_has_an_embedding(
         options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
         with PhotoIndex(db) as index:
             list(caption_library([lib], LazyCaptioner(model, device="cpu"), index, options))
-    with sqlite3.connect(tmp_path / "a.db") as conn:
-        vectors = [r[0] for r in conn.execute("SELECT vector FROM photos")]
+    vectors = list(vectors_of(tmp_path / "a.db").values())
     assert len(vectors) == 5 and all(len(v) == 16 * 2 for v in vectors)  # 16 float16 each
     units = [np.frombuffer(v, dtype="<f2").astype(np.float32) for v in vectors]
     assert all(abs(float(np.linalg.norm(u)) - 1) < 1e-2 for u in units)
-    with sqlite3.connect(tmp_path / "b.db") as conn:  # no embedding: no vectors
-        assert {r[0] for r in conn.execute("SELECT vector FROM photos")} == {None}
+    assert set(vectors_of(tmp_path / "b.db").values()) == {None}  # no embedding: no vectors
 
 
 def test_fusion_moves_the_closest_photo_up_and_keeps_photos_without_a_vector_in_place() -> None:
@@ -97,10 +103,8 @@ def test_search_by_meaning_reorders_within_a_tier_never_across(tmp_path: Path) -
         ("/p/c.jpg", "A dog and a ball on the beach.", [0.0, 1.0]),  # every word: first
     ]
     with PhotoIndex(db) as index:
-        index.upsert_photos([
-            {"path": p, "caption": c, "model_id": "m", "vector": vector_bytes(v)}
-            for p, c, v in rows
-        ])  # fmt: skip
+        index.upsert_photos([{"path": p, "caption": c, "model_id": "m"} for p, c, _ in rows])
+        index.set_vectors({p: vector_bytes(v) for p, _, v in rows})
         plain = [h.path for h in index.search("dog beach")]
         meant = [h.path for h in index.search("dog beach", meaning=lambda q: [1.0, 0.0])]
     assert plain[0] == meant[0] == "/p/c.jpg"  # the complete match stays first
@@ -123,8 +127,7 @@ def test_a_vector_follows_its_caption_kept_when_carried_cleared_when_recaptioned
         options = CaptionOptions(writers=["index"], batch_size=2, workers=1, force=force)
         with PhotoIndex(db) as index:
             list(caption_library([lib], LazyCaptioner(model, device="cpu"), index, options))
-        with sqlite3.connect(db) as conn:
-            return dict(conn.execute("SELECT path, vector FROM photos"))
+        return vectors_of(db)
 
     first = run(model_with_embedding)
     assert all(first.values())
@@ -138,11 +141,13 @@ def test_search_by_meaning_leaves_out_excluded_words_and_foreign_vectors(tmp_pat
     db = tmp_path / "i.db"
     with PhotoIndex(db) as index:
         index.upsert_photos([
-            {"path": "/p/a.jpg", "caption": "A dog runs.", "model_id": "m",
-             "vector": vector_bytes([1.0, 0.0])},
-            {"path": "/p/b.jpg", "caption": "A dog sits.", "model_id": "other",
-             "vector": vector_bytes([1.0, 0.0, 0.0])},  # another model's space, another size
+            {"path": "/p/a.jpg", "caption": "A dog runs.", "model_id": "m"},
+            {"path": "/p/b.jpg", "caption": "A dog sits.", "model_id": "other"},
         ])  # fmt: skip
+        index.set_vectors({
+            "/p/a.jpg": vector_bytes([1.0, 0.0]),
+            "/p/b.jpg": vector_bytes([1.0, 0.0, 0.0]),  # another model's space, another size
+        })  # fmt: skip
         asked: list[str] = []
 
         def meaning(text: str) -> Any:
@@ -158,11 +163,12 @@ def test_the_order_by_meaning_does_not_depend_on_how_many_results_are_asked(tmp_
     rng = np.random.default_rng(0)
     db = tmp_path / "i.db"
     with PhotoIndex(db) as index:
+        paths = [f"/p/{i:04d}.jpg" for i in range(700)]
         index.upsert_photos([
-            {"path": f"/p/{i:04d}.jpg", "caption": f"A dog runs {'fast' if i % 3 else ''}.",
-             "model_id": "m", "vector": vector_bytes(rng.normal(size=8) / 3)}
-            for i in range(700)
+            {"path": p, "caption": f"A dog runs {'fast' if i % 3 else ''}.", "model_id": "m"}
+            for i, p in enumerate(paths)
         ])  # fmt: skip
+        index.set_vectors({p: vector_bytes(rng.normal(size=8) / 3) for p in paths})
         query = rng.normal(size=8).astype(np.float32)
 
         def order(limit: int) -> list[str]:
@@ -170,3 +176,16 @@ def test_the_order_by_meaning_does_not_depend_on_how_many_results_are_asked(tmp_
             return [h.path for h in hits]
 
         assert order(10) == order(300)[:10] == order(600)[:10]
+
+
+def test_a_photos_vector_goes_with_its_row(tmp_path: Path) -> None:
+    # Pruned or replaced rows: no vector left behind for a new row that reuses the rowid.
+    db = tmp_path / "i.db"
+    with PhotoIndex(db) as index:
+        index.upsert_photos([{"path": "/p/a.jpg", "caption": "A dog.", "model_id": "m"}])
+        index.set_vectors({"/p/a.jpg": vector_bytes([1.0, 0.0])})
+        index.move_photo("/p/a.jpg", "/p/b.jpg")  # moved: the vector follows
+        assert vectors_of(db) == {"/p/b.jpg": vector_bytes([1.0, 0.0])}
+        index.db.execute("DELETE FROM photos WHERE path = '/p/b.jpg'")
+        index.upsert_photos([{"path": "/p/c.jpg", "caption": "A cat.", "model_id": "m"}])
+    assert vectors_of(db) == {"/p/c.jpg": None}

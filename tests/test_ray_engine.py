@@ -152,7 +152,9 @@ def test_the_ray_engine_stores_the_photos_vectors_as_the_local_one_does(
         db = tmp_path / f"{engine}.db"
         _run(lib, model_with_embedding, db, engine=engine, force=True)
         with sqlite3.connect(db) as conn:
-            vectors[engine] = dict(conn.execute("SELECT path, vector FROM photos"))
+            vectors[engine] = dict(conn.execute(
+                "SELECT path, vector FROM photos LEFT JOIN photo_vectors ON id = photos.rowid"
+            ))  # fmt: skip
     assert len(vectors["ray"]) == 4 and all(v and len(v) == 32 for v in vectors["ray"].values())
     assert vectors["ray"] == vectors["local"]
 
