@@ -108,9 +108,11 @@ def save_embedding(module: Any, vocab: Vocab, model_id: str, path: Path) -> Path
     return path
 
 
-def _read(path: Path, model_id: str | None) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """(config, vocabulary, numpy tensors) of an embedding file; ModelError when it is not
-    one, or was trained for another model than ``model_id``."""
+def _read(
+    path: Path, model_id: str | None
+) -> tuple[dict[str, Any], list[str], dict[str, Any], str]:
+    """(config, vocabulary, numpy tensors, the model id it was trained for) of an embedding
+    file; ModelError when it is not one, or was trained for another model than ``model_id``."""
     from safetensors import safe_open
 
     try:
@@ -123,7 +125,8 @@ def _read(path: Path, model_id: str | None) -> tuple[dict[str, Any], list[str], 
             if model_id is not None and meta.get("model_id") != model_id:
                 raise ModelError(f"{path} was trained for another model ({meta.get('model_id')})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        return json.loads(meta["config"]), json.loads(meta["vocab"]), tensors
+        config, words = json.loads(meta["config"]), json.loads(meta["vocab"])
+        return config, words, tensors, meta.get("model_id", "")
     except ModelError:
         raise
     except Exception as err:  # OSError, json's, safetensors' own (SafetensorError)
@@ -134,7 +137,7 @@ def load_embedding(path: Path, model_id: str, device: Any = "cpu") -> Any:
     """The embedding at ``path`` as a torch module (eval mode), for the model ``model_id``."""
     import torch
 
-    config, _words, tensors = _read(path, model_id)
+    config, _words, tensors, _model = _read(path, model_id)
     words = torch.from_numpy(tensors["embed.weight"].astype("float32"))
     module = _torch_module(config["feature_dim"], words, config["dim"])
     module.load_state_dict({k: torch.from_numpy(v.astype("float32")) for k, v in tensors.items()})
@@ -195,11 +198,7 @@ class QueryEncoder:
         path = embedding_path(model_path)
         if not path.is_file():
             return None
-        _config, words, tensors = _read(path, None)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            model_id = (f.metadata() or {}).get("model_id", "")
+        _config, words, tensors, model_id = _read(path, None)
         return cls(words, tensors, model_id)
 
     def tokens(self, text: str) -> list[int]:

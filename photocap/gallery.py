@@ -33,7 +33,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,15 +302,13 @@ def correct_caption(index: PhotoIndex, row: dict[str, Any], text: str) -> None:
     path = Path(row["path"])
     outcomes = write_human_caption(path, text)
     human = find_human_caption(path) or " ".join(text.split())
-    facts: dict[str, Any] = {"human_caption": human, "sidecar_stamp": sidecar_stamp(path)}
-    if any(o.changed_photo for o in outcomes):
-        from photocap.image import hash_file
-        from photocap.index import mtime_iso
+    facts = PhotoFacts()
+    if any(o.changed_photo for o in outcomes):  # rewritten: its new size, mtime and hash
+        from photocap.run.write import file_facts
 
-        st = os.stat(path)
-        facts |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                  "mtime": mtime_iso(st.st_mtime_ns), "content_hash": hash_file(path)}  # fmt: skip
-    index.update_photo(path, PhotoFacts(**facts))
+        facts = file_facts(path) or facts
+    stamp = sidecar_stamp(path)
+    index.update_photo(path, replace(facts, human_caption=human, sidecar_stamp=stamp))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise WriteError(f"saved in the sidecar, but not in the photo: {failed[0].message}")

@@ -467,6 +467,7 @@ class PhotoIndex:
         self._human_fts: bool | None = None  # whether photos_fts has human_caption (005)
         self._vocabulary: list[str] | None = None  # captions' words, most frequent first
         self._fts_columns: int | None = None  # columns of photos_fts (2 before migration 010)
+        self._vector_table: bool | None = None  # photo_vectors exists (012)
         # A -wal file left by a writer that never closed the index (killed, a card pulled out)
         # holds committed changes that "immutable" would not read: the index would look old,
         # or empty. SQLite then reads it through the WAL, which read-only media allow when
@@ -842,9 +843,9 @@ class PhotoIndex:
 
     def _has_vectors(self) -> bool:
         # A read-only index is not migrated: before 012 it has no vectors.
-        if getattr(self, "_vector_column", None) is None:
-            self._vector_column = self.db.table(VECTORS).exists()
-        return bool(self._vector_column)
+        if self._vector_table is None:
+            self._vector_table = self.db.table(VECTORS).exists()
+        return self._vector_table
 
     def _hits(self, fts: str, ranks: dict[int, float]) -> list[SearchHit]:
         """SearchHits for the given FTS row ids (id -> bm25), best first, ties by path."""

@@ -41,6 +41,18 @@ def _caption_run(lib: Path, captioner: Any, db: Path, writers: list[str]) -> dic
     return {e.path: e.status for e in events if isinstance(e, PhotoResult)}
 
 
+def _one_captioned(tmp_path: Path, captioner: Any) -> tuple[Path, Any, int]:
+    """A library of one photo captioned by a real run (sidecar and index), a gallery client
+    over its index, and the photo's id there."""
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 1)
+    db = tmp_path / "i.db"
+    _caption_run(lib, captioner, db, ["xmp", "index"])
+    client = _client(db, tmp_path)
+    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    return lib, client, photo_id
+
+
 def _form(client: Any, photo_id: int, caption: str) -> dict[str, str]:
     """The photo page's form, filled in: its per-session token, the photo it was made for."""
     page = client.get(f"/photo/{photo_id}", base_url=BASE).get_data(as_text=True)
@@ -255,13 +267,8 @@ def test_a_correction_goes_into_the_file_photocap_wrote_losslessly_and_revert_ke
 def test_corrections_photocap_would_not_keep_are_refused_and_nothing_changes(
     tmp_path: Path, captioner: Any
 ) -> None:
-    lib = tmp_path / "lib"
-    make_tiny_jpegs(lib, 1)
-    db = tmp_path / "i.db"
-    _caption_run(lib, captioner, db, ["xmp", "index"])
+    lib, client, photo_id = _one_captioned(tmp_path, captioner)
     before = (lib / "img_0000.jpg.xmp").read_bytes()
-    client = _client(db, tmp_path)
-    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
     camera_text = "is what cameras write when nobody wrote a caption"
     for text, why in (("   ", "a caption cannot be empty"), ("Untitled", camera_text)):
         response = _correct(client, photo_id, text)
@@ -334,13 +341,8 @@ def test_a_sidecar_that_cannot_be_saved_leaves_photo_and_sidecar_as_they_were(
 def test_a_correction_needs_this_sessions_token_and_this_origin(
     tmp_path: Path, captioner: Any
 ) -> None:
-    lib = tmp_path / "lib"
-    make_tiny_jpegs(lib, 1)
-    db = tmp_path / "i.db"
-    _caption_run(lib, captioner, db, ["xmp", "index"])
+    lib, client, photo_id = _one_captioned(tmp_path, captioner)
     before = (lib / "img_0000.jpg.xmp").read_bytes()
-    client = _client(db, tmp_path)
-    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
     form = _form(client, photo_id, "pwned")
     url = f"/photo/{photo_id}/caption"
     attempts = [

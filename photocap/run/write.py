@@ -54,7 +54,7 @@ def write_files(
                 continue
             outcomes.append(_safe_write(writer, job.record))
         changed_photo = any(o.changed_photo for o in outcomes)  # EXIF written into the photo
-        facts = _file_facts(job.record.path) if changed_photo else None
+        facts = file_facts(job.record.path) if changed_photo else None
         human = _human_caption(job.record, outcomes)
         keywords = ", ".join(_keywords(job.record.path)) or None
         stamp = sidecar_stamp(job.record.path)
@@ -96,7 +96,7 @@ def _keywords(path: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _file_facts(path: Path) -> PhotoFacts | None:
+def file_facts(path: Path) -> PhotoFacts | None:
     """Size, mtime and hash of a photo a writer just changed (None if it cannot be read)."""
     try:
         st = os.stat(path)
