@@ -259,6 +259,10 @@ class LazyCaptioner:
         if device not in ("auto", "cpu"):
             resolve_device(device)  # --device cuda without a GPU: said now, not mid-run
         self._device = device
+        from photocap.embedding import find_embedding
+
+        # Read now (a header), not built: the plan asks for the vectors photos lack.
+        self.embeds = find_embedding(self.path, self.model_id) is not None
         self._captioner: Captioner | None = None
         self._error: str | None = None  # why the build failed, one line
         self._builder: threading.Thread | None = None
@@ -333,6 +337,10 @@ class LazyCaptioner:
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE) -> Any:
         """:meth:`photocap.model.Captioner.caption_batch`, once the model is built."""
         return self.captioner().caption_batch(pixels, beam_size=beam_size)
+
+    def embed_batch(self, pixels: torch.Tensor) -> list[bytes]:
+        """:meth:`photocap.model.Captioner.embed_batch`, once the model is built."""
+        return self.captioner().embed_batch(pixels)
 
 
 def _build_captioner(

@@ -591,6 +591,18 @@ class PhotoIndex:
         return _to_row(row) if row else None
 
     @_sqlite_errors
+    def has_vector(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the row of ``path`` has a vector in the text-image embedding (a row
+        captioned before photocap stored vectors has none)."""
+        if not self._has_vectors():
+            return False
+        cur = self.db.execute(
+            f"SELECT 1 FROM {VECTORS} WHERE id = (SELECT rowid FROM photos WHERE path = ?)",
+            [os.fspath(path)],
+        )
+        return cur.fetchone() is not None
+
+    @_sqlite_errors
     def get_dict(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The full row for ``path`` as a dict (all columns), or None."""
         rows = list(self.db.query("SELECT * FROM photos WHERE path = ?", [os.fspath(path)]))

@@ -394,6 +394,25 @@ class Captioner(nn.Module):
         vectors = self._embedding[0].image_vectors(features.float()).cpu().numpy()  # (B, dim)
         return [replace(c, vector=vector_bytes(v)) for c, v in zip(captions, vectors, strict=True)]
 
+    @property
+    def embeds(self) -> bool:
+        """Whether captions come with their photo's vector (an embedding is in use)."""
+        return self._embedding is not None
+
+    @torch.inference_mode()
+    def embed_batch(self, pixels: torch.Tensor) -> list[bytes]:
+        """The vectors of a batch of photos (uint8 (B, 3, S, S), as :meth:`caption_batch`
+        takes them) in the embedding, without captioning them: the encoder only (a photo
+        captioned before photocap stored vectors). Empty without an embedding."""
+        if self._embedding is None or pixels.shape[0] == 0:
+            return []
+        from photocap.embedding import vector_bytes
+
+        self.eval()
+        features = self.encode(pixels)  # (B, L, D)
+        vectors = self._embedding[0].image_vectors(features.float()).cpu().numpy()  # (B, dim)
+        return [vector_bytes(v) for v in vectors]
+
     def use_embedding(self, embedding: nn.Module | None) -> None:
         """Give each caption its photo's vector in ``embedding`` (a
         :func:`photocap.embedding.load_embedding` module), or stop (None)."""

@@ -189,3 +189,86 @@ def test_a_photos_vector_goes_with_its_row(tmp_path: Path) -> None:
         index.db.execute("DELETE FROM photos WHERE path = '/p/b.jpg'")
         index.upsert_photos([{"path": "/p/c.jpg", "caption": "A cat.", "model_id": "m"}])
     assert vectors_of(db) == {"/p/c.jpg": None}
+
+
+def test_photos_captioned_before_vectors_get_one_without_being_captioned_again(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    # An index from before photocap stored vectors (or a model file whose embedding came
+    # later): the next run gives each photo its vector through the encoder only, keeps every
+    # caption, and the run after needs nothing, not even the model.
+    from photocap.checkpoint import LazyCaptioner
+    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 5)
+    db = tmp_path / "i.db"
+
+    class Watched(LazyCaptioner):
+        captioned = 0
+        embedded = 0
+
+        def caption_batch(self, pixels: Any, beam_size: int = 3) -> Any:
+            Watched.captioned += len(pixels)
+            return super().caption_batch(pixels, beam_size)
+
+        def embed_batch(self, pixels: Any) -> list[bytes]:
+            Watched.embedded += len(pixels)
+            return super().embed_batch(pixels)
+
+    def run() -> tuple[list[PhotoResult], Watched]:
+        captioner = Watched(model_with_embedding, device="cpu")
+        options = CaptionOptions(writers=["xmp", "index"], batch_size=2, workers=1)
+        with PhotoIndex(db) as index:
+            events = list(caption_library([lib], captioner, index, options))
+        return [e for e in events if isinstance(e, PhotoResult)], captioner
+
+    run()
+    first = vectors_of(db)
+    with sqlite3.connect(db) as conn:
+        captions = dict(conn.execute("SELECT path, caption FROM photos"))
+        conn.execute("DELETE FROM photo_vectors")
+    Watched.captioned = Watched.embedded = 0
+    results, _ = run()
+    assert (Watched.captioned, Watched.embedded) == (0, 5)
+    assert {r.status for r in results} == {"carried"}
+    assert {r.reason for r in results} == {"unchanged, vector added for search by meaning"}
+    assert vectors_of(db) == first  # the encoder's vectors, as the captioning run made them
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT path, caption FROM photos")) == captions
+    results, captioner = run()
+    assert {r.status for r in results} == {"skipped"} and not captioner.is_built
+
+
+def test_a_failed_vector_keeps_the_caption_and_is_tried_again(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    from photocap.checkpoint import LazyCaptioner
+    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 3)
+    db = tmp_path / "i.db"
+
+    class OutOfMemory(LazyCaptioner):
+        def embed_batch(self, pixels: Any) -> list[bytes]:
+            raise RuntimeError("out of memory")
+
+    def run(kind: type[LazyCaptioner]) -> list[PhotoResult]:
+        options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
+        with PhotoIndex(db) as index:
+            events = caption_library([lib], kind(model_with_embedding, device="cpu"), index, options)
+            return [e for e in events if isinstance(e, PhotoResult)]
+
+    run(LazyCaptioner)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM photo_vectors")
+        before = list(conn.execute("SELECT path, caption, error FROM photos ORDER BY path"))
+    results = run(OutOfMemory)
+    assert {r.status for r in results} == {"skipped"}
+    assert all("no vector: captioning failed: out of memory" in r.reason for r in results)
+    with sqlite3.connect(db) as conn:
+        assert list(conn.execute("SELECT path, caption, error FROM photos ORDER BY path")) == before
+    assert set(vectors_of(db).values()) == {None}
+    results = run(LazyCaptioner)  # tried again
+    assert {r.status for r in results} == {"carried"} and all(vectors_of(db).values())

@@ -157,6 +157,20 @@ def test_the_ray_engine_stores_the_photos_vectors_as_the_local_one_does(
             ))  # fmt: skip
     assert len(vectors["ray"]) == 4 and all(v and len(v) == 32 for v in vectors["ray"].values())
     assert vectors["ray"] == vectors["local"]
+    # An index whose photos have no vector (captioned before vectors were stored): the actors
+    # give them one from the encoder alone, every caption kept.
+    db = tmp_path / "ray.db"
+    with sqlite3.connect(db) as conn:
+        captions = dict(conn.execute("SELECT path, caption FROM photos"))
+        conn.execute("DELETE FROM photo_vectors")
+    results, summary = _run(lib, model_with_embedding, db, engine="ray")
+    assert (summary.captioned, summary.carried) == (0, 4)
+    assert {r.reason for r in results} == {"unchanged, vector added for search by meaning"}
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT path, caption FROM photos")) == captions
+        assert dict(conn.execute(
+            "SELECT path, vector FROM photos LEFT JOIN photo_vectors ON id = photos.rowid"
+        )) == vectors["local"]  # fmt: skip
 
 
 def test_a_stopped_run_commits_what_it_has_and_the_next_resumes(

@@ -11,7 +11,7 @@ import os
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from photocap.run.plan import Job, Ready, same_picture
+from photocap.run.plan import Job, Ready, embedded_job, same_picture
 from photocap.writers import CaptionRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,22 +22,37 @@ def caption_batch(
     batch: list[Ready], captioner: CaptionModel, model_id: str, beam_size: int, force: bool = False
 ) -> list[Job]:
     """Caption ``batch`` in one model call: one :class:`~photocap.run.plan.Job` per photo, in
-    order ("captioned", or "carried" for a copy of a photo of the batch). The model's
+    order ("captioned", or "carried" for a copy of a photo of the batch, or for a photo
+    decoded for its vector only: :attr:`~photocap.run.plan.Ready.embed`). The model's
     errors (``RuntimeError``, ``ValueError``: out of memory, say) propagate."""
     import numpy as np
     import torch
 
+    def stacked(photos: list[Ready]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([r.decoded.pixels for r in photos]))  # (N, 3, S, S)
+
+    embed_only = [r for r in batch if r.embed is not None]
+    vector_of: dict[int, bytes] = {}
+    if embed_only:  # the encoder alone: their captions stand
+        vectors = captioner.embed_batch(stacked(embed_only))
+        vector_of = {id(r): v for r, v in zip(embed_only, vectors, strict=False)}
     by_pixels: dict[str, Ready] = {}
     twin_of = {  # id(photo) -> the photo of this batch whose caption it gets
-        id(r): r if force else by_pixels.setdefault(r.decoded.pixels_hash, r) for r in batch
+        id(r): r if force else by_pixels.setdefault(r.decoded.pixels_hash, r)
+        for r in batch
+        if r.embed is None
     }
-    unique = [r for r in batch if twin_of[id(r)] is r]
-    pixels = torch.from_numpy(np.stack([r.decoded.pixels for r in unique]))  # (U, 3, S, S)
-    captions = captioner.caption_batch(pixels, beam_size=beam_size)
+    unique = [r for r in batch if twin_of.get(id(r)) is r]
+    captions = captioner.caption_batch(stacked(unique), beam_size=beam_size) if unique else []
     now = datetime.now(timezone.utc)
     caption_of = {id(r): c for r, c in zip(unique, captions, strict=True)}
     jobs = []
     for ready in batch:
+        if ready.embed is not None:
+            assert ready.row is not None
+            vector = vector_of.get(id(ready))
+            jobs.append(embedded_job(ready.photo, ready.row, ready.embed, vector))
+            continue
         twin = twin_of[id(ready)]
         caption = caption_of[id(twin)]
         record = CaptionRecord(

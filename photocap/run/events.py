@@ -51,7 +51,17 @@ class CaptionModel(Protocol):
         decodes (what is worth preparing depends on it)."""
         ...
 
+    @property
+    def embeds(self) -> bool:
+        """Whether it gives each photo a vector in a text-image embedding (search by
+        meaning)."""
+        ...
+
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = ...) -> list[Caption]: ...
+
+    def embed_batch(self, pixels: torch.Tensor) -> list[bytes]:
+        """The photos' vectors only (the encoder, no captions); [] without an embedding."""
+        ...
 
 
 @dataclass

@@ -50,7 +50,7 @@ from photocap.run import decode
 from photocap.run.caption import CoreShare, caption_batch
 from photocap.run.events import CaptionEvent, CaptionModel, CaptionOptions, PhotoResult, Progress
 from photocap.run.pairs import RawJpegPairs
-from photocap.run.plan import Job, Ready, Work, decide_decoded, plan_library
+from photocap.run.plan import Job, Ready, Work, decide_decoded, embedded_job, plan_library
 from photocap.run.record import Recorder
 from photocap.run.write import FilesDone, write_files
 from photocap.writers import Writer
@@ -174,7 +174,9 @@ class LocalRun:
     ) -> Generator[CaptionEvent, None, list[Work]]:
         """Walk the library: yield what needs nothing, write what needs no decoding; return
         the photos to decode (none when stopped during the walk)."""
-        steps = plan_library(paths, self.index, self.model_id, self.options, self.stop)
+        steps = plan_library(
+            paths, self.index, self.model_id, self.options, self.stop, self.captioner.embeds
+        )
         plan = yield from self.record.walk(steps, paths)
         if plan is None:
             return []
@@ -293,6 +295,15 @@ class LocalRun:
         self, item: Work, result: DecodedPhoto | DecodeFailure, batch: list[Ready]
     ) -> None:
         """Queue a failure or a carry for ``item``, or add it to the next model batch."""
+        if item.embed is not None:  # its caption stands: decoded for its vector only
+            assert item.row is not None
+            if isinstance(result, DecodeFailure):  # the caption is kept, not failed
+                kept_job = embedded_job(item.photo, item.row, item.embed, None, result.error)
+                raws = self.pairs.resolve(item.photo.path, kept_job.record)
+                self._hand_off([kept_job, *raws], commit=False)
+            else:
+                batch.append(Ready(item.photo, item.row, result, embed=item.embed))
+            return
         if isinstance(result, DecodeFailure):
             if result.size is not None:
                 self.record.run_record.note_photo(item.photo.path, PhotoFacts(
@@ -327,9 +338,17 @@ class LocalRun:
             )
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {one_line(err, 200)}"
+            kept = []  # photos decoded for their vector only: their captions stand
             for ready in batch:
+                if ready.embed is not None:
+                    assert ready.row is not None
+                    kept_job = embedded_job(ready.photo, ready.row, ready.embed, None, message)
+                    kept += [kept_job, *self.pairs.resolve(ready.photo.path, kept_job.record)]
+                    continue
                 self.out.append(self.record.fail(ready.photo.path, message, "model"))
                 self.pairs.resolve(ready.photo.path, None)
+            if kept:
+                self._hand_off(kept, commit=False)
             self.out.append(_PROGRESS)
             yield from self._drain()
             self.record.flush()

@@ -38,6 +38,9 @@ class Work:
 
     photo: PhotoFile
     row: PhotoRow | None
+    # Its caption stands; decoded for its vector only (the encoder, no beam search), then
+    # carried for this reason: a photo captioned before photocap stored vectors.
+    embed: Why | None = None
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Ready:
     photo: PhotoFile
     row: PhotoRow | None
     decoded: DecodedPhoto
+    embed: Why | None = None  # its vector only (:attr:`Work.embed`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ CONTENT_UNCHANGED = Why("content unchanged")
 # A changed photo whose pixels are as captioned: only its metadata changed, and a person's
 # caption may have come with it.
 PIXELS_UNCHANGED = Why("pixels unchanged", look_again=True)
+# An unchanged photo captioned before photocap stored vectors: the encoder gives it one (for
+# search by meaning), its caption stays.
+VECTOR_ADDED = Why("unchanged, vector added for search by meaning")
 
 
 @dataclass
@@ -115,12 +122,15 @@ def plan_library(
     model_id: str,
     options: CaptionOptions,
     stop: threading.Event,
+    embeds: bool = False,
 ) -> Iterator[PlanStep]:
     """Walk ``paths``: yield each path that cannot be walked (a :class:`DiscoveryFailure`),
     scan :class:`Progress`, a skipped :class:`PhotoResult` for each photo that needs nothing,
     and last the :class:`Plan` (none when ``stop`` was set during the walk).
 
-    ``options.limit`` counts photos to decode or carry; skipped ones do not count."""
+    ``embeds``: the model gives each photo a vector; an unchanged photo whose row has none is
+    decoded for it (:attr:`Work.embed`), its caption kept. ``options.limit`` counts photos to
+    decode or carry; skipped ones do not count."""
     limit = options.limit
     wanted = frozenset(options.writers)
     scanned = 0
@@ -140,7 +150,10 @@ def plan_library(
         row = index.get(item.path)
         if not options.force and captioned_by(row, model_id) and same_stat(row, item):
             why = why_redo(row, wanted, sidecar_stamp(item.path))
-            if why is None:
+            if embeds and not index.has_vector(item.path):
+                if limit is None or len(work) + len(carries) < limit:
+                    work.append(Work(item, row, embed=why or VECTOR_ADDED))
+            elif why is None:
                 yield PhotoResult(item.path, "skipped", row.caption, row.score,
                                   row.alternatives, reason="unchanged")  # fmt: skip
             elif limit is None or len(work) + len(carries) < limit:
@@ -203,6 +216,19 @@ def carry_job(
         skip -= {"xmp", "exif"}
     status: PhotoStatus = "skipped" if why.quiet else "carried"
     return Job(record, status, why.text, already=skip, photo=photo, moved_from=moved_from)
+
+
+def embedded_job(
+    photo: PhotoFile, row: PhotoRow, why: Why, vector: bytes | None, failure: str = ""
+) -> Job:
+    """A photo decoded for its vector only (:attr:`Work.embed`): its caption carried, with
+    ``vector``. Without one (its decode or the model failed: ``failure``) the row keeps what it
+    has and the next run tries again; the caption and its outputs stand either way."""
+    job = carry_job(photo, row, why)
+    if vector is not None:
+        return replace(job, record=replace(job.record, vector=vector))
+    status = "skipped" if why is VECTOR_ADDED else job.status  # nothing else was to do
+    return replace(job, status=status, reason=f"{why.text}; no vector: {failure or 'none made'}")
 
 
 def paired_job(raw: PhotoFile, lead: CaptionRecord) -> Job:

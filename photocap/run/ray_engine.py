@@ -48,7 +48,15 @@ from photocap.index import PhotoFacts, PhotoIndex, mtime_iso
 from photocap.run.decode import decode_batch
 from photocap.run.events import CaptionEvent, CaptionModel, CaptionOptions, PhotoResult, Progress
 from photocap.run.pairs import RawJpegPairs
-from photocap.run.plan import Job, Ready, Work, decide_decoded, plan_library, same_picture
+from photocap.run.plan import (
+    Job,
+    Ready,
+    Work,
+    decide_decoded,
+    embedded_job,
+    plan_library,
+    same_picture,
+)
 from photocap.run.record import Recorder
 from photocap.run.write import FilesDone, write_files
 from photocap.writers import CaptionRecord, WriteOptions, WriteOutcome
@@ -93,10 +101,11 @@ def decode_rows(
     paths = [Path(p) for p in rows["path"]]
     results = decode_batch(paths, preset, options)
     size = preset.size
-    out: dict[str, list[Any]] = {k: [] for k in _DECODED_COLUMNS}
+    out: dict[str, list[Any]] = {k: [] for k in (*_DECODED_COLUMNS, "embed")}
     pixels = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     for k, result in enumerate(results):
         out["item"].append(int(rows["item"][k]))
+        out["embed"].append(bool(rows["embed"][k]))
         out["path"].append(os.fspath(paths[k]))
         if isinstance(result, DecodeFailure):
             facts: dict[str, Any] = {"error": result.error}
@@ -154,21 +163,28 @@ class CaptionActor:
         import torch
 
         ok = [k for k, error in enumerate(rows["error"]) if not error]
+        # Photos whose captions stand, decoded for their vectors only: the encoder, no beams.
+        embed = [k for k in ok if rows["embed"][k]]
+        ok = [k for k in ok if not rows["embed"][k]]
         n = len(rows["error"])
         captions, scores, alternatives = [""] * n, [0.0] * n, ["[]"] * n
         vectors = [b""] * n  # b"": none (a model without an embedding)
         failure = ""
-        if ok:
-            try:
+        try:
+            if ok:
                 pixels = torch.from_numpy(np.ascontiguousarray(rows["pixels"][ok]))
                 found = self.captioner.caption_batch(pixels, beam_size=self.beam_size)
                 for k, caption in zip(ok, found, strict=True):
                     captions[k], scores[k] = caption.text, float(caption.score)
                     alternatives[k] = json.dumps(list(caption.alternatives), ensure_ascii=False)
                     vectors[k] = caption.vector or b""
-            except (RuntimeError, ValueError) as err:  # out of memory, say: the batch fails
-                failure = f"captioning failed: {one_line(err, 200)}"
-        out = {name: rows[name] for name in _DECODED_COLUMNS}
+            if embed:
+                pixels = torch.from_numpy(np.ascontiguousarray(rows["pixels"][embed]))
+                for k, vector in zip(embed, self.captioner.embed_batch(pixels), strict=False):
+                    vectors[k] = vector
+        except (RuntimeError, ValueError) as err:  # out of memory, say: the batch fails
+            failure = f"captioning failed: {one_line(err, 200)}"
+        out = {name: rows[name] for name in (*_DECODED_COLUMNS, "embed")}
         out["caption"] = np.array(captions, dtype=object)
         out["score"] = np.array(scores)
         out["alternatives"] = np.array(alternatives, dtype=object)
@@ -332,7 +348,9 @@ class RayRun:
     def _plan(
         self, paths: list[str | os.PathLike[str]]
     ) -> Generator[CaptionEvent, None, list[Work]]:
-        steps = plan_library(paths, self.index, self.model_id, self.options, self.stop)
+        steps = plan_library(
+            paths, self.index, self.model_id, self.options, self.stop, self.captioner.embeds
+        )
         plan = yield from self.record.walk(steps, paths)
         if plan is None:
             return []
@@ -369,7 +387,10 @@ class RayRun:
 
         found = find_embedding(self.model_path, self.model_id)
         embedding = [ray.put(found.read_bytes())] if found is not None else []
-        items = [{"item": k, "path": os.fspath(w.photo.path)} for k, w in enumerate(work)]
+        items = [
+            {"item": k, "path": os.fspath(w.photo.path), "embed": w.embed is not None}
+            for k, w in enumerate(work)
+        ]
         ds = ray.data.from_items(items)
         ds = ds.map_batches(
             decode_rows, batch_size=batch_size, batch_format="numpy",
@@ -416,6 +437,13 @@ class RayRun:
             item = work[int(rows["item"][k])]
             path = item.photo.path
             error = str(rows["error"][k])
+            if item.embed is not None:  # its caption stands, failed decode or not
+                assert item.row is not None
+                vector = None if error else bytes(rows["vector"][k]) or None
+                failure = error or str(rows["caption_error"][k])
+                kept_job = embedded_job(item.photo, item.row, item.embed, vector, failure)
+                jobs += [kept_job, *self._resolve(path, kept_job.record)]
+                continue
             if error:
                 size, mtime_ns = int(rows["size"][k]), int(rows["mtime_ns"][k])
                 if size >= 0:
