@@ -408,6 +408,10 @@ def caption(
         force=force, limit=limit, batch_size=batch_size, workers=workers, beam_size=beam_size,
         heif_thumbnails=fast_heic, engine=engine.value, ray_address=ray_address,
     )  # fmt: skip
+    if not any(os.path.lexists(p) for p in paths):
+        # Nothing to walk: a typo, most likely, and no index row for it. (One missing path
+        # among others, an unmounted drive say, is that path's failure and the run goes on.)
+        raise typer.BadParameter(f"no such file or folder: {paths[0]}", param_hint="PATHS")
     db_path = resolve_db_path(db)
 
     # Ctrl-C (SIGINT) and SIGTERM (what systemd, Docker and NAS schedulers send) stop the run
@@ -638,7 +642,8 @@ def search(
         for hit in hits:
             _emit_json({
                 "path": hit.path, "caption": hit.caption, "rank": round(hit.rank, 4),
-                "matched": hit.matched, "date_taken": hit.date_taken, "camera": hit.camera,
+                "matched": hit.matched, "matched_in": hit.matched_in,
+                "date_taken": hit.date_taken, "camera": hit.camera,
                 "human_caption": hit.human_caption, "complete": hit.complete,
             })  # fmt: skip
         return
@@ -859,6 +864,8 @@ def info(
                 value = "\n".join(_member_summary(m) for m in value)
             elif key == "migrations" and isinstance(value, list) and value:
                 value = f"{len(value)} (last: {value[-1]})"
+            elif key == "file_size" and isinstance(value, int):  # --json: bytes
+                value = f"{value / 1e6:.1f} MB ({value:,} bytes)"
             table.add_row(key.replace("_", " "), _esc(_info_cell(value)))
         out.print(table)
 
@@ -965,7 +972,7 @@ def revert(
     index = PhotoIndex(db_path, create=False) if db is not None or db_path.exists() else None
     with contextlib.nullcontext() if index is None else index:
         _revert_report(revert_paths(paths, names, touch=touch, dry_run=dry_run, index=index),
-                       counts)  # fmt: skip
+                       counts, dry_run)  # fmt: skip
     prefix = "Dry run: would have " if dry_run else ""
     typer.echo(
         f"{prefix}reverted {_count(counts['reverted'], 'sidecar')}, deleted {counts['deleted']}, "
@@ -976,10 +983,18 @@ def revert(
         raise typer.Exit(1)
 
 
-def _revert_report(outcomes: Iterable[RevertOutcome], counts: dict[str, int]) -> None:
-    """One line for each failed (or partly left) sidecar, counted into ``counts``."""
+def _revert_report(
+    outcomes: Iterable[RevertOutcome], counts: dict[str, int], dry_run: bool = False
+) -> None:
+    """One line for each failed (or partly left) sidecar, counted into ``counts``; a dry run
+    also lists on stdout each file it would revert or delete."""
     for outcome in outcomes:
         counts[outcome.status] += 1
+        if dry_run and outcome.status in ("reverted", "deleted"):
+            verb = "delete" if outcome.status == "deleted" else "revert"
+            typer.echo(f"would {verb}: {outcome.path}")
+            if outcome.photo is not None:
+                typer.echo(f"would restore: {outcome.photo}")
         if outcome.status == "failed":
             typer.echo(f"failed: {outcome.path}: {outcome.message}", err=True)
         elif outcome.message:

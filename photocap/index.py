@@ -180,10 +180,25 @@ class SearchHit:
     human_segments: tuple[tuple[str, bool], ...] = ()
     # It matches the whole query; False: some of its words only (ranked after the others).
     complete: bool = True
+    # Words matched outside the captions shown: (where, word), where is "alternatives" (the
+    # beam's other captions), "place" (folder and file names) or "keywords".
+    elsewhere: tuple[tuple[str, str], ...] = ()
 
     @property
     def matched(self) -> list[str]:
-        return [text for text, hit in (*self.segments, *self.human_segments) if hit]
+        """The words of the photo's texts that the query matched, each once, the captions'
+        first."""
+        found = [text for text, hit in (*self.segments, *self.human_segments) if hit]
+        found += [word for _, word in self.elsewhere]
+        return list(dict.fromkeys(found))
+
+    @property
+    def matched_in(self) -> list[str]:
+        """Where the query matched: "caption", "human_caption" and the places of
+        :attr:`elsewhere`."""
+        where = ["caption"] if any(hit for _, hit in self.segments) else []
+        where += ["human_caption"] if any(hit for _, hit in self.human_segments) else []
+        return list(dict.fromkeys([*where, *(place for place, _ in self.elsewhere)]))
 
 
 @dataclass(frozen=True)
@@ -868,6 +883,11 @@ class PhotoIndex:
             if self._searches_human_captions()
             else "NULL, NULL"
         )
+        if self._fts_columns is None:
+            self._fts_columns = len(self.db.table(f"{PHOTOS}_fts").columns_dict)
+        # The other columns' matches (an index opened read-only may predate some of them).
+        others = [(k, name) for k, name in enumerate(FTS_COLUMNS) if 2 <= k < self._fts_columns]
+        other_sql = "".join(f", highlight(photos_fts, {k}, char(2), char(3))" for k, _ in others)
         rows: list[Any] = []
         for start in range(0, len(ids), 500):  # well below SQLite's limit on bound variables
             chunk = ids[start : start + 500]
@@ -878,7 +898,7 @@ class PhotoIndex:
             rows += self.db.conn.execute(
                 "SELECT photos.rowid, photos.path, photos.caption, "
                 "highlight(photos_fts, 0, char(2), char(3)), photos.date_taken, photos.camera, "
-                f"{human} "
+                f"{human}{other_sql} "
                 "FROM photos_fts CROSS JOIN photos ON photos.rowid = photos_fts.rowid "  # FTS first
                 "WHERE photos_fts MATCH ? AND photos_fts.rowid BETWEEN ? AND ? "
                 f"AND +photos_fts.rowid IN ({marks}) AND ({self._caption_ok})",
@@ -889,6 +909,10 @@ class PhotoIndex:
                 path=r[1], caption=r[2], segments=_segments(r[3]), rank=float(ranks[r[0]]),
                 date_taken=r[4], camera=r[5], human_caption=r[6],
                 human_segments=_segments(r[7]) if r[6] else (),
+                elsewhere=tuple(
+                    (name, text) for (_, name), marked in zip(others, r[8:], strict=True)
+                    for text, hit in _segments(marked or "") if hit
+                ),
             )
             for r in rows
         ]  # fmt: skip

@@ -56,6 +56,18 @@ def test_info_is_a_table_without_building_the_model(tmp_path: Path, model_file: 
     assert "Index" in lines and any("no index yet" in line for line in lines)
 
 
+def test_info_gives_the_index_size_with_its_unit(tmp_path: Path, model_file: Path) -> None:
+    from photocap.index import PhotoIndex
+
+    db = tmp_path / "i.db"
+    PhotoIndex(db).close()
+    shown = runner.invoke(app, ["info", "--model", str(model_file), "--db", str(db)]).stdout
+    size = db.stat().st_size
+    assert re.search(rf"file size +│ {size / 1e6:.1f} MB \({size:,} bytes\)", shown), shown
+    as_json = runner.invoke(app, ["info", "--model", str(model_file), "--db", str(db), "--json"])
+    assert json.loads(as_json.stdout)["index"]["file_size"] == size  # bytes, for scripts
+
+
 def test_fast_heic_speed_up_is_the_measured_one_in_help_and_readme() -> None:
     # benchmarks/README.md holds the measurement; --help and README.md quote it alike.
     from typer.main import get_command
@@ -365,6 +377,15 @@ def test_usage_and_setup_errors_are_one_line(tmp_path: Path, model_file: Path) -
     assert no_index.exit_code == 2 and "no index" in no_index.stderr
     bad_flag = caption(tmp_path, "--batch-size", "0")
     assert bad_flag.exit_code == 2
+    db = tmp_path / "typo.db"
+    typo = caption(tmp_path / "Picturs", "--db", db, "--model", model_file)
+    assert typo.exit_code == 2 and "no such file or folder" in typo.stderr
+    assert not db.exists()  # no index, no row for a path that is not there
+    # One missing among others (an unmounted drive): that path fails, the run goes on.
+    make_tiny_jpegs(tmp_path / "lib", 1)
+    some = caption(tmp_path / "lib", tmp_path / "gone", "--db", db, "--model", model_file,
+                   "--write", "index", "--workers", "0")  # fmt: skip
+    assert some.exit_code == 1 and "Captioned 1," in some.stderr and "gone" in some.stderr
 
 
 def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
@@ -380,6 +401,17 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
     assert pruned.exit_code == 0 and pruned.stdout.strip() == str(paths[0])
     assert pruned.stderr.strip() == "Removed 1 row of a missing photo."
     assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
+
+
+def test_status_lists_photos_whose_caption_revert_removed(tmp_path: Path, model_file: Path) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 2)
+    db = str(tmp_path / "p.db")
+    assert caption(tmp_path / "lib", "--db", db, "--model", model_file, "--workers", "0",
+                   "--write", "xmp,index").exit_code == 0  # fmt: skip
+    assert runner.invoke(app, ["revert", str(tmp_path / "lib"), "--db", db]).exit_code == 0
+    status = runner.invoke(app, ["status", str(tmp_path / "lib"), "--db", db])
+    assert "captioned: 0  failed: 0  not captioned yet: 2" in status.stdout
+    assert status.stdout.count("(caption removed)") == 2
 
 
 def _caption_cmd(lib: Path, db: Path, model: Path, *extra: str) -> list[str]:

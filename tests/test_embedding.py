@@ -257,7 +257,9 @@ def test_a_failed_vector_keeps_the_caption_and_is_tried_again(
     def run(kind: type[LazyCaptioner]) -> list[PhotoResult]:
         options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
         with PhotoIndex(db) as index:
-            events = caption_library([lib], kind(model_with_embedding, device="cpu"), index, options)
+            events = caption_library(
+                [lib], kind(model_with_embedding, device="cpu"), index, options
+            )
             return [e for e in events if isinstance(e, PhotoResult)]
 
     run(LazyCaptioner)

@@ -460,9 +460,17 @@ def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: P
         assert [h.path for h in idx.search("paris")] == ["/p/Paris 2023/IMG_0412.jpg"]
         assert idx.search("p") == []  # a folder above the photo's own is every photo's
         # The caption that says it first, the photo whose other caption does after it.
-        assert [h.path for h in idx.search("river")] == [
-            "/p/home/IMG_0413.jpg", "/p/Paris 2023/IMG_0412.jpg",
+        river = idx.search("river")
+        assert [h.path for h in river] == ["/p/home/IMG_0413.jpg", "/p/Paris 2023/IMG_0412.jpg"]
+        # Each hit says what it matched, and where, the caption or not.
+        assert [(h.matched, h.matched_in) for h in river] == [
+            (["river"], ["caption"]), (["river"], ["alternatives"]),
         ]  # fmt: skip
+        paris = idx.search("paris woman")[0]
+        assert (paris.matched, paris.matched_in) == (
+            ["woman", "Paris"],
+            ["caption", "alternatives", "place"],
+        )
         idx.move_photo("/p/Paris 2023/IMG_0412.jpg", "/p/Rome 2024/IMG_0412.jpg")
         assert [h.path for h in idx.search("rome")] == ["/p/Rome 2024/IMG_0412.jpg"]
 

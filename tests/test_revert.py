@@ -143,6 +143,16 @@ def test_cli_revert_exit_codes(lib: Path) -> None:
     photo = make_jpeg(lib / "photo.jpg", exif=camera_exif())
     caption_all(photo)
     runner = CliRunner()
+    # A dry run lists what it would change, and changes nothing.
+    before = {p: p.read_bytes() for p in lib.iterdir()}
+    result = runner.invoke(app, ["revert", str(lib), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert sorted(result.stdout.splitlines()) == [
+        f"would delete: {lib / 'photo.jpg.xmp'}",
+        f"would restore: {photo}",
+    ]
+    assert "Dry run: would have reverted 0 sidecars, deleted 1," in result.stderr
+    assert {p: p.read_bytes() for p in lib.iterdir()} == before
     result = runner.invoke(app, ["revert", str(lib), "--write", "exif"])
     assert result.exit_code == 0, result.output
     assert "reverted 1 sidecar, deleted 0, 0 unchanged, 0 failed." in result.output

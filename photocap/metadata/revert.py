@@ -59,6 +59,7 @@ class RevertOutcome:
     path: Path  # the sidecar
     status: RevertStatus
     message: str = ""  # one line: why it failed / what was left alone
+    photo: Path | None = None  # the photo whose in-file texts were (or would be) put back
 
 
 def find_photocap_sidecars(paths: Iterable[Path]) -> list[Path]:
@@ -176,13 +177,14 @@ def revert_sidecar(
         return RevertOutcome(sidecar, "failed", one_line(err))
     notes: list[str] = []
     changed = False
+    photo: Path | None = None
     try:
         if "exif" in writers and (
             prov.exif_description is not None
             or prov.exif_alt_text is not None
             or prov.exif_undo is not None
         ):
-            _revert_exif(sidecar, prov, notes, touch=touch, dry_run=dry_run)
+            photo = _revert_exif(sidecar, prov, notes, touch=touch, dry_run=dry_run)
             changed = True
         if "xmp" in writers and (prov.description is not None or prov.alt_text is not None):
             _revert_xmp(doc, prov, notes)
@@ -199,12 +201,12 @@ def revert_sidecar(
         if created and not doc.has_namespace(NS_PHOTOCAP) and doc.is_empty():
             if not dry_run:
                 atomic_delete(sidecar)
-            return RevertOutcome(sidecar, "deleted", message)
+            return RevertOutcome(sidecar, "deleted", message, photo)
         if not dry_run:
             save_sidecar(sidecar, doc)
     except WriteError as err:
         return RevertOutcome(sidecar, "failed", one_line(err))
-    return RevertOutcome(sidecar, "reverted", message)
+    return RevertOutcome(sidecar, "reverted", message, photo)
 
 
 def _revert_xmp(doc: XmpDocument, prov: Provenance, notes: list[str]) -> None:
@@ -225,7 +227,8 @@ def _revert_xmp(doc: XmpDocument, prov: Provenance, notes: list[str]) -> None:
 
 def _revert_exif(
     sidecar: Path, prov: Provenance, notes: list[str], *, touch: bool, dry_run: bool
-) -> None:
+) -> Path:
+    """Put back the in-file texts of the photo of ``sidecar``; returns that photo."""
     photos = [p for p in photos_for_sidecar(sidecar) if p.is_file()]
     in_file = []  # photos of a format photocap writes EXIF into (JPEG, WebP, TIFF, PNG, DNG)
     for p in photos:
@@ -252,7 +255,7 @@ def _revert_exif(
         if not dry_run and original != data:
             atomic_write(photo, original, preserve_mtime=not touch)
         prov.forget_exif()
-        return
+        return photo
     if prov.exif_undo is not None:
         notes.append("the photo changed since photocap wrote it: photocap's texts taken out")
     # Ours goes from where the file points, and from bytes nothing points to any more.
@@ -260,3 +263,4 @@ def _revert_exif(
     rewrite_photo(photo, lambda text: restore_edit(prov, text, notes), touch=touch,
                   dry_run=dry_run, scrub=ours)  # fmt: skip
     prov.forget_exif()
+    return photo

@@ -283,7 +283,8 @@ def plan_status(
 ) -> Iterator[tuple[Path, str]]:
     """For ``photocap status PATH``: yield (path, state) for photos not captioned as they are now.
 
-    state is "new" (no row), "changed" (size/mtime differ) or, for a path that cannot be walked
+    state is "new" (no row), "changed" (size/mtime differ), "caption removed" (``photocap
+    revert`` took it out: the next run captions it again) or, for a path that cannot be walked
     and no run recorded yet, "error: <reason>". A failure recorded in the index is not yielded:
     ``photocap status`` lists those once, with their stage (:meth:`PhotoIndex.stats`).
     """
@@ -297,3 +298,5 @@ def plan_status(
             yield item.path, "new"
         elif not same_stat(row, item):
             yield item.path, "changed"
+        elif not row.caption:  # a row without caption nor failure: reverted
+            yield item.path, "caption removed"
