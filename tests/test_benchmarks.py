@@ -31,7 +31,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
      "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py", "bench_runtime.py",
-     "bench_engines.py", "search_quality.py", "bench_gallery.py"],
+     "bench_engines.py", "search_quality.py", "bench_gallery.py", "int8_decoders.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -178,6 +178,21 @@ def test_beam_check_smoke(tmp_path: Path) -> None:
                "--compare", str(tmp_path / "a.json"))  # fmt: skip
     assert "beam 3: 3/3 identical" in out
     assert len(json.loads((tmp_path / "b.json").read_text())["5"]) == 3
+
+
+def test_int8_decoders_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the decoders' step is measured on OpenVINO")
+    from flickr_fixtures import make_fake_flickr
+
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    fake = make_fake_flickr(tmp_path / "f8k", "kaggle", n_train=2, n_dev=3)
+    model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
+    out = _run("int8_decoders.py", "--data", str(fake.root), "--model", str(model),
+               "--limit", "3", "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert "| torch fp32 (shipped) |" in out and "| openvino fp32, the whole step |" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["openvino fp32, the whole step"]["identical"] == 3
 
 
 def test_test_time_smoke(tmp_path: Path) -> None:
