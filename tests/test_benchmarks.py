@@ -31,7 +31,8 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
      "bench_search.py", "bench_train.py", "beam_check.py", "decoding.py", "test_time.py",
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
      "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py", "bench_runtime.py",
-     "bench_engines.py", "search_quality.py", "bench_gallery.py", "int8_decoders.py"],
+     "bench_engines.py", "search_quality.py", "bench_gallery.py", "int8_decoders.py",
+     "gpu_decode.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
@@ -193,6 +194,14 @@ def test_int8_decoders_smoke(tmp_path: Path) -> None:
     assert "| torch fp32 (shipped) |" in out and "| openvino fp32, the whole step |" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["openvino fp32, the whole step"]["identical"] == 3
+
+
+def test_gpu_decode_smoke(tmp_path: Path) -> None:
+    # On the CPU: the script's code paths run; the measurement needs a GPU (nvJPEG).
+    _run("make_library.py", str(tmp_path / "lib"), "--count", "2", "--size", "640x480")
+    out = _run("gpu_decode.py", "--library", str(tmp_path / "lib"), "--count", "4",
+               "--workers", "1", "--batch", "2", "--device", "cpu")  # fmt: skip
+    assert "| photocap decode, 1 processes |" in out and "smoke), batches of 2 | " in out
 
 
 def test_test_time_smoke(tmp_path: Path) -> None:
