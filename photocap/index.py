@@ -606,9 +606,21 @@ class PhotoIndex:
         return _to_row(row) if row else None
 
     @_sqlite_errors
-    def has_vector(self, path: str | os.PathLike[str]) -> bool:
-        """Whether the row of ``path`` has a vector in the text-image embedding (a row
+    def get_vector(self, path: str | os.PathLike[str]) -> bytes | None:
+        """The vector of the row of ``path`` in the text-image embedding, or None (a row
         captioned before photocap stored vectors has none)."""
+        if not self._has_vectors():
+            return None
+        cur = self.db.execute(
+            f"SELECT vector FROM {VECTORS} WHERE id = (SELECT rowid FROM photos WHERE path = ?)",
+            [os.fspath(path)],
+        )
+        row = cur.fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    @_sqlite_errors
+    def has_vector(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the row of ``path`` has a vector (:meth:`get_vector`), without reading it."""
         if not self._has_vectors():
             return False
         cur = self.db.execute(

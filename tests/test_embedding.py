@@ -274,3 +274,33 @@ def test_a_failed_vector_keeps_the_caption_and_is_tried_again(
     assert set(vectors_of(db).values()) == {None}
     results = run(LazyCaptioner)  # tried again
     assert {r.status for r in results} == {"carried"} and all(vectors_of(db).values())
+
+
+def test_a_copy_of_a_photo_takes_its_vector_with_its_caption(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    # The same pixels: the same vector, no encoder run for the copy (now or on the next run).
+    from photocap.checkpoint import LazyCaptioner
+    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
+
+    lib = tmp_path / "lib"
+    photos = make_tiny_jpegs(lib, 2)
+    db = tmp_path / "i.db"
+
+    def run() -> tuple[list[PhotoResult], LazyCaptioner]:
+        captioner = LazyCaptioner(model_with_embedding, device="cpu")
+        options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
+        with PhotoIndex(db) as index:
+            events = list(caption_library([lib], captioner, index, options))
+        return [e for e in events if isinstance(e, PhotoResult)], captioner
+
+    run()
+    copy = lib / "copy" / photos[0].name
+    copy.parent.mkdir()
+    copy.write_bytes(photos[0].read_bytes())
+    results, _ = run()
+    assert [r.status for r in results if r.path == copy] == ["carried"]
+    vectors = vectors_of(db)
+    assert vectors[str(copy)] is not None and vectors[str(copy)] == vectors[str(photos[0])]
+    results, captioner = run()
+    assert {r.status for r in results} == {"skipped"} and not captioner.is_built

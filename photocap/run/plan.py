@@ -187,7 +187,9 @@ def decide_decoded(
     if copy is not None and copy.model_id == model_id:
         # A copy of a captioned photo (or the same picture with other metadata): its own
         # outputs are all still to write.
-        return carry_job(work.photo, copy, same_picture(copy.path), own_row=False)
+        job = carry_job(work.photo, copy, same_picture(copy.path), own_row=False)
+        vector = index.get_vector(copy.path)  # the same pixels: the same vector
+        return replace(job, record=replace(job.record, vector=vector)) if vector else job
     return None
 
 
@@ -209,7 +211,7 @@ def carry_job(
     pixels; ``moved_from``: the photo's row from before it moved, renamed to it.
     """
     record = row_record(photo.path, row)
-    if own_row:  # its own row (or the row it moved from) keeps its vector; a copy has none
+    if own_row:  # its own row (or the row it moved from) keeps its vector
         record = replace(record, vector=KEEP_VECTOR)
     skip = row.outputs if own_row and moved_from is None else frozenset()
     if why.look_again:
