@@ -259,10 +259,11 @@ class LazyCaptioner:
         if device not in ("auto", "cpu"):
             resolve_device(device)  # --device cuda without a GPU: said now, not mid-run
         self._device = device
-        from photocap.embedding import find_embedding
+        from photocap.embedding import find_embedding, vector_size_of
 
         # Read now (a header), not built: the plan asks for the vectors photos lack.
-        self.embeds = find_embedding(self.path, self.model_id) is not None
+        found = find_embedding(self.path, self.model_id)
+        self.vector_size = vector_size_of(found) if found is not None else 0
         self._captioner: Captioner | None = None
         self._error: str | None = None  # why the build failed, one line
         self._builder: threading.Thread | None = None

@@ -408,10 +408,12 @@ def caption(
         force=force, limit=limit, batch_size=batch_size, workers=workers, beam_size=beam_size,
         heif_thumbnails=fast_heic, engine=engine.value, ray_address=ray_address,
     )  # fmt: skip
-    if not any(os.path.lexists(p) for p in paths):
+    missing = [p for p in paths if _is_missing(p)]
+    if len(missing) == len(paths):
         # Nothing to walk: a typo, most likely, and no index row for it. (One missing path
         # among others, an unmounted drive say, is that path's failure and the run goes on.)
-        raise typer.BadParameter(f"no such file or folder: {paths[0]}", param_hint="PATHS")
+        names = ", ".join(os.fspath(p) for p in missing)
+        raise typer.BadParameter(f"no such file or folder: {names}", param_hint="PATHS")
     db_path = resolve_db_path(db)
 
     # Ctrl-C (SIGINT) and SIGTERM (what systemd, Docker and NAS schedulers send) stop the run
@@ -451,6 +453,18 @@ def caption(
     if summary.interrupted:
         raise typer.Exit(interrupted_status())
     raise typer.Exit(0 if summary.ok else 1)
+
+
+def _is_missing(path: Path) -> bool:
+    """Nothing at ``path`` (a broken link is something; a folder we may not enter is not
+    nothing: the run says why it cannot be walked)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _render_caption_events(events: Any, json_out: bool) -> Any:

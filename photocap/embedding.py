@@ -144,6 +144,18 @@ def load_embedding(path: Path, model_id: str, device: Any = "cpu") -> Any:
     return module.to(device).eval()
 
 
+def vector_size_of(path: Path) -> int:
+    """Bytes of one photo's vector in the index for the embedding file ``path`` (float16:
+    twice its size), from its header; 0 when it cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return 2 * int(json.loads((f.metadata() or {})["config"])["dim"])
+    except Exception:  # unreadable, or not an embedding: no vectors
+        return 0
+
+
 def find_embedding(model_path: Path, model_id: str) -> Path | None:
     """The embedding file beside ``model_path`` if there is one for ``model_id``."""
     path = embedding_path(model_path)

@@ -190,7 +190,10 @@ class SearchHit:
         first."""
         found = [text for text, hit in (*self.segments, *self.human_segments) if hit]
         found += [word for _, word in self.elsewhere]
-        return list(dict.fromkeys(found))
+        first: dict[str, str] = {}  # each word once, whatever its case, as first found
+        for word in found:
+            first.setdefault(word.lower(), word)
+        return list(first.values())
 
     @property
     def matched_in(self) -> list[str]:
@@ -619,13 +622,16 @@ class PhotoIndex:
         return bytes(row[0]) if row is not None and row[0] is not None else None
 
     @_sqlite_errors
-    def has_vector(self, path: str | os.PathLike[str]) -> bool:
-        """Whether the row of ``path`` has a vector (:meth:`get_vector`), without reading it."""
+    def has_vector(self, path: str | os.PathLike[str], size: int | None = None) -> bool:
+        """Whether the row of ``path`` has a vector (:meth:`get_vector`) of ``size`` bytes (any:
+        None), without reading it."""
         if not self._has_vectors():
             return False
+        row = "(SELECT rowid FROM photos WHERE path = ?)"
+        sized = "" if size is None else " AND length(vector) = ?"
         cur = self.db.execute(
-            f"SELECT 1 FROM {VECTORS} WHERE id = (SELECT rowid FROM photos WHERE path = ?)",
-            [os.fspath(path)],
+            f"SELECT 1 FROM {VECTORS} WHERE id = {row}{sized}",
+            [os.fspath(path), *([size] if size is not None else [])],
         )
         return cur.fetchone() is not None
 

@@ -395,9 +395,9 @@ class Captioner(nn.Module):
         return [replace(c, vector=vector_bytes(v)) for c, v in zip(captions, vectors, strict=True)]
 
     @property
-    def embeds(self) -> bool:
-        """Whether captions come with their photo's vector (an embedding is in use)."""
-        return self._embedding is not None
+    def vector_size(self) -> int:
+        """Bytes of each photo's vector in the index (float16), 0 without an embedding."""
+        return 0 if self._embedding is None else 2 * int(self._embedding[0].image.out_features)
 
     @torch.inference_mode()
     def embed_batch(self, pixels: torch.Tensor) -> list[bytes]:

@@ -304,3 +304,112 @@ def test_a_copy_of_a_photo_takes_its_vector_with_its_caption(
     assert vectors[str(copy)] is not None and vectors[str(copy)] == vectors[str(photos[0])]
     results, captioner = run()
     assert {r.status for r in results} == {"skipped"} and not captioner.is_built
+
+
+def _run_lib(lib: Path, db: Path, captioner: Any, **options: Any) -> list[Any]:
+    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
+
+    opts = CaptionOptions(**{"writers": ["index"], "batch_size": 4, "workers": 1, **options})
+    with PhotoIndex(db) as index:
+        events = list(caption_library([lib], captioner, index, opts))
+    return [e for e in events if isinstance(e, PhotoResult)]
+
+
+def test_a_raw_paired_later_takes_its_jpegs_vector(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    # The RAW of a RAW+JPEG pair takes its JPEG's caption from the index: its vector too, so
+    # the next unchanged run has nothing to do.
+    from PIL import Image
+    from raw_helpers import make_dng
+
+    from photocap.checkpoint import LazyCaptioner
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("RGB", (64, 48), (20, 40, 150)).save(lib / "IMG_1.JPG")
+    db = tmp_path / "i.db"
+    _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"))
+    make_dng(lib / "IMG_1.CR2", colour=(30, 120, 40))
+    _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"))
+    vectors = vectors_of(db)
+    assert vectors[str(lib / "IMG_1.CR2")] == vectors[str(lib / "IMG_1.JPG")] is not None
+    captioner = LazyCaptioner(model_with_embedding, device="cpu")
+    assert {r.status for r in _run_lib(lib, db, captioner)} == {"skipped"}
+    assert not captioner.is_built
+
+
+def test_vectors_come_after_the_photos_to_caption_and_never_fail_them(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from photocap.checkpoint import LazyCaptioner
+
+    class OutOfMemory(LazyCaptioner):
+        def embed_batch(self, pixels: Any) -> list[bytes]:
+            raise RuntimeError("out of memory")
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 3)
+    db = tmp_path / "i.db"
+    _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM photo_vectors")
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "zz_new.jpg")
+    # --limit 2: the new photo is captioned first, one old photo gets its vector, the others
+    # are skipped as unchanged.
+    results = _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"), limit=2)
+    by_status = sorted((r.status, r.path.name) for r in results)
+    assert by_status[0] == ("captioned", "zz_new.jpg")
+    assert [s for s, _ in by_status] == ["captioned", "carried", "skipped", "skipped"]
+    # A failure of the vectors' batch (out of memory) fails no photo captioned beside them.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM photo_vectors")
+    (lib / "zz_new.jpg").unlink()
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(lib / "zz_newer.jpg")
+    results = _run_lib(lib, db, OutOfMemory(model_with_embedding, device="cpu"))
+    assert {r.path.name: r.status for r in results}["zz_newer.jpg"] == "captioned"
+    assert {r.status for r in results if r.path.name != "zz_newer.jpg"} == {"skipped"}
+
+
+def test_a_model_that_cannot_be_built_leaves_a_vectors_only_run_without_failures(
+    model_with_embedding: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from photocap.checkpoint import LazyCaptioner
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(model_with_embedding, model)
+    shutil.copy(embedding_path(model_with_embedding), embedding_path(model))
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    db = tmp_path / "i.db"
+    _run_lib(lib, db, LazyCaptioner(model, device="cpu"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM photo_vectors")
+        before = list(conn.execute("SELECT path, caption, error FROM photos ORDER BY path"))
+    captioner = LazyCaptioner(model, device="cpu")
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1  # the file changed after it was opened: it must not be built
+    model.write_bytes(bytes(data))
+    results = _run_lib(lib, db, captioner)
+    assert {r.status for r in results} == {"skipped"}
+    assert all("no vector: captioning failed" in r.reason for r in results)
+    with sqlite3.connect(db) as conn:
+        assert list(conn.execute("SELECT path, caption, error FROM photos ORDER BY path")) == before
+
+
+def test_a_vector_of_another_size_is_made_again(model_with_embedding: Path, tmp_path: Path) -> None:
+    from photocap.checkpoint import LazyCaptioner
+
+    lib = tmp_path / "lib"
+    make_tiny_jpegs(lib, 2)
+    db = tmp_path / "i.db"
+    _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"))
+    first = vectors_of(db)
+    with sqlite3.connect(db) as conn:  # as an embedding of another size would have left them
+        conn.execute("UPDATE photo_vectors SET vector = zeroblob(8)")
+    results = _run_lib(lib, db, LazyCaptioner(model_with_embedding, device="cpu"))
+    assert {r.status for r in results} == {"carried"} and vectors_of(db) == first

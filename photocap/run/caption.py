@@ -11,6 +11,7 @@ import os
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from photocap.errors import PhotocapError, one_line
 from photocap.run.plan import Job, Ready, embedded_job, same_picture
 from photocap.writers import CaptionRecord
 
@@ -33,9 +34,16 @@ def caption_batch(
 
     embed_only = [r for r in batch if r.embed is not None]
     vector_of: dict[int, bytes] = {}
+    embed_failure = ""
     if embed_only:  # the encoder alone: their captions stand
-        vectors = captioner.embed_batch(stacked(embed_only))
-        vector_of = {id(r): v for r, v in zip(embed_only, vectors, strict=False)}
+        try:
+            vectors = captioner.embed_batch(stacked(embed_only))
+            vector_of = {id(r): v for r, v in zip(embed_only, vectors, strict=False)}  # []: none
+        except (RuntimeError, ValueError, PhotocapError) as err:
+            # An optional extra: the photos keep their captions, the next run tries again, and
+            # the photos of the batch to caption are not failed with them (the model's
+            # failure, if it is one, is theirs to report).
+            embed_failure = f"captioning failed: {one_line(err, 200)}"
     by_pixels: dict[str, Ready] = {}
     twin_of = {  # id(photo) -> the photo of this batch whose caption it gets
         id(r): r if force else by_pixels.setdefault(r.decoded.pixels_hash, r)
@@ -51,7 +59,7 @@ def caption_batch(
         if ready.embed is not None:
             assert ready.row is not None
             vector = vector_of.get(id(ready))
-            jobs.append(embedded_job(ready.photo, ready.row, ready.embed, vector))
+            jobs.append(embedded_job(ready.photo, ready.row, ready.embed, vector, embed_failure))
             continue
         twin = twin_of[id(ready)]
         caption = caption_of[id(twin)]

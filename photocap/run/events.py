@@ -52,9 +52,9 @@ class CaptionModel(Protocol):
         ...
 
     @property
-    def embeds(self) -> bool:
-        """Whether it gives each photo a vector in a text-image embedding (search by
-        meaning)."""
+    def vector_size(self) -> int:
+        """Bytes of the vector it gives each photo in a text-image embedding (search by
+        meaning), as the index stores it; 0: none."""
         ...
 
     def caption_batch(self, pixels: torch.Tensor, beam_size: int = ...) -> list[Caption]: ...

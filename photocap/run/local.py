@@ -175,7 +175,7 @@ class LocalRun:
         """Walk the library: yield what needs nothing, write what needs no decoding; return
         the photos to decode (none when stopped during the walk)."""
         steps = plan_library(
-            paths, self.index, self.model_id, self.options, self.stop, self.captioner.embeds
+            paths, self.index, self.model_id, self.options, self.stop, self.captioner.vector_size
         )
         plan = yield from self.record.walk(steps, paths)
         if plan is None:

@@ -10,11 +10,12 @@ lends the caption its row holds.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from photocap.index import PhotoIndex
 from photocap.run.plan import Job, Ready, captioned_by, paired_job, row_record
-from photocap.writers import CaptionRecord
+from photocap.writers import KEEP_VECTOR, CaptionRecord
 
 
 class RawJpegPairs:
@@ -48,7 +49,7 @@ class RawJpegPairs:
         else:  # not in this run: captioned by an earlier one, or not at all
             row = self.index.get(lead)
             record = row_record(lead, row) if captioned_by(row, self.model_id) else None
-        return None if record is None else paired_job(raw.photo, record)
+        return None if record is None else self._paired(raw, lead, record)
 
     def resolve(self, lead: Path, record: CaptionRecord | None) -> list[Job]:
         """``lead`` (a photo of this run) has ``record`` as its caption, or none: the jobs of
@@ -62,8 +63,15 @@ class RawJpegPairs:
         elif record is None:
             self.released.append(raw)
         else:
-            return [paired_job(raw.photo, record)]
+            return [self._paired(raw, lead, record)]
         return []
+
+    def _paired(self, raw: Ready, lead: Path, record: CaptionRecord) -> Job:
+        """The RAW's writes with its JPEG's caption, and its JPEG's vector: the one just made,
+        else the one the JPEG's row holds (a caption carried or read from the index)."""
+        if record.vector is None or record.vector == KEEP_VECTOR:
+            record = replace(record, vector=self.index.get_vector(lead))
+        return paired_job(raw.photo, record)
 
     def take_released(self) -> list[Ready]:
         """The RAWs whose JPEG got no caption, for the model's next batch."""

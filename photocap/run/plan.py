@@ -122,20 +122,23 @@ def plan_library(
     model_id: str,
     options: CaptionOptions,
     stop: threading.Event,
-    embeds: bool = False,
+    vector_size: int = 0,
 ) -> Iterator[PlanStep]:
     """Walk ``paths``: yield each path that cannot be walked (a :class:`DiscoveryFailure`),
     scan :class:`Progress`, a skipped :class:`PhotoResult` for each photo that needs nothing,
     and last the :class:`Plan` (none when ``stop`` was set during the walk).
 
-    ``embeds``: the model gives each photo a vector; an unchanged photo whose row has none is
-    decoded for it (:attr:`Work.embed`), its caption kept. ``options.limit`` counts photos to
+    ``vector_size``: the model gives each photo a vector of that many bytes; an unchanged photo
+    whose row has none (or one of another size: another embedding's) is decoded for it
+    (:attr:`Work.embed`), its caption kept; after the photos to caption, in what ``limit``
+    leaves. ``options.limit`` counts photos to
     decode or carry; skipped ones do not count."""
     limit = options.limit
     wanted = frozenset(options.writers)
     scanned = 0
     work: list[Work] = []
     carries: list[Job] = []
+    vectors_only: list[Work] = []  # captioned photos decoded for their vector only
     unwalked: list[str] = []
     for item in discover_photos(paths):
         if stop.is_set():
@@ -150,9 +153,8 @@ def plan_library(
         row = index.get(item.path)
         if not options.force and captioned_by(row, model_id) and same_stat(row, item):
             why = why_redo(row, wanted, sidecar_stamp(item.path))
-            if embeds and not index.has_vector(item.path):
-                if limit is None or len(work) + len(carries) < limit:
-                    work.append(Work(item, row, embed=why or VECTOR_ADDED))
+            if vector_size and not index.has_vector(item.path, vector_size):
+                vectors_only.append(Work(item, row, embed=why or VECTOR_ADDED))
             elif why is None:
                 yield PhotoResult(item.path, "skipped", row.caption, row.score,
                                   row.alternatives, reason="unchanged")  # fmt: skip
@@ -161,6 +163,15 @@ def plan_library(
             continue
         if limit is None or len(work) + len(carries) < limit:
             work.append(Work(item, row))
+    # Vectors after the photos to caption, in what ``limit`` leaves: an unchanged photo left
+    # out is skipped as before (its vector waits for a run with room).
+    room = len(vectors_only) if limit is None else max(0, limit - len(work) - len(carries))
+    work += vectors_only[:room]
+    for left in vectors_only[room:]:
+        row = left.row
+        if left.embed is VECTOR_ADDED and row is not None:
+            yield PhotoResult(left.photo.path, "skipped", row.caption, row.score,
+                              row.alternatives, reason="unchanged")  # fmt: skip
     yield Plan(work, carries, unwalked)
 
 

@@ -169,26 +169,32 @@ class CaptionActor:
         n = len(rows["error"])
         captions, scores, alternatives = [""] * n, [0.0] * n, ["[]"] * n
         vectors = [b""] * n  # b"": none (a model without an embedding)
-        failure = ""
-        try:
-            if ok:
+        failures = [""] * n  # the model's failure, for each photo it touched
+        if ok:
+            try:
                 pixels = torch.from_numpy(np.ascontiguousarray(rows["pixels"][ok]))
                 found = self.captioner.caption_batch(pixels, beam_size=self.beam_size)
                 for k, caption in zip(ok, found, strict=True):
                     captions[k], scores[k] = caption.text, float(caption.score)
                     alternatives[k] = json.dumps(list(caption.alternatives), ensure_ascii=False)
                     vectors[k] = caption.vector or b""
-            if embed:
+            except (RuntimeError, ValueError) as err:  # out of memory, say: the batch fails
+                for k in ok:
+                    failures[k] = f"captioning failed: {one_line(err, 200)}"
+        if embed:  # apart: a failure here leaves those photos' captions, and the others'
+            try:
                 pixels = torch.from_numpy(np.ascontiguousarray(rows["pixels"][embed]))
-                for k, vector in zip(embed, self.captioner.embed_batch(pixels), strict=False):
+                made = self.captioner.embed_batch(pixels)  # []: no embedding
+                for k, vector in zip(embed, made, strict=False):
                     vectors[k] = vector
-        except (RuntimeError, ValueError) as err:  # out of memory, say: the batch fails
-            failure = f"captioning failed: {one_line(err, 200)}"
+            except (RuntimeError, ValueError) as err:
+                for k in embed:
+                    failures[k] = f"captioning failed: {one_line(err, 200)}"
         out = {name: rows[name] for name in (*_DECODED_COLUMNS, "embed")}
         out["caption"] = np.array(captions, dtype=object)
         out["score"] = np.array(scores)
         out["alternatives"] = np.array(alternatives, dtype=object)
-        out["caption_error"] = np.array([failure] * n, dtype=object)
+        out["caption_error"] = np.array(failures, dtype=object)
         out["vector"] = np.array(vectors, dtype=object)
         out["node"] = rows["node"]
         out["caption_node"] = np.array([_node_id()] * n)
@@ -349,7 +355,7 @@ class RayRun:
         self, paths: list[str | os.PathLike[str]]
     ) -> Generator[CaptionEvent, None, list[Work]]:
         steps = plan_library(
-            paths, self.index, self.model_id, self.options, self.stop, self.captioner.embeds
+            paths, self.index, self.model_id, self.options, self.stop, self.captioner.vector_size
         )
         plan = yield from self.record.walk(steps, paths)
         if plan is None:
