@@ -32,6 +32,15 @@ def vectors_of(db: Path) -> dict[str, bytes | None]:
         ))  # fmt: skip
 
 
+def _run_lib(lib: Path, db: Path, captioner: Any, **options: Any) -> list[Any]:
+    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
+
+    opts = CaptionOptions(**{"writers": ["index"], "batch_size": 4, "workers": 1, **options})
+    with PhotoIndex(db) as index:
+        events = list(caption_library([lib], captioner, index, opts))
+    return [e for e in events if isinstance(e, PhotoResult)]
+
+
 def test_the_numpy_query_encoder_computes_the_torch_text_side(model_with_embedding: Path) -> None:
     from photocap.checkpoint import LazyCaptioner
 
@@ -198,7 +207,6 @@ def test_photos_captioned_before_vectors_get_one_without_being_captioned_again(
     # later): the next run gives each photo its vector through the encoder only, keeps every
     # caption, and the run after needs nothing, not even the model.
     from photocap.checkpoint import LazyCaptioner
-    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
 
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 5)
@@ -216,12 +224,9 @@ def test_photos_captioned_before_vectors_get_one_without_being_captioned_again(
             Watched.embedded += len(pixels)
             return super().embed_batch(pixels)
 
-    def run() -> tuple[list[PhotoResult], Watched]:
+    def run() -> tuple[list[Any], Watched]:
         captioner = Watched(model_with_embedding, device="cpu")
-        options = CaptionOptions(writers=["xmp", "index"], batch_size=2, workers=1)
-        with PhotoIndex(db) as index:
-            events = list(caption_library([lib], captioner, index, options))
-        return [e for e in events if isinstance(e, PhotoResult)], captioner
+        return _run_lib(lib, db, captioner, writers=["xmp", "index"], batch_size=2), captioner
 
     run()
     first = vectors_of(db)
@@ -244,7 +249,6 @@ def test_a_failed_vector_keeps_the_caption_and_is_tried_again(
     model_with_embedding: Path, tmp_path: Path
 ) -> None:
     from photocap.checkpoint import LazyCaptioner
-    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
 
     lib = tmp_path / "lib"
     make_tiny_jpegs(lib, 3)
@@ -254,13 +258,8 @@ def test_a_failed_vector_keeps_the_caption_and_is_tried_again(
         def embed_batch(self, pixels: Any) -> list[bytes]:
             raise RuntimeError("out of memory")
 
-    def run(kind: type[LazyCaptioner]) -> list[PhotoResult]:
-        options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
-        with PhotoIndex(db) as index:
-            events = caption_library(
-                [lib], kind(model_with_embedding, device="cpu"), index, options
-            )
-            return [e for e in events if isinstance(e, PhotoResult)]
+    def run(kind: type[LazyCaptioner]) -> list[Any]:
+        return _run_lib(lib, db, kind(model_with_embedding, device="cpu"), batch_size=2)
 
     run(LazyCaptioner)
     with sqlite3.connect(db) as conn:
@@ -281,18 +280,14 @@ def test_a_copy_of_a_photo_takes_its_vector_with_its_caption(
 ) -> None:
     # The same pixels: the same vector, no encoder run for the copy (now or on the next run).
     from photocap.checkpoint import LazyCaptioner
-    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
 
     lib = tmp_path / "lib"
     photos = make_tiny_jpegs(lib, 2)
     db = tmp_path / "i.db"
 
-    def run() -> tuple[list[PhotoResult], LazyCaptioner]:
+    def run() -> tuple[list[Any], LazyCaptioner]:
         captioner = LazyCaptioner(model_with_embedding, device="cpu")
-        options = CaptionOptions(writers=["index"], batch_size=2, workers=1)
-        with PhotoIndex(db) as index:
-            events = list(caption_library([lib], captioner, index, options))
-        return [e for e in events if isinstance(e, PhotoResult)], captioner
+        return _run_lib(lib, db, captioner, batch_size=2), captioner
 
     run()
     copy = lib / "copy" / photos[0].name
@@ -304,15 +299,6 @@ def test_a_copy_of_a_photo_takes_its_vector_with_its_caption(
     assert vectors[str(copy)] is not None and vectors[str(copy)] == vectors[str(photos[0])]
     results, captioner = run()
     assert {r.status for r in results} == {"skipped"} and not captioner.is_built
-
-
-def _run_lib(lib: Path, db: Path, captioner: Any, **options: Any) -> list[Any]:
-    from photocap.pipeline import CaptionOptions, PhotoResult, caption_library
-
-    opts = CaptionOptions(**{"writers": ["index"], "batch_size": 4, "workers": 1, **options})
-    with PhotoIndex(db) as index:
-        events = list(caption_library([lib], captioner, index, opts))
-    return [e for e in events if isinstance(e, PhotoResult)]
 
 
 def test_a_raw_paired_later_takes_its_jpegs_vector(

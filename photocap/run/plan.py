@@ -130,9 +130,8 @@ def plan_library(
 
     ``vector_size``: the model gives each photo a vector of that many bytes; an unchanged photo
     whose row has none (or one of another size: another embedding's) is decoded for it
-    (:attr:`Work.embed`), its caption kept; after the photos to caption, in what ``limit``
-    leaves. ``options.limit`` counts photos to
-    decode or carry; skipped ones do not count."""
+    (:attr:`Work.embed`), its caption kept; after the photos to caption, in what the limit
+    leaves. ``options.limit`` counts photos to decode or carry; skipped ones do not count."""
     limit = options.limit
     wanted = frozenset(options.writers)
     scanned = 0
