@@ -74,11 +74,14 @@ def discover_photos(
     """Yield the photos under ``roots`` (files or folders), recursively, in sorted order.
 
     A root given explicitly is used even if hidden. Each folder is visited once even when
-    symlinks point back up the tree (visited folders are tracked by (st_dev, st_ino)).
+    symlinks point back up the tree (visited folders are tracked by (st_dev, st_ino)), and
+    each photo once when roots overlap (a file given twice, or given and inside a folder given).
     """
     visited: set[tuple[int, int]] = set()
-    for root in roots:
-        path = Path(os.path.abspath(os.fspath(root)))
+    paths = list(dict.fromkeys(Path(os.path.abspath(os.fspath(root))) for root in roots))
+    # Files given by name are found where they are named, not again in a folder walked.
+    named = {p for p in paths if os.path.isfile(p)}
+    for path in paths:
         if not is_utf8_name(os.fspath(path)):
             yield DiscoveryFailure(path, NOT_UTF8)
             continue
@@ -91,7 +94,7 @@ def discover_photos(
             yield DiscoveryFailure(path, f"cannot access: {err.strerror or err}")
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(path, st, visited)
+            yield from _walk(path, st, visited, named)
         elif stat.S_ISREG(st.st_mode):
             found = _photo_file(path, st, explicit=True)
             if found is not None:
@@ -101,7 +104,10 @@ def discover_photos(
 
 
 def _walk(
-    folder: Path, folder_st: os.stat_result, visited: set[tuple[int, int]]
+    folder: Path,
+    folder_st: os.stat_result,
+    visited: set[tuple[int, int]],
+    named: set[Path] | frozenset[Path] = frozenset(),
 ) -> Iterator[PhotoFile | DiscoveryFailure]:
     key = (folder_st.st_dev, folder_st.st_ino)
     if key in visited:
@@ -133,8 +139,8 @@ def _walk(
             continue
         if stat.S_ISDIR(st.st_mode):
             if not is_skipped_folder(name):
-                yield from _walk(path, st, visited)
-        elif stat.S_ISREG(st.st_mode):
+                yield from _walk(path, st, visited, named)
+        elif stat.S_ISREG(st.st_mode) and path not in named:
             found = _photo_file(path, st, explicit=False)
             if found is not None:
                 yield replace(found, lead=folder / leads[name]) if name in leads else found

@@ -53,6 +53,8 @@ for _one, _many in IRREGULAR_PLURALS:
 _TOKEN = re.compile(r'([-\u2013\u2212]?)"([^"]*)"|(\S+)')
 _MINUS = ("-", "\u2013", "\u2212")  # hyphen-minus, en dash, minus sign: as people type it
 _WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)  # "dog's" one word, "t-shirt" two
+# Within a word typed without spaces, what separates words rather than joins them.
+_SEPARATORS = re.compile(r"[,;:/\\|()\[\]{}<>!?+&=~^@#$%]+")
 
 
 @dataclass(frozen=True)
@@ -152,19 +154,23 @@ def parse_query(text: str) -> Query:
                 continue
         raw = phrase if phrase is not None else bare
         minus = bool(minus_phrase) or (bare is not None and raw.startswith(_MINUS) and len(raw) > 1)
-        prefix = bare is not None and raw.endswith("*")
-        # "dog's" is the word dog: a possessive is not a word of its own.
-        words = tuple(re.sub(r"['’]s$", "", w.lower()) for w in _WORD.findall(raw))
-        if not words:
-            continue
-        term = Term(words, prefix=prefix)  # "t-shirt": the phrase of its parts
-        if negate or minus:
-            excluded.append(term)
-        elif joining:
-            positive[-1].append(term)
-        else:
-            positive.append([term])
-        joining = negate = False
+        # "dog,grass" or "man:dog" are two words, as typed with a space; "t-shirt" (and a
+        # quoted phrase) is one phrase.
+        pieces = [raw] if phrase is not None else [p for p in _SEPARATORS.split(raw) if p]
+        for piece in pieces:
+            prefix = bare is not None and piece.endswith("*")
+            # "dog's" is the word dog: a possessive is not a word of its own.
+            words = tuple(re.sub(r"['’]s$", "", w.lower()) for w in _WORD.findall(piece))
+            if not words:
+                continue
+            term = Term(words, prefix=prefix)  # "t-shirt": the phrase of its parts
+            if negate or minus:
+                excluded.append(term)
+            elif joining:
+                positive[-1].append(term)
+            else:
+                positive.append([term])
+            joining = negate = False
     groups = [tuple(dict.fromkeys(g)) for g in positive]  # "dog OR dog": one term
     content = [g for g in groups if not _only_function_words(g)]
     if content:

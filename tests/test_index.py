@@ -423,7 +423,8 @@ def test_fts_query_quoting() -> None:
     assert build_fts_query(" AND - ") == ""
     assert build_fts_query("-water") == ""  # only leaving out: nothing to find
     assert build_fts_query('"red car" NOT water') == '("red car") NOT ("water")'
-    assert build_fts_query('dog" OR 1=1 --') == '("dog" OR "1 1")'  # injected syntax: words
+    # Injected syntax: words ("=" separates them, as a space does).
+    assert build_fts_query('dog" OR 1=1 --') == '("dog" OR "1") AND "1"'
     assert build_fts_query("children playing") == '("child" OR "children") AND "playing"'
     assert build_fts_query("A dog on the beach") == '"dog" AND "beach"'  # function words out
 
@@ -447,6 +448,9 @@ def test_operators_do_what_they_say(index: PhotoIndex) -> None:
     assert paths('"road dirt"') == []  # a phrase: in this order
     assert paths('dogs -"the beach"') == ["/p/dog.jpg"]  # a phrase left out
     assert paths("dogs \u2013beach") == paths("dogs \u2212beach") == ["/p/dog.jpg"]  # dashes
+    # Punctuation typed between words separates them, as a space does.
+    assert paths("dirt,road") == paths("dirt, road") == paths("road;dirt") == ["/p/bike.jpg"]
+    assert paths("girl|bike") == paths("girl bike")
 
 
 def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: Path) -> None:

@@ -116,6 +116,9 @@ def test_cli_rerun_of_an_unchanged_library_imports_no_torch(
 
     assert run() == "0 True"  # captioned: the model was built
     assert run() == "0 False"  # nothing to caption: no torch, no model
+    # A photo that does not decode is tried again each run: still no torch for it.
+    (tmp_path / "lib" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    assert run() == "1 False"
 
 
 def test_no_model_build_when_the_only_work_cannot_be_decoded(

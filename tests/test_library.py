@@ -36,6 +36,15 @@ def test_explicit_paths_and_missing_roots(tmp_path: Path, sample_photos) -> None
     assert "not an image" in items[1].error
 
 
+def test_overlapping_roots_give_each_photo_once(sample_photos) -> None:
+    folder = sample_photos.root / "good"
+    photo = sample_photos.good["plain.png"]
+    once = [i.path for i in discover_photos([folder]) if isinstance(i, PhotoFile)]
+    roots = [folder, photo, photo, str(photo)]  # a file given twice, and inside a folder given
+    found = [i.path for i in discover_photos(roots) if isinstance(i, PhotoFile)]
+    assert sorted(found) == sorted(once)
+
+
 def test_symlinked_folder_is_followed(tmp_path: Path, sample_photos) -> None:
     link = tmp_path / "link"
     os.symlink(sample_photos.root / "good", link)

@@ -88,15 +88,27 @@ class CoreShare:
     """
 
     def __init__(self, captioner: CaptionModel, workers: int) -> None:
+        self.captioner = captioner
+        self.workers = workers
+        # Read at the first batch: a run whose photos all fail to decode, or keep their
+        # caption, never imports torch.
+        self.active = False
+        self.before = self.shared = self.current = 0
+        self._ready = False
+
+    def _start(self) -> None:
         import torch
 
+        self._ready = True
         self.before = torch.get_num_threads()
-        self.active = workers > 0 and captioner.device.type == "cpu"
+        self.active = self.workers > 0 and self.captioner.device.type == "cpu"
         self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
-        self.current = self.before  # set before each batch, not now: the model build (on
-        # its thread) compiles OpenVINO for torch's own count and for ``shared``
+        self.current = self.before  # set before each batch, not at the start: the model
+        # build (on its thread) compiles OpenVINO for torch's own count and for ``shared``
 
     def set_for_batch(self, *, decoding: bool) -> None:
+        if not self._ready:
+            self._start()
         if not self.active:
             return
         wanted = self.shared if decoding else self.before

@@ -308,7 +308,7 @@ def plan_status(
             yield item.path, f"error: {item.error}"
         elif row is None:
             yield item.path, "new"
+        elif not row.caption:  # a row without caption nor failure: reverted (bytes and all)
+            yield item.path, "caption removed"
         elif not same_stat(row, item):
             yield item.path, "changed"
-        elif not row.caption:  # a row without caption nor failure: reverted
-            yield item.path, "caption removed"
