@@ -935,6 +935,11 @@ def prune(
     db: Path | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per removed row."),
+    missing_folders: bool = typer.Option(
+        False,
+        "--missing-folders",
+        help="Also remove rows whose whole folder is gone (kept by default: an unmounted drive).",
+    ),
 ) -> None:
     """Remove index rows of photos that no longer exist on disk."""
     from photocap.image import describe_path
@@ -942,7 +947,8 @@ def prune(
     from photocap.paths import resolve_db_path
 
     with PhotoIndex(resolve_db_path(db), create=False) as index:
-        gone = index.prune(paths or None, dry_run=dry_run)
+        pruned = index.prune(paths or None, dry_run=dry_run, missing_folders=missing_folders)
+    gone = pruned.removed
     for path in gone:
         if json_out:
             _emit_json({"path": path, "removed": not dry_run})
@@ -952,6 +958,14 @@ def prune(
         verb = "Would remove" if dry_run else "Removed"
         missing = "a missing photo" if len(gone) == 1 else "missing photos"
         typer.echo(f"{verb} {_count(len(gone), 'row')} of {missing}.", err=True)
+        if pruned.folder_missing:
+            folders = len({os.path.dirname(p) for p in pruned.folder_missing})
+            typer.echo(
+                f"Kept {_count(len(pruned.folder_missing), 'row')} whose folder is missing too "
+                f"({_count(folders, 'folder')}: a drive not mounted?); --missing-folders "
+                "removes them.",
+                err=True,
+            )
 
 
 @app.command()
@@ -976,6 +990,9 @@ def revert(
     from photocap.metadata.revert import revert_paths
     from photocap.paths import resolve_db_path
 
+    if all(_is_missing(p) for p in paths):  # a typo: as `caption` says it
+        missing = ", ".join(os.fspath(p) for p in paths)
+        raise typer.BadParameter(f"no such file or folder: {missing}", param_hint="PATHS")
     names = [n.strip() for n in write.split(",") if n.strip()]
     unknown = sorted(set(names) - {"xmp", "exif"})
     if unknown or not names:

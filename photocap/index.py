@@ -1138,22 +1138,42 @@ class PhotoIndex:
 
     @_sqlite_errors
     def prune(
-        self, under: Iterable[str | os.PathLike[str]] | None = None, dry_run: bool = False
-    ) -> list[str]:
-        """Delete rows whose file no longer exists (optionally only below the ``under`` folders)."""
+        self,
+        under: Iterable[str | os.PathLike[str]] | None = None,
+        dry_run: bool = False,
+        missing_folders: bool = False,
+    ) -> Pruned:
+        """Delete rows whose file no longer exists (optionally only below the ``under`` folders).
+
+        A row whose folder is gone too is kept unless ``missing_folders``: a drive that is not
+        mounted (a NAS, a card) looks like that, and pruning would drop every caption on it."""
         prefixes = [os.path.abspath(os.fspath(p)) for p in under or []]
-        gone = []
+        gone: list[str] = []
+        kept: list[str] = []
+        folders: dict[str, bool] = {}  # folder -> it exists
         for path in self.iter_paths():
             if prefixes and not any(
                 path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes
             ):
                 continue
             if not os.path.lexists(path):
-                gone.append(path)
+                folder = os.path.dirname(path)
+                if folder not in folders:
+                    folders[folder] = os.path.isdir(folder)
+                (gone if folders[folder] or missing_folders else kept).append(path)
         if gone and not dry_run:
             with self.transaction():
                 self.db.conn.executemany("DELETE FROM photos WHERE path = ?", [(p,) for p in gone])
-        return gone
+        return Pruned(gone, kept)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :meth:`PhotoIndex.prune` removed (or would), and the rows it kept because their
+    folder is missing too."""
+
+    removed: list[str]
+    folder_missing: list[str]
 
 
 class RunRecord:

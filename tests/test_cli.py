@@ -403,6 +403,25 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
     assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
 
 
+def test_prune_keeps_the_rows_of_a_folder_that_is_gone(tmp_path: Path, model_file: Path) -> None:
+    # A folder gone as a whole looks like a drive not mounted: its rows stay unless asked.
+    make_tiny_jpegs(tmp_path / "nas" / "2019", 2)
+    photos = make_tiny_jpegs(tmp_path / "home", 2)
+    db = str(tmp_path / "p.db")
+    for lib in ("nas", "home"):
+        assert caption(tmp_path / lib, "--db", db, "--model", model_file, "--write", "index",
+                       "--workers", "0").exit_code == 0  # fmt: skip
+    (tmp_path / "nas").rename(tmp_path / "unmounted")
+    photos[0].unlink()  # a photo deleted from a folder that is there
+    pruned = runner.invoke(app, ["prune", "--db", db])
+    assert pruned.exit_code == 0 and pruned.stdout.strip() == str(photos[0])
+    assert "Kept 2 rows whose folder is missing too (1 folder" in pruned.stderr
+    rows = lambda: sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0]  # noqa: E731
+    assert rows() == 3
+    assert runner.invoke(app, ["prune", "--db", db, "--missing-folders"]).exit_code == 0
+    assert rows() == 1
+
+
 def test_status_lists_photos_whose_caption_revert_removed(tmp_path: Path, model_file: Path) -> None:
     make_tiny_jpegs(tmp_path / "lib", 2)
     db = str(tmp_path / "p.db")

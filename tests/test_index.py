@@ -508,7 +508,7 @@ def test_stats_and_prune(tmp_path: Path) -> None:
     assert (stats.photos, stats.captioned, stats.failed) == (3, 2, 1)
     assert stats.models == {"m@1": 2}
     assert stats.failures == [(str(tmp_path / "gone2.jpg"), "boom", "decode")]
-    assert idx.prune(dry_run=True) == sorted(
+    assert idx.prune(dry_run=True).removed == sorted(
         [str(tmp_path / "gone.jpg"), str(tmp_path / "gone2.jpg")]
     )
     assert idx.count() == 3

@@ -167,6 +167,8 @@ def test_cli_revert_exit_codes(lib: Path) -> None:
     assert result.exit_code == 1
     assert "failed: " in result.output and "malformed XML" in result.output
     assert runner.invoke(app, ["revert", str(lib), "--write", "index"]).exit_code == 2
+    typo = runner.invoke(app, ["revert", str(lib / "nope")])
+    assert typo.exit_code == 2 and "no such file or folder" in typo.output
 
 
 def test_webp_exif_reverted(lib: Path) -> None:
