@@ -44,6 +44,9 @@ FTS_COLUMNS = ["caption", "human_caption", "alternatives", "place", "keywords"]
 # Their bm25 weights: the caption, a person's and their keywords count most; the other captions
 # less (the model was less sure of them); a folder or file name less still.
 FTS_WEIGHTS = (1.0, 1.0, 0.3, 0.5, 1.0)
+# The columns whose matches come first: what the photo shows, in words (the others, the beam's
+# runners-up and the folder and file name, rank below them).
+CAPTION_COLUMNS = ("caption", "human_caption", "keywords")
 
 # Where a photo's last failure happened (the ``stage`` column, beside its one-line ``error``):
 # "discover" (its path could not be walked: a folder that cannot be read, a name that is not
@@ -779,23 +782,39 @@ class PhotoIndex:
             # What the query means, without the words it leaves out; compared with the vectors
             # of photos captioned by ``meaning_model`` only (another's are another space).
             query_vector = (meaning(meaning_text(query)), meaning_model)
-        hits = self._ranked(parsed.all_of(), want, only, rank_window, query_vector)
+        # Every word typed in a caption, a person's caption or the keywords first; then every
+        # word anywhere (the beam's runners-up, the folder and file name count too).
+        everywhere = parsed.all_of()
+        in_captions = self._in_captions(everywhere)
+        hits = self._ranked(everywhere, want, only, rank_window, query_vector, in_captions)
         # Then, while there is room, each tier ranked below the one before: some of the words
         # typed (a sentence query; measured better than all of them through near words), all
         # of them through their near words, some of them through near words.
         wider = parsed.expanded(near) if near is not None else parsed
         several = len(parsed.groups) > 1
-        tiers = [parsed.any_of() if several else "", wider.all_of(),
+        tiers = [everywhere, parsed.any_of() if several else "", wider.all_of(),
                  wider.any_of() if several else ""]  # fmt: skip
-        done = {parsed.all_of()}
+        done = {everywhere} if not in_captions else set()
         for fts in tiers:
             if len(hits) >= want or not fts or fts in done:
                 continue
             done.add(fts)
             found = {hit.path for hit in hits}
             more = self._ranked(fts, want + len(hits), only, rank_window, query_vector)
-            hits += [replace(h, complete=False) for h in more if h.path not in found]
+            complete = fts == everywhere
+            hits += [replace(h, complete=complete) for h in more if h.path not in found]
         return hits[:want]
+
+    def _in_captions(self, fts: str) -> str:
+        """``fts`` within the captions and keywords only (an FTS5 column filter); "" on an index
+        without other columns (nothing to rank below them)."""
+        if self._fts_columns is None:
+            self._fts_columns = len(self.db.table(f"{PHOTOS}_fts").columns_dict)
+        present = FTS_COLUMNS[: self._fts_columns]
+        strong = [c for c in CAPTION_COLUMNS if c in present]
+        if not fts or len(strong) == len(present):
+            return ""
+        return f"{{{' '.join(strong)}}} : ({fts})"
 
     def _ranked(
         self,
@@ -804,11 +823,14 @@ class PhotoIndex:
         only: SearchFilter | None,
         rank_window: int | None,
         query_vector: Any = None,
+        within: str = "",
     ) -> list[SearchHit]:
-        """The ``want`` best photos for the FTS5 query ``fts`` (see :meth:`search`)."""
+        """The ``want`` best photos for the FTS5 query ``fts`` (see :meth:`search`), ranked by
+        its bm25; with ``within``, only photos that FTS5 query matches too."""
         conn = self.db.conn
         try:
             where, params = "photos_fts MATCH ?", [fts]
+            bounds, bound_params = "", []  # the rowid range searched, for ``within`` too
             if only is not None and only != SearchFilter():
                 cond, values = only.sql()
                 span = conn.execute(
@@ -822,6 +844,7 @@ class PhotoIndex:
                 where += " AND rowid BETWEEN ? AND ? AND +rowid IN "
                 where += f"(SELECT rowid FROM photos WHERE {cond})"
                 params += [*span, *values]
+                bounds, bound_params = " AND rowid BETWEEN ? AND ?", [*span]
             if rank_window:
                 # The window-th newest match; None when there are fewer matches than that.
                 floor = conn.execute(
@@ -831,6 +854,13 @@ class PhotoIndex:
                 ).fetchone()
                 if floor is not None:
                     where, params = where + " AND rowid >= ?", [*params, floor[0]]
+                    bounds, bound_params = bounds + " AND rowid >= ?", [*bound_params, floor[0]]
+            if within:
+                # Only rows ``within`` matches too, in the same rowid range (a set built once:
+                # "+rowid" is tested per match, not handed to FTS5).
+                where += " AND +rowid IN (SELECT rowid FROM photos_fts WHERE photos_fts MATCH ?"
+                where += f"{bounds})"
+                params += [within, *bound_params]
             fetch = 2 * want  # a margin for rows with an error and for ties at the cut
             if query_vector is not None:
                 fetch = max(fetch, MEANING_POOL)

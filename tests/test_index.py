@@ -470,6 +470,17 @@ def test_other_captions_and_folder_names_are_found_below_the_caption(tmp_path: P
         assert [(h.matched, h.matched_in) for h in river] == [
             (["river"], ["caption"]), (["river"], ["alternatives"]),
         ]  # fmt: skip
+        # Below, whatever their bm25: a runner-up that is only "A boy." scores higher than a
+        # long caption with the word, yet the caption's photo comes first.
+        idx.upsert_photos([
+            {"path": "/p/a.jpg", "caption": "A man stands.", "model_id": "m",
+             "alternatives": json.dumps(["A boy, a boy.", "A boy and a boy."])},
+            {"path": "/p/b.jpg", "model_id": "m", "alternatives": json.dumps([]),
+             "caption": "A little boy in a red shirt is standing on the green grass near a "
+                        "tall tree in a park on a sunny day with his family and his dog."},
+        ])  # fmt: skip
+        assert [h.path for h in idx.search("boy")] == ["/p/b.jpg", "/p/a.jpg"]
+        assert [h.complete for h in idx.search("boy")] == [True, True]  # both hold every word
         paris = idx.search("paris woman")[0]
         assert (paris.matched, paris.matched_in) == (
             ["woman", "Paris"],
