@@ -443,7 +443,7 @@ def caption(
         index = PhotoIndex(":memory:" if dry_run and not db_path.exists() else db_path)
         with index:
             events = caption_library(paths, captioner, index, options, stop=stop)
-            summary = _render_caption_events(events, json_out)
+            summary = _render_caption_events(events, json_out, dry_run)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(interrupted_status()) from None
@@ -467,7 +467,7 @@ def _is_missing(path: Path) -> bool:
     return False
 
 
-def _render_caption_events(events: Any, json_out: bool) -> Any:
+def _render_caption_events(events: Any, json_out: bool, dry_run: bool = False) -> Any:
     """Print a caption run's events: JSON lines, or lines + a progress bar on a terminal."""
     from photocap.image import describe_path
     from photocap.pipeline import PhotoResult, Progress, RunSummary
@@ -509,7 +509,13 @@ def _render_caption_events(events: Any, json_out: bool) -> Any:
                         for o in event.outputs
                     )
                 if json_out:
-                    _emit_json(event.to_dict())
+                    photo = event.to_dict()
+                    if dry_run:  # what each writer would do: nothing was written
+                        photo["outputs"] = {
+                            writer: "would write" if status == "written" else status
+                            for writer, status in photo["outputs"].items()
+                        }
+                    _emit_json(photo)
                 elif event.status == "failed":
                     where = _esc(describe_path(event.path))
                     err.print(f"[red]failed[/red]  {where}: {_esc(event.error or '')}")

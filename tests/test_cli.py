@@ -403,6 +403,15 @@ def test_prune_and_status_pending(tmp_path: Path, model_file: Path) -> None:
     assert sqlite3.connect(db).execute("SELECT count(*) FROM photos").fetchone()[0] == 2
 
 
+def test_a_dry_run_in_json_says_what_each_writer_would_do(tmp_path: Path, model_file: Path) -> None:
+    make_tiny_jpegs(tmp_path / "lib", 1)
+    out = caption(tmp_path / "lib", "--db", tmp_path / "d.db", "--model", model_file,
+                  "--workers", "0", "--dry-run", "--json")  # fmt: skip
+    photo = next(json.loads(line) for line in out.stdout.splitlines() if '"photo"' in line)
+    assert photo["outputs"] == {"xmp": "would write", "index": "skipped"}
+    assert not list((tmp_path / "lib").glob("*.xmp"))
+
+
 def test_prune_keeps_the_rows_of_a_folder_that_is_gone(tmp_path: Path, model_file: Path) -> None:
     # A folder gone as a whole looks like a drive not mounted: its rows stay unless asked.
     make_tiny_jpegs(tmp_path / "nas" / "2019", 2)
