@@ -927,3 +927,29 @@ def test_keywords_inside_the_file_are_indexed_and_searched(tmp_path: Path, capti
     with PhotoIndex(tmp_path / "i.db") as index:
         for word in ("brest", "lighthouse", "bretagne", "vacances"):
             assert [h.path for h in index.search(word)] == [str(photo)], word
+
+
+def test_a_pool_broken_between_results_and_the_next_submit_is_replaced(
+    tmp_path: Path, captioner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker may die (the OOM killer, a SIGTERM to the process group) after the last result
+    # was read: the next submit then raises BrokenProcessPool. That photo is decoded again
+    # like those in flight, and the run goes on.
+    from concurrent.futures.process import BrokenProcessPool
+
+    from photocap.run import decode
+
+    submit = decode.submit_decode
+    calls = {"n": 0}
+
+    def breaks_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "submit_decode", breaks_once)
+    make_tiny_jpegs(tmp_path / "lib", 6)
+    _, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=1)
+    assert calls["n"] >= 5
+    assert (summary.captioned, summary.failed) == (6, 0) and not summary.interrupted

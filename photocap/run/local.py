@@ -289,7 +289,14 @@ class LocalRun:
     def _submit(
         self, pool: ProcessPoolExecutor | None, path: Path
     ) -> Future[DecodedPhoto | DecodeFailure]:
-        return decode.submit_decode(pool, path, self.captioner.preset, self.options)
+        try:
+            return decode.submit_decode(pool, path, self.captioner.preset, self.options)
+        except BrokenProcessPool as err:
+            # A worker died since the last result (killed with the process group by a SIGTERM,
+            # say): the photo's future fails as those in flight do, and the loop handles it.
+            broken: Future[DecodedPhoto | DecodeFailure] = Future()
+            broken.set_exception(err)
+            return broken
 
     def _on_decoded(
         self, item: Work, result: DecodedPhoto | DecodeFailure, batch: list[Ready]
