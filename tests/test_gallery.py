@@ -390,12 +390,7 @@ def test_another_host_than_loopback_needs_an_access_token(tmp_path: Path) -> Non
 
 
 def test_a_stale_page_cannot_correct_another_photo(tmp_path: Path, captioner: Any) -> None:
-    lib = tmp_path / "lib"
-    make_tiny_jpegs(lib, 1)
-    db = tmp_path / "i.db"
-    _caption_run(lib, captioner, db, ["xmp", "index"])
-    client = _client(db, tmp_path)
-    (photo_id,) = _ids(client.get("/", base_url=BASE).get_data(as_text=True))
+    _, client, photo_id = _one_captioned(tmp_path, captioner)
     form = _form(client, photo_id, "A new caption")
     form["photo"] = "0123456789abcdef"  # made for another photo that had this id
     assert client.post(f"/photo/{photo_id}/caption", base_url=BASE, data=form).status_code == 409
