@@ -207,8 +207,9 @@ def load_captioner(
 ) -> Captioner:
     """Load a model file (default: the shipped model) onto ``device``, ready to caption.
 
-    ``runtime``: on a CPU, encode with OpenVINO where it is installed (:mod:`photocap.runtime`;
-    what ``photocap caption`` and ``evaluate`` do). Off for training, which changes weights.
+    ``runtime``: on a CPU, encode with OpenVINO and run the decoders' step on it in int8 where
+    it is installed (:mod:`photocap.runtime`; what ``photocap caption`` and ``evaluate`` do).
+    Off for training, which changes weights.
     """
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
@@ -281,6 +282,12 @@ class LazyCaptioner:
         return self._captioner.runtime_name if self._captioner is not None else ""
 
     @property
+    def decoder_runtime_name(self) -> str:
+        """What runs the decoders' step
+        (:attr:`photocap.model.Captioner.decoder_runtime_name`); "" until built."""
+        return self._captioner.decoder_runtime_name if self._captioner is not None else ""
+
+    @property
     def device(self) -> torch.device:
         """The device the model runs on (resolved without waiting for the model)."""
         return resolve_device(self._device)
@@ -314,12 +321,10 @@ class LazyCaptioner:
             self._builder.join()
 
     def _build(self, threads: int, photos: int | None) -> None:
-        from photocap.runtime import wants_runtime
-
         try:
             self._captioner = _build_captioner(
                 self.path, self._meta, self._device, expect_digest=self.digest,
-                runtime=wants_runtime(photos), threads=threads,
+                runtime=True, threads=threads, photos=photos,
             )  # fmt: skip
         except PhotocapError as err:  # handed to the thread that captions
             self._error = str(err)
@@ -352,6 +357,7 @@ def _build_captioner(
     expect_digest: str | None = None,
     runtime: bool = False,
     threads: int | None = None,
+    photos: int | None = None,
 ) -> Captioner:
     """The model of ``path`` (whose header metadata is ``meta``) on ``device``. The file is read
     once: the bytes hashed are the bytes loaded."""
@@ -411,19 +417,36 @@ def _build_captioner(
         # private copy used in eval mode without gradients; training sees the unfused encoder.
         captioner.optimize_for_inference()
         if runtime:
-            from photocap.runtime import build_encoder_runtime
-
-            with torch.no_grad():
-                fused = captioner._inference_encoder()
-            if fused is not None:
-                # Compiled for the thread counts a run gives the model (all of torch's, and half
-                # the cores while decode workers decode: photocap.run.caption.CoreShare).
-                threads = threads or torch.get_num_threads()
-                half = max(1, min(threads, (os.cpu_count() or 1) // 2))
-                captioner.use_encoder_runtime(
-                    build_encoder_runtime(fused, preset.size, digest, threads={threads, half})
-                )
+            _use_runtimes(captioner, digest, threads, photos)
     return captioner
+
+
+def _use_runtimes(
+    captioner: Captioner, digest: str, threads: int | None, photos: int | None
+) -> None:
+    """On a CPU: the decoders' step on OpenVINO in int8 (every run: a photo's caption must not
+    depend on the run's size), the encoder too in a run of ``photos`` large enough to repay its
+    start (:func:`photocap.runtime.wants_runtime`). Each is torch, with the reason in its name,
+    when OpenVINO cannot be had."""
+    import torch
+
+    from photocap.runtime import build_decoder_runtime, build_encoder_runtime, wants_runtime
+
+    # Compiled for the thread counts a run gives the model (all of torch's, and half the cores
+    # while decode workers decode: photocap.run.caption.CoreShare).
+    threads = threads or torch.get_num_threads()
+    counts = {threads, max(1, min(threads, (os.cpu_count() or 1) // 2))}
+    if wants_runtime(photos):
+        with torch.no_grad():
+            fused = captioner._inference_encoder()
+        if fused is not None:
+            size = captioner.preset.size
+            captioner.use_encoder_runtime(build_encoder_runtime(fused, size, digest, counts))
+    grid = math.ceil(captioner.preset.size / 32) ** 2  # L: the encoder's stride is 32
+    channels = captioner.encoder.feature_dim * captioner.config.encoder.branches
+    with torch.no_grad():
+        built = build_decoder_runtime(captioner.decoder, (grid, channels), digest, counts)
+    captioner.use_decoder_runtime(built)
 
 
 def file_digest(path: Path) -> str:
@@ -435,8 +458,12 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_random_captioner(device: str = "cpu", seed: int = 0) -> Captioner:
-    """A tiny, randomly initialised captioner: for tests and smoke runs, fast on a CPU."""
+def build_random_captioner(
+    device: str = "cpu", seed: int = 0, *, width: int = 16, decoders: int = 1
+) -> Captioner:
+    """A tiny, randomly initialised captioner: for tests and smoke runs, fast on a CPU.
+    ``width``: the decoder's embedding, hidden and attention sizes; ``decoders`` > 1: an
+    ensemble."""
     import torch
 
     from photocap.encoder import EncoderConfig
@@ -466,13 +493,16 @@ def build_random_captioner(device: str = "cpu", seed: int = 0) -> Captioner:
     ]
     config = ModelConfig(
         encoder=EncoderConfig(name="tiny", stem_channels=8, head_channels=32),
-        embed_dim=16,
-        hidden_dim=16,
-        attention_dim=16,
+        embed_dim=width,
+        hidden_dim=width,
+        attention_dim=width,
+        decoders=decoders,
         dropout=0.0,
         max_words=8,
     )
     captioner = Captioner(config, Vocab(SPECIALS + tuple(words)), Preset(size=64))
-    captioner.model_id = f"random-tiny-seed{seed}"
+    captioner.model_id = f"random-tiny-seed{seed}" + (
+        f"-w{width}-x{decoders}" if (width, decoders) != (16, 1) else ""
+    )
     captioner.metadata = {"name": "random-tiny", "training_data": "none (random weights)"}
     return captioner.to(resolve_device(device)).eval()

@@ -243,7 +243,10 @@ def evaluate(
         typer.echo(json.dumps(report.to_dict()))
         return
     photos = _count(report.photos, "photo")
-    table = Table(title=f"{report.split}: {photos}, beam {report.beam_size}")
+    title = f"{report.split}: {photos}, beam {report.beam_size}"
+    if report.runtime:  # the decoders in int8 on a CPU: say so beside the scores
+        title += f" (encoder: {report.runtime['encoder']}, decoders: {report.runtime['decoders']})"
+    table = Table(title=_esc(title))
     for name in METRICS:
         table.add_column(name, justify="right")
     scores = report.scores
@@ -565,8 +568,13 @@ def _render_caption_events(events: Any, json_out: bool, dry_run: bool = False) -
         if summary.interrupted:
             line += " Interrupted: run again to continue."
         err.print(line)
-        if summary.encoder.startswith("torch (openvino:"):  # slower than it could be: say why
-            err.print(f"  The encoder ran on torch: {_esc(summary.encoder[7:-1])}.")
+        # Slower than it could be: say why (once when both parts fell back for one reason).
+        fallbacks: dict[str, list[str]] = {}
+        for part, name in (("encoder", summary.encoder), ("decoders", summary.decoders)):
+            if name.startswith("torch (openvino:"):
+                fallbacks.setdefault(name[7:-1], []).append(part)
+        for reason, parts in fallbacks.items():
+            err.print(f"  The {' and '.join(parts)} ran on torch: {_esc(reason)}.")
         for (writer, _code, message), count in sorted(notes.items(), key=lambda n: n[0][::2]):
             err.print(f"  {count} × {_esc(f'{writer}: {message}')}")
         if unwritable:

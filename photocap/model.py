@@ -32,6 +32,7 @@ from photocap.decoding import (
     DEFAULT_BEAM_SIZE,
     Caption,
     DecodingRules,
+    StepDecoder,
     beam_search,
     greedy,
     to_caption,
@@ -42,7 +43,7 @@ from photocap.preset import Preset
 from photocap.vocab import Vocab
 
 if TYPE_CHECKING:  # pragma: no cover
-    from photocap.runtime import EncoderRuntime
+    from photocap.runtime import DecoderRuntime, EncoderRuntime
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,9 @@ class Captioner(nn.Module):
         self.runtime_name = "torch"  # what runs the encoder (see use_encoder_runtime)
         # (the encoder's weights key when it was made, the runtime's encoder), or None
         self._runtime: tuple[tuple[Any, ...], Callable[[torch.Tensor], torch.Tensor]] | None = None
+        self.decoder_runtime_name = "torch"  # what runs the decoders' step
+        # (the decoder's weights key when it was made, the runtime's step decoder), or None
+        self._decoder_runtime: tuple[tuple[Any, ...], StepDecoder] | None = None
         # The text-image embedding (photocap.embedding) in a tuple: not a submodule, so never
         # saved with the model's weights; None without one.
         self._embedding: tuple[Any] | None = None
@@ -362,8 +366,23 @@ class Captioner(nn.Module):
 
     def _encoder_key(self) -> tuple[Any, ...]:
         """Changes whenever the encoder's weights do (a training step, load_state_dict, .to())."""
-        tensors = [*self.encoder.parameters(), *self.encoder.buffers()]
-        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        return _weights_key(self.encoder)
+
+    def use_decoder_runtime(self, runtime: DecoderRuntime) -> None:
+        """Run the decoders' step with ``runtime`` (:mod:`photocap.runtime`: int8 on
+        OpenVINO, for a CPU) while the decoders' weights stay as they are now; in eval mode
+        without gradients only, so training never sees it."""
+        self.decoder_runtime_name = runtime.name
+        key = _weights_key(self.decoder)
+        self._decoder_runtime = (key, runtime.decoder) if runtime.decoder else None
+
+    def _runtime_decoder(self) -> StepDecoder | None:
+        runtime = self._decoder_runtime
+        if runtime is None or self.decoder.training or torch.is_grad_enabled():
+            return None
+        if self.device.type != "cpu" or runtime[0] != _weights_key(self.decoder):
+            return None  # moved, or trained since: it would compute the old weights' words
+        return runtime[1]
 
     def _inference_encoder(self) -> nn.Module | None:
         """The BN-folded encoder copy, or None when it must not or need not be used."""
@@ -427,8 +446,27 @@ class Captioner(nn.Module):
         features = features.to(self.device).float()
         if features.shape[0] == 0:
             return []
+        runtime = self._runtime_decoder()
+        if runtime is not None:
+            try:
+                return self._search(runtime, features, beam_size)
+            except Exception as err:  # an inference failure: this batch and the rest on torch
+                reason = one_line(err, 160)
+                self._decoder_runtime = None
+                self.decoder_runtime_name = f"torch (openvino: {reason})"
+        return self._search(self.decoder, features, beam_size)
+
+    def _search(
+        self, decoder: StepDecoder, features: torch.Tensor, beam_size: int
+    ) -> list[Caption]:
         if beam_size <= 1:
-            tokens, logps = greedy(self.decoder, self.rules, features)
+            tokens, logps = greedy(decoder, self.rules, features)
             return [to_caption(self.vocab, [(t, s)]) for t, s in zip(tokens, logps, strict=True)]
-        hypotheses = beam_search(self.decoder, self.rules, features, beam_size)
+        hypotheses = beam_search(decoder, self.rules, features, beam_size)
         return [to_caption(self.vocab, h) for h in hypotheses]
+
+
+def _weights_key(module: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever ``module``'s weights do (a training step, load_state_dict, .to())."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)

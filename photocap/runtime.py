@@ -21,6 +21,18 @@ torch, with the reason in :attr:`EncoderRuntime.name`; so does a failure later i
 A ``photocap caption`` run with fewer than :data:`MIN_PHOTOS` photos to decode keeps the
 encoder on torch: OpenVINO's start would cost more than it saves. ``PHOTOCAP_RUNTIME=torch``
 keeps the encoder on torch always, ``PHOTOCAP_RUNTIME=openvino`` tries OpenVINO always.
+
+The decoders' step (:meth:`photocap.model.Ensemble.step`: every decoder's word, their mean) runs
+on OpenVINO too, with int8 weights: each large matrix product's weights in int8 with one scale
+per output row, the activations quantised on the fly in groups of :data:`ACTIVATION_GROUP`
+values (OpenVINO's dynamic quantisation, on the CPU's VNNI/AMX int8 units where it has them).
+Beam search is ~1.6x cheaper for it on the 2-core CPU, and the captions are not exactly
+torch's: identical on 981-984 of the 1,000 dev photos, dev scores within 0.0011
+(``benchmarks/int8_decoders.py``). So that a photo's caption does not depend on how many
+photos a run has, the decoders use OpenVINO in every CPU run that can have it, whatever its
+size (``PHOTOCAP_RUNTIME=torch``: never). The cached file is the step already quantised, in
+OpenVINO's own format (an XML graph and its weights: loading it runs no code); it is checked
+against torch's step on a fixed input each time it is built. Training never uses it.
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ MIN_PHOTOS = 100
 
 def wants_runtime(photos: int | None) -> bool:
     """Whether a run decoding ``photos`` photos (None: unknown, e.g. ``evaluate``'s own
-    count) should try OpenVINO for its encoder."""
+    count) should try OpenVINO for its encoder (the decoders try it in every run)."""
     choice = os.environ.get(RUNTIME_ENV, "").strip().lower()
     if choice in ("torch", "openvino"):
         return choice == "openvino"
@@ -61,6 +73,16 @@ EXPORT_VERSION = 1
 # feature), else the file is exported again once, then torch: fp32 on both sides differs by
 # rounding only (~1e-6; 0 on AVX-512), a wrong or stale file by whole units.
 AGREEMENT = 1e-3
+# The int8 step's next-word probabilities must be within this of torch's on a fixed input
+# (measured: 0.004 at most for the shipped model), a wrong or stale file's differ by ~1.
+STEP_AGREEMENT = 0.05
+# Activations are quantised in groups of this many values (OpenVINO's
+# DYNAMIC_QUANTIZATION_GROUP_SIZE), each group with its own scale: the size measured in
+# benchmarks/int8_decoders.py (captions and speed as good as 32 or 64).
+ACTIVATION_GROUP = 128
+# Matrix products with a weight smaller than this on either side stay in fp32: int8 saves
+# nothing there (the attention's score vector, a tiny test model's layers).
+MIN_INT8_SIDE = 64
 
 
 def cache_dir() -> Path:
@@ -73,32 +95,30 @@ def cache_dir() -> Path:
     return user_cache_path("photocap", appauthor=False)
 
 
-class OpenVinoEncoder:
-    """An encoder compiled by OpenVINO: float (B, 3, S, S) normalised pixels -> (B, L, D).
+class _Compiled:
+    """An OpenVINO model compiled once per thread count (the run gives the model half the
+    cores while decode workers decode, every core otherwise: see
+    ``photocap.run.caption.CoreShare``), in fp32: OpenVINO's default on CPUs with bf16 units is
+    bf16, which changes features by ~8 % and so captions."""
 
-    Compiled once per torch thread count (the run gives the model half the cores while decode
-    workers decode, every core otherwise: see ``photocap.run.caption.CoreShare``), in fp32:
-    OpenVINO's default on CPUs with bf16 units is bf16, which changes features by ~8 % and so
-    captions.
-    """
-
-    def __init__(self, onnx_path: Path, blobs: Path) -> None:
+    def __init__(self, path: Path, blobs: Path, config: dict[str, Any] | None = None) -> None:
         import openvino
 
         self.core = openvino.Core()
-        self.model = self.core.read_model(os.fspath(onnx_path))
+        self.model = self.core.read_model(os.fspath(path))
         self.blobs = blobs
+        self.config = config or {}
         self.version = openvino.get_version().split("-")[0]
         self._compiled: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def compile_for(self, *threads: int) -> None:
-        """Compile now for these thread counts (~0.6 s each), e.g. on the thread that builds
-        the model while photos decode, rather than on the first batch."""
+        """Compile now for these thread counts (~0.6 s each for the encoder), e.g. on the
+        thread that builds the model while photos decode, rather than on the first batch."""
         for count in threads:
-            self._request(max(1, count))
+            self._compiled_for(max(1, count))
 
-    def _request(self, threads: int) -> Any:
+    def _compiled_for(self, threads: int) -> Any:
         with self._lock:
             compiled = self._compiled.get(threads)
             if compiled is None:
@@ -107,10 +127,18 @@ class OpenVinoEncoder:
                     "INFERENCE_PRECISION_HINT": "f32",
                     "PERFORMANCE_HINT": "LATENCY",
                     "CACHE_DIR": os.fspath(self.blobs),
+                    **self.config,
                 }
                 compiled = self.core.compile_model(self.model, "CPU", config)
                 self._compiled[threads] = compiled
-            return compiled.create_infer_request()
+            return compiled
+
+    def _request(self, threads: int) -> Any:
+        return self._compiled_for(threads).create_infer_request()
+
+
+class OpenVinoEncoder(_Compiled):
+    """An encoder compiled by OpenVINO: float (B, 3, S, S) normalised pixels -> (B, L, D)."""
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -119,6 +147,49 @@ class OpenVinoEncoder:
         request = self._request(max(1, torch.get_num_threads()))
         out = request.infer({0: pixels.detach().contiguous().numpy()})[0]  # (B, L, D)
         return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+
+class OpenVinoDecoder(_Compiled):
+    """The decoders' step with int8 weights, compiled by OpenVINO; ``init_state`` and
+    ``attend_features`` (once per photo, not per word) stay on ``decoder``, torch. It has the
+    step interface of :class:`photocap.model.Decoder`, so every search runs it unchanged."""
+
+    def __init__(self, path: Path, blobs: Path, decoder: Any) -> None:
+        super().__init__(path, blobs, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": ACTIVATION_GROUP})
+        self.decoder = decoder
+        # An infer request per (thread count, thread): a step's outputs live in its request
+        # until they are copied out, and a request serves one inference at a time.
+        self._requests: dict[tuple[int, int], Any] = {}
+
+    def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder.init_state(features)
+
+    def attend_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder.attend_features(features)
+
+    def step(
+        self,
+        words: torch.Tensor,  # (N,)
+        state: tuple[torch.Tensor, torch.Tensor],  # (N, M*H) x2
+        features: torch.Tensor,  # (N, L, branches*D)
+        att_features: torch.Tensor,  # (N, L, M*A)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """One word: next-word scores (N, V), the new state, attention weights (N, L)."""
+        import numpy as np
+        import torch
+
+        key = (max(1, torch.get_num_threads()), threading.get_ident())
+        request = self._requests.get(key)
+        if request is None:
+            request = self._requests[key] = self._request(key[0])
+        inputs = [words, state[0], state[1], features, att_features]
+        request.infer([t.detach().contiguous().numpy() for t in inputs], share_inputs=True)
+        # Copied out: the request's output buffers are reused by its next step.
+        logp, h, c, alpha = (
+            torch.from_numpy(np.array(request.get_output_tensor(k).data, copy=True))
+            for k in range(4)
+        )
+        return logp, (h, c), alpha
 
 
 class EncoderRuntime:
@@ -163,6 +234,188 @@ def build_encoder_runtime(
         reason = one_line(err, 160)
         return EncoderRuntime(None, f"torch (openvino: {reason})")
     return EncoderRuntime(encoder, f"openvino {encoder.version}")
+
+
+class DecoderRuntime:
+    """What runs the decoders' step on a CPU: ``decoder`` (OpenVINO, int8) or None (torch),
+    and why."""
+
+    def __init__(self, decoder: OpenVinoDecoder | None, name: str) -> None:
+        self.decoder = decoder
+        self.name = name  # "openvino 2026.4.1 int8", or "torch (openvino: <why not>)"
+
+
+def build_decoder_runtime(
+    decoder: Any, feature_shape: tuple[int, int], digest: str, threads: Iterable[int] = ()
+) -> DecoderRuntime:
+    """The int8 OpenVINO step of ``decoder`` (a :class:`photocap.model.Decoder` or
+    ``Ensemble`` of the model file whose SHA-256 is ``digest``, reading features of
+    ``feature_shape`` (L, D)), from the cache or made now, compiled for each of ``threads``;
+    torch when it cannot be had."""
+    if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
+        return DecoderRuntime(None, f"torch ({RUNTIME_ENV}=torch)")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import openvino  # noqa: F401
+    except ImportError as err:
+        return DecoderRuntime(None, f"torch (openvino: {err.name or 'it'} is not installed)")
+    folder = cache_dir() / "openvino"
+    xml = folder / f"decoders-{digest[:16]}-v{EXPORT_VERSION}.xml"
+    try:
+        cached = xml.exists() and xml.with_suffix(".bin").exists()
+        if not cached:
+            _export_int8_step(decoder, feature_shape, xml)
+        try:
+            runtime = _compile_step(decoder, feature_shape, xml, folder / "blobs", threads)
+        except Exception:
+            if not cached:
+                raise
+            # A cached file that no longer reads or computes another step: made again once.
+            xml.unlink(missing_ok=True)
+            _export_int8_step(decoder, feature_shape, xml)
+            runtime = _compile_step(decoder, feature_shape, xml, folder / "blobs", threads)
+    except Exception as err:  # an export or compile failure must not stop a caption run
+        reason = one_line(err, 160)
+        return DecoderRuntime(None, f"torch (openvino: {reason})")
+    return DecoderRuntime(runtime, f"openvino {runtime.version} int8")
+
+
+def _step_inputs(
+    decoder: Any, feature_shape: tuple[int, int], n: int, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """A step's inputs for ``n`` rows: seeded random features in [0, 1) (the encoder's are
+    non-negative), the state and attention features torch makes of them, varied words."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.rand(n, *feature_shape, generator=generator)  # (n, L, D)
+    vocab = decoder.step(
+        torch.zeros(1, dtype=torch.long),
+        tuple(s[:1] for s in decoder.init_state(features)),
+        features[:1],
+        decoder.attend_features(features[:1]),
+    )[0].shape[-1]
+    words = torch.randint(0, vocab, (n,), generator=generator)  # (n,)
+    h, c = decoder.init_state(features)
+    return words, h, c, features, decoder.attend_features(features)
+
+
+def _compile_step(
+    decoder: Any,
+    feature_shape: tuple[int, int],
+    xml: Path,
+    blobs: Path,
+    threads: Iterable[int],
+) -> OpenVinoDecoder:
+    """``xml`` compiled for ``threads``, checked to compute ``decoder``'s step to int8's
+    rounding: the next-word probabilities within :data:`STEP_AGREEMENT`, the same best word."""
+    import torch
+
+    runtime = OpenVinoDecoder(xml, blobs, decoder)
+    runtime.compile_for(*sorted(threads))
+    with torch.no_grad():
+        words, h, c, features, att = _step_inputs(decoder, feature_shape, 6, seed=1)
+        want = decoder.step(words, (h, c), features, att)[0].float()
+        got = runtime.step(words, (h, c), features, att)[0]
+    if got.shape != want.shape:
+        raise RuntimeError(f"its step gives {tuple(got.shape)}, torch's {tuple(want.shape)}")
+    # Probabilities of the scores (an ensemble's are log-probabilities, a decoder's logits).
+    difference = float((got.softmax(-1) - want.softmax(-1)).abs().max())
+    if not difference <= STEP_AGREEMENT:
+        raise RuntimeError(f"its next-word probabilities differ from torch's by {difference:.2g}")
+    return runtime
+
+
+def _export_int8_step(decoder: Any, feature_shape: tuple[int, int], xml: Path) -> None:
+    """``decoder``'s step exported by ``torch.onnx`` (opset 18: OpenVINO's reading of opset
+    17's ReduceLogSumExp loses its axes, so an ensemble's mean came out a scalar), read by
+    OpenVINO, its weights made int8 (:func:`_quantise_weights`), saved as OpenVINO's XML + BIN
+    at ``xml`` (the BIN first, the XML renamed last: the XML is what says it is there)."""
+    import warnings
+
+    import openvino
+    import torch
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    _tidy(xml)
+    tag = f"{os.getpid()}-{threading.get_ident()}"
+    onnx_tmp = xml.with_name(f".{xml.stem}.onnx.tmp-{tag}")
+    xml_tmp = xml.with_name(f".{xml.stem}.tmp-{tag}.xml")
+
+    class Step(torch.nn.Module):
+        """The step as a module with tensors in and out, for the exporter."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, words: Any, h: Any, c: Any, features: Any, att: Any) -> Any:
+            scores, (h, c), alpha = self.decoder.step(words, (h, c), features, att)
+            return scores, h, c, alpha
+
+    names = ["words", "h", "c", "features", "attention"]
+    outputs = ["scores", "h_next", "c_next", "alpha"]
+    was_training = decoder.training
+    try:
+        # In eval mode, the wrapper too: the exporter puts back the mode the module it is given
+        # had, to every submodule; a wrapper left in training mode turned the decoders'
+        # dropout on for the rest of the run.
+        decoder.eval()
+        example = _step_inputs(decoder, feature_shape, 2)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's warnings on python values
+            torch.onnx.export(
+                Step().eval(), example, os.fspath(onnx_tmp), input_names=names,
+                output_names=outputs, opset_version=18, dynamo=False,
+                dynamic_axes={name: {0: "rows"} for name in names + outputs},
+            )  # fmt: skip
+        model = openvino.Core().read_model(os.fspath(onnx_tmp))
+        _quantise_weights(model)
+        openvino.save_model(model, os.fspath(xml_tmp), compress_to_fp16=False)
+        os.replace(xml_tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(xml_tmp, xml)
+    finally:
+        decoder.train(was_training)
+        for tmp in (onnx_tmp, xml_tmp, xml_tmp.with_suffix(".bin")):
+            tmp.unlink(missing_ok=True)
+
+
+def _quantise_weights(model: Any) -> int:
+    """Give every MatMul by a constant weight of at least :data:`MIN_INT8_SIDE` on both sides
+    int8 weights, one scale per output row (symmetric: round(w / scale), scale = max |w| / 127),
+    in the pattern OpenVINO's CPU plugin keeps compressed (int8 -> f32 -> x scale) and runs
+    on its int8 units. Returns how many it changed."""
+    import numpy as np
+    import openvino
+    import openvino.opset13 as ops
+
+    changed = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "MatMul":
+            continue
+        source = node.input_value(1).get_node()
+        if source.get_type_name() == "Convert":  # an fp16 constant's decompression
+            source = source.input_value(0).get_node()
+        if source.get_type_name() != "Constant":
+            continue
+        weight = source.get_data().astype(np.float32)
+        if weight.ndim != 2 or min(weight.shape) < MIN_INT8_SIDE:
+            continue
+        by_row = node.get_attributes()["transpose_b"]
+        rows = weight if by_row else weight.T  # (out, in)
+        scale = np.abs(rows).max(1, keepdims=True) / 127  # (out, 1)
+        scale[scale == 0] = 1
+        q = np.clip(np.round(rows / scale), -127, 127).astype(np.int8)
+        dequant = ops.multiply(
+            ops.convert(ops.constant(q), openvino.Type.f32),
+            ops.constant(scale.astype(np.float32)),
+        )
+        if not by_row:
+            dequant = ops.transpose(dequant, ops.constant(np.array([1, 0], dtype=np.int64)))
+        node.input(1).replace_source_output(dequant.output(0))
+        changed += 1
+    model.validate_nodes_and_infer_types()
+    return changed
 
 
 def _compile(
@@ -213,15 +466,16 @@ def _export_onnx(fused: nn.Module, image_size: int, path: Path) -> None:
 
 
 def _tidy(path: Path) -> None:
-    """Remove what ``path`` replaces: the same model's files of other export versions, and
-    temp files of exports killed mid-way (over an hour old: another run's may be writing)."""
+    """Remove what ``path`` replaces: the same model's files of this kind (encoder, decoders)
+    and other export versions, and temp files of exports killed mid-way (over an hour old:
+    another run's may be writing)."""
     import time
 
-    model = path.name.split("-")[1]
-    for old in path.parent.glob(f"encoder-{model}-*.onnx"):
-        if old != path:
+    kind, model = path.name.split("-")[:2]
+    for old in path.parent.glob(f"{kind}-{model}-*"):
+        if old.stem != path.stem:
             old.unlink(missing_ok=True)
-    for temp in path.parent.glob(".encoder-*.onnx.tmp-*"):
+    for temp in path.parent.glob(f".{kind}-*.tmp-*"):
         try:
             if time.time() - temp.stat().st_mtime > 3600:
                 temp.unlink(missing_ok=True)

@@ -125,7 +125,7 @@ def test_the_run_summary_says_what_ran_the_encoder(
     assert str(summary("--force")["encoder"]).startswith("torch (openvino: ")
     result = CliRunner().invoke(app, [*args, "--force"])
     assert result.exit_code == 0
-    assert "The encoder ran on torch: openvino: " in result.output
+    assert "The encoder and decoders ran on torch: openvino: " in result.output
 
 
 def test_a_cached_file_of_another_model_is_not_used(
@@ -164,23 +164,24 @@ def test_a_run_compiles_openvino_for_both_thread_counts_while_loading(
     from photocap.pipeline import CaptionOptions, caption_library
 
     monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")  # 3 photos: torch otherwise
-    compiled: list[tuple[str, int]] = []
-    request = runtime.OpenVinoEncoder._request
+    compiled: list[tuple[str, str, int]] = []
+    compiled_for = runtime._Compiled._compiled_for
 
-    def recording(self: runtime.OpenVinoEncoder, threads: int) -> object:
+    def recording(self: runtime._Compiled, threads: int) -> object:
         if threads not in self._compiled:
-            compiled.append((threading.current_thread().name, threads))
-        return request(self, threads)
+            compiled.append((type(self).__name__, threading.current_thread().name, threads))
+        return compiled_for(self, threads)
 
-    monkeypatch.setattr(runtime.OpenVinoEncoder, "_request", recording)
+    monkeypatch.setattr(runtime._Compiled, "_compiled_for", recording)
     threads = torch.get_num_threads()
     make_tiny_jpegs(tmp_path / "lib", 3)
     lazy = LazyCaptioner(model_file, device="cpu")
     with PhotoIndex(tmp_path / "i.db") as index:
         list(caption_library([tmp_path / "lib"], lazy, index, CaptionOptions(workers=1)))
     half = max(1, min(threads, (os.cpu_count() or 1) // 2))
-    assert {n for _, n in compiled} == {threads, half}
-    assert {name for name, _ in compiled} == {"photocap-model-load"}
+    for kind in ("OpenVinoEncoder", "OpenVinoDecoder"):  # the decoders' step: the same
+        assert {n for k, _, n in compiled if k == kind} == {threads, half}
+    assert {name for _, name, _ in compiled} == {"photocap-model-load"}
 
 
 def test_a_runtime_failure_mid_run_falls_back_to_torch(model_file: Path) -> None:
@@ -254,3 +255,220 @@ def test_exporting_leaves_the_torch_encoder_in_eval_mode(model_file: Path, tmp_p
     with torch.inference_mode():
         after = captioner.encode(pixels)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the decoders' int8 step
+
+
+@pytest.fixture(scope="module")
+def wide_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random two-decoder model wide enough (64) for int8 weights: its LSTM, attention and
+    output projections are quantised, as the shipped ensemble's are."""
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    folder = tmp_path_factory.mktemp("wide")
+    return save_captioner(build_random_captioner(width=64, decoders=2), folder / "wide.safetensors")
+
+
+def _step_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "openvino").glob("decoders-*"))
+
+
+def test_every_cpu_run_decodes_with_the_int8_step_whatever_its_size(
+    wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo's caption must not depend on how many photos its run has: the decoders use
+    OpenVINO in a one-photo run too (the encoder stays on torch there)."""
+    import openvino
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    lazy = LazyCaptioner(wide_ensemble, device="cpu")
+    lazy.prepare(wait=True, photos=1)
+    model = lazy.captioner()
+    assert model.runtime_name == "torch"  # the encoder: one photo does not repay its start
+    assert model.decoder_runtime_name.startswith("openvino ")
+    assert model.decoder_runtime_name.endswith(" int8")
+    digest = lazy.digest[:16]
+    names = _step_files(tmp_path / "cache")
+    assert names == [f"decoders-{digest}-v1.bin", f"decoders-{digest}-v1.xml"]
+    saved = openvino.Core().read_model(str(tmp_path / "cache" / "openvino" / names[1]))
+    int8 = [
+        n
+        for n in saved.get_ordered_ops()
+        if n.get_type_name() == "Constant" and n.get_element_type() == openvino.Type.i8
+    ]
+    # Each decoder: the attention's hidden projection, the LSTM's two, the deep output's;
+    # the rest have a side under 64 here (the tiny encoder's 32 channels, 22 words).
+    assert len(int8) == 2 * 4
+    with torch.inference_mode():
+        assert model._runtime_decoder() is not None
+        ours = model.caption_batch(_pixels(model.preset.size, 4))
+    assert all(c.text for c in ours)
+
+
+def test_the_int8_step_computes_the_torch_step_to_int8_rounding(wide_ensemble: Path) -> None:
+    """Next-word probabilities within a few thousandths, the same best word; the new state
+    within int8's rounding. The ensemble's mean of probabilities is exported at opset 18:
+    at 17, OpenVINO read its log-sum-exp as a sum over every axis, a scalar."""
+    from photocap.runtime import _step_inputs
+
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    plain = load_captioner(wide_ensemble, "cpu")
+    with torch.no_grad():
+        runtime = model._runtime_decoder()
+    assert runtime is not None
+    with torch.no_grad():
+        words, h, c, features, att = _step_inputs(plain.decoder, (4, 32), 12, seed=5)
+        want, (want_h, _), want_alpha = plain.decoder.step(words, (h, c), features, att)
+        got, (got_h, _), got_alpha = runtime.step(words, (h, c), features, att)
+    assert got.shape == want.shape and got_h.shape == want_h.shape
+    assert float((got.exp() - want.exp()).abs().max()) < 0.02
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert float((got_h - want_h).abs().max()) < 0.05
+    torch.testing.assert_close(got_alpha, want_alpha, rtol=0, atol=0.02)
+
+
+def test_greedy_and_beam_search_with_the_step_match_torch_on_a_model_int8_leaves_alone(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny model's layers are too small for int8 (16 wide): its OpenVINO step is fp32,
+    so every search with it gives torch's captions exactly (batch sizes change as beams end)."""
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    plain = load_captioner(model_file, "cpu")
+    assert model.decoder_runtime_name.startswith("openvino ")
+    pixels = _pixels(model.preset.size, 5)
+    for beam in (1, 3, 5):
+        ours = model.caption_batch(pixels, beam_size=beam)
+        theirs = plain.caption_batch(pixels, beam_size=beam)
+        assert [(c.text, c.alternatives) for c in ours] == [
+            (c.text, c.alternatives) for c in theirs
+        ]
+
+
+def test_building_the_step_leaves_the_torch_decoders_in_eval_mode(
+    wide_ensemble: Path, tmp_path: Path
+) -> None:
+    # The exporter puts back the mode of the module it is given to every submodule: a wrapper
+    # made in training mode switched the decoders' dropout on, torch's step changed, and the
+    # check against it failed on the first run (every later run, from the cache, passed).
+    import photocap.runtime as runtime
+
+    plain = load_captioner(wide_ensemble, "cpu")
+    with torch.no_grad():
+        probe = runtime._step_inputs(plain.decoder, (4, 32), 6, seed=2)
+        before = plain.decoder.step(probe[0], probe[1:3], *probe[3:])[0]
+        runtime._export_int8_step(plain.decoder, (4, 32), tmp_path / "decoders-x-v1.xml")
+        after = plain.decoder.step(probe[0], probe[1:3], *probe[3:])[0]
+    assert not any(module.training for module in plain.decoder.modules())
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_the_step_file_is_made_once_and_a_damaged_or_foreign_one_is_made_again(
+    wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import photocap.runtime as runtime
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    lazy = LazyCaptioner(wide_ensemble, device="cpu")
+    lazy.captioner()
+    folder = tmp_path / "cache" / "openvino"
+    xml = folder / f"decoders-{lazy.digest[:16]}-v1.xml"
+    stamp = xml.stat().st_mtime_ns
+    made = runtime._export_int8_step
+    exports: list[Path] = []
+
+    def counting(decoder: object, shape: tuple[int, int], path: Path) -> None:
+        exports.append(path)
+        made(decoder, shape, path)
+
+    monkeypatch.setattr(runtime, "_export_int8_step", counting)
+    again = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert again.decoder_runtime_name.endswith(" int8") and exports == []
+    assert xml.stat().st_mtime_ns == stamp
+    # Damaged under its final name: made again once, not torch for every later run.
+    xml.write_bytes(xml.read_bytes()[:500])
+    assert (
+        LazyCaptioner(wide_ensemble, device="cpu")
+        .captioner()
+        .decoder_runtime_name.endswith(" int8")
+    )
+    assert exports == [xml]
+    # Another model's step under this model's name computes other words: made again.
+    other = save_captioner(build_random_captioner(seed=9, width=64, decoders=2),
+                           tmp_path / "other.safetensors")  # fmt: skip
+    theirs = LazyCaptioner(other, device="cpu")
+    theirs.captioner()
+    exports.clear()
+    for suffix in (".xml", ".bin"):
+        source = folder / f"decoders-{theirs.digest[:16]}-v1{suffix}"
+        xml.with_suffix(suffix).write_bytes(source.read_bytes())
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert model.decoder_runtime_name.endswith(" int8") and exports == [xml]
+
+
+def test_the_int8_step_is_never_used_for_changed_weights_training_or_gradients(
+    wide_ensemble: Path,
+) -> None:
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    with torch.inference_mode():
+        assert model._runtime_decoder() is not None
+    with torch.enable_grad():
+        assert model._runtime_decoder() is None  # self-critical training samples with grads
+    model.train()
+    with torch.inference_mode():
+        assert model._runtime_decoder() is None
+    model.eval()
+    with torch.no_grad():
+        next(model.decoder.parameters()).add_(0.5)  # a training step, load_state_dict
+    with torch.inference_mode():
+        assert model._runtime_decoder() is None
+
+
+def test_a_step_failure_mid_run_captions_on_torch(wide_ensemble: Path) -> None:
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    plain = load_captioner(wide_ensemble, "cpu")
+    with torch.no_grad():
+        runtime = model._runtime_decoder()
+    assert runtime is not None
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("out of memory in the step")
+
+    runtime.step = broken  # type: ignore[method-assign]
+    pixels = _pixels(model.preset.size)
+    assert [c.text for c in model.caption_batch(pixels)] == [
+        c.text for c in plain.caption_batch(pixels)
+    ]
+    assert model.decoder_runtime_name == "torch (openvino: out of memory in the step)"
+    assert model._runtime_decoder() is None
+
+
+def test_the_decoders_stay_on_torch_when_asked_or_when_openvino_cannot_be_had(
+    wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from conftest import make_tiny_jpegs
+    from typer.testing import CliRunner
+
+    from photocap.cli import app
+
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "torch")
+    assert LazyCaptioner(wide_ensemble, device="cpu").captioner().decoder_runtime_name == (
+        "torch (PHOTOCAP_RUNTIME=torch)"
+    )
+    monkeypatch.delenv("PHOTOCAP_RUNTIME")
+    make_tiny_jpegs(tmp_path / "lib", 2)
+    args = ["caption", str(tmp_path / "lib"), "--model", str(wide_ensemble), "--write", "index"]
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["encoder"] == "torch" and summary["decoders"].endswith(" int8")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "file"))  # the cache cannot be made
+    result = CliRunner().invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert "The decoders ran on torch: openvino: " in result.output

@@ -40,6 +40,12 @@ class CaptionModel(Protocol):
         ...
 
     @property
+    def decoder_runtime_name(self) -> str:
+        """What runs the decoders' step ("openvino 2026.4.1 int8", "torch (openvino: ...)");
+        "" until built."""
+        ...
+
+    @property
     def device(self) -> torch.device: ...
 
     def prepare(
@@ -140,6 +146,8 @@ class RunSummary:
     # What ran the encoder: "openvino 2026.4.1", "torch", "torch (openvino: why not)"; empty
     # when no photo needed the model (see photocap.runtime).
     encoder: str = ""
+    # What ran the decoders' step: "openvino 2026.4.1 int8", "torch", ...; empty likewise.
+    decoders: str = ""
     # Ray nodes that decoded or captioned photos (--engine ray); 0 on the local engine.
     nodes: int = 0
 
@@ -163,6 +171,7 @@ class RunSummary:
             "interrupted": self.interrupted,
             "model_id": self.model_id,
             "encoder": self.encoder,
+            "decoders": self.decoders,
             "nodes": self.nodes,
             "dry_run": self.dry_run,
         }

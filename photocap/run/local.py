@@ -128,8 +128,11 @@ class LocalRun:
                 self._close_writers()
             if error is not None:
                 raise error  # the writer thread failed unexpectedly: end the run with it
-        encoder = self.captioner.runtime_name if self.model_used else ""
-        yield self.record.summary(time.monotonic() - started, interrupted, self.model_id, encoder)
+        used = self.model_used
+        encoder = self.captioner.runtime_name if used else ""
+        decoders = self.captioner.decoder_runtime_name if used else ""
+        elapsed = time.monotonic() - started
+        yield self.record.summary(elapsed, interrupted, self.model_id, encoder, decoders)
 
     def _finish_in_flight(self) -> BaseException | None:
         """Wait for the writer thread, record what it wrote (no events: closing down) and stop

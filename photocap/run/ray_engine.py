@@ -292,7 +292,7 @@ class RayRun:
             self.record.run_record.close()
         encoder = "ray" if self.model_used else ""
         elapsed = time.monotonic() - started
-        summary = self.record.summary(elapsed, interrupted, self.model_id, encoder)
+        summary = self.record.summary(elapsed, interrupted, self.model_id, encoder, encoder)
         yield replace(summary, nodes=len(self.nodes["decode"] | self.nodes["caption"]))
 
     # -------------------------------------------------------------- setup

@@ -132,7 +132,7 @@ class Recorder:
         return PhotoResult(path, "failed", error=error, stage=stage)
 
     def summary(
-        self, elapsed_s: float, interrupted: bool, model_id: str, encoder: str
+        self, elapsed_s: float, interrupted: bool, model_id: str, encoder: str, decoders: str
     ) -> RunSummary:
         """The run's :class:`~photocap.run.events.RunSummary`."""
         c = self.counts
@@ -140,7 +140,7 @@ class Recorder:
             captioned=c["captioned"], carried=c["carried"], skipped=c["skipped"],
             failed=c["failed"], elapsed_s=elapsed_s, interrupted=interrupted,
             model_id=model_id, dry_run=self.dry_run, failures=tuple(self.failures),
-            encoder=encoder,
+            encoder=encoder, decoders=decoders,
         )  # fmt: skip
 
 

@@ -61,6 +61,9 @@ class EvalReport:
     scores: dict[str, float | None]
     examples: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What ran the encoder and the decoders' step (on a CPU, OpenVINO; the decoders in int8,
+    # whose captions differ from torch's on ~2 % of photos: see photocap.runtime).
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class EvalReport:
             "scores": self.scores,
             "examples": self.examples,
             "notes": self.notes,
+            "runtime": self.runtime,
         }
 
 
@@ -160,4 +164,7 @@ def evaluate_model(
         {"image": n, "caption": h, "references": r}
         for n, h, r in list(zip(names, hypotheses, references, strict=True))[:examples]
     ]
-    return EvalReport(split, len(names), beam_size, captioner.model_id, scores, shown, notes)
+    runtime = {"encoder": captioner.runtime_name, "decoders": captioner.decoder_runtime_name}
+    return EvalReport(
+        split, len(names), beam_size, captioner.model_id, scores, shown, notes, runtime
+    )
