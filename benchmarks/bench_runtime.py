@@ -1,12 +1,13 @@
-"""The encoder on OpenVINO vs torch on a CPU: cost of the model stage, and the same captions?
+"""The model on OpenVINO vs torch on a CPU: cost of the model stage, and the same captions?
 
 Both ways in one run, on the same photos, with the shipped model:
 
 1. **cost** (``--photos`` Flickr8k dev photos, batches of ``--batch-size``, after a warm-up
-   batch): encoder ms/photo and beam search ms/photo at 1 and 2 torch threads, the encoder on
-   torch (BatchNorm folded, channels-last: photocap's torch path) and on OpenVINO (fp32);
+   batch): encoder ms/photo and beam search ms/photo at 1 and 2 torch threads, the model on
+   torch (BatchNorm folded, channels-last: photocap's torch path) and on OpenVINO as
+   ``photocap caption`` runs it on a CPU (the encoder in fp32, the decoders' step in int8);
 2. **same captions** (``--split dev``, all 1,000 photos unless ``--limit``): each photo
-   captioned both ways (features by each encoder, the same beam search); the share of
+   captioned both ways (features by each encoder, each way's beam search); the share of
    identical captions, the largest feature difference, and pycocoevalcap scores of both.
 
     python benchmarks/bench_runtime.py                   # cost + the 1,000 dev photos (~3-4 min)
@@ -53,6 +54,8 @@ def main() -> None:
     ours = load_captioner(None, "cpu", runtime=True)
     if not ours.runtime_name.startswith("openvino"):
         raise SystemExit(f"OpenVINO is not in use: {ours.runtime_name}")
+    if not ours.decoder_runtime_name.startswith("openvino"):
+        raise SystemExit(f"OpenVINO is not in use for the decoders: {ours.decoder_runtime_name}")
     plain = load_captioner(None, "cpu")  # torch
     dataset = load_flickr8k(args.data)
     names = dataset.split(args.split, args.limit)
@@ -92,7 +95,7 @@ def main() -> None:
     references = [dataset.captions[n] for n in names]
     scores = {way: score_captions(captions[way], references)[0] for way in ways}
 
-    table = markdown_table(rows, ["encoder on", "torch threads", "encoder ms/photo",
+    table = markdown_table(rows, ["model on", "torch threads", "encoder ms/photo",
                                   "beam search ms/photo", "model stage ms/photo"])  # fmt: skip
     for threads in args.threads.split(","):
         t, o = cost[f"torch/{threads}"], cost[f"openvino/{threads}"]
@@ -104,10 +107,11 @@ def main() -> None:
     table += (f"\n\n{args.split}: {same} of {len(names)} captions identical "
               f"({same / len(names):.1%}); largest feature difference {largest:.2e}")  # fmt: skip
     table += "\n\n"
-    table += markdown_table(score_rows, ["encoder on", "BLEU-4", "METEOR", "CIDEr"])
+    table += markdown_table(score_rows, ["model on", "BLEU-4", "METEOR", "CIDEr"])
     data = {"cost": cost, "identical": same, "photos": len(names), "largest_difference": largest,
-            "scores": scores, "runtime": ours.runtime_name}  # fmt: skip
-    report("The encoder on OpenVINO vs torch (CPU)", table, data, args.json)
+            "scores": scores, "runtime": ours.runtime_name,
+            "decoders": ours.decoder_runtime_name}  # fmt: skip
+    report("The model on OpenVINO vs torch (CPU)", table, data, args.json)
 
 
 if __name__ == "__main__":

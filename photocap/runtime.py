@@ -69,6 +69,8 @@ CACHE_ENV = "PHOTOCAP_CACHE"
 # In the cached file's name with the model's hash: a new version of the export (or of what is
 # exported: the encoder, the BatchNorm folding) must not reuse an old file.
 EXPORT_VERSION = 1
+# The decoders' step file: 2 since an ensemble's step is exported from its fused_step.
+STEP_VERSION = 2
 # OpenVINO's features must equal torch's on a fixed input to this (relative to the largest
 # feature), else the file is exported again once, then torch: fp32 on both sides differs by
 # rounding only (~1e-6; 0 on AVX-512), a wrong or stale file by whole units.
@@ -260,7 +262,7 @@ def build_decoder_runtime(
     except ImportError as err:
         return DecoderRuntime(None, f"torch (openvino: {err.name or 'it'} is not installed)")
     folder = cache_dir() / "openvino"
-    xml = folder / f"decoders-{digest[:16]}-v{EXPORT_VERSION}.xml"
+    xml = folder / f"decoders-{digest[:16]}-v{STEP_VERSION}.xml"
     try:
         cached = xml.exists() and xml.with_suffix(".bin").exists()
         if not cached:
@@ -350,7 +352,9 @@ def _export_int8_step(decoder: Any, feature_shape: tuple[int, int], xml: Path) -
             self.decoder = decoder
 
         def forward(self, words: Any, h: Any, c: Any, features: Any, att: Any) -> Any:
-            scores, (h, c), alpha = self.decoder.step(words, (h, c), features, att)
+            # An ensemble's fused_step: the same step without copying the large inputs apart.
+            step = getattr(self.decoder, "fused_step", self.decoder.step)
+            scores, (h, c), alpha = step(words, (h, c), features, att)
             return scores, h, c, alpha
 
     names = ["words", "h", "c", "features", "attention"]

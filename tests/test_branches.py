@@ -171,3 +171,27 @@ def test_training_a_branched_model(files: dict[str, Path], tmp_path: Path) -> No
     start = load_captioner(out, "cpu")
     assert last.config == start.config
     assert_decoders_moved_and_encoder_kept(start, last)
+
+
+def test_the_fused_step_computes_the_ensembles_step() -> None:
+    """``Ensemble.fused_step`` (what photocap.runtime exports: the members' attention
+    together, no copies of the large inputs by member) gives the step's numbers, for members
+    reading different branches, word after word."""
+    encoder = EncoderConfig(name="tiny", stem_channels=8, head_channels=32, branches=2,
+                            branch_blocks=1)  # fmt: skip
+    config = ModelConfig(encoder=encoder, embed_dim=24, hidden_dim=20, attention_dim=12,
+                         dropout=0.0, decoders=3, decoder_branches=(0, 1, 0))  # fmt: skip
+    torch.manual_seed(3)
+    ensemble = Ensemble(config, vocab_size=30, feature_dim=32).eval()
+    features = torch.rand(5, 9, 2 * 32)  # (N, L, branches * D)
+    with torch.no_grad():
+        att = ensemble.attend_features(features)  # (N, L, M*A)
+        plain = fused = ensemble.init_state(features)
+        words = torch.tensor([1, 4, 7, 2, 9])
+        for _ in range(3):
+            want, plain, want_alpha = ensemble.step(words, plain, features, att)
+            got, fused, got_alpha = ensemble.fused_step(words, fused, features, att)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got_alpha, want_alpha, rtol=1e-5, atol=1e-6)
+            words = want.argmax(-1)

@@ -13,6 +13,7 @@ pytest.importorskip("onnx", reason="OpenVINO is a dependency on x86_64 and ARM64
 import torch
 
 from photocap.checkpoint import LazyCaptioner, load_captioner
+from photocap.runtime import STEP_VERSION
 
 
 def _pixels(size: int, n: int = 3) -> torch.Tensor:
@@ -290,7 +291,8 @@ def test_every_cpu_run_decodes_with_the_int8_step_whatever_its_size(
     assert model.decoder_runtime_name.endswith(" int8")
     digest = lazy.digest[:16]
     names = _step_files(tmp_path / "cache")
-    assert names == [f"decoders-{digest}-v1.bin", f"decoders-{digest}-v1.xml"]
+    v = STEP_VERSION
+    assert names == [f"decoders-{digest}-v{v}.bin", f"decoders-{digest}-v{v}.xml"]
     saved = openvino.Core().read_model(str(tmp_path / "cache" / "openvino" / names[1]))
     int8 = [
         n
@@ -374,7 +376,7 @@ def test_the_step_file_is_made_once_and_a_damaged_or_foreign_one_is_made_again(
     lazy = LazyCaptioner(wide_ensemble, device="cpu")
     lazy.captioner()
     folder = tmp_path / "cache" / "openvino"
-    xml = folder / f"decoders-{lazy.digest[:16]}-v1.xml"
+    xml = folder / f"decoders-{lazy.digest[:16]}-v{runtime.STEP_VERSION}.xml"
     stamp = xml.stat().st_mtime_ns
     made = runtime._export_int8_step
     exports: list[Path] = []
@@ -402,7 +404,8 @@ def test_the_step_file_is_made_once_and_a_damaged_or_foreign_one_is_made_again(
     theirs.captioner()
     exports.clear()
     for suffix in (".xml", ".bin"):
-        source = folder / f"decoders-{theirs.digest[:16]}-v1{suffix}"
+        source = folder / xml.name.replace(lazy.digest[:16], theirs.digest[:16])
+        source = source.with_suffix(suffix)
         xml.with_suffix(suffix).write_bytes(source.read_bytes())
     model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
     assert model.decoder_runtime_name.endswith(" int8") and exports == [xml]
