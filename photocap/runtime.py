@@ -97,6 +97,21 @@ def cache_dir() -> Path:
     return user_cache_path("photocap", appauthor=False)
 
 
+def _missing_package() -> str:
+    """The package OpenVINO's use needs and lacks: "openvino", "onnx" (``torch.onnx.export``
+    writes with it), or "". Found, not imported: importing onnx costs ~0.7 s, and it is needed
+    only when a file is exported, once per model."""
+    from importlib.util import find_spec
+
+    for name in ("openvino", "onnx"):
+        try:
+            if find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return ""
+
+
 class _Compiled:
     """An OpenVINO model compiled once per thread count (the run gives the model half the
     cores while decode workers decode, every core otherwise: see
@@ -210,11 +225,9 @@ def build_encoder_runtime(
     are compiled when first used); torch when it cannot be had."""
     if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
         return EncoderRuntime(None, f"torch ({RUNTIME_ENV}=torch)")
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import openvino  # noqa: F401
-    except ImportError as err:
-        return EncoderRuntime(None, f"torch (openvino: {err.name or 'it'} is not installed)")
+    missing = _missing_package()
+    if missing:
+        return EncoderRuntime(None, f"torch (openvino: {missing} is not installed)")
     folder = cache_dir() / "openvino"
     onnx_path = folder / f"encoder-{digest[:16]}-{image_size}-v{EXPORT_VERSION}.onnx"
     try:
@@ -256,11 +269,9 @@ def build_decoder_runtime(
     torch when it cannot be had."""
     if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
         return DecoderRuntime(None, f"torch ({RUNTIME_ENV}=torch)")
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import openvino  # noqa: F401
-    except ImportError as err:
-        return DecoderRuntime(None, f"torch (openvino: {err.name or 'it'} is not installed)")
+    missing = _missing_package()
+    if missing:
+        return DecoderRuntime(None, f"torch (openvino: {missing} is not installed)")
     folder = cache_dir() / "openvino"
     xml = folder / f"decoders-{digest[:16]}-v{STEP_VERSION}.xml"
     try:

@@ -475,3 +475,30 @@ def test_the_decoders_stay_on_torch_when_asked_or_when_openvino_cannot_be_had(
     result = CliRunner().invoke(app, [*args, "--force"])
     assert result.exit_code == 0, result.output
     assert "The decoders ran on torch: openvino: " in result.output
+
+
+def test_a_run_with_cached_files_does_not_import_onnx(
+    wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnx (~0.7 s to import) writes the exported files; once they are cached a run, even of
+    one photo, needs OpenVINO only. Without onnx or OpenVINO: torch, saying which is missing."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")  # the encoder's file too
+    LazyCaptioner(wide_ensemble, device="cpu").captioner()  # exports both, imports onnx
+    script = (
+        "import sys\n"
+        "from photocap.checkpoint import LazyCaptioner\n"
+        f"model = LazyCaptioner({str(wide_ensemble)!r}, device='cpu').captioner()\n"
+        "print(model.runtime_name, '|', model.decoder_runtime_name, '|', 'onnx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    encoder, decoders, imported = out.split(" | ")
+    assert encoder.startswith("openvino ") and decoders.endswith(" int8") and imported == "False"
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert model.decoder_runtime_name == "torch (openvino: onnx is not installed)"
+    assert model.runtime_name == "torch (openvino: onnx is not installed)"
