@@ -402,6 +402,8 @@ class Captioner(nn.Module):
         without gradients, like the folded copy it was made from."""
         self.runtime_name = runtime.name
         self._runtime = (self._encoder_key(), runtime.encoder) if runtime.encoder else None
+        if runtime.encoder is not None:
+            self._fused = None  # the BN-folded copy (34 MB): made again if torch encodes
 
     def _runtime_encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         runtime = self._runtime

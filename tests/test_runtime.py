@@ -502,3 +502,20 @@ def test_a_run_with_cached_files_does_not_import_onnx(
     model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
     assert model.decoder_runtime_name == "torch (openvino: onnx is not installed)"
     assert model.runtime_name == "torch (openvino: onnx is not installed)"
+
+
+def test_the_openvino_encoder_runs_a_batch_in_chunks_with_the_same_features(
+    model_file: Path,
+) -> None:
+    """Four photos at a time (its memory arena is sized by the largest batch): a batch of 9
+    runs as 4 + 4 + 1 and gives torch's features, in order."""
+    from photocap.runtime import ENCODER_CHUNK
+
+    model = LazyCaptioner(model_file, device="cpu").captioner()
+    plain = load_captioner(model_file, "cpu")
+    pixels = _pixels(model.preset.size, 2 * ENCODER_CHUNK + 1)
+    with torch.inference_mode():
+        assert model._runtime_encoder() is not None
+        ours, theirs = model.encode(pixels), plain.encode(pixels)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
