@@ -7,7 +7,8 @@ Three ways to run the real CLI on the same camera-sized JPEGs, interleaved in on
 * ``threads``: torch's threads following the decode queue (every core for a batch when no
   worker is decoding: ``photocap.run.caption.CoreShare``), encoder on torch
   (``PHOTOCAP_RUNTIME=torch``);
-* ``openvino``: photocap now: threads following the queue and the encoder on OpenVINO.
+* ``openvino``: photocap now: threads following the queue and the model on OpenVINO (the
+  encoder where the run is large enough, the decoders' int8 step always).
 
 It reports the marginal rate (two library sizes, the difference: start-up and model load
 cancel) and the whole run of the larger size. Beside them, in the same run, each stage alone

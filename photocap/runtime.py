@@ -1,38 +1,40 @@
-"""The encoder on OpenVINO: a cheaper model stage when captioning on a CPU.
+"""The model on OpenVINO: a cheaper model stage when captioning on a CPU.
 
-On the 2-core CPU, OpenVINO runs photocap's encoder (EfficientNet-Lite2, BatchNorm folded)
-~2.3x faster than torch does (28.9 vs 67.4 ms a photo on one thread, 16.3 vs 37.4 on two; the
-model stage 1.35-1.39x: ``benchmarks/bench_runtime.py``), and its features equal torch's bit
-for bit there (fp32 both; on other CPUs they may differ by float rounding, which can change a
-close beam-search choice). Each build checks OpenVINO's features against torch's on a fixed
-input. The decoders stay on torch.
+Two parts of the model run on OpenVINO, Intel's CPU inference runtime; the rest stays on torch.
+
+**The encoder** (EfficientNet-Lite2, BatchNorm folded), in fp32: ~2.3x faster than torch on
+the 2-core CPU (19-21 vs 46-54 ms a photo on one thread: ``benchmarks/bench_runtime.py``), its
+features equal to torch's bit for bit there (on other CPUs they may differ by float rounding,
+which can change a close beam-search choice). Each build checks them against torch's on a fixed
+input. A ``photocap caption`` run with fewer than :data:`MIN_PHOTOS` photos to decode keeps the
+encoder on torch: OpenVINO's start would cost more than it saves.
+
+**The decoders' step** (every decoder's next word and their mean: an ensemble's
+:meth:`photocap.model.Ensemble.fused_step`, or :meth:`photocap.model.Decoder.step`), with int8
+weights: each large matrix product's weights in int8 with one scale per output row, the
+activations quantised on the fly in groups of :data:`ACTIVATION_GROUP` values (OpenVINO's
+dynamic quantisation, on the CPU's VNNI/AMX int8 units where it has them). Beam search is ~1.9x
+cheaper for it, the model stage 2.0-2.3x with the encoder, and the captions are not exactly
+torch's: 983 of the 1,000 dev photos identical, dev scores within 0.0009. So that a photo's
+caption does not depend on how many photos a run has, the decoders use OpenVINO in every CPU
+run that can have it, whatever its size. Each build checks the step against torch's on a fixed
+input (next-word probabilities within :data:`STEP_AGREEMENT`). Training never uses it: it runs
+only in eval mode without gradients, and only while the weights are those it was made from.
 
 The model file stays the one safetensors file. What OpenVINO runs is derived from it on first
 use and kept in the user cache folder (``PHOTOCAP_CACHE``, else ``~/.cache/photocap`` on
-Linux), named by the model file's SHA-256 and :data:`EXPORT_VERSION`: the BN-folded encoder
-exported to ONNX by ``torch.onnx`` (a protobuf file: loading it runs no code), and OpenVINO's
-compiled blobs beside it (its ``CACHE_DIR``). OpenVINO's model converter (``ovc``,
-``openvino.convert_model``) is not used: it sends telemetry unless the user opted out; the
-runtime that reads ONNX sends nothing. Anything that fails here (OpenVINO not installed, an
-export or compile error, an unwritable cache, features unlike torch's) leaves the encoder on
-torch, with the reason in :attr:`EncoderRuntime.name`; so does a failure later in the run
-(:meth:`photocap.model.Captioner.encode`).
-
-A ``photocap caption`` run with fewer than :data:`MIN_PHOTOS` photos to decode keeps the
-encoder on torch: OpenVINO's start would cost more than it saves. ``PHOTOCAP_RUNTIME=torch``
-keeps the encoder on torch always, ``PHOTOCAP_RUNTIME=openvino`` tries OpenVINO always.
-
-The decoders' step (:meth:`photocap.model.Ensemble.step`: every decoder's word, their mean) runs
-on OpenVINO too, with int8 weights: each large matrix product's weights in int8 with one scale
-per output row, the activations quantised on the fly in groups of :data:`ACTIVATION_GROUP`
-values (OpenVINO's dynamic quantisation, on the CPU's VNNI/AMX int8 units where it has them).
-Beam search is ~1.6x cheaper for it on the 2-core CPU, and the captions are not exactly
-torch's: identical on 981-984 of the 1,000 dev photos, dev scores within 0.0011
-(``benchmarks/int8_decoders.py``). So that a photo's caption does not depend on how many
-photos a run has, the decoders use OpenVINO in every CPU run that can have it, whatever its
-size (``PHOTOCAP_RUNTIME=torch``: never). The cached file is the step already quantised, in
-OpenVINO's own format (an XML graph and its weights: loading it runs no code); it is checked
-against torch's step on a fixed input each time it is built. Training never uses it.
+Linux), named by the model file's SHA-256 and a version: the BN-folded encoder exported to ONNX
+by ``torch.onnx`` (a protobuf file: loading it runs no code); the decoders' step exported the
+same way, quantised, and saved in OpenVINO's own format (an XML graph and its weights: loading
+it runs no code); and OpenVINO's compiled blobs beside them (its ``CACHE_DIR``). OpenVINO's
+model converter (``ovc``, ``openvino.convert_model``) is not used: it sends telemetry unless
+the user opted out; the runtime that reads ONNX and XML sends nothing. Anything that fails
+here (OpenVINO or onnx not installed, an export or compile error, an unwritable cache, a part
+unlike torch's) leaves that part on torch, with the reason in its runtime's ``name``; so does
+a failure later in the run (:meth:`photocap.model.Captioner.encode`,
+:meth:`~photocap.model.Captioner.caption_features`). ``PHOTOCAP_RUNTIME=torch`` keeps the
+whole model on torch, ``PHOTOCAP_RUNTIME=openvino`` tries OpenVINO for the encoder in every
+run too. On a GPU nothing here is used.
 """
 
 from __future__ import annotations
