@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,13 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     def built(int8: bool) -> Any:
         """photocap's step on OpenVINO (int8 as photocap builds it; fp32: nothing quantised),
         from a cache of its own."""
-        os.environ[runtime.CACHE_ENV] = tempfile.mkdtemp(prefix="photocap-int8-bench-")
+        caches.append(tempfile.mkdtemp(prefix="photocap-int8-bench-"))
+        os.environ[runtime.CACHE_ENV] = caches[-1]
         side = runtime.MIN_INT8_SIDE
         runtime.MIN_INT8_SIDE = side if int8 else 1 << 30
         try:
             with torch.no_grad():
                 made = runtime.build_decoder_runtime(
-                    decoder, tuple(features.shape[1:]), digest, {args.threads}
+                    decoder,
+                    (int(features.shape[1]), int(features.shape[2])),
+                    digest,
+                    {args.threads},
                 )
         finally:
             runtime.MIN_INT8_SIDE = side
@@ -75,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"no OpenVINO step: {made.name}")
         return made
 
+    caches: list[str] = []  # removed at the end
     ways: dict[str, Any] = {"torch fp32 (shipped)": None}
     ways["openvino fp32, the whole step"] = built(False)
     ways["openvino int8 (photocap's)"] = built(True)
@@ -116,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                        for k in ("BLEU-4", "METEOR", "CIDEr"))])  # fmt: skip
         result[way] = {"ms_per_photo": ms, "rounds_ms": times[way], "identical": same, **scores}
     use(None)
+    for folder in caches:
+        shutil.rmtree(folder, ignore_errors=True)
     table = markdown_table(rows, ["decoding step", "beam 3 ms/photo (median)", "x torch",
                                   "captions identical", "BLEU-4", "METEOR", "CIDEr"])  # fmt: skip
     report(f"Decoders' step, {len(names)} dev photos, {args.threads} thread(s)", table, result,

@@ -223,6 +223,18 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, captioner: Any) -> Path
 
 
 @pytest.fixture(scope="session")
+def wide_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random two-decoder model wide enough (64) for int8 weights in the decoders' OpenVINO
+    step (photocap.runtime): its LSTM, attention and deep-output projections are quantised, as
+    the shipped ensemble's are (the tiny model's 16-wide layers are left in fp32)."""
+    from photocap.checkpoint import build_random_captioner, save_captioner
+
+    folder = tmp_path_factory.mktemp("wide")
+    model = build_random_captioner(width=64, decoders=2)
+    return save_captioner(model, folder / "wide.safetensors")
+
+
+@pytest.fixture(scope="session")
 def model_with_embedding(tmp_path_factory: pytest.TempPathFactory, captioner: Any) -> Path:
     """The tiny captioner's model file with a random text-image embedding (16-d) beside it."""
     import torch

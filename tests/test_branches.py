@@ -195,3 +195,23 @@ def test_the_fused_step_computes_the_ensembles_step() -> None:
             torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(got_alpha, want_alpha, rtol=1e-5, atol=1e-6)
             words = want.argmax(-1)
+
+
+def test_a_branched_ensemble_captions_on_openvino_as_on_torch(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step exported from ``fused_step`` for members reading different branches: the
+    tiny models' layers are too small for int8, so OpenVINO's captions are torch's exactly."""
+    pytest.importorskip("openvino", reason="OpenVINO is a dependency on x86_64 and ARM64 only")
+    from photocap.checkpoint import LazyCaptioner
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    out = merge_decoders([files["a"], files["b"], files["sibling"]], tmp_path / "abs.safetensors")
+    fast = LazyCaptioner(out, device="cpu").captioner()
+    plain = load_captioner(out, "cpu")
+    assert fast.config.decoder_branches == (0, 1, 0)
+    assert fast.decoder_runtime_name.startswith("openvino ")
+    pixels = _pixels(4)
+    assert [c.text for c in fast.caption_batch(pixels)] == [
+        c.text for c in plain.caption_batch(pixels)
+    ]

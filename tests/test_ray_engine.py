@@ -83,9 +83,12 @@ def _sidecars(root: Path) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.parametrize("model", ["model_file", "wide_model_file"])
 def test_both_engines_give_the_same_rows_and_sidecars(
-    local_ray: Any, model_file: Path, tmp_path: Path
+    local_ray: Any, model: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    # The wide model: the decoders' int8 step (photocap.runtime) on both engines' CPUs.
+    model_file = request.getfixturevalue(model)
     local_lib = _library(tmp_path / "local")
     ray_lib = _library(tmp_path / "ray")
     _, local_summary = _run(local_lib, model_file, tmp_path / "local.db")

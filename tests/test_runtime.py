@@ -261,14 +261,10 @@ def test_exporting_leaves_the_torch_encoder_in_eval_mode(model_file: Path, tmp_p
 # ---------------------------------------------------------------- the decoders' int8 step
 
 
-@pytest.fixture(scope="module")
-def wide_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random two-decoder model wide enough (64) for int8 weights: its LSTM, attention and
-    output projections are quantised, as the shipped ensemble's are."""
-    from photocap.checkpoint import build_random_captioner, save_captioner
-
-    folder = tmp_path_factory.mktemp("wide")
-    return save_captioner(build_random_captioner(width=64, decoders=2), folder / "wide.safetensors")
+@pytest.fixture
+def wide_ensemble(wide_model_file: Path) -> Path:
+    """conftest's wide_model_file: two decoders, 64 wide, int8 weights in the step."""
+    return wide_model_file
 
 
 def _step_files(cache: Path) -> list[str]:
@@ -359,9 +355,9 @@ def test_building_the_step_leaves_the_torch_decoders_in_eval_mode(
     plain = load_captioner(wide_ensemble, "cpu")
     with torch.no_grad():
         probe = runtime._step_inputs(plain.decoder, (4, 32), 6, seed=2)
-        before = plain.decoder.step(probe[0], probe[1:3], *probe[3:])[0]
+        before = plain.decoder.step(probe[0], (probe[1], probe[2]), probe[3], probe[4])[0]
         runtime._export_int8_step(plain.decoder, (4, 32), tmp_path / "decoders-x-v1.xml")
-        after = plain.decoder.step(probe[0], probe[1:3], *probe[3:])[0]
+        after = plain.decoder.step(probe[0], (probe[1], probe[2]), probe[3], probe[4])[0]
     assert not any(module.training for module in plain.decoder.modules())
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
@@ -439,7 +435,7 @@ def test_a_step_failure_mid_run_captions_on_torch(wide_ensemble: Path) -> None:
     def broken(*args: object) -> object:
         raise RuntimeError("out of memory in the step")
 
-    runtime.step = broken  # type: ignore[method-assign]
+    runtime.step = broken  # type: ignore[method-assign, assignment]
     pixels = _pixels(model.preset.size)
     assert [c.text for c in model.caption_batch(pixels)] == [
         c.text for c in plain.caption_batch(pixels)
@@ -481,7 +477,7 @@ def test_a_run_with_cached_files_does_not_import_onnx(
     wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """onnx (~0.7 s to import) writes the exported files; once they are cached a run, even of
-    one photo, needs OpenVINO only. Without onnx or OpenVINO: torch, saying which is missing."""
+    one photo, needs OpenVINO only. A file to export without onnx: torch, saying why."""
     import subprocess
     import sys
 
@@ -499,9 +495,13 @@ def test_a_run_with_cached_files_does_not_import_onnx(
     encoder, decoders, imported = out.split(" | ")
     assert encoder.startswith("openvino ") and decoders.endswith(" int8") and imported == "False"
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()  # cached: no onnx needed
+    assert model.runtime_name.startswith("openvino ")
+    assert model.decoder_runtime_name.endswith(" int8")
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "empty"))  # files to export: onnx
     model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
-    assert model.decoder_runtime_name == "torch (openvino: onnx is not installed)"
-    assert model.runtime_name == "torch (openvino: onnx is not installed)"
+    why = "torch (openvino: onnx is not installed (it exports the model for OpenVINO))"
+    assert model.runtime_name == model.decoder_runtime_name == why
 
 
 def test_the_openvino_encoder_runs_a_batch_in_chunks_with_the_same_features(
@@ -519,3 +519,48 @@ def test_the_openvino_encoder_runs_a_batch_in_chunks_with_the_same_features(
         ours, theirs = model.encode(pixels), plain.encode(pixels)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_photos_caption_does_not_depend_on_its_batch_with_the_int8_step(
+    wide_ensemble: Path,
+) -> None:
+    """Dynamic quantisation scales activations per group of values within a row, never across
+    rows: a photo captioned alone and in a batch of five gets the same caption."""
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert model.decoder_runtime_name.endswith(" int8")
+    pixels = _pixels(model.preset.size, 5)
+    together = [c.text for c in model.caption_batch(pixels)]
+    alone = [model.caption_batch(pixels[k : k + 1])[0].text for k in range(5)]
+    assert together == alone
+
+
+def test_a_cache_path_that_cannot_be_had_leaves_the_model_on_torch(
+    wide_ensemble: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # expanduser() raises for an unknown user's home: OpenVINO cannot be had, the run goes on.
+    monkeypatch.setenv("PHOTOCAP_CACHE", "~no-such-user-photocap/cache")
+    monkeypatch.setenv("PHOTOCAP_RUNTIME", "openvino")
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert model.runtime_name.startswith("torch (openvino: ")
+    assert model.decoder_runtime_name.startswith("torch (openvino: ")
+    assert model.caption_batch(_pixels(model.preset.size, 2))
+
+
+def test_a_step_whose_state_outputs_are_mixed_up_fails_the_check(
+    wide_ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check compares the new state too, not only the next word's scores: a step file
+    whose h and c came back swapped would pass a scores-only check and go wrong from the
+    second word on."""
+    import photocap.runtime as runtime
+
+    monkeypatch.setenv("PHOTOCAP_CACHE", str(tmp_path / "cache"))
+    step = runtime.OpenVinoDecoder.step
+
+    def swapped(self: runtime.OpenVinoDecoder, *args: torch.Tensor) -> object:
+        scores, (h, c), alpha = step(self, *args)  # type: ignore[arg-type]
+        return scores, (c, h), alpha
+
+    monkeypatch.setattr(runtime.OpenVinoDecoder, "step", swapped)
+    model = LazyCaptioner(wide_ensemble, device="cpu").captioner()
+    assert model.decoder_runtime_name.startswith("torch (openvino: its state differ")

@@ -146,7 +146,8 @@ class RunSummary:
     # What ran the encoder: "openvino 2026.4.1", "torch", "torch (openvino: why not)"; empty
     # when no photo needed the model (see photocap.runtime).
     encoder: str = ""
-    # What ran the decoders' step: "openvino 2026.4.1 int8", "torch", ...; empty likewise.
+    # What ran the decoders' step: "openvino 2026.4.1 int8", "torch", ...; empty likewise;
+    # "ray" for both on the Ray engine (its actors build the model as a local run does).
     decoders: str = ""
     # Ray nodes that decoded or captioned photos (--engine ray); 0 on the local engine.
     nodes: int = 0

@@ -150,7 +150,10 @@ class CaptionActor:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.safetensors"
             path.write_bytes(ray.get(model[0]))
-            self.captioner = load_captioner(path, device)
+            # The model as a local run has it on a CPU (photocap.runtime: OpenVINO, the
+            # decoders' step in int8): a photo's caption must not depend on the engine. The
+            # cache of exported files is keyed by the model's hash, not this temporary path.
+            self.captioner = load_captioner(path, device, runtime=True)
             if embedding:  # the driver's, for the driver's model id (checked there)
                 embedding_path(path).write_bytes(ray.get(embedding[0]))
                 vectors = load_embedding(embedding_path(path), model_id, self.captioner.device)
