@@ -203,3 +203,19 @@ def test_a_stopped_run_commits_what_it_has_and_the_next_resumes(
         summary.captioned,
         0,
     )
+
+
+def test_the_caption_actor_builds_the_model_as_a_local_run_does(
+    local_ray: Any, wide_model_file: Path
+) -> None:
+    """On a CPU the actor's decoders run the int8 step (photocap.runtime), as a local run's
+    do: a photo's caption must not depend on the engine (about 2 % of captions would)."""
+    import ray
+
+    from photocap.run.ray_engine import CaptionActor
+
+    actor = CaptionActor([ray.put(wide_model_file.read_bytes())], "cpu", 3)
+    assert actor.captioner.decoder_runtime_name.endswith(" int8")
+    assert actor.captioner.decoder_runtime_name == (
+        LazyCaptioner(wide_model_file, device="cpu").captioner().decoder_runtime_name
+    )
