@@ -43,15 +43,17 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from photocap.errors import one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
+
+_T = TypeVar("_T")
 
 RUNTIME_ENV = "PHOTOCAP_RUNTIME"  # "torch", "openvino", or unset: by the run's size
 # OpenVINO's start in a process (its libraries, the ONNX file, two compiles, the check) costs
@@ -236,6 +238,30 @@ class OpenVinoDecoder(_Compiled):
         return logp, (h, c), alpha
 
 
+def _why_torch() -> str:
+    """Why a part must stay on torch before anything is tried (``PHOTOCAP_RUNTIME=torch``,
+    OpenVINO not installed), as its runtime's name; "" when OpenVINO may be tried."""
+    if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
+        return f"torch ({RUNTIME_ENV}=torch)"
+    missing = _missing_package()
+    return f"torch (openvino: {missing} is not installed)" if missing else ""
+
+
+def _from_cache(path: Path, cached: bool, export: Callable[[], None], load: Callable[[], _T]) -> _T:
+    """``load()`` of the derived file at ``path``, exported first when it is not ``cached``.
+    A cached file that no longer loads or checks (a disk error, a file copied over it) is made
+    again once, rather than used, or every later run falling back to torch."""
+    if not cached:
+        export()
+        return load()
+    try:
+        return load()
+    except Exception:
+        path.unlink(missing_ok=True)
+        export()
+        return load()
+
+
 class EncoderRuntime:
     """What runs the encoder on a CPU: ``encoder`` (OpenVINO) or None (torch), and why."""
 
@@ -250,30 +276,20 @@ def build_encoder_runtime(
     """The OpenVINO encoder for ``fused`` (the BN-folded encoder of the model file whose SHA-256
     is ``digest``), from the cache or exported now, compiled for each of ``threads`` (others
     are compiled when first used); torch when it cannot be had."""
-    if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
-        return EncoderRuntime(None, f"torch ({RUNTIME_ENV}=torch)")
-    missing = _missing_package()
-    if missing:
-        return EncoderRuntime(None, f"torch (openvino: {missing} is not installed)")
+    why = _why_torch()
+    if why:
+        return EncoderRuntime(None, why)
     try:
         # In the try: a cache path that cannot be made (PHOTOCAP_CACHE=~nosuchuser/x) is
         # OpenVINO that cannot be had, not a run that fails.
         folder = cache_dir() / "openvino"
         onnx_path = folder / f"encoder-{digest[:16]}-{image_size}-v{EXPORT_VERSION}.onnx"
-        cached = onnx_path.exists()
-        if not cached:
-            _export_onnx(fused, image_size, onnx_path)
-        try:
-            encoder = _compile(fused, image_size, onnx_path, folder / "blobs", threads)
-        except Exception:
-            if not cached:
-                raise
-            # A cached file that no longer reads, or computes other features (a disk error, a
-            # file copied over it): made again once, rather than used, or every later run
-            # falling back to torch.
-            onnx_path.unlink(missing_ok=True)
-            _export_onnx(fused, image_size, onnx_path)
-            encoder = _compile(fused, image_size, onnx_path, folder / "blobs", threads)
+        encoder = _from_cache(
+            onnx_path,
+            onnx_path.exists(),
+            lambda: _export_onnx(fused, image_size, onnx_path),
+            lambda: _compile(fused, image_size, onnx_path, folder / "blobs", threads),
+        )
     except Exception as err:  # an export or compile failure must not stop a caption run
         reason = one_line(err, 160)
         return EncoderRuntime(None, f"torch (openvino: {reason})")
@@ -296,26 +312,18 @@ def build_decoder_runtime(
     ``Ensemble`` of the model file whose SHA-256 is ``digest``, reading features of
     ``feature_shape`` (L, D)), from the cache or made now, compiled for each of ``threads``;
     torch when it cannot be had."""
-    if os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch":
-        return DecoderRuntime(None, f"torch ({RUNTIME_ENV}=torch)")
-    missing = _missing_package()
-    if missing:
-        return DecoderRuntime(None, f"torch (openvino: {missing} is not installed)")
+    why = _why_torch()
+    if why:
+        return DecoderRuntime(None, why)
     try:
         folder = cache_dir() / "openvino"  # in the try: see build_encoder_runtime
         xml = folder / f"decoders-{digest[:16]}-v{STEP_VERSION}.xml"
-        cached = xml.exists() and xml.with_suffix(".bin").exists()
-        if not cached:
-            _export_int8_step(decoder, feature_shape, xml)
-        try:
-            runtime = _compile_step(decoder, feature_shape, xml, folder / "blobs", threads)
-        except Exception:
-            if not cached:
-                raise
-            # A cached file that no longer reads or computes another step: made again once.
-            xml.unlink(missing_ok=True)
-            _export_int8_step(decoder, feature_shape, xml)
-            runtime = _compile_step(decoder, feature_shape, xml, folder / "blobs", threads)
+        runtime = _from_cache(
+            xml,
+            xml.exists() and xml.with_suffix(".bin").exists(),
+            lambda: _export_int8_step(decoder, feature_shape, xml),
+            lambda: _compile_step(decoder, feature_shape, xml, folder / "blobs", threads),
+        )
     except Exception as err:  # an export or compile failure must not stop a caption run
         reason = one_line(err, 160)
         return DecoderRuntime(None, f"torch (openvino: {reason})")
