@@ -77,6 +77,8 @@ def stage_costs(files: list[Path], args: argparse.Namespace) -> dict[str, float]
     from photocap.checkpoint import load_captioner
     from photocap.image import decode_photo
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # before the build: OpenVINO runs with the threads it was built with
     models = {"model_ms": load_captioner(None, "cpu"),
               "model_openvino_ms": load_captioner(None, "cpu", runtime=True)}  # fmt: skip
     preset = models["model_ms"].preset
@@ -84,8 +86,6 @@ def stage_costs(files: list[Path], args: argparse.Namespace) -> dict[str, float]
     decoded = [decode_photo(str(f), preset) for f in files]
     costs = {"decode_ms": (time.perf_counter() - started) * 1000 / len(files)}
     pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))  # type: ignore[union-attr]
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         for key, captioner in models.items():
             captioner.caption_batch(pixels[: args.batch_size])  # warm-up

@@ -308,7 +308,7 @@ class LazyCaptioner:
                 import torch
 
                 # Read here, on the run's thread, before the run gives torch fewer threads
-                # while decode workers decode: OpenVINO is compiled for both counts.
+                # while decode workers decode: OpenVINO is compiled for all of them.
                 threads = torch.get_num_threads()
                 self._builder = threading.Thread(
                     target=self._build,
@@ -432,10 +432,9 @@ def _use_runtimes(
 
     from photocap.runtime import build_decoder_runtime, build_encoder_runtime, wants_runtime
 
-    # Compiled for the thread counts a run gives the model (all of torch's, and half the cores
-    # while decode workers decode: photocap.run.caption.CoreShare).
-    threads = threads or torch.get_num_threads()
-    counts = {threads, max(1, min(threads, (os.cpu_count() or 1) // 2))}
+    # Compiled once, for every thread torch has now (a run reads them before it halves torch's
+    # while decode workers decode): OpenVINO keeps them all (photocap.runtime._Compiled).
+    counts = {threads or torch.get_num_threads()}
     if wants_runtime(photos):
         with torch.no_grad():
             fused = captioner._inference_encoder()

@@ -84,7 +84,8 @@ class CoreShare:
     So while workers decode, the model gets at most half the cores; when none is decoding
     (the photos in flight are all decoded: decoding is ahead, or the run's last batches), it
     gets every thread torch had, as no worker decodes while the model works (the run sends
-    photos to decode between batches only).
+    photos to decode between batches only). The parts of the model on OpenVINO keep every
+    thread throughout: their threads do not spin-wait (:class:`photocap.runtime._Compiled`).
     """
 
     def __init__(self, captioner: CaptionModel, workers: int) -> None:
@@ -104,7 +105,7 @@ class CoreShare:
         self.active = self.workers > 0 and self.captioner.device.type == "cpu"
         self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
         self.current = self.before  # set before each batch, not at the start: the model
-        # build (on its thread) compiles OpenVINO for torch's own count and for ``shared``
+        # build (on its thread) reads torch's own count to compile OpenVINO for
 
     def set_for_batch(self, *, decoding: bool) -> None:
         if not self._ready:
