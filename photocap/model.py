@@ -228,9 +228,7 @@ class Ensemble(nn.Module):
             new_h.append(h)
             new_c.append(c)
             alphas.append(alpha)  # (N, L)
-        mean_logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # (N, V)
-        new_state = (torch.cat(new_h, dim=-1), torch.cat(new_c, dim=-1))  # (N, M*H) x2
-        return mean_logp, new_state, torch.stack(alphas).mean(dim=0)
+        return (*_mean_of_members(logps, new_h, new_c), torch.stack(alphas).mean(dim=0))
 
     def fused_step(
         self,
@@ -274,12 +272,19 @@ class Ensemble(nn.Module):
             logps.append(logits.float().log_softmax(-1))
             new_h.append(h)
             new_c.append(c)
-        mean_logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(M)  # (N, V)
-        new_state = (torch.cat(new_h, dim=-1), torch.cat(new_c, dim=-1))  # (N, M*H) x2
-        return mean_logp, new_state, alpha.mean(dim=-1)  # ..., (N, L)
+        return (*_mean_of_members(logps, new_h, new_c), alpha.mean(dim=-1))  # ..., (N, L)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> Any:
         raise TypeError("an Ensemble only decodes: train its members one by one")
+
+
+def _mean_of_members(
+    logps: list[torch.Tensor], new_h: list[torch.Tensor], new_c: list[torch.Tensor]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """An ensemble's step from its members': the log of their mean probability (N, V) and
+    their new states side by side, (N, M*H) x2."""
+    mean_logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # (N, V)
+    return mean_logp, (torch.cat(new_h, dim=-1), torch.cat(new_c, dim=-1))
 
 
 class Captioner(nn.Module):
