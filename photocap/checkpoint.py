@@ -38,6 +38,10 @@ FORMAT = "photocap-checkpoint"
 FORMAT_VERSION = 3
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
+# The shipped models by the name `--model` takes: the default (three decoders), and the fast
+# one (one decoder distilled from them: about half the CPU time a photo, a little less quality;
+# models/README.md has both model cards).
+SHIPPED_MODELS = {"default": DEFAULT_MODEL_NAME, "fast": "photocap-flickr8k-fast.safetensors"}
 
 
 def default_model_path() -> Path:
@@ -45,14 +49,31 @@ def default_model_path() -> Path:
     env = os.environ.get("PHOTOCAP_MODEL")
     if env:
         return Path(env).expanduser()
+    return shipped_model_path(DEFAULT_MODEL_NAME)
+
+
+def shipped_model_path(filename: str) -> Path:
+    """A shipped model file: in ``models/`` of the source tree, else where pip installed it."""
     import sys
 
     installed = Path(sys.prefix) / "share" / "photocap" / "models"  # pip install (data-files)
     for folder in (MODELS_DIR, installed):
-        candidate = folder / DEFAULT_MODEL_NAME
+        candidate = folder / filename
         if candidate.exists():
             return candidate
-    return MODELS_DIR / DEFAULT_MODEL_NAME
+    return MODELS_DIR / filename
+
+
+def resolve_model_path(model: Path | str | None = None) -> Path:
+    """What ``--model`` names, as a file: None is the default model (``$PHOTOCAP_MODEL``
+    first); a shipped model's name (``default``, ``fast``: :data:`SHIPPED_MODELS`) is its file,
+    unless a file of that name is in the current folder; anything else is a path."""
+    if model is None:
+        return default_model_path()
+    name = str(model)
+    if name in SHIPPED_MODELS and not Path(name).exists():
+        return shipped_model_path(SHIPPED_MODELS[name])
+    return Path(model).expanduser()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -168,7 +189,7 @@ def model_info(path: Path | None = None) -> dict[str, Any]:
     torch is not imported (milliseconds, not seconds)."""
     from photocap.preset import Preset
 
-    path = Path(path) if path is not None else default_model_path()
+    path = resolve_model_path(path)
     if not path.exists():
         raise ModelError(
             f"model file not found: {path} (train one with `photocap train`, or pass --model)"
@@ -211,7 +232,7 @@ def load_captioner(
     it is installed (:mod:`photocap.runtime`; what ``photocap caption`` and ``evaluate`` do).
     Off for training, which changes weights.
     """
-    path = Path(path) if path is not None else default_model_path()
+    path = resolve_model_path(path)
     if not path.exists():
         raise ModelError(
             f"model file not found: {path} (train one with `photocap train`, or pass --model)"
@@ -233,7 +254,7 @@ class LazyCaptioner:
     """
 
     def __init__(self, path: Path | None = None, device: str = "auto") -> None:
-        self.path = Path(path) if path is not None else default_model_path()
+        self.path = resolve_model_path(path)
         if not self.path.exists():
             raise ModelError(
                 f"model file not found: {self.path} "

@@ -46,7 +46,7 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 _LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
-MODEL_HELP = "Model file [default: the shipped model]."
+MODEL_HELP = "Model file, or a shipped model: default (best captions) or fast (~2x faster)."
 DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
 EXIT_CODES = (
     "Exit status: 0 every photo succeeded, 1 at least one photo failed, "
@@ -141,6 +141,16 @@ def train(
     scale_jitter: float = typer.Option(
         0.0, "--scale-jitter", help="Stage 2 augmentation: random crops keeping 1-J..1 per side."
     ),
+    lr: float = typer.Option(4e-4, "--lr", help="Learning rate of stage 1."),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Distil this model (an ensemble): its beam captions of the train photos are "
+        "stage-1/2 targets beside the human ones (cached).",
+    ),
+    teacher_beam: int = typer.Option(
+        3, "--teacher-beam", min=1, help="Beam size of the --teacher's captions."
+    ),
 ) -> None:
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
@@ -176,6 +186,9 @@ def train(
         bleu_weight=bleu_weight,
         reset_decoder=reset_decoder,
         scale_jitter=scale_jitter,
+        lr=lr,
+        teacher=teacher,
+        teacher_beam=teacher_beam,
     )
     console = Console(stderr=True)
     last_line = time.monotonic()
@@ -265,7 +278,10 @@ def evaluate(
 @cli_errors
 def ensemble(
     models: list[Path] = typer.Argument(
-        ..., metavar="MODEL", help="Model files sharing an encoder's trunk (2 or more)."
+        ...,
+        metavar="MODEL",
+        help="Model files sharing an encoder's trunk (2 or more; or one "
+        "with one --decoders position).",
     ),
     out: Path = typer.Option(..., "--out", help="Model file to write."),
     name: str | None = typer.Option(None, "--name", help="Model name stored in the file."),
@@ -273,15 +289,17 @@ def ensemble(
         None,
         "--decoders",
         help="Keep only these decoders: positions (from 0) in the list of every MODEL's "
-        "decoders in turn, e.g. 0,1,2. Default: all.",
+        "decoders in turn, e.g. 0,1,2. Default: all. One MODEL and one position: that "
+        "decoder as a model of its own.",
     ),
 ) -> None:
     """Join the decoders of several models into one model that averages their word
     probabilities. Models trained on one encoder (train --init BASE --reset-decoder) share it;
     encoders that differ in their last blocks (--scst-encoder-blocks) become branches of one
-    encoder, the shared trunk computed once."""
+    encoder, the shared trunk computed once. One model and one --decoders position: that
+    decoder alone, with its own branch's encoder (the start of a fast model)."""
     from photocap.checkpoint import read_metadata
-    from photocap.training.ensembles import merge_decoders
+    from photocap.training.ensembles import extract_decoder, merge_decoders
 
     try:
         keep = [int(k) for k in decoders.split(",")] if decoders else None
@@ -289,10 +307,15 @@ def ensemble(
         raise typer.BadParameter(
             f"not a list of positions: {decoders}", param_hint="--decoders"
         ) from None
-    path = merge_decoders(models, out, {"name": name} if name else None, keep)
+    info = {"name": name} if name else None
+    if keep is not None and len(keep) == 1 and len(models) == 1:
+        # One decoder of one model: a model of its own (its branch's encoder, no ensemble).
+        path = extract_decoder(models[0], keep[0], out, info)
+    else:
+        path = merge_decoders(models, out, info, keep)
     config = json.loads(read_metadata(path)["config"])  # the header only, not the weights
     branches = config["encoder"].get("branches", 1)
-    decoders = _count(config["decoders"], "decoder")
+    decoders = _count(config.get("decoders", 1), "decoder")  # absent: one (format 1)
     typer.echo(
         f"wrote {path} ({decoders}, {_count(branches, 'encoder branch', 'encoder branches')}, "
         f"{path.stat().st_size / 1e6:.1f} MB)"
@@ -763,12 +786,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _meaning(model: Path | None) -> Any:
     """The query encoder of the model's text-image embedding (:mod:`photocap.embedding`); None
     (the order of the words alone) when the model has no embedding beside it."""
-    from photocap.checkpoint import default_model_path
+    from photocap.checkpoint import resolve_model_path
     from photocap.embedding import QueryEncoder
     from photocap.errors import ModelError
 
     try:
-        encoder = QueryEncoder.from_model(model or default_model_path())
+        encoder = QueryEncoder.from_model(resolve_model_path(model))
     except (ModelError, OSError):
         return None
     return encoder
@@ -777,12 +800,12 @@ def _meaning(model: Path | None) -> Any:
 def _near_words(model: Path | None) -> Callable[[str], list[str]] | None:
     """A word's near words from the model file's own vectors (:mod:`photocap.lexicon`); None
     (the words typed only) when the model file cannot be read: search works without it."""
-    from photocap.checkpoint import default_model_path
+    from photocap.checkpoint import resolve_model_path
     from photocap.errors import ModelError
     from photocap.lexicon import NearWords
 
     try:
-        return NearWords.from_model(model or default_model_path()).of
+        return NearWords.from_model(resolve_model_path(model)).of
     except (ModelError, OSError, KeyError, ValueError):
         if model is not None:
             raise ModelError(f"cannot read near words from {model}") from None

@@ -53,6 +53,10 @@ class TrainConfig:
     resume: bool = False
     init: Path | None = None  # start from this model file (weights + vocabulary)
     reset_decoder: bool = False  # with init: keep its encoder + vocabulary, train a new decoder
+    # Sequence-level distillation: this model's beam captions of the train photos (beam
+    # teacher_beam) are cross-entropy targets too, beside the human captions.
+    teacher: Path | None = None
+    teacher_beam: int = 3
     scale_jitter: float = 0.0  # stage 2 augmentation: random crops of (1 - j)..1 of each side
     patience: int = 6  # stop a stage after this many epochs without a better dev score
 

@@ -48,7 +48,8 @@ def load_pixels(paths: Sequence[Path], preset: Preset, workers: int) -> torch.Te
     )
 
 
-def _content_key(path: Path) -> str:
+def content_key(path: Path) -> str:
+    """SHA-1 of a file's bytes: what the caches of its features and captions are keyed by."""
     import hashlib
 
     return hashlib.sha1(path.read_bytes()).hexdigest()
@@ -120,7 +121,7 @@ def cached_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     kind = "features" if start is None else f"trunk{start}"
     cache = cache_dir / f"{kind}-{_encoder_digest(captioner, start)}.safetensors"
-    keys = [_content_key(p) for p in paths]
+    keys = [content_key(p) for p in paths]
     stored: dict[str, torch.Tensor] = load_file(str(cache)) if cache.exists() else {}
     todo = [i for i, k in enumerate(keys) if k not in stored]
     if todo:

@@ -39,6 +39,7 @@ from photocap.errors import DatasetError, ModelError
 from photocap.model import Captioner, Decoder, ModelConfig
 from photocap.preset import Preset
 from photocap.training.config import TrainConfig, TrainEvent, last_path, state_path
+from photocap.training.distillation import teach_captions
 from photocap.training.evaluation import score_dev
 from photocap.training.features import encode_captions, extract_features, load_pixels
 from photocap.training.stages import STAGE_TABLE, STAGES, StageRun, TrainData, run_stage
@@ -159,6 +160,22 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     pair_tokens = encode_captions(
         vocab, [c for n in train_names for c in data.captions[n]], config.max_words
     )  # (P, T)
+
+    if config.teacher is not None:
+        t1 = time.time()
+        taught = teach_captions(
+            config.teacher, train_paths, train_pixels, vocab, captioner.preset, cache_dir,
+            config.teacher_beam, device,
+        )  # fmt: skip
+        # One more pair per photo: its teacher caption (stage 1 and 2 targets; stage 3's
+        # reward stays the human captions).
+        pair_image = torch.cat([pair_image, torch.arange(len(train_names))])
+        pair_tokens = torch.cat([pair_tokens, encode_captions(vocab, taught, config.max_words)])
+        yield TrainEvent(
+            "info",
+            message=f"teacher {config.teacher}: {len(taught)} captions "
+            f"(beam {config.teacher_beam}) in {time.time() - t1:.1f}s",
+        )
 
     best = {"cider": -1.0} if resume_state is None else dict(resume_state["best"])
     if config.init is not None and resume_state is None and not config.reset_decoder:
