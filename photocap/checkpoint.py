@@ -45,10 +45,11 @@ SHIPPED_MODELS = {"default": DEFAULT_MODEL_NAME, "fast": "photocap-flickr8k-fast
 
 
 def default_model_path() -> Path:
-    """The shipped model: ``$PHOTOCAP_MODEL``, else ``models/`` in the source tree or package."""
+    """The default model: ``$PHOTOCAP_MODEL`` (a file, or a shipped model's name), else the
+    shipped default in ``models/`` of the source tree or package."""
     env = os.environ.get("PHOTOCAP_MODEL")
     if env:
-        return Path(env).expanduser()
+        return _named_or_path(env)
     return shipped_model_path(DEFAULT_MODEL_NAME)
 
 
@@ -68,11 +69,18 @@ def resolve_model_path(model: Path | str | None = None) -> Path:
     """What ``--model`` names, as a file: None is the default model (``$PHOTOCAP_MODEL``
     first); a shipped model's name (``default``, ``fast``: :data:`SHIPPED_MODELS`) is its file,
     unless a file of that name is in the current folder; anything else is a path."""
-    if model is None:
-        return default_model_path()
-    name = str(model)
-    if name in SHIPPED_MODELS and not Path(name).exists():
-        return shipped_model_path(SHIPPED_MODELS[name])
+    return default_model_path() if model is None else _named_or_path(str(model))
+
+
+def _named_or_path(model: str) -> Path:
+    if model in SHIPPED_MODELS and not Path(model).is_file():
+        path = shipped_model_path(SHIPPED_MODELS[model])
+        if not path.exists():
+            raise ModelError(
+                f"the {model} model is not installed with this photocap ({path} is missing): "
+                "reinstall photocap, or pass a model file"
+            )
+        return path
     return Path(model).expanduser()
 
 

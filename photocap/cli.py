@@ -141,7 +141,7 @@ def train(
     scale_jitter: float = typer.Option(
         0.0, "--scale-jitter", help="Stage 2 augmentation: random crops keeping 1-J..1 per side."
     ),
-    lr: float = typer.Option(4e-4, "--lr", help="Learning rate of stage 1."),
+    lr: float = typer.Option(4e-4, "--lr", min=0.0, help="Learning rate of stage 1."),
     teacher: Path | None = typer.Option(
         None,
         "--teacher",
@@ -149,7 +149,7 @@ def train(
         "stage-1/2 targets beside the human ones (cached).",
     ),
     teacher_beam: int = typer.Option(
-        3, "--teacher-beam", min=1, help="Beam size of the --teacher's captions."
+        3, "--teacher-beam", min=1, max=20, help="Beam size of the --teacher's captions."
     ),
 ) -> None:
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from flickr_fixtures import REPO, TinyRun, tiny_run_fixture, tiny_train_config  
 from PIL import Image
 from typer.testing import CliRunner
 
+import photocap.training.run as run_mod
 from photocap.checkpoint import (
     SHIPPED_MODELS,
     build_random_captioner,
@@ -28,17 +30,21 @@ from photocap.model import Captioner, Decoder, Ensemble
 from photocap.training.ensembles import extract_decoder, merge_decoders
 from photocap.training.features import content_key
 from photocap.training.run import iter_train
+from photocap.training.stages import TrainData
+from photocap.vocab import tokenize
 
 FAST_MODEL = REPO / "models" / SHIPPED_MODELS["fast"]
 
 
 def _retopped(model: Captioner, seed: int) -> Captioner:
-    """Another decoder, and the encoder with its last block and head moved."""
+    """Another decoder, and the encoder with its last two blocks and its head moved (the
+    head's BatchNorm statistics too)."""
     other = build_random_captioner(seed=seed)
     other.encoder.load_state_dict(model.encoder.state_dict())
+    top = [*other.encoder._blocks[-2:], other.encoder._conv_head, other.encoder._bn1]
     with torch.no_grad():
-        for p in [*other.encoder._blocks[-1].parameters(), *other.encoder._conv_head.parameters()]:
-            p.add_(0.2 * torch.randn_like(p))
+        for p in [t for m in top for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]:
+            p.add_(0.2 * torch.rand_like(p))  # positive: running variances stay positive
     return other
 
 
@@ -49,6 +55,7 @@ def test_one_decoder_of_a_branched_ensemble_is_the_model_it_came_from(tmp_path: 
         save_captioner(m, tmp_path / f"{n}.safetensors", half=True) for n, m in (("a", a), ("b", b))
     ]
     joined = merge_decoders(paths, tmp_path / "ab.safetensors")
+    assert load_captioner(joined, "cpu").config.encoder.branch_blocks == 2
     torch.manual_seed(5)
     pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)  # (n, 3, S, S)
     for index, source in enumerate(paths):
@@ -57,7 +64,11 @@ def test_one_decoder_of_a_branched_ensemble_is_the_model_it_came_from(tmp_path: 
         assert one.config.decoders == 1 and isinstance(one.decoder, Decoder)
         assert one.config.encoder.branches == 1 and one.config.decoder_branches == ()
         assert one.metadata["decoder_of"]["decoder"] == index
+        assert one.metadata["decoder_of"]["file"] == "ab.safetensors"
         # the second decoder reads the second branch: its blocks became the encoder's top
+        ours, theirs = one.encoder.state_dict(), want.encoder.state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(v, theirs[k]) for k, v in ours.items())
         with torch.no_grad():
             assert torch.equal(one.encode(pixels), want.encode(pixels))  # (3, L, D)
         assert [c.text for c in one.caption_batch(pixels)] == [
@@ -77,42 +88,61 @@ def test_the_teachers_captions_are_targets_beside_the_human_ones(
 ) -> None:
     fake, teacher = tiny_run.fake, tiny_run.out
     cache = tmp_path / "cache"
+    seen: list[TrainData] = []
 
-    def run(**extra: object) -> list:  # type: ignore[type-arg]
+    class Spy(run_mod.StageRun):  # type: ignore[misc]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            seen.append(self.data)
+
+    monkeypatch.setattr(run_mod, "StageRun", Spy)
+
+    def train(**extra: Any) -> TrainData:
+        seen.clear()
         out = tmp_path / f"{len(os.listdir(tmp_path))}.safetensors"
         config = tiny_train_config(
             fake.root, out, cache, epochs=1, batch_size=6, init=teacher, **extra
         )
-        return list(iter_train(config))
+        list(iter_train(config))
+        return seen[0]
 
-    def steps(events: list) -> int:  # type: ignore[type-arg]
-        return max(e.steps for e in events if e.kind == "step" and e.stage == "xe")
-
-    plain = run()
-    taught = run(teacher=teacher)
-    # 12 photos x 5 human captions = 60 pairs, 10 steps of 6; one teacher caption more each
-    assert steps(plain) == 10 and steps(taught) == 12
-    assert any("12 captions (beam 3)" in e.message for e in taught)
-    # the cache holds what the teacher says of each train photo, by the photo's content
+    plain = train()
+    taught = train(teacher=teacher)
+    n = len(fake.train)  # 12 photos x 5 human captions, then one teacher caption each
+    assert len(plain.pair_image) == 5 * n and len(taught.pair_image) == 6 * n
+    assert torch.equal(taught.pair_image[: 5 * n], plain.pair_image)
+    assert torch.equal(taught.pair_tokens[: 5 * n], plain.pair_tokens)
+    assert torch.equal(taught.pair_image[5 * n :], torch.arange(n))  # photo k's caption, in order
+    # ... and they are what the teacher says of each photo, as the cache keeps them (by content)
     (stored,) = cache.glob("teacher-*-beam3.json")
-    captions = json.loads(stored.read_text())
+    cached = json.loads(stored.read_text())
     model = load_captioner(teacher, "cpu")
-    photo = fake.path(fake.train[0])
-    with Image.open(photo) as image:
-        pixels = model.preset.to_uint8(image)[None]  # (1, 3, S, S)
-    assert captions[content_key(photo)] == model.caption_batch(pixels, 3)[0].text
-    assert len(captions) == 12
+    for k, name in enumerate(fake.train):
+        with Image.open(fake.path(name)) as image:
+            said = model.caption_batch(model.preset.to_uint8(image)[None], 3)[0].text
+        assert cached[content_key(fake.path(name))] == said
+        words = model.vocab.decode(taught.pair_tokens[5 * n + k].tolist())
+        assert words == tokenize(said)[: len(words)] and words
     # a second run decodes nothing: the teacher's captions come from the cache
     monkeypatch.setattr(Captioner, "caption_batch", lambda *a, **k: pytest.fail("decoded again"))
-    assert steps(run(teacher=teacher)) == 12
+    assert torch.equal(train(teacher=teacher).pair_tokens, taught.pair_tokens)
+    # a cache cut short is made again, not a crash
+    stored.write_text(stored.read_text()[:50])
+    monkeypatch.undo()
+    monkeypatch.setattr(run_mod, "StageRun", Spy)
+    assert torch.equal(train(teacher=teacher).pair_tokens, taught.pair_tokens)
+    assert len(json.loads(stored.read_text())) == n
 
 
-def test_a_teacher_of_another_vocabulary_is_refused(tiny_run: TinyRun, tmp_path: Path) -> None:
+def test_a_teacher_of_another_vocabulary_is_refused_before_decoding(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = save_captioner(build_random_captioner(seed=3), tmp_path / "other.safetensors")
     config = tiny_train_config(
         tiny_run.fake.root, tmp_path / "o.safetensors", tmp_path / "c", epochs=1,
         init=tiny_run.out, teacher=other,
     )  # fmt: skip
+    monkeypatch.setattr(run_mod, "load_pixels", lambda *a: pytest.fail("decoded the photos"))
     with pytest.raises(ModelError, match="another vocabulary"):
         list(iter_train(config))
 
@@ -120,13 +150,29 @@ def test_a_teacher_of_another_vocabulary_is_refused(tiny_run: TinyRun, tmp_path:
 def test_model_names_resolve_to_the_shipped_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert resolve_model_path("fast").name == SHIPPED_MODELS["fast"]
-    assert resolve_model_path("default").name == SHIPPED_MODELS["default"]
-    assert resolve_model_path(None).name == SHIPPED_MODELS["default"]
+    assert resolve_model_path("default") == REPO / "models" / SHIPPED_MODELS["default"]
+    assert resolve_model_path(None) == resolve_model_path("default")
     assert resolve_model_path(tmp_path / "m.safetensors") == tmp_path / "m.safetensors"
+    monkeypatch.setenv("PHOTOCAP_MODEL", "default")  # a name there too
+    assert resolve_model_path(None) == REPO / "models" / SHIPPED_MODELS["default"]
+    # by name through the CLI: the header of the shipped model (no model built)
+    result = CliRunner().invoke(
+        app, ["info", "--model", "default", "--json", "--db", str(tmp_path / "i.db")]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"]["decoders"] == 3
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "fast").write_bytes(b"")  # a file named like a model: the user's file wins
-    assert resolve_model_path("fast") == Path("fast")
+    (tmp_path / "fast").mkdir()  # a folder of that name is not a model file: the name wins
+    (tmp_path / "default").write_bytes(b"")  # a file named like a model: the user's file wins
+    assert resolve_model_path("default") == Path("default")
+
+
+def test_a_shipped_model_not_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SHIPPED_MODELS, "fast", "photocap-nowhere.safetensors")
+    with pytest.raises(ModelError, match="the fast model is not installed"):
+        resolve_model_path("fast")
+    result = CliRunner().invoke(app, ["info", "--model", "fast", "--json"])
+    assert "the fast model is not installed" in result.output
 
 
 @pytest.mark.skipif(not FAST_MODEL.is_file(), reason=f"{FAST_MODEL} not present")

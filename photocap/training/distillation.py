@@ -47,14 +47,44 @@ def teach_captions(
     cache_dir.mkdir(parents=True, exist_ok=True)
     model_id = captioner.model_id.replace("/", "_").replace("@", "-")
     cache = cache_dir / f"teacher-{model_id}-beam{beam_size}.json"
-    stored: dict[str, str] = json.loads(cache.read_text()) if cache.exists() else {}
+    stored = _read_cache(cache)
     keys = [content_key(p) for p in paths]
     todo = [i for i, k in enumerate(keys) if k not in stored]
     for start in range(0, len(todo), BATCH):
         chunk = todo[start : start + BATCH]
         captions = captioner.caption_batch(pixels[chunk], beam_size)  # uint8 (b, 3, S, S) in
         stored.update({keys[i]: c.text for i, c in zip(chunk, captions, strict=True)})
-        tmp = cache.with_suffix(".tmp")  # atomic: an interrupted run keeps what it decoded
-        tmp.write_text(json.dumps(stored))
-        os.replace(tmp, cache)
+        # Atomic, and a temporary name per process: two runs sharing the cache (two students
+        # of one teacher) never write one file; an interrupted run keeps what it decoded.
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(stored))
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
     return [stored[k] for k in keys]
+
+
+def check_teacher(teacher: Path, vocab: Vocab, preset: Preset) -> None:
+    """Refuse a teacher whose vocabulary or preset is not the student's, from its header only:
+    before the train photos are decoded for nothing."""
+    from photocap.checkpoint import read_metadata, resolve_model_path
+
+    meta = read_metadata(resolve_model_path(teacher))
+    try:
+        words, theirs = json.loads(meta["vocab"]), Preset.from_dict(json.loads(meta["preset"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelError(f"corrupt teacher model file {teacher}: {err!r}") from None
+    if Vocab(tuple(words)) != vocab:
+        raise ModelError(f"teacher {teacher}: another vocabulary than the student's")
+    if theirs != preset:
+        raise ModelError(f"teacher {teacher}: another image preset than the student's")
+
+
+def _read_cache(cache: Path) -> dict[str, str]:
+    """The cached captions; an unreadable cache (cut short, or edited) is decoded again."""
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from photocap.checkpoint import load_captioner, save_captioner
+from photocap.checkpoint import load_captioner, resolve_model_path, save_captioner
 from photocap.encoder import Encoder, branch_state_dict
 from photocap.errors import ModelError
 from photocap.model import Captioner, Decoder, Ensemble
@@ -169,7 +169,11 @@ def extract_decoder(path: Path, index: int, out: Path, info: dict[str, Any] | No
     one.metadata = {
         "name": source.metadata.get("name", "photocap") + f"-decoder{index}",
         "training_data": source.metadata.get("training_data", ""),
-        "decoder_of": {"file": Path(path).name, "model_id": source.model_id, "decoder": index},
+        "decoder_of": {
+            "file": resolve_model_path(path).name,
+            "model_id": source.model_id,
+            "decoder": index,
+        },
     }
     return save_captioner(one, out, half=True, info=info)
 

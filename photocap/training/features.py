@@ -127,9 +127,12 @@ def cached_features(
     if todo:
         fresh = extract_features(captioner, pixels[todo], start=start).cpu()  # (n, ...)
         stored.update({keys[i]: fresh[j] for j, i in enumerate(todo)})
-        tmp = cache.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
-        os.replace(tmp, cache)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # one per process: no race
+        try:
+            save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
     return torch.stack([stored[k] for k in keys]).to(captioner.device)  # (N, L, D)
 
 

@@ -39,7 +39,7 @@ from photocap.errors import DatasetError, ModelError
 from photocap.model import Captioner, Decoder, ModelConfig
 from photocap.preset import Preset
 from photocap.training.config import TrainConfig, TrainEvent, last_path, state_path
-from photocap.training.distillation import teach_captions
+from photocap.training.distillation import check_teacher, teach_captions
 from photocap.training.evaluation import score_dev
 from photocap.training.features import encode_captions, extract_features, load_pixels
 from photocap.training.stages import STAGE_TABLE, STAGES, StageRun, TrainData, run_stage
@@ -144,6 +144,10 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         f"vocabulary {len(vocab)}, device {device}",
     )
 
+    # The teacher's captions are targets of the cross-entropy stages only.
+    teacher = config.teacher if config.epochs or config.fine_tune_epochs else None
+    if teacher is not None:
+        check_teacher(teacher, vocab, captioner.preset)  # its header: before any decoding
     t0 = time.time()
     train_paths = [data.image_path(n) for n in train_names]
     dev_paths = [data.image_path(n) for n in dev_names]
@@ -161,10 +165,10 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         vocab, [c for n in train_names for c in data.captions[n]], config.max_words
     )  # (P, T)
 
-    if config.teacher is not None:
+    if teacher is not None:
         t1 = time.time()
         taught = teach_captions(
-            config.teacher, train_paths, train_pixels, vocab, captioner.preset, cache_dir,
+            teacher, train_paths, train_pixels, vocab, captioner.preset, cache_dir,
             config.teacher_beam, device,
         )  # fmt: skip
         # One more pair per photo: its teacher caption (stage 1 and 2 targets; stage 3's
@@ -173,7 +177,7 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
         pair_tokens = torch.cat([pair_tokens, encode_captions(vocab, taught, config.max_words)])
         yield TrainEvent(
             "info",
-            message=f"teacher {config.teacher}: {len(taught)} captions "
+            message=f"teacher {teacher}: {len(taught)} captions "
             f"(beam {config.teacher_beam}) in {time.time() - t1:.1f}s",
         )
 

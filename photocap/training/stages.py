@@ -111,7 +111,8 @@ def _pair_batches(run: StageRun) -> list[torch.Tensor]:
 
 
 def _finetune_batches(run: StageRun) -> list[torch.Tensor]:
-    """Batches of photos, each with its 5 captions: as many captions as an xe batch."""
+    """Batches of photos, each with its captions (5 human ones, and a ``--teacher``'s):
+    about as many captions as an xe batch."""
     return _shuffled(len(run.data.train_paths), max(1, run.config.batch_size // 5))
 
 
