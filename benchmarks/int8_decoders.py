@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     import photocap.runtime as runtime
     from photocap.checkpoint import default_model_path, file_digest, load_captioner
     from photocap.dataset import load_flickr8k
+    from photocap.paths import CACHE_ENV
     from photocap.training.evaluation import score_captions
     from photocap.training.features import extract_features, load_pixels
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         """photocap's step on OpenVINO (int8 as photocap builds it; fp32: nothing quantised),
         from a cache of its own."""
         caches.append(tempfile.mkdtemp(prefix="photocap-int8-bench-"))
-        os.environ[runtime.CACHE_ENV] = caches[-1]
+        os.environ[CACHE_ENV] = caches[-1]
         side = runtime.MIN_INT8_SIDE
         runtime.MIN_INT8_SIDE = side if int8 else 1 << 30
         try:

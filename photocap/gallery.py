@@ -117,7 +117,7 @@ def create_app(config: GalleryConfig) -> Flask:
     )
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # a caption, not an upload
     if config.thumbnails is None:
-        from photocap.runtime import cache_dir
+        from photocap.paths import cache_dir
 
         config.thumbnails = cache_dir() / "thumbnails"
     thumbs = ThumbnailCache(config.thumbnails)

@@ -347,6 +347,36 @@ class Captioner(nn.Module):
         """Nothing to do: built already (a run calls this on any model; see
         :class:`photocap.checkpoint.LazyCaptioner`)."""
 
+    def decoder_alone(self, index: int) -> Captioner:
+        """Decoder ``index`` of this ensemble as a model of its own, on the CPU: that decoder,
+        and a plain encoder whose top is the branch that decoder reads. Its captions are the
+        decoder's alone; it costs a third of a three-decoder ensemble's decoding and one
+        branch's encoder top (the fast model; ``photocap ensemble M --decoders K``)."""
+        from photocap.encoder import unbranch_state_dict
+
+        decoder = self.decoder
+        members = decoder.decoders if isinstance(decoder, Ensemble) else [cast(Decoder, decoder)]
+        if not 0 <= index < len(members):
+            raise ValueError(f"decoders 0..{len(members) - 1}, not {index}")
+        c = self.config
+        branch = c.decoder_branches[index] if c.decoder_branches else 0
+        start = len(self.encoder._blocks) - c.encoder.branch_blocks
+        one = Captioner(
+            replace(c, encoder=replace(c.encoder, branches=1, branch_blocks=0), decoders=1,
+                    decoder_branches=()),
+            self.vocab,
+            self.preset,
+        )  # fmt: skip
+        state = {k: v.cpu() for k, v in self.encoder.state_dict().items()}
+        one.encoder.load_state_dict(unbranch_state_dict(state, branch, start))
+        one.decoder.load_state_dict({k: v.cpu() for k, v in members[index].state_dict().items()})
+        one.metadata = {
+            "name": f"{self.metadata.get('name', 'photocap')}-decoder{index}",
+            "training_data": self.metadata.get("training_data", ""),
+            "decoder_of": {"model_id": self.model_id, "decoder": index},
+        }
+        return one
+
     def info(self) -> dict[str, Any]:
         """Name, training data, scores, size: what ``photocap info`` shows."""
         return {

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from photocap.errors import one_line
+from photocap.paths import cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -71,7 +72,6 @@ def wants_runtime(photos: int | None) -> bool:
     return photos is None or photos >= MIN_PHOTOS
 
 
-CACHE_ENV = "PHOTOCAP_CACHE"
 # In the cached file's name with the model's hash: a new version of the export (or of what is
 # exported: the encoder, the BatchNorm folding) must not reuse an old file.
 EXPORT_VERSION = 1
@@ -98,16 +98,6 @@ ENCODER_CHUNK = 4
 # Matrix products with a weight smaller than this on either side stay in fp32: int8 saves
 # nothing there (the attention's score vector, a tiny test model's layers).
 MIN_INT8_SIDE = 64
-
-
-def cache_dir() -> Path:
-    """Where derived files live: ``$PHOTOCAP_CACHE``, else the per-user cache folder."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_path
-
-    return user_cache_path("photocap", appauthor=False)
 
 
 def _missing_package(names: tuple[str, ...] = ("openvino",)) -> str:

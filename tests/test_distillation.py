@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import photocap.training.run as run_mod
 from photocap.checkpoint import (
+    FAST_DECODER,
     SHIPPED_MODELS,
     build_random_captioner,
     load_captioner,
@@ -27,13 +28,12 @@ from photocap.checkpoint import (
 from photocap.cli import app
 from photocap.errors import ModelError
 from photocap.model import Captioner, Decoder, Ensemble
+from photocap.paths import cache_dir
 from photocap.training.ensembles import extract_decoder, merge_decoders
 from photocap.training.features import content_key
 from photocap.training.run import iter_train
 from photocap.training.stages import TrainData
 from photocap.vocab import tokenize
-
-FAST_MODEL = REPO / "models" / SHIPPED_MODELS["fast"]
 
 
 def _retopped(model: Captioner, seed: int) -> Captioner:
@@ -168,23 +168,44 @@ def test_model_names_resolve_to_the_shipped_files(
 
 
 def test_a_shipped_model_not_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(SHIPPED_MODELS, "fast", "photocap-nowhere.safetensors")
-    with pytest.raises(ModelError, match="the fast model is not installed"):
-        resolve_model_path("fast")
+    monkeypatch.setitem(SHIPPED_MODELS, "default", "photocap-nowhere.safetensors")
+    for name in ("default", "fast"):  # the fast model is made from the default one
+        with pytest.raises(ModelError, match="the default model is not installed"):
+            resolve_model_path(name)
     result = CliRunner().invoke(app, ["info", "--model", "fast", "--json"])
-    assert "the fast model is not installed" in result.output
+    assert "the default model is not installed" in result.output
 
 
-@pytest.mark.skipif(not FAST_MODEL.is_file(), reason=f"{FAST_MODEL} not present")
-def test_the_fast_model_file_loads_and_captions(tmp_path: Path) -> None:
+def test_the_fast_model_is_decoder_2_of_the_default_made_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = resolve_model_path("fast")  # made now, in the cache folder
+    assert path.parent == cache_dir() / "models" and path.name.startswith("photocap-flickr8k-fast-")
+    made = path.read_bytes()
     info = model_info("fast")  # the header only
     assert info["decoders"] == 1 and info["encoder_branches"] == 1
     assert info["model_id"].startswith("photocap-flickr8k-fast@")
-    model = load_captioner("fast", "cpu")
-    assert isinstance(model.decoder, Decoder) and not isinstance(model.decoder, Ensemble)
-    assert model.model_id == info["model_id"]
-    default = model_info("default")
-    assert info["parameters"] < default["parameters"] / 2
+    assert info["decoder_of"]["decoder"] == FAST_DECODER
+    assert info["parameters"] < model_info("default")["parameters"] / 2
+    # the same weights: its features are the default's branch of decoder 2, its decoder that one
+    fast, default = load_captioner("fast", "cpu"), load_captioner("default", "cpu")
+    assert isinstance(fast.decoder, Decoder) and isinstance(default.decoder, Ensemble)
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)  # (2, 3, S, S)
+    with torch.no_grad():
+        width = fast.encoder.feature_dim
+        branch = default.config.decoder_branches[FAST_DECODER]
+        want = default.encode(pixels)[..., branch * width : (branch + 1) * width]  # (2, L, D)
+        assert torch.equal(fast.encode(pixels), want)
+    theirs = default.decoder.decoders[FAST_DECODER].state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in fast.decoder.state_dict().items())
+    # found again without being made again; made again, it is the same file (the same model id:
+    # photos it captioned are not captioned again)
+    monkeypatch.setattr(Captioner, "decoder_alone", lambda *a: pytest.fail("made again"))
+    assert resolve_model_path("fast") == path
+    monkeypatch.undo()
+    path.unlink()
+    assert resolve_model_path("fast").read_bytes() == made
     # through the CLI, by name: the index records the fast model's captions
     photos = tmp_path / "photos"
     photos.mkdir()

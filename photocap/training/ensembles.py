@@ -130,51 +130,15 @@ def merge_decoders(
 
 
 def extract_decoder(path: Path, index: int, out: Path, info: dict[str, Any] | None = None) -> Path:
-    """Write one decoder of the ensemble in ``path`` as a model of its own: that decoder, and
-    an encoder of one branch (the trunk, then the blocks and head of the branch the decoder
-    reads). The captions are those of the decoder alone; the model costs a third of a
-    three-decoder ensemble's decoding, and one branch's encoder top. The start of a distilled
-    fast model (``photocap train --init ONE --teacher ENSEMBLE``). Weights are stored fp16."""
-    from dataclasses import replace
-
+    """Write decoder ``index`` of the ensemble in ``path`` as a model of its own
+    (:meth:`~photocap.model.Captioner.decoder_alone`: that decoder, and the encoder branch it
+    reads as a plain encoder). Weights are stored fp16, as the ensemble's."""
     source = load_captioner(path, "cpu")
-    members = _decoders_of(source)
-    if not 0 <= index < len(members):
-        raise ModelError(f"{path} has decoders 0..{len(members) - 1}, not {index}")
-    config = source.config
-    branch = config.decoder_branches[index] if config.decoder_branches else 0
-    state = {k: v for k, v in source.encoder.state_dict().items() if not k.startswith("_branches.")}
-    if branch > 0:  # that branch's blocks and head replace the first branch's
-        start = source.encoder.split_index(config.encoder.branch_blocks)
-        prefix = f"_branches.{branch - 1}."
-        for name, tensor in source.encoder.state_dict().items():
-            if not name.startswith(prefix):
-                continue
-            part = name[len(prefix) :].split(".")
-            if part[0] == "_blocks":
-                part[1] = str(int(part[1]) + start)
-            state[".".join(part)] = tensor
-    one = Captioner(
-        replace(
-            config,
-            encoder=replace(config.encoder, branches=1, branch_blocks=0),
-            decoders=1,
-            decoder_branches=(),
-        ),
-        source.vocab,
-        source.preset,
-    )
-    one.encoder.load_state_dict(state)
-    one.decoder.load_state_dict(members[index].state_dict())
-    one.metadata = {
-        "name": source.metadata.get("name", "photocap") + f"-decoder{index}",
-        "training_data": source.metadata.get("training_data", ""),
-        "decoder_of": {
-            "file": resolve_model_path(path).name,
-            "model_id": source.model_id,
-            "decoder": index,
-        },
-    }
+    try:
+        one = source.decoder_alone(index)
+    except ValueError as err:
+        raise ModelError(f"{path} has {err}") from None
+    one.metadata["decoder_of"]["file"] = resolve_model_path(path).name
     return save_captioner(one, out, half=True, info=info)
 
 
