@@ -47,8 +47,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
 MODEL_HELP = (
-    "Model file, or a shipped model by name: default (best captions) or fast (one decoder: "
-    "1.4-1.6x faster on a CPU)."
+    "Model file, or a shipped model by name: default (best captions) or fast (one decoder, "
+    "1.4-1.6x faster on a CPU) [default: the default model]."
 )
 DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
 EXIT_CODES = (
@@ -154,6 +154,9 @@ def train(
     teacher_beam: int = typer.Option(
         3, "--teacher-beam", min=1, max=20, help="Beam size of the --teacher's captions."
     ),
+    teacher_only: bool = typer.Option(
+        False, "--teacher-only", help="The --teacher's captions are the only stage-1/2 targets."
+    ),
 ) -> None:
     """Train the captioner on Flickr8k; the best epoch on dev is written to --out."""
     from rich.console import Console
@@ -192,6 +195,7 @@ def train(
         lr=lr,
         teacher=teacher,
         teacher_beam=teacher_beam,
+        teacher_only=teacher_only,
     )
     console = Console(stderr=True)
     last_line = time.monotonic()

@@ -123,6 +123,11 @@ def test_the_teachers_captions_are_targets_beside_the_human_ones(
         assert cached[content_key(fake.path(name))] == said
         words = model.vocab.decode(taught.pair_tokens[5 * n + k].tolist())
         assert words == tokenize(said)[: len(words)] and words
+    alone = train(teacher=teacher, teacher_only=True)  # the teacher's captions, nothing else
+    assert torch.equal(alone.pair_image, torch.arange(n))
+    assert torch.equal(alone.pair_tokens, taught.pair_tokens[5 * n :])
+    with pytest.raises(ModelError, match="needs a --teacher"):
+        train(teacher_only=True)
     # a second run decodes nothing: the teacher's captions come from the cache
     monkeypatch.setattr(Captioner, "caption_batch", lambda *a, **k: pytest.fail("decoded again"))
     assert torch.equal(train(teacher=teacher).pair_tokens, taught.pair_tokens)

@@ -57,6 +57,7 @@ class TrainConfig:
     # teacher_beam) are cross-entropy targets too, beside the human captions.
     teacher: Path | None = None
     teacher_beam: int = 3
+    teacher_only: bool = False  # the teacher's captions are the only cross-entropy targets
     scale_jitter: float = 0.0  # stage 2 augmentation: random crops of (1 - j)..1 of each side
     patience: int = 6  # stop a stage after this many epochs without a better dev score
 

@@ -145,6 +145,8 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     )
 
     # The teacher's captions are targets of the cross-entropy stages only.
+    if config.teacher_only and config.teacher is None:
+        raise ModelError("--teacher-only needs a --teacher")
     teacher = config.teacher if config.epochs or config.fine_tune_epochs else None
     if teacher is not None:
         check_teacher(teacher, vocab, captioner.preset)  # its header: before any decoding
@@ -171,10 +173,12 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
             teacher, train_paths, train_pixels, vocab, captioner.preset, cache_dir,
             config.teacher_beam, device,
         )  # fmt: skip
-        # One more pair per photo: its teacher caption (stage 1 and 2 targets; stage 3's
-        # reward stays the human captions).
-        pair_image = torch.cat([pair_image, torch.arange(len(train_names))])
-        pair_tokens = torch.cat([pair_tokens, encode_captions(vocab, taught, config.max_words)])
+        # One more pair per photo, its teacher caption (stage 1 and 2 targets; stage 3's
+        # reward stays the human captions); with teacher_only, the one pair per photo.
+        photos = torch.arange(len(train_names))
+        tokens = encode_captions(vocab, taught, config.max_words)  # (N, T)
+        pair_image = photos if config.teacher_only else torch.cat([pair_image, photos])
+        pair_tokens = tokens if config.teacher_only else torch.cat([pair_tokens, tokens])
         yield TrainEvent(
             "info",
             message=f"teacher {teacher}: {len(taught)} captions "
