@@ -43,6 +43,7 @@ FAST_MODEL_NAME = "photocap-flickr8k-fast.safetensors"
 # decoder: about half the model's CPU time a photo, a little less quality). models/README.md
 # has both model cards.
 SHIPPED_MODELS = {"default": DEFAULT_MODEL_NAME, "fast": FAST_MODEL_NAME}
+_MODEL_HINT = "--model and PHOTOCAP_MODEL take a model file, or a shipped model: default, fast"
 # Where no fast model file is shipped, the fast model is this decoder of the default model
 # alone, with its own encoder branch (:func:`photocap.training.ensembles.extract_decoder`),
 # made on first use and cached by the default file's hash: the same weights, so no second
@@ -116,7 +117,7 @@ def fast_model_path() -> Path:
         name = f"{FAST_MODEL_NAME.removesuffix('.safetensors')}-{_sha256(recipe)[:16]}"
         _DERIVED[key] = cache_dir() / "models" / f"{name}.safetensors"
     path = _DERIVED[key]
-    if path.is_file():
+    if path.is_file() and _whole(path):
         return path
     one = load_captioner(source, "cpu").decoder_alone(FAST_DECODER)
     one.metadata["decoder_of"]["file"] = source.name
@@ -127,6 +128,19 @@ def fast_model_path() -> Path:
 
 
 _DERIVED: dict[tuple[str, int, int], Path] = {}
+
+
+def _whole(path: Path) -> bool:
+    """Whether a model file is whole: its header reads and its tensors end where the file
+    does (a cached copy cut short, or edited, is made again, not refused run after run)."""
+    try:
+        _, tensors = read_header(path)
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+        end = max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
+        return 8 + size + end == path.stat().st_size
+    except (ModelError, OSError, KeyError, TypeError, ValueError, IndexError):
+        return False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -167,6 +181,8 @@ def save_captioner(
         "info": json.dumps(meta_info),
     }
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder: give the model file's name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -259,9 +275,7 @@ def model_info(path: Path | None = None) -> dict[str, Any]:
 
     path = resolve_model_path(path)
     if not path.exists():
-        raise ModelError(
-            f"model file not found: {path} (train one with `photocap train`, or pass --model)"
-        )
+        raise ModelError(f"model file not found: {path} ({_MODEL_HINT})")
     meta = read_metadata(path)
     _, tensors = read_header(path)
     try:
@@ -302,9 +316,7 @@ def load_captioner(
     """
     path = resolve_model_path(path)
     if not path.exists():
-        raise ModelError(
-            f"model file not found: {path} (train one with `photocap train`, or pass --model)"
-        )
+        raise ModelError(f"model file not found: {path} ({_MODEL_HINT})")
     return _build_captioner(path, read_metadata(path), device, runtime=runtime)
 
 
@@ -324,10 +336,7 @@ class LazyCaptioner:
     def __init__(self, path: Path | None = None, device: str = "auto") -> None:
         self.path = resolve_model_path(path)
         if not self.path.exists():
-            raise ModelError(
-                f"model file not found: {self.path} "
-                "(train one with `photocap train`, or pass --model)"
-            )
+            raise ModelError(f"model file not found: {self.path} ({_MODEL_HINT})")
         # The header and the hash from the same bytes: a file replaced while it is opened
         # must not pair one file's config and vocabulary with another's id.
         try:

@@ -222,3 +222,36 @@ def test_the_fast_model_is_decoder_2_of_the_default_made_once(
     assert result.exit_code == 0, result.output
     rows = sqlite3.connect(db).execute("select caption, model_id from photos").fetchall()
     assert len(rows) == 1 and rows[0][0] and rows[0][1] == info["model_id"]
+
+
+def test_a_damaged_fast_model_in_the_cache_is_made_again() -> None:
+    path = resolve_model_path("fast")
+    made = path.read_bytes()
+    path.write_bytes(made[: len(made) // 2])  # cut short (a full disk, a crash)
+    assert resolve_model_path("fast") == path and path.read_bytes() == made
+
+
+def test_a_model_file_is_not_written_over_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(ModelError, match="is a folder"):
+        save_captioner(build_random_captioner(), folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]  # no temporary file
+
+
+def test_teacher_only_without_a_teacher_fails_before_any_work(tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "nowhere", tmp_path / "o.safetensors", None,
+                               teacher_only=True)  # fmt: skip
+    with pytest.raises(ModelError, match="needs a --teacher"):
+        list(iter_train(config))
+
+
+def test_search_with_a_model_without_an_embedding_uses_the_defaults(
+    model_file: Path, model_with_embedding: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photocap.cli import _meaning
+
+    monkeypatch.setenv("PHOTOCAP_MODEL", str(model_with_embedding))  # the default model here
+    assert _meaning(None) is not None
+    ours = _meaning(model_file)  # no embedding beside it: the default model's query encoder
+    assert ours is not None and ours.model_id == _meaning(None).model_id

@@ -53,6 +53,8 @@ def _set_seed(seed: int) -> None:
 
 def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     """Run the training stages, yielding progress; ``config.out`` ends up holding the best model."""
+    if config.teacher_only and config.teacher is None:
+        raise ModelError("--teacher-only needs a --teacher")
     device = resolve_device(config.device)
     _set_seed(config.seed)
     data = load_flickr8k(config.data)
@@ -145,11 +147,11 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     )
 
     # The teacher's captions are targets of the cross-entropy stages only.
-    if config.teacher_only and config.teacher is None:
-        raise ModelError("--teacher-only needs a --teacher")
     teacher = config.teacher if config.epochs or config.fine_tune_epochs else None
     if teacher is not None:
         check_teacher(teacher, vocab, captioner.preset)  # its header: before any decoding
+    elif config.teacher is not None:
+        yield TrainEvent("info", message="--teacher not used: no cross-entropy stage runs")
     t0 = time.time()
     train_paths = [data.image_path(n) for n in train_names]
     dev_paths = [data.image_path(n) for n in dev_names]
