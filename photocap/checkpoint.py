@@ -40,24 +40,10 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "photocap-flickr8k.safetensors"
 FAST_MODEL_NAME = "photocap-flickr8k-fast.safetensors"
 # The models `--model` takes by name: the default (three decoders), and the fast one (one
-# decoder: about half the model's CPU time a photo, a little less quality). models/README.md
-# has both model cards.
+# decoder distilled from them: about half the model's CPU time a photo, a little less
+# quality). models/README.md has both model cards.
 SHIPPED_MODELS = {"default": DEFAULT_MODEL_NAME, "fast": FAST_MODEL_NAME}
 _MODEL_HINT = "--model and PHOTOCAP_MODEL take a model file, or a shipped model: default, fast"
-# Where no fast model file is shipped, the fast model is this decoder of the default model
-# alone, with its own encoder branch (:func:`photocap.training.ensembles.extract_decoder`),
-# made on first use and cached by the default file's hash: the same weights, so no second
-# copy of them in the package. Decoder 2 has the best dev CIDEr and METEOR of the three alone.
-FAST_DECODER = 2
-FAST_INFO: dict[str, Any] = {  # its header's info (part of the file: of its model id too)
-    "name": "photocap-flickr8k-fast",
-    "card": "models/README.md (The fast model)",
-    "dev_scores": {
-        "split": "Flickr8k dev (1,000 photos x 5 references), pycocoevalcap; the decoder's "
-        "step in int8 on OpenVINO, as a CPU runs it (benchmarks/bench_fast.py)",
-        "beam_3": {"BLEU-4": 0.2265, "METEOR": 0.2075, "CIDEr": 0.5988},
-    },
-}
 
 
 def default_model_path() -> Path:
@@ -92,55 +78,12 @@ def _named_or_path(model: str) -> Path:
     if model not in SHIPPED_MODELS or Path(model).is_file():
         return Path(model).expanduser()
     path = shipped_model_path(SHIPPED_MODELS[model])
-    if model == "fast" and not path.exists():
-        return fast_model_path()
     if not path.exists():
         raise ModelError(
             f"the {model} model is not installed with this photocap ({path} is missing): "
             "reinstall photocap, or pass a model file"
         )
     return path
-
-
-def fast_model_path() -> Path:
-    """The fast model made from the default one (:data:`FAST_DECODER`), in the cache folder:
-    made on first use (a few seconds, torch imported), then found by the default file's hash
-    (and the recipe's: a photocap that makes it otherwise makes a file of another name)."""
-    from photocap.paths import cache_dir
-
-    source = _named_or_path("default")
-    stat = source.stat()
-    key = (str(source), stat.st_size, stat.st_mtime_ns)
-    if key not in _DERIVED:  # the hash once per process, not on every name resolved
-        # Named by what its bytes depend on: the default file, the decoder and the info.
-        recipe = json.dumps([file_digest(source), FAST_DECODER, FAST_INFO], sort_keys=True)
-        name = f"{FAST_MODEL_NAME.removesuffix('.safetensors')}-{_sha256(recipe)[:16]}"
-        _DERIVED[key] = cache_dir() / "models" / f"{name}.safetensors"
-    path = _DERIVED[key]
-    if path.is_file() and _whole(path):
-        return path
-    one = load_captioner(source, "cpu").decoder_alone(FAST_DECODER)
-    one.metadata["decoder_of"]["file"] = source.name
-    try:
-        return save_captioner(one, path, half=True, info=FAST_INFO)
-    except OSError as err:
-        raise ModelError(f"cannot make the fast model in {path.parent}: {err}") from None
-
-
-_DERIVED: dict[tuple[str, int, int], Path] = {}
-
-
-def _whole(path: Path) -> bool:
-    """Whether a model file is whole: its header reads and its tensors end where the file
-    does (a cached copy cut short, or edited, is made again, not refused run after run)."""
-    try:
-        _, tensors = read_header(path)
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-        end = max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
-        return 8 + size + end == path.stat().st_size
-    except (ModelError, OSError, KeyError, TypeError, ValueError, IndexError):
-        return False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -544,10 +487,6 @@ def _use_runtimes(
     with torch.no_grad():
         built = build_decoder_runtime(captioner.decoder, (grid, channels), digest, counts)
     captioner.use_decoder_runtime(built)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -47,8 +47,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _LOG_EVERY_S = 60.0  # train without a terminal: seconds between progress lines
 MODEL_HELP = (
-    "Model file, or a shipped model by name: default (best captions) or fast (one decoder: "
-    "1.36x faster end to end on 12-MP photos on a CPU, 1.59x on small ones) "
+    "Model file, or a shipped model by name: default (best captions) or fast (one distilled "
+    "decoder: 1.39x faster end to end on 12-MP photos on a CPU, 1.6-1.9x on small ones) "
     "[default: $PHOTOCAP_MODEL, else the default model]."
 )
 DB_HELP = "Caption index (SQLite). Default: $PHOTOCAP_DB, else the per-user data folder."
