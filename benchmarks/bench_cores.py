@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     small, large = (int(c) for c in args.counts.split(","))
 
-    from make_library import generate
+    from make_library import nested_libraries
 
     schedules = tuple(WAYS)
     walls: dict[tuple[str, int], list[float]] = {
@@ -117,15 +117,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="photocap-cores-") as tmp:
         work = Path(tmp)
-        width, height = (int(v) for v in args.size.lower().split("x"))
-        generate(work / "all", large, size=(width, height), jobs=os.cpu_count() or 1)
-        files = sorted((work / "all").rglob("*.jpg"))
-        libs = {}
-        for n in (small, large):
-            libs[n] = work / f"lib{n}"
-            libs[n].mkdir()
-            for f in files[:n]:
-                os.link(f, libs[n] / f.name)
+        libs = nested_libraries(work, (small, large), args.size)
         run_cli(libs[small], work / "warm.db", "openvino", args)  # warm the page cache
         for r in range(args.rounds):
             for n in (small, large):
@@ -133,7 +125,7 @@ def main() -> None:
                     for sidecar in libs[n].glob("*.xmp"):
                         sidecar.unlink()
                     walls[(s, n)].append(run_cli(libs[n], work / f"{s}-{n}-{r}.db", s, args))
-        costs = stage_costs(files, args)
+        costs = stage_costs(sorted(libs[large].glob("*.jpg")), args)
 
     cores = len(os.sched_getaffinity(0))
     ideal = {way: cores * 1000 / (costs["decode_ms"] + costs[

@@ -19,7 +19,6 @@ For each model (``--models``, names or files; default ``default,fast``), on this
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -67,21 +66,13 @@ def caption_wall(lib: Path, db: Path, model: str) -> float:
 
 def end_to_end(models: list[str], results: dict[str, dict[str, Any]], args: Any) -> None:
     """Marginal photos/s of the real CLI per model, on two generated libraries."""
-    from make_library import generate
+    from make_library import nested_libraries
 
     small, large = (int(c) for c in args.counts.split(","))
     walls: dict[tuple[str, int], list[float]] = {(m, n): [] for m in models for n in (small, large)}
     with tempfile.TemporaryDirectory(prefix="photocap-fast-") as tmp:  # 3. end to end
         work = Path(tmp)
-        width, height = (int(v) for v in args.size.lower().split("x"))
-        generate(work / "all", large, size=(width, height), jobs=os.cpu_count() or 1)
-        files = sorted((work / "all").rglob("*.jpg"))
-        libs = {}
-        for n in (small, large):
-            libs[n] = work / f"lib{n}"
-            libs[n].mkdir()
-            for f in files[:n]:
-                os.link(f, libs[n] / f.name)
+        libs = nested_libraries(work, (small, large), args.size)
         caption_wall(libs[small], work / "warm.db", models[0])  # the page cache, warm
         for r in range(args.rounds):
             for n in (small, large):

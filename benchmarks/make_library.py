@@ -98,6 +98,23 @@ def base_frames(sources: Path, size: tuple[int, int], count: int) -> list[np.nda
     return frames
 
 
+def nested_libraries(work: Path, counts: tuple[int, ...], size: str) -> dict[int, Path]:
+    """Generated ``size`` ("WxH") JPEGs in ``work``, linked into one library per count
+    (``work/libN``: the first N photos), for marginal rates between library sizes."""
+    import os
+
+    width, height = (int(v) for v in size.lower().split("x"))
+    generate(work / "all", max(counts), size=(width, height), jobs=os.cpu_count() or 1)
+    files = sorted((work / "all").rglob("*.jpg"))
+    libs = {}
+    for n in counts:
+        libs[n] = work / f"lib{n}"
+        libs[n].mkdir()
+        for f in files[:n]:
+            os.link(f, libs[n] / f.name)
+    return libs
+
+
 def generate(
     out: Path, count: int, size: tuple[int, int] = (4032, 3024), quality: int = 92,
     noise: float = 7.0, png: int = 0, heic: int = 0, seed: int = 0, sources: Path | None = None,

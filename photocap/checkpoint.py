@@ -139,7 +139,7 @@ def save_captioner(
 def _canonical(data: bytes) -> bytes:
     """A safetensors file with its JSON header's keys sorted. safetensors writes them in a
     hash map's order, which changes from process to process: the same model saved twice would
-    get two model ids (the hash of the file), and a fast model made again (cache cleared)
+    get two model ids (the hash of the file), and a model made again from the same weights
     would caption every photo again. The tensors' bytes and offsets are unchanged."""
     import struct
 

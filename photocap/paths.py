@@ -5,9 +5,9 @@ The index lives in the per-user data folder (``platformdirs``), e.g.
 on macOS and ``%LOCALAPPDATA%\\photocap`` on Windows. ``PHOTOCAP_DB`` overrides it, and
 ``--db FILE`` overrides both.
 
-Files derived from others (the model's OpenVINO parts, the fast model, the gallery's
-thumbnails) live in the per-user cache folder (``~/.cache/photocap`` on Linux), or
-``$PHOTOCAP_CACHE``: deleting it loses nothing but time.
+Files derived from others (the model's OpenVINO parts, the gallery's thumbnails) live in the
+per-user cache folder (``~/.cache/photocap`` on Linux), or ``$PHOTOCAP_CACHE``: deleting it
+loses nothing but time.
 """
 
 from __future__ import annotations
