@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from photocap.checkpoint import load_captioner
+from photocap.checkpoint import load_captioner, read_metadata, resolve_model_path
 from photocap.errors import ModelError
 from photocap.preset import Preset
 from photocap.training.features import content_key
@@ -29,21 +29,15 @@ def teach_captions(
     teacher: Path,
     paths: Sequence[Path],
     pixels: torch.Tensor,
-    vocab: Vocab,
-    preset: Preset,
     cache_dir: Path,
     beam_size: int,
     device: torch.device,
 ) -> list[str]:
     """The teacher's beam-search caption of each photo, from the cache or decoded now.
 
-    ``pixels``: uint8 (N, 3, S, S), decoded through the student's ``preset``, which must be
-    the teacher's."""
+    ``pixels``: uint8 (N, 3, S, S), decoded through the student's preset; the teacher's
+    vocabulary and preset are the student's (:func:`check_teacher`, before the decoding)."""
     captioner = load_captioner(teacher, str(device))
-    if captioner.vocab != vocab:
-        raise ModelError(f"teacher {teacher}: another vocabulary than the student's")
-    if captioner.preset != preset:  # the pixels were made for the student
-        raise ModelError(f"teacher {teacher}: another image preset than the student's")
     cache_dir.mkdir(parents=True, exist_ok=True)
     model_id = captioner.model_id.replace("/", "_").replace("@", "-")
     cache = cache_dir / f"teacher-{model_id}-beam{beam_size}.json"
@@ -68,8 +62,6 @@ def teach_captions(
 def check_teacher(teacher: Path, vocab: Vocab, preset: Preset) -> None:
     """Refuse a teacher whose vocabulary or preset is not the student's, from its header only:
     before the train photos are decoded for nothing."""
-    from photocap.checkpoint import read_metadata, resolve_model_path
-
     meta = read_metadata(resolve_model_path(teacher))
     try:
         words, theirs = json.loads(meta["vocab"]), Preset.from_dict(json.loads(meta["preset"]))

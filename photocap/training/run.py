@@ -172,8 +172,7 @@ def iter_train(config: TrainConfig) -> Iterator[TrainEvent]:
     if teacher is not None:
         t1 = time.time()
         taught = teach_captions(
-            teacher, train_paths, train_pixels, vocab, captioner.preset, cache_dir,
-            config.teacher_beam, device,
+            teacher, train_paths, train_pixels, cache_dir, config.teacher_beam, device
         )  # fmt: skip
         # One more pair per photo, its teacher caption (stage 1 and 2 targets; stage 3's
         # reward stays the human captions); with teacher_only, the one pair per photo.
