@@ -1,14 +1,16 @@
 """The model stage on a CPU, end to end: where issue 23's changes stand, each against before.
 
-Three ways to run the real CLI on the same camera-sized JPEGs, interleaved in one run:
+Four ways to run the real CLI on the same camera-sized JPEGs, interleaved in one run:
 
 * ``before``: the model at half the cores throughout (while decode workers run) and the
   encoder on torch, as photocap did before issue 23;
 * ``threads``: torch's threads following the decode queue (every core for a batch when no
   worker is decoding: ``photocap.run.caption.CoreShare``), encoder on torch
   (``PHOTOCAP_RUNTIME=torch``);
-* ``openvino``: photocap now: threads following the queue and the model on OpenVINO (the
-  encoder where the run is large enough, the decoders' int8 step always).
+* ``openvino``: threads following the queue and the model on OpenVINO (the encoder where the
+  run is large enough, the decoders' int8 step always), every decode worker decoding at once;
+* ``balanced``: photocap now: as ``openvino``, and as many workers decode at once as the
+  measured decode and model costs call for (``CoreShare.decoders``).
 
 It reports the marginal rate (two library sizes, the difference: start-up and model load
 cancel) and the whole run of the larger size. Beside them, in the same run, each stage alone
@@ -34,18 +36,25 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, last_json_line, markdown_table, report
 
-# The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before).
+# The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before),
+# PHOTOCAP_DECODERS=all lets every worker decode at once (as before the balanced decoders).
 WAYS = {
-    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch"},
-    "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch"},
-    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino"},
-}
+    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch", "PHOTOCAP_DECODERS": "all"},
+    "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch",
+                "PHOTOCAP_DECODERS": "all"},
+    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
+                 "PHOTOCAP_DECODERS": "all"},
+    "balanced": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
+                 "PHOTOCAP_DECODERS": "balanced"},
+}  # fmt: skip
 _DRIVER = """
 import os, sys
+import photocap.run.caption as rc
 if os.environ.get("PHOTOCAP_CORES") == "half":
-    import photocap.run.caption as rc
     follow = rc.CoreShare.set_for_batch
     rc.CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
+if os.environ.get("PHOTOCAP_DECODERS") == "all":
+    rc.CoreShare.decoders = lambda self: max(1, self.workers)
 from photocap.cli import app
 app(sys.argv[1:], prog_name="photocap")
 """
@@ -105,20 +114,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each schedule and size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--ways", default=",".join(WAYS), help="the ways to run, in order")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     small, large = (int(c) for c in args.counts.split(","))
 
     from make_library import nested_libraries
 
-    schedules = tuple(WAYS)
+    schedules = tuple(args.ways.split(","))
+    if unknown := set(schedules) - set(WAYS):
+        parser.error(f"unknown ways: {', '.join(sorted(unknown))} (known: {', '.join(WAYS)})")
     walls: dict[tuple[str, int], list[float]] = {
         (s, n): [] for s in schedules for n in (small, large)
     }
     with tempfile.TemporaryDirectory(prefix="photocap-cores-") as tmp:
         work = Path(tmp)
         libs = nested_libraries(work, (small, large), args.size)
-        run_cli(libs[small], work / "warm.db", "openvino", args)  # warm the page cache
+        run_cli(libs[small], work / "warm.db", schedules[-1], args)  # warm the page cache
         for r in range(args.rounds):
             for n in (small, large):
                 for s in schedules if r % 2 == 0 else schedules[::-1]:
@@ -128,8 +140,9 @@ def main() -> None:
         costs = stage_costs(sorted(libs[large].glob("*.jpg")), args)
 
     cores = len(os.sched_getaffinity(0))
+    on_torch = ("before", "threads")
     ideal = {way: cores * 1000 / (costs["decode_ms"] + costs[
-        "model_openvino_ms" if way == "openvino" else "model_ms"]) for way in WAYS}  # fmt: skip
+        "model_ms" if way in on_torch else "model_openvino_ms"]) for way in WAYS}  # fmt: skip
     rows: list[list[Any]] = []
     data: dict[str, Any] = {"counts": [small, large], "size": args.size, "stages": costs,
                             "ideal_photos_per_s": ideal}  # fmt: skip
@@ -149,8 +162,8 @@ def main() -> None:
     table += (f"\n\nstages alone, one core each: decode {costs['decode_ms']:.1f} ms/photo, model "
               f"{costs['model_ms']:.1f} ms/photo (encoder on OpenVINO: "
               f"{costs['model_openvino_ms']:.1f}): ideal on {cores} cores "
-              f"{ideal['before']:.2f} photos/s ({ideal['openvino']:.2f}); photocap now is "
-              f"{speedup:.2f}x before (marginal; medians of {args.rounds} runs, "
+              f"{ideal['before']:.2f} photos/s ({ideal['openvino']:.2f}); {schedules[-1]} is "
+              f"{speedup:.2f}x {schedules[0]} (marginal; medians of {args.rounds} runs, "
               "interleaved)")  # fmt: skip
     report("The model stage on a CPU, end to end", table, data, args.json)
 

@@ -882,6 +882,119 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
         assert used == (shared if decoding else threads)
 
 
+def test_the_decode_gate_holds_workers_back_to_its_limit(tmp_path: Path, captioner) -> None:
+    # The run lets fewer workers decode than it has (the model costs what a decode does: every
+    # worker beside the model oversubscribes the cores) by holding back the gate's permits.
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from photocap.image import DecodedPhoto
+    from photocap.run import decode
+
+    paths = make_tiny_jpegs(tmp_path / "lib", 1)
+    gate = decode.make_gate(2)
+    pool = decode.make_pool(2, gate)
+    try:
+        gate.set_limit(1)
+        assert gate.held == 1  # one of the two permits held back: one worker at a time
+        assert gate.semaphore.acquire(block=False)  # the test takes the other: none may decode
+        future = decode.submit_decode(pool, paths[0], captioner.preset, CaptionOptions())
+        with pytest.raises(FutureTimeout):
+            future.result(timeout=1.0)  # the worker waits at the gate
+        gate.semaphore.release()
+        decoded = future.result(timeout=60)
+        assert isinstance(decoded, DecodedPhoto)
+        assert decoded.cpu_s > 0  # what the decode cost its worker, for the run to weigh
+        # A lower limit never waits for a worker's decode: what it cannot take back now, it
+        # takes at its next call.
+        gate.set_limit(2)
+        assert gate.held == 0
+        for _ in range(2):  # as two decoding workers hold them
+            assert gate.semaphore.acquire(block=False)
+        gate.set_limit(1)
+        assert (gate.limit, gate.held) == (1, 0)  # nothing to take back yet
+        gate.semaphore.release()  # one decode is done: its permit is taken back
+        gate.set_limit(1)
+        assert gate.held == 1
+        gate.semaphore.release()  # the other's goes to the next decode
+        assert gate.semaphore.acquire(block=False)
+        assert not gate.semaphore.acquire(block=False)
+    finally:
+        decode.close_pool(pool)
+
+
+def test_how_many_workers_decode_follows_the_measured_costs(captioner) -> None:
+    import types
+
+    import torch
+
+    from photocap.run.caption import CoreShare
+
+    threads = torch.get_num_threads()
+    try:
+        two = CoreShare(captioner, workers=2, cores=2)
+        two.set_for_batch(decoding=True)
+        assert two.decoders() == 2  # nothing measured yet: every worker
+        two.note_decode(0.049)  # a 12-MP JPEG at draft size...
+        assert two.decoders() == 2
+        two.note_model(16 * 0.046, 16)  # ...and a model that costs about as much
+        assert two.decoders() == 1  # one worker keeps up within a tenth of the ideal
+        for _ in range(10):
+            two.note_decode(0.300)  # then a folder of PNGs (no draft decode)
+        assert two.decoders() == 2
+        two.note_decode(0.0)  # a decode not measured (a photo decoded in this process)
+        assert two.decoders() == 2
+        sixteen = CoreShare(captioner, workers=16, cores=16)
+        sixteen.set_for_batch(decoding=True)
+        sixteen.note_model(0.046, 1)
+        sixteen.note_decode(0.049)
+        assert sixteen.decoders() == 8
+        for _ in range(20):
+            sixteen.note_decode(0.005)  # small photos
+        assert sixteen.decoders() == 2
+        # On a GPU the model leaves the cores to the workers: every one decodes.
+        gpu = CoreShare(types.SimpleNamespace(device=torch.device("cuda")), workers=2, cores=2)  # type: ignore[arg-type]
+        gpu.set_for_batch(decoding=True)
+        gpu.note_decode(0.049)
+        gpu.note_model(0.460, 10)
+        assert gpu.decoders() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_run_lets_decode_as_many_workers_as_the_costs_call_for(
+    tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model that costs far more than a decode (tiny JPEGs): after the first batch one worker
+    # of two decodes at a time; at the end every worker is let through again (a stop must not
+    # wait for the photos workers hold to decode one after the other).
+    import time
+
+    from photocap.run import caption, decode
+
+    limits: list[int] = []
+    set_limit = decode.DecodeGate.set_limit
+
+    def recorded(self: Any, limit: int) -> None:
+        limits.append(limit)
+        set_limit(self, limit)
+
+    monkeypatch.setattr(decode.DecodeGate, "set_limit", recorded)
+    monkeypatch.setattr(caption, "usable_cores", lambda: 2)  # the test's answer on any machine
+
+    class Costly(_CountingCaptioner):
+        def caption_batch(self, pixels: Any, beam_size: int) -> Any:
+            end = time.process_time() + 0.02 * len(pixels)  # 20 CPU-ms a photo
+            while time.process_time() < end:
+                pass
+            return super().caption_batch(pixels, beam_size)
+
+    make_tiny_jpegs(tmp_path / "lib", 14)
+    _, summary = run([tmp_path / "lib"], Costly(captioner), tmp_path / "i.db", workers=2)
+    assert summary.captioned == 14
+    assert limits[:-1] and set(limits[:-1]) == {1}  # after each batch: one worker decodes
+    assert limits[-1] == 2  # closing: every worker
+
+
 def test_sidecar_keywords_are_indexed_and_searched(tmp_path: Path, captioner) -> None:
     lib = tmp_path / "lib"
     photo = make_tiny_jpegs(lib, 1)[0]

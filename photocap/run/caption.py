@@ -7,6 +7,7 @@ the model the CPU cores the decode workers leave.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -76,26 +77,47 @@ def caption_batch(
 
 
 class CoreShare:
-    """torch's thread count on a CPU run with decode workers, set before each model batch.
+    """The CPU's cores shared between the decode workers and the model on a CPU run: how many
+    workers decode at once (:meth:`decoders`) and torch's thread count (:meth:`set_for_batch`).
 
-    torch's OpenMP threads spin-wait for each other at every operator; when a decode worker (or
-    anything else) takes a core, one descheduled thread stalls all the others. On 2 cores with 2
-    workers, 1 torch thread captions 12-MP photos ~3.7x faster than 2 (benchmarks/README.md).
-    So while workers decode, the model gets at most half the cores; when none is decoding
-    (the photos in flight are all decoded: decoding is ahead, or the run's last batches), it
-    gets every thread torch had, as no worker decodes while the model works (the run sends
-    photos to decode between batches only). The parts of the model on OpenVINO keep every
-    thread throughout: their threads do not spin-wait (:class:`photocap.runtime._Compiled`).
+    **Decoders.** Each worker and the model's threads want a core. When the model costs about
+    what a decode does (12-MP JPEGs with the int8 step), every worker decoding beside the model
+    oversubscribes the cores and the run slows (2 workers on 2 cores: 0.8-0.9x of 1,
+    benchmarks/README.md); when a decode costs more (PNG, HEIC, TIFF have no draft decode) one
+    worker starves the model. So the run measures both, a decode's CPU time in its worker and a
+    batch's in this process, and lets decode the fewest workers whose decoding keeps up with
+    what the cores allow: ``k / d >= 0.9 * C / (d + m)`` for a photo's decode ``d`` and model
+    ``m`` CPU-seconds on ``C`` cores, i.e. ``k = ceil(0.9 * C * d / (d + m))``, 1 to all the
+    workers. (0.9: a decode rate within a tenth of the ideal is not worth an oversubscribed
+    core.) Until both are measured, and on a GPU, every worker decodes.
+
+    **Threads.** torch's OpenMP threads spin-wait for each other at every operator; when a
+    decode worker (or anything else) takes a core, one descheduled thread stalls all the
+    others. On 2 cores with 2 workers, 1 torch thread captions 12-MP photos ~3.7x faster than
+    2 (benchmarks/README.md). So while workers decode, the model gets at most half the cores;
+    when none is decoding (the photos in flight are all decoded: decoding is ahead, or the
+    run's last batches), it gets every thread torch had, as no worker decodes while the model
+    works (the run sends photos to decode between batches only). The parts of the model on
+    OpenVINO keep every thread throughout: their threads do not spin-wait
+    (:class:`photocap.runtime._Compiled`).
     """
 
-    def __init__(self, captioner: CaptionModel, workers: int) -> None:
+    # The weight of the newest measurement in the running costs: a few batches' worth, so a
+    # library's mix (JPEGs, then a folder of PNGs) is followed within a batch or two.
+    _NEWEST = 0.3
+    _KEEP_UP = 0.9  # a decode rate this close to what the cores allow is enough
+
+    def __init__(self, captioner: CaptionModel, workers: int, cores: int | None = None) -> None:
         self.captioner = captioner
         self.workers = workers
+        self.cores = cores or usable_cores()
         # Read at the first batch: a run whose photos all fail to decode, or keep their
         # caption, never imports torch.
         self.active = False
         self.before = self.shared = self.current = 0
         self._ready = False
+        self.decode_s: float | None = None  # running CPU-seconds of a decode, per photo
+        self.model_s: float | None = None  # and of the model (and this process's other work)
 
     def _start(self) -> None:
         import torch
@@ -103,9 +125,27 @@ class CoreShare:
         self._ready = True
         self.before = torch.get_num_threads()
         self.active = self.workers > 0 and self.captioner.device.type == "cpu"
-        self.shared = max(1, min(self.before, (os.cpu_count() or 1) // 2))
+        self.shared = max(1, min(self.before, self.cores // 2))
         self.current = self.before  # set before each batch, not at the start: the model
         # build (on its thread) reads torch's own count to compile OpenVINO for
+
+    def note_decode(self, cpu_s: float) -> None:
+        """A photo's decode took ``cpu_s`` CPU-seconds in its worker (0: not measured)."""
+        if cpu_s > 0:
+            self.decode_s = _running(self.decode_s, cpu_s, self._NEWEST)
+
+    def note_model(self, cpu_s: float, photos: int) -> None:
+        """A model batch of ``photos`` took ``cpu_s`` CPU-seconds of this process."""
+        if photos > 0 and cpu_s > 0:
+            self.model_s = _running(self.model_s, cpu_s / photos, self._NEWEST)
+
+    def decoders(self) -> int:
+        """How many workers should decode at once, from the costs measured so far."""
+        if not self.active or self.decode_s is None or self.model_s is None:
+            return max(1, self.workers)
+        share = self.decode_s / (self.decode_s + self.model_s)
+        wanted = math.ceil(self._KEEP_UP * self.cores * share)
+        return max(1, min(self.workers, wanted))
 
     def set_for_batch(self, *, decoding: bool) -> None:
         if not self._ready:
@@ -125,3 +165,15 @@ class CoreShare:
 
             torch.set_num_threads(self.before)
             self.current = self.before
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's CPU set), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on macOS or Windows
+        return os.cpu_count() or 1
+
+
+def _running(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1 - weight) * old + weight * new

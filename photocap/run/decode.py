@@ -12,6 +12,7 @@ decoders' own complaints on stderr, run at a lower priority, and never outlive t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -22,7 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo
 
@@ -36,12 +37,49 @@ DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 CRASH_ENV = "PHOTOCAP_TEST_CRASH_DECODER"
 
 
+# This worker's pool's gate (:class:`DecodeGate`), set by :func:`_init_worker`; None: no gate.
+_GATE: Any = None
+
+
 def _decode_in_worker(path: str, *args: object) -> DecodedPhoto | DecodeFailure:
-    """:func:`decode_photo` in a worker process (and the tests' crash hook)."""
-    crash = os.environ.get(CRASH_ENV)
-    if crash and crash in os.path.basename(path):
-        os.kill(os.getpid(), signal.SIGSEGV)
-    return decode_photo(path, *args)  # type: ignore[arg-type]
+    """:func:`decode_photo` in a worker process, once its pool's gate lets it, with the CPU
+    time it took (and the tests' crash hook)."""
+    with _GATE if _GATE is not None else contextlib.nullcontext():
+        crash = os.environ.get(CRASH_ENV)
+        if crash and crash in os.path.basename(path):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        started = time.process_time()  # this process only: a worker decodes one photo at once
+        result = decode_photo(path, *args)  # type: ignore[arg-type]
+        if isinstance(result, DecodedPhoto):
+            result = dataclasses.replace(result, cpu_s=time.process_time() - started)
+        return result
+
+
+class DecodeGate:
+    """How many of a pool's workers decode at once (:meth:`set_limit`), the others waiting.
+
+    A semaphore the workers share, with one permit per worker; a worker decodes while it holds
+    one. To let ``k`` decode, this process holds back the other permits. A permit a worker holds
+    is taken back once its photo is done (:meth:`set_limit` takes what it can without waiting
+    and the rest at its next call), so a lower limit never waits for a decode. A worker that
+    dies holding a permit takes it along: the pool is replaced then, and its gate with it.
+    """
+
+    def __init__(self, workers: int, context: Any) -> None:
+        self.workers = max(1, workers)
+        self.semaphore = context.Semaphore(self.workers)
+        self.limit = self.workers
+        self.held = 0  # permits this process holds back
+
+    def set_limit(self, limit: int) -> None:
+        """Let at most ``limit`` workers (1 to all of them) decode at once from now on."""
+        self.limit = max(1, min(self.workers, limit))
+        wanted = self.workers - self.limit
+        while self.held > wanted:
+            self.semaphore.release()
+            self.held -= 1
+        while self.held < wanted and self.semaphore.acquire(block=False):
+            self.held += 1
 
 
 def submit_decode(
@@ -115,16 +153,26 @@ def done_future(result: DecodedPhoto | DecodeFailure) -> Future[DecodedPhoto | D
     return future
 
 
-def make_pool(workers: int) -> ProcessPoolExecutor:
-    # fork where available: workers start instantly and do not re-import the CLI's __main__.
-    # They never touch torch, so forking after torch was imported is safe.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
+def make_pool(workers: int, gate: DecodeGate | None = None) -> ProcessPoolExecutor:
+    """A pool of ``workers`` decode processes; with ``gate`` (made by :func:`make_gate` for
+    this pool), as many of them decode at once as the gate lets."""
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context(method),
+        mp_context=_context(),
         initializer=_init_worker,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), gate.semaphore if gate is not None else None),
     )
+
+
+def make_gate(workers: int) -> DecodeGate:
+    """A gate for a new pool of ``workers`` (every worker let through until told otherwise)."""
+    return DecodeGate(workers, _context())
+
+
+def _context() -> Any:
+    # fork where available: workers start instantly and do not re-import the CLI's __main__.
+    # They never touch torch, so forking after torch was imported is safe.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 # How often a decode worker checks that its parent is still alive (where the kernel cannot
@@ -132,7 +180,9 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
 _PARENT_CHECK_S = 1.0
 
 
-def _init_worker(parent: int) -> None:
+def _init_worker(parent: int, gate: Any = None) -> None:
+    global _GATE
+    _GATE = gate
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
     # finish their current photo instead of dying with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -47,7 +47,7 @@ from photocap.image import DecodedPhoto, DecodeFailure
 from photocap.index import PhotoFacts, PhotoIndex, mtime_iso
 from photocap.metadata import get_writers
 from photocap.run import decode
-from photocap.run.caption import CoreShare, caption_batch
+from photocap.run.caption import CoreShare, caption_batch, usable_cores
 from photocap.run.events import CaptionEvent, CaptionModel, CaptionOptions, PhotoResult, Progress
 from photocap.run.pairs import RawJpegPairs
 from photocap.run.plan import Job, Ready, Work, decide_decoded, embedded_job, plan_library
@@ -99,6 +99,10 @@ class LocalRun:
         self.write_thread: ThreadPoolExecutor | None = None
         self.dropped = False  # a captioned batch was dropped because of the stop flag
         self.model_used = False  # a batch went to the model (the summary names its encoder)
+        workers = options.workers
+        self.workers = workers if workers is not None else usable_cores()  # decode processes
+        # The cores shared between decoding and the model (a CPU run): measured costs decide.
+        self.cores = CoreShare(captioner, self.workers)
 
     # -------------------------------------------------------------- top level
 
@@ -198,14 +202,13 @@ class LocalRun:
             self.finished = True
             return
         batch_size = max(1, self.options.batch_size)
-        workers = (
-            self.options.workers if self.options.workers is not None else (os.cpu_count() or 1)
-        )
+        workers = self.workers
         # Enough in flight to keep every worker busy while the model works on the next batch,
         # few enough that memory stays flat (~150 KB per decoded photo).
         max_in_flight = 2 * batch_size + 2 * max(workers, 1)
-        pool = decode.make_pool(workers) if workers > 0 else None
-        cores = CoreShare(self.captioner, workers)
+        cores = self.cores
+        gate = decode.make_gate(workers) if workers > 0 else None
+        pool = decode.make_pool(workers, gate) if workers > 0 else None
         try:
             pending: deque[tuple[Work, Future[DecodedPhoto | DecodeFailure]]] = deque()
             queue = iter(work)
@@ -243,7 +246,9 @@ class LocalRun:
                         # No fork while the model loads on its thread: a child forked
                         # mid-import could inherit a lock held by that thread.
                         self.captioner.prepare(wait=True)
-                        pool = decode.make_pool(workers)
+                        gate = decode.make_gate(workers)
+                        gate.set_limit(cores.decoders())
+                        pool = decode.make_pool(workers, gate)
                         for lost in suspects:
                             alone = decode.decode_alone(
                                 lost.photo.path, self.captioner.preset, self.options
@@ -269,6 +274,8 @@ class LocalRun:
                     yield from self._caption_batch(batch)
                     if self.dropped:
                         break
+                    if gate is not None:  # the costs measured so far decide the next decodes
+                        gate.set_limit(cores.decoders())
                     batch = self.pairs.take_released()
                 if self.stop.is_set() and (pending or not exhausted):
                     break
@@ -283,6 +290,8 @@ class LocalRun:
             self.finished = True
             yield Progress("caption", self.done, self.total)
         finally:
+            if gate is not None:  # the photos a worker holds decode side by side, not in turn
+                gate.set_limit(workers)
             decode.close_pool(pool)
             # No model load left running when the run ends (a thread inside torch or OpenVINO
             # at interpreter exit aborts the process): a stop waits for it to finish.
@@ -324,6 +333,7 @@ class LocalRun:
             self.pairs.resolve(item.photo.path, None)
             return
         self.record.note_decoded(item.photo.path, result)
+        self.cores.note_decode(result.cpu_s)
         force = self.options.force
         carry = decide_decoded(item, result, self.index, self.model_id, force)
         if carry is not None:
@@ -343,9 +353,11 @@ class LocalRun:
         """Caption ``batch``; once the previous batch's writes are done, hand its writes off."""
         try:
             self.model_used = True
+            started = time.process_time()  # this process's threads: the model's, the writer's
             jobs = caption_batch(
                 batch, self.captioner, self.model_id, self.options.beam_size, self.options.force
             )
+            self.cores.note_model(time.process_time() - started, len(batch))
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {one_line(err, 200)}"
             kept = []  # photos decoded for their vector only: their captions stand
