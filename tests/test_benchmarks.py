@@ -67,11 +67,12 @@ def test_bench_caption_smoke(tmp_path: Path) -> None:
 
     model = save_captioner(build_random_captioner(), tmp_path / "tiny.safetensors")
     out = _run("bench_caption.py", "--count", "3", "--size", "320x240", "--baseline-count", "2",
-               "--batch-size", "2", "--model", str(model),
-               "--json", str(tmp_path / "r.json"))  # fmt: skip
+               "--batch-size", "2", "--model", str(model), "--marginal-from", "1",
+               "--rounds", "1", "--json", str(tmp_path / "r.json"))  # fmt: skip
     assert "ratio vs naive" in out and "stage: encoder" in out
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["photocap"]["photos"] == 3 and data["ratio_vs_full_decode"] > 0
+    assert data["marginal"]["counts"] == [1, 3] and "ratio_vs_full_decode_marginal" in data
 
 
 def test_bench_model_smoke() -> None:
