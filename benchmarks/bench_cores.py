@@ -115,6 +115,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--ways", default=",".join(WAYS), help="the ways to run, in order")
+    parser.add_argument(
+        "--format",
+        choices=("jpeg", "tiff"),
+        default="jpeg",
+        help="camera JPEGs, or film scans (TIFF, LZW: a heavy decode)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     small, large = (int(c) for c in args.counts.split(","))
@@ -129,7 +135,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="photocap-cores-") as tmp:
         work = Path(tmp)
-        libs = nested_libraries(work, (small, large), args.size)
+        libs = nested_libraries(work, (small, large), args.size, args.format)
         run_cli(libs[small], work / "warm.db", schedules[-1], args)  # warm the page cache
         for r in range(args.rounds):
             for n in (small, large):
@@ -137,14 +143,16 @@ def main() -> None:
                     for sidecar in libs[n].glob("*.xmp"):
                         sidecar.unlink()
                     walls[(s, n)].append(run_cli(libs[n], work / f"{s}-{n}-{r}.db", s, args))
-        costs = stage_costs(sorted(libs[large].glob("*.jpg")), args)
+        photos = [f for f in libs[large].iterdir() if f.suffix in (".jpg", ".tif")]
+        costs = stage_costs(sorted(photos), args)
 
     cores = len(os.sched_getaffinity(0))
     on_torch = ("before", "threads")
     ideal = {way: cores * 1000 / (costs["decode_ms"] + costs[
         "model_ms" if way in on_torch else "model_openvino_ms"]) for way in WAYS}  # fmt: skip
     rows: list[list[Any]] = []
-    data: dict[str, Any] = {"counts": [small, large], "size": args.size, "stages": costs,
+    data: dict[str, Any] = {"counts": [small, large], "size": args.size, "format": args.format,
+                            "stages": costs,
                             "ideal_photos_per_s": ideal}  # fmt: skip
     for s in schedules:
         t_small = statistics.median(walls[(s, small)])

@@ -98,14 +98,20 @@ def base_frames(sources: Path, size: tuple[int, int], count: int) -> list[np.nda
     return frames
 
 
-def nested_libraries(work: Path, counts: tuple[int, ...], size: str) -> dict[int, Path]:
-    """Generated ``size`` ("WxH") JPEGs in ``work``, linked into one library per count
-    (``work/libN``: the first N photos), for marginal rates between library sizes."""
+def nested_libraries(
+    work: Path, counts: tuple[int, ...], size: str, kind: str = "jpeg"
+) -> dict[int, Path]:
+    """Generated ``size`` ("WxH") JPEGs (``kind="tiff"``: film scans) in ``work``, linked into
+    one library per count (``work/libN``: the first N photos), for marginal rates between
+    library sizes."""
     import os
 
     width, height = (int(v) for v in size.lower().split("x"))
-    generate(work / "all", max(counts), size=(width, height), jobs=os.cpu_count() or 1)
-    files = sorted((work / "all").rglob("*.jpg"))
+    if kind == "tiff":
+        generate(work / "all", 0, size=(width, height), tiff=max(counts))
+    else:
+        generate(work / "all", max(counts), size=(width, height), jobs=os.cpu_count() or 1)
+    files = sorted(f for f in (work / "all").rglob("*") if f.suffix in (".jpg", ".tif"))
     libs = {}
     for n in counts:
         libs[n] = work / f"lib{n}"

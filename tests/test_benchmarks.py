@@ -32,7 +32,7 @@ def _run(script: str, *args: str, timeout: int = 120) -> str:
      "grid_proxy.py", "bench_raw.py", "heic_thumbnails.py", "bench_writers.py", "final_words.py",
      "user_path.py", "bench_undo.py", "bench_startup.py", "bench_cores.py", "bench_runtime.py",
      "bench_engines.py", "search_quality.py", "bench_gallery.py", "int8_decoders.py",
-     "gpu_decode.py", "bench_fast.py"],
+     "gpu_decode.py", "bench_fast.py", "model_threads.py"],
 )  # fmt: skip
 def test_help(script: str) -> None:
     assert "usage:" in _run(script, "--help")
