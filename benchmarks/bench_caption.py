@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the smaller library of the marginal rate (default: count / 5; 0: not measured)",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each size (marginal)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each size (marginal, >= 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     skip = set(filter(None, args.skip.split(",")))
 
     workdir = Path(tempfile.mkdtemp(prefix="photocap-bench-"))

@@ -1,6 +1,7 @@
 """The model stage on a CPU, end to end: where issue 23's changes stand, each against before.
 
-Four ways to run the real CLI on the same camera-sized JPEGs, interleaved in one run:
+Four ways to run the real CLI on the same camera-sized JPEGs (``--format tiff``: film scans),
+interleaved in one run:
 
 * ``before``: the model at half the cores throughout (while decode workers run) and the
   encoder on torch, as photocap did before issue 23;
@@ -10,7 +11,7 @@ Four ways to run the real CLI on the same camera-sized JPEGs, interleaved in one
 * ``openvino``: threads following the queue and the model on OpenVINO (the encoder where the
   run is large enough, the decoders' int8 step always), every decode worker decoding at once;
 * ``balanced``: photocap now: as ``openvino``, and as many workers decode at once as the
-  measured decode and model costs call for (``CoreShare.decoders``).
+  measured decode and model costs call for (``CoreShare.decode_limit``).
 
 It reports the marginal rate (two library sizes, the difference: start-up and model load
 cancel) and the whole run of the larger size. Beside them, in the same run, each stage alone
@@ -37,15 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, last_json_line, markdown_table, report
 
 # The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before),
-# PHOTOCAP_DECODERS=all lets every worker decode at once (as before the balanced decoders).
+# PHOTOCAP_DECODE_LIMIT=all lets every worker decode at once (as before the decode limit).
 WAYS = {
-    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch", "PHOTOCAP_DECODERS": "all"},
+    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch",
+               "PHOTOCAP_DECODE_LIMIT": "all"},
     "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch",
-                "PHOTOCAP_DECODERS": "all"},
+                "PHOTOCAP_DECODE_LIMIT": "all"},
     "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
-                 "PHOTOCAP_DECODERS": "all"},
+                 "PHOTOCAP_DECODE_LIMIT": "all"},
     "balanced": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
-                 "PHOTOCAP_DECODERS": "balanced"},
+                 "PHOTOCAP_DECODE_LIMIT": "balanced"},
 }  # fmt: skip
 _DRIVER = """
 import os, sys
@@ -53,8 +55,8 @@ import photocap.run.caption as rc
 if os.environ.get("PHOTOCAP_CORES") == "half":
     follow = rc.CoreShare.set_for_batch
     rc.CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
-if os.environ.get("PHOTOCAP_DECODERS") == "all":
-    rc.CoreShare.decoders = lambda self: max(1, self.workers)
+if os.environ.get("PHOTOCAP_DECODE_LIMIT") == "all":
+    rc.CoreShare.decode_limit = lambda self: max(1, self.workers)
 from photocap.cli import app
 app(sys.argv[1:], prog_name="photocap")
 """
@@ -127,7 +129,7 @@ def main() -> None:
 
     from make_library import nested_libraries
 
-    schedules = tuple(args.ways.split(","))
+    schedules = tuple(dict.fromkeys(args.ways.split(",")))  # in order, each once
     if unknown := set(schedules) - set(WAYS):
         parser.error(f"unknown ways: {', '.join(sorted(unknown))} (known: {', '.join(WAYS)})")
     walls: dict[tuple[str, int], list[float]] = {

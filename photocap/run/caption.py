@@ -78,18 +78,22 @@ def caption_batch(
 
 class CoreShare:
     """The CPU's cores shared between the decode workers and the model on a CPU run: how many
-    workers decode at once (:meth:`decoders`) and torch's thread count (:meth:`set_for_batch`).
+    workers decode at once while the model works (:meth:`decode_limit`) and torch's thread
+    count (:meth:`set_for_batch`).
 
-    **Decoders.** Each worker and the model's threads want a core. When the model costs about
-    what a decode does (12-MP JPEGs with the int8 step), every worker decoding beside the model
-    oversubscribes the cores and the run slows (2 workers on 2 cores: 0.8-0.9x of 1,
-    benchmarks/README.md); when a decode costs more (PNG, HEIC, TIFF have no draft decode) one
-    worker starves the model. So the run measures both, a decode's CPU time in its worker and a
-    batch's in this process, and lets decode the fewest workers whose decoding keeps up with
-    what the cores allow: ``k / d >= 0.9 * C / (d + m)`` for a photo's decode ``d`` and model
-    ``m`` CPU-seconds on ``C`` cores, i.e. ``k = ceil(0.9 * C * d / (d + m))``, 1 to all the
-    workers. (0.9: a decode rate within a tenth of the ideal is not worth an oversubscribed
-    core.) Until both are measured, and on a GPU, every worker decodes.
+    **Decode limit.** Each decoding worker and the model's threads want a core. When the model
+    costs about what a decode does (12-MP JPEGs with the int8 step), every worker decoding
+    beside the model oversubscribes the cores (2 workers on 2 cores were 0.8-0.9x of 1 at
+    17:30 UTC on 2026-12-03, benchmarks/README.md); when a decode costs more (PNG, HEIC, TIFF
+    have no draft decode) one worker starves the model. So the run measures, between one model
+    batch and the next, the CPU time its decodes took in their workers (``D``) and the batch's
+    CPU time in the run's process (``M``), and lets decode the fewest workers whose decoding
+    keeps up with what the cores allow within a tenth: ``k / D >= 0.9 * C / (D + M)`` on ``C``
+    cores, i.e. ``k = ceil(0.9 * C * D / (D + M))``, 1 to all the workers. Photos decoded that
+    skip the model (a kept caption, a RAW whose JPEG speaks for it) count in ``D`` and not in
+    ``M``, as they should. Until a batch after the first is measured (the first builds the
+    model's memory arenas), and on a GPU, every worker decodes; the run also lets every worker
+    decode while it waits for a decode (the model has nothing to do then).
 
     **Threads.** torch's OpenMP threads spin-wait for each other at every operator; when a
     decode worker (or anything else) takes a core, one descheduled thread stalls all the
@@ -102,7 +106,7 @@ class CoreShare:
     (:class:`photocap.runtime._Compiled`).
     """
 
-    # The weight of the newest measurement in the running costs: a few batches' worth, so a
+    # The weight of the newest stretch in the running costs: a few batches' worth, so a
     # library's mix (JPEGs, then a folder of PNGs) is followed within a batch or two.
     _NEWEST = 0.3
     _KEEP_UP = 0.9  # a decode rate this close to what the cores allow is enough
@@ -116,8 +120,10 @@ class CoreShare:
         self.active = False
         self.before = self.shared = self.current = 0
         self._ready = False
-        self.decode_s: float | None = None  # running CPU-seconds of a decode, per photo
-        self.model_s: float | None = None  # and of the model (and this process's other work)
+        self.batches = 0  # model batches noted
+        self._decoded_s = 0.0  # decode CPU-seconds noted since the last model batch
+        self.decode_s: float | None = None  # running decode CPU-seconds between two batches
+        self.model_s: float | None = None  # running CPU-seconds of a batch (this process)
 
     def _start(self) -> None:
         import torch
@@ -131,20 +137,28 @@ class CoreShare:
 
     def note_decode(self, cpu_s: float) -> None:
         """A photo's decode took ``cpu_s`` CPU-seconds in its worker (0: not measured)."""
-        if cpu_s > 0:
-            self.decode_s = _running(self.decode_s, cpu_s, self._NEWEST)
+        self._decoded_s += max(0.0, cpu_s)
 
-    def note_model(self, cpu_s: float, photos: int) -> None:
-        """A model batch of ``photos`` took ``cpu_s`` CPU-seconds of this process."""
-        if photos > 0 and cpu_s > 0:
-            self.model_s = _running(self.model_s, cpu_s / photos, self._NEWEST)
+    def note_model(self, cpu_s: float) -> None:
+        """A model batch took ``cpu_s`` CPU-seconds of this process: the model's threads and
+        the writer thread's (and, on many cores, OpenMP's spin-waiting, which overstates the
+        model a little and so errs towards fewer decoding workers)."""
+        self.batches += 1
+        decoded, self._decoded_s = self._decoded_s, 0.0
+        if self.batches == 1:
+            return  # the first batch: memory arenas, caches, the first compile
+        self.decode_s = _running(self.decode_s, decoded, self._NEWEST)
+        self.model_s = _running(self.model_s, max(0.0, cpu_s), self._NEWEST)
 
-    def decoders(self) -> int:
-        """How many workers should decode at once, from the costs measured so far."""
+    def decode_limit(self) -> int:
+        """How many workers should decode at once while the model works, from the costs
+        measured so far."""
         if not self.active or self.decode_s is None or self.model_s is None:
             return max(1, self.workers)
-        share = self.decode_s / (self.decode_s + self.model_s)
-        wanted = math.ceil(self._KEEP_UP * self.cores * share)
+        total = self.decode_s + self.model_s
+        if total <= 0:
+            return max(1, self.workers)
+        wanted = math.ceil(self._KEEP_UP * self.cores * self.decode_s / total)
         return max(1, min(self.workers, wanted))
 
     def set_for_batch(self, *, decoding: bool) -> None:

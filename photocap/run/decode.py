@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
@@ -37,14 +38,14 @@ DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 CRASH_ENV = "PHOTOCAP_TEST_CRASH_DECODER"
 
 
-# This worker's pool's gate (:class:`DecodeGate`), set by :func:`_init_worker`; None: no gate.
-_GATE: Any = None
+# This worker's pool's gate (:meth:`DecodeGate.shared`), set by :func:`_init_worker`; None: none.
+_GATE: tuple[Any, Any, Any] | None = None
 
 
 def _decode_in_worker(path: str, *args: object) -> DecodedPhoto | DecodeFailure:
     """:func:`decode_photo` in a worker process, once its pool's gate lets it, with the CPU
     time it took (and the tests' crash hook)."""
-    with _GATE if _GATE is not None else contextlib.nullcontext():
+    with through_gate(_GATE):
         crash = os.environ.get(CRASH_ENV)
         if crash and crash in os.path.basename(path):
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -55,31 +56,66 @@ def _decode_in_worker(path: str, *args: object) -> DecodedPhoto | DecodeFailure:
         return result
 
 
+# How often a worker waiting at its pool's gate looks again (~0.2 % of a core per waiting
+# worker; a decode takes 3-300 ms).
+_GATE_POLL_S = 0.005
+
+
+@contextlib.contextmanager
+def through_gate(gate: tuple[Any, Any, Any] | None) -> Iterator[None]:
+    """In a worker: wait until fewer workers decode than the gate's limit, then count this one
+    in while the block runs (``None``: no gate)."""
+    if gate is None:
+        yield
+        return
+    lock, limit, active = gate
+    while True:
+        with lock:
+            if active.value < limit.value:
+                active.value += 1
+                break
+        time.sleep(_GATE_POLL_S)
+    try:
+        yield
+    finally:
+        with lock:
+            active.value -= 1
+
+
 class DecodeGate:
     """How many of a pool's workers decode at once (:meth:`set_limit`), the others waiting.
 
-    A semaphore the workers share, with one permit per worker; a worker decodes while it holds
-    one. To let ``k`` decode, this process holds back the other permits. A permit a worker holds
-    is taken back once its photo is done (:meth:`set_limit` takes what it can without waiting
-    and the rest at its next call), so a lower limit never waits for a decode. A worker that
-    dies holding a permit takes it along: the pool is replaced then, and its gate with it.
+    The workers share a limit and a count of those decoding: a worker waits while as many
+    decode as the limit allows (:func:`through_gate`). A lower limit takes effect as decodes
+    finish (none is interrupted); a higher one within a few milliseconds. Waiting workers poll
+    rather than sleep on a condition: a multiprocessing condition's notify waits for every
+    sleeper to wake, and one killed while asleep (a SIGTERM to the process group, the OOM
+    killer) would hang whoever notifies, the run included. This process writes the limit
+    without the workers' lock, so nothing a worker holds can stop it. A worker that dies while
+    counted in leaves the count one too high: the pool is replaced then (a crash or a hang),
+    and its gate with it.
     """
 
     def __init__(self, workers: int, context: Any) -> None:
         self.workers = max(1, workers)
-        self.semaphore = context.Semaphore(self.workers)
+        self._lock = context.Lock()
+        self._limit = context.RawValue("i", self.workers)
+        self._active = context.RawValue("i", 0)
         self.limit = self.workers
-        self.held = 0  # permits this process holds back
+
+    def shared(self) -> tuple[Any, Any, Any]:
+        """What the workers are given (:func:`make_pool`) to pass through the gate."""
+        return self._lock, self._limit, self._active
+
+    @property
+    def active(self) -> int:
+        """Workers decoding now."""
+        return int(self._active.value)
 
     def set_limit(self, limit: int) -> None:
         """Let at most ``limit`` workers (1 to all of them) decode at once from now on."""
         self.limit = max(1, min(self.workers, limit))
-        wanted = self.workers - self.limit
-        while self.held > wanted:
-            self.semaphore.release()
-            self.held -= 1
-        while self.held < wanted and self.semaphore.acquire(block=False):
-            self.held += 1
+        self._limit.value = self.limit  # an aligned int: read whole by the workers
 
 
 def submit_decode(
@@ -160,7 +196,7 @@ def make_pool(workers: int, gate: DecodeGate | None = None) -> ProcessPoolExecut
         max_workers=workers,
         mp_context=_context(),
         initializer=_init_worker,
-        initargs=(os.getpid(), gate.semaphore if gate is not None else None),
+        initargs=(os.getpid(), gate.shared() if gate is not None else None),
     )
 
 
@@ -180,7 +216,7 @@ def _context() -> Any:
 _PARENT_CHECK_S = 1.0
 
 
-def _init_worker(parent: int, gate: Any = None) -> None:
+def _init_worker(parent: int, gate: tuple[Any, Any, Any] | None = None) -> None:
     global _GATE
     _GATE = gate
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just

@@ -11,7 +11,9 @@ Read :meth:`LocalRun.events` top to bottom:
    (:func:`~photocap.run.plan.decide_decoded`) or is the RAW of a pair
    (:mod:`~photocap.run.pairs`) skips the model.
 3. **caption** (:func:`~photocap.run.caption.caption_batch`): a batch at a time, the model
-   given the cores the decode workers leave (:class:`~photocap.run.caption.CoreShare`).
+   given the cores the decode workers leave, and as many workers decoding beside it as the
+   measured decode and model costs call for (:class:`~photocap.run.caption.CoreShare`,
+   :class:`~photocap.run.decode.DecodeGate`).
 4. **write** (:func:`~photocap.run.write.write_files`): the batch's file writes (XMP, EXIF:
    parsing, atomic writes, fsyncs) run on ONE background thread while this thread decodes and
    captions the next batch.
@@ -102,7 +104,7 @@ class LocalRun:
         workers = options.workers
         self.workers = workers if workers is not None else usable_cores()  # decode processes
         # The cores shared between decoding and the model (a CPU run): measured costs decide.
-        self.cores = CoreShare(captioner, self.workers)
+        self.share = CoreShare(captioner, self.workers)
 
     # -------------------------------------------------------------- top level
 
@@ -206,7 +208,7 @@ class LocalRun:
         # Enough in flight to keep every worker busy while the model works on the next batch,
         # few enough that memory stays flat (~150 KB per decoded photo).
         max_in_flight = 2 * batch_size + 2 * max(workers, 1)
-        cores = self.cores
+        share = self.share
         gate = decode.make_gate(workers) if workers > 0 else None
         pool = decode.make_pool(workers, gate) if workers > 0 else None
         try:
@@ -226,6 +228,11 @@ class LocalRun:
                     break
                 if pending and len(batch) < batch_size:
                     item, future = pending.popleft()
+                    if gate is not None and not future.done():
+                        # This thread waits for a decode: the model has nothing to do, so
+                        # every worker may decode (and a photo never waits at the gate while
+                        # its decode timeout runs).
+                        gate.set_limit(workers)
                     try:
                         result = future.result(timeout=self.options.decode_timeout_s)
                     except (BrokenProcessPool, FutureTimeout):
@@ -247,7 +254,6 @@ class LocalRun:
                         # mid-import could inherit a lock held by that thread.
                         self.captioner.prepare(wait=True)
                         gate = decode.make_gate(workers)
-                        gate.set_limit(cores.decoders())
                         pool = decode.make_pool(workers, gate)
                         for lost in suspects:
                             alone = decode.decode_alone(
@@ -270,12 +276,12 @@ class LocalRun:
                         break
                     # Every torch thread when no worker is decoding (decoding is ahead, or
                     # done: the last batches), else the cores the workers leave.
-                    cores.set_for_batch(decoding=any(not f.done() for _, f in pending))
+                    share.set_for_batch(decoding=any(not f.done() for _, f in pending))
+                    if gate is not None:  # while the model works, the measured costs decide
+                        gate.set_limit(share.decode_limit())
                     yield from self._caption_batch(batch)
                     if self.dropped:
                         break
-                    if gate is not None:  # the costs measured so far decide the next decodes
-                        gate.set_limit(cores.decoders())
                     batch = self.pairs.take_released()
                 if self.stop.is_set() and (pending or not exhausted):
                     break
@@ -296,7 +302,7 @@ class LocalRun:
             # No model load left running when the run ends (a thread inside torch or OpenVINO
             # at interpreter exit aborts the process): a stop waits for it to finish.
             self.captioner.prepare(wait=True, started_only=True)
-            cores.restore()
+            share.restore()
 
     def _submit(
         self, pool: ProcessPoolExecutor | None, path: Path
@@ -314,6 +320,8 @@ class LocalRun:
         self, item: Work, result: DecodedPhoto | DecodeFailure, batch: list[Ready]
     ) -> None:
         """Queue a failure or a carry for ``item``, or add it to the next model batch."""
+        if isinstance(result, DecodedPhoto):
+            self.share.note_decode(result.cpu_s)  # what decoding costs, against the model
         if item.embed is not None:  # its caption stands: decoded for its vector only
             assert item.row is not None
             if isinstance(result, DecodeFailure):  # the caption is kept, not failed
@@ -333,7 +341,6 @@ class LocalRun:
             self.pairs.resolve(item.photo.path, None)
             return
         self.record.note_decoded(item.photo.path, result)
-        self.cores.note_decode(result.cpu_s)
         force = self.options.force
         carry = decide_decoded(item, result, self.index, self.model_id, force)
         if carry is not None:
@@ -357,7 +364,7 @@ class LocalRun:
             jobs = caption_batch(
                 batch, self.captioner, self.model_id, self.options.beam_size, self.options.force
             )
-            self.cores.note_model(time.process_time() - started, len(batch))
+            self.share.note_model(time.process_time() - started)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {one_line(err, 200)}"
             kept = []  # photos decoded for their vector only: their captions stand
