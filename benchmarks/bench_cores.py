@@ -1,17 +1,15 @@
 """The model stage on a CPU, end to end: where issue 23's changes stand, each against before.
 
-Four ways to run the real CLI on the same camera-sized JPEGs (``--format tiff``: film scans),
-interleaved in one run:
+Three ways to run the real CLI on the same camera-sized JPEGs (``--format tiff``: film scans),
+interleaved in one run (``--ways``: some of them):
 
 * ``before``: the model at half the cores throughout (while decode workers run) and the
   encoder on torch, as photocap did before issue 23;
 * ``threads``: torch's threads following the decode queue (every core for a batch when no
   worker is decoding: ``photocap.run.caption.CoreShare``), encoder on torch
   (``PHOTOCAP_RUNTIME=torch``);
-* ``openvino``: threads following the queue and the model on OpenVINO (the encoder where the
-  run is large enough, the decoders' int8 step always), every decode worker decoding at once;
-* ``balanced``: photocap now: as ``openvino``, and as many workers decode at once as the
-  measured decode and model costs call for (``CoreShare.decode_limit``).
+* ``openvino``: photocap now: threads following the queue and the model on OpenVINO (the
+  encoder where the run is large enough, the decoders' int8 step always).
 
 It reports the marginal rate (two library sizes, the difference: start-up and model load
 cancel) and the whole run of the larger size. Beside them, in the same run, each stage alone
@@ -37,26 +35,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, last_json_line, markdown_table, report
 
-# The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before),
-# PHOTOCAP_DECODE_LIMIT=all lets every worker decode at once (as before the decode limit).
+# The CLI; PHOTOCAP_CORES=half keeps the model at half the cores throughout (as before).
 WAYS = {
-    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch",
-               "PHOTOCAP_DECODE_LIMIT": "all"},
-    "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch",
-                "PHOTOCAP_DECODE_LIMIT": "all"},
-    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
-                 "PHOTOCAP_DECODE_LIMIT": "all"},
-    "balanced": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino",
-                 "PHOTOCAP_DECODE_LIMIT": "balanced"},
-}  # fmt: skip
+    "before": {"PHOTOCAP_CORES": "half", "PHOTOCAP_RUNTIME": "torch"},
+    "threads": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "torch"},
+    "openvino": {"PHOTOCAP_CORES": "follow", "PHOTOCAP_RUNTIME": "openvino"},
+}
 _DRIVER = """
 import os, sys
-import photocap.run.caption as rc
 if os.environ.get("PHOTOCAP_CORES") == "half":
+    import photocap.run.caption as rc
     follow = rc.CoreShare.set_for_batch
     rc.CoreShare.set_for_batch = lambda self, decoding: follow(self, decoding=True)
-if os.environ.get("PHOTOCAP_DECODE_LIMIT") == "all":
-    rc.CoreShare.decode_limit = lambda self: max(1, self.workers)
 from photocap.cli import app
 app(sys.argv[1:], prog_name="photocap")
 """

@@ -89,9 +89,6 @@ class DecodedPhoto:
     format: str  # "JPEG", "PNG", ...
     date_taken: str | None  # EXIF DateTimeOriginal as ISO 8601 ("2023-05-01T12:34:56")
     camera: str | None  # EXIF "Make Model"
-    # CPU seconds the decode took in its worker process (0.0 where not measured): the local run
-    # weighs it against the model's cost to decide how many workers decode at once.
-    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

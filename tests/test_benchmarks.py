@@ -275,5 +275,5 @@ def test_bench_cores_smoke(tmp_path: Path) -> None:
          "--batch-size", "2", "--json", str(out), timeout=300)  # fmt: skip
     data = json.loads(out.read_text())
     assert data["stages"]["decode_ms"] > 0 and data["stages"]["model_ms"] > 0
-    ways = ("before", "threads", "openvino", "balanced")
+    ways = ("before", "threads", "openvino")
     assert all(set(data[way]["walls"]) == {"1", "2"} for way in ways)

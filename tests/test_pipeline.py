@@ -849,7 +849,7 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
         return submitted[-1]
 
     monkeypatch.setattr(_Run, "_submit", tracked)
-    from photocap.run.caption import CoreShare
+    from photocap.run.caption import CoreShare, usable_cores
 
     # What the run decided before each batch, beside what the test saw at that moment (the
     # test looks again only at the decision: a worker may finish while the batch starts).
@@ -870,7 +870,7 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
 
     make_tiny_jpegs(tmp_path / "lib", 14)
     threads = torch.get_num_threads()
-    shared = max(1, min(threads, (os.cpu_count() or 1) // 2))
+    shared = max(1, min(threads, usable_cores() // 2))
     _, summary = run([tmp_path / "lib"], Watching(captioner), tmp_path / "i.db", workers=2)
     assert summary.captioned == 14 and len(seen) == 4  # batches of 4, 4, 4, 2
     assert torch.get_num_threads() == threads  # restored
@@ -882,181 +882,28 @@ def test_the_model_gets_every_core_when_no_worker_is_decoding(
         assert used == (shared if decoding else threads)
 
 
-def test_the_decode_gate_holds_workers_back_to_its_limit(tmp_path: Path, captioner) -> None:
-    # The run lets fewer workers decode than it has while the model works (the model costs
-    # what a decode does: every worker beside it oversubscribes the cores).
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    from photocap.image import DecodedPhoto
-    from photocap.run import decode
-
-    paths = make_tiny_jpegs(tmp_path / "lib", 1)
-    gate = decode.make_gate(2)
-    pool = decode.make_pool(2, gate)
-    holding = decode.through_gate(gate.shared())
-    try:
-        gate.set_limit(1)
-        holding.__enter__()  # as a worker decoding a photo: the one decode the limit allows
-        assert gate.active == 1
-        future = decode.submit_decode(pool, paths[0], captioner.preset, CaptionOptions())
-        with pytest.raises(FutureTimeout):
-            future.result(timeout=1.0)  # the other worker waits at the gate
-        holding.__exit__(None, None, None)  # that decode is done: the waiting one goes
-        decoded = future.result(timeout=60)
-        assert isinstance(decoded, DecodedPhoto)
-        assert decoded.cpu_s > 0  # what the decode cost its worker, for the run to weigh
-        assert gate.active == 0
-        # A higher limit lets a waiting worker through at once.
-        holding = decode.through_gate(gate.shared())
-        holding.__enter__()
-        future = decode.submit_decode(pool, paths[0], captioner.preset, CaptionOptions())
-        with pytest.raises(FutureTimeout):
-            future.result(timeout=0.5)
-        gate.set_limit(2)
-        assert isinstance(future.result(timeout=60), DecodedPhoto)
-        holding.__exit__(None, None, None)
-    finally:
-        gate.set_limit(2)
-        decode.close_pool(pool, kill=True)
-
-
-def test_a_worker_killed_at_the_decode_gate_hangs_nothing(tmp_path: Path, captioner) -> None:
-    # A SIGTERM to the process group (systemd stopping the unit) or the OOM killer may end a
-    # worker while it waits at the gate; the run then lets every worker through and closes
-    # the pool. (A multiprocessing Condition's notify would wait for the dead sleeper to wake,
-    # for ever: the gate's first design did.)
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    from photocap.run import decode
-
-    paths = make_tiny_jpegs(tmp_path / "lib", 1)
-    gate = decode.make_gate(2)
-    pool = decode.make_pool(2, gate)
-    holding = decode.through_gate(gate.shared())
-    holding.__enter__()  # one photo decoding...
-    gate.set_limit(1)
-    future = decode.submit_decode(pool, paths[0], captioner.preset, CaptionOptions())
-    with pytest.raises(FutureTimeout):
-        future.result(timeout=0.5)  # ...the next waits at the gate
-    decode.close_pool(pool, kill=True)  # SIGKILL to every worker, the waiting one too
-    finished = threading.Event()
-
-    def close() -> None:
-        gate.set_limit(2)
-        holding.__exit__(None, None, None)
-        finished.set()
-
-    threading.Thread(target=close, daemon=True).start()
-    assert finished.wait(timeout=20)
-    assert gate.active == 0
-
-
-def test_the_decode_limit_follows_the_measured_costs(captioner) -> None:
-    import types
-
-    import torch
-
-    from photocap.run.caption import CoreShare
-
-    def stretch(share: CoreShare, decodes: list[float], model_s: float) -> None:
-        for cpu_s in decodes:  # photos decoded between two model batches...
-            share.note_decode(cpu_s)
-        share.note_model(model_s)  # ...and the batch
-
-    threads = torch.get_num_threads()
-    try:
-        two = CoreShare(captioner, workers=2, cores=2)
-        two.set_for_batch(decoding=True)
-        assert two.decode_limit() == 2  # nothing measured yet: every worker
-        stretch(two, [0.049] * 16, 16 * 0.046)  # the first batch builds arenas: not counted
-        assert two.decode_limit() == 2
-        stretch(two, [0.049] * 16, 16 * 0.046)  # 12-MP JPEGs at draft size, as dear as the model
-        assert two.decode_limit() == 1  # one worker keeps up within a tenth of the ideal
-        for _ in range(10):
-            stretch(two, [0.300] * 16, 16 * 0.046)  # then a folder of PNGs (no draft decode)
-        assert two.decode_limit() == 2
-        for _ in range(10):
-            stretch(two, [0.040] * 16, 16 * 0.046)
-        assert two.decode_limit() == 1
-        for _ in range(10):
-            # A re-run after metadata edits: 16 photos decoded for each one the model sees.
-            stretch(two, [0.040] * 64, 4 * 0.046)
-        assert two.decode_limit() == 2
-        sixteen = CoreShare(captioner, workers=16, cores=16)
-        sixteen.set_for_batch(decoding=True)
-        for _ in range(2):
-            stretch(sixteen, [0.049] * 16, 16 * 0.046)
-        assert sixteen.decode_limit() == 8
-        for _ in range(20):
-            stretch(sixteen, [0.005] * 16, 16 * 0.046)  # small photos
-        assert sixteen.decode_limit() == 2
-        # On a GPU the model leaves the cores to the workers: every one decodes.
-        gpu_model = types.SimpleNamespace(device=torch.device("cuda"))
-        gpu = CoreShare(gpu_model, workers=2, cores=2)  # type: ignore[arg-type]
-        gpu.set_for_batch(decoding=True)
-        for _ in range(3):
-            stretch(gpu, [0.049] * 16, 16 * 0.046)
-        assert gpu.decode_limit() == 2
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _decode_seeing_the_gate(path: str, *args: Any) -> Any:
-    """decode_photo in a worker, writing beside the photo whether it decoded inside the
-    pool's gate; a photo named *slow* takes a second (module level: the pool pickles it)."""
-    import time
-
-    from photocap.image import decode_photo
-    from photocap.run import decode
-
-    gate = decode._GATE
-    inside = gate is not None and gate[2].value >= 1  # counted in while it decodes
-    Path(path + ".gate").write_text(str(inside))
-    if "slow" in Path(path).name:
-        time.sleep(1.0)  # no CPU: the run waits for it with nothing for the model to do
-    return decode_photo(path, *args)
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the probe is patched into forked workers")
-def test_the_run_lets_decode_as_many_workers_as_the_costs_call_for(
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_decode_workers_default_to_the_cores_the_run_may_use(
     tmp_path: Path, captioner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A model that costs far more than a decode (tiny JPEGs): once measured, one worker of two
-    # decodes while the model works; while the run waits for a decode, and when it ends, every
-    # worker may (a stop must not wait for photos decoded one after the other).
-    import time
+    # Under taskset, or in a container given a CPU set, a worker per core of the machine
+    # would crowd the few cores the run has.
+    from photocap.run import decode
 
-    from photocap.run import caption, decode
+    made: list[int] = []
+    make_pool = decode.make_pool
 
-    limits: list[int] = []
-    set_limit = decode.DecodeGate.set_limit
+    def recorded(workers: int) -> Any:
+        made.append(workers)
+        return make_pool(workers)
 
-    def recorded(self: Any, limit: int) -> None:
-        limits.append(limit)
-        set_limit(self, limit)
-
-    monkeypatch.setattr(decode.DecodeGate, "set_limit", recorded)
-    monkeypatch.setattr(caption, "usable_cores", lambda: 2)  # the test's answer on any machine
-    monkeypatch.setattr(decode, "decode_photo", _decode_seeing_the_gate)  # forked workers see it
-
-    class Costly(_CountingCaptioner):
-        def caption_batch(self, pixels: Any, beam_size: int) -> Any:
-            end = time.process_time() + 0.02 * len(pixels)  # 20 CPU-ms a photo
-            while time.process_time() < end:
-                pass
-            return super().caption_batch(pixels, beam_size)
-
-    paths = make_tiny_jpegs(tmp_path / "lib", 18)
-    paths[14] = paths[14].rename(paths[14].with_name("img_0014_slow.jpg"))  # in the 4th batch
-    _, summary = run([tmp_path / "lib"], Costly(captioner), tmp_path / "i.db", workers=2)
-    assert summary.captioned == 18
-    assert 1 in limits  # measured after the second batch: one worker beside the model
-    assert 1 not in limits[:2]  # not before: the first batch is not counted
-    first = limits.index(1)
-    assert 2 in limits[first + 1 : -1]  # waiting for the slow photo: every worker again
-    assert limits[-1] == 2  # closing: every worker
-    # Every photo was decoded through the gate the run sets.
-    assert {Path(str(p) + ".gate").read_text() for p in paths} == {"True"}
+    monkeypatch.setattr(decode, "make_pool", recorded)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    make_tiny_jpegs(tmp_path / "lib", 3)
+    _, summary = run([tmp_path / "lib"], captioner, tmp_path / "i.db", workers=None)
+    assert summary.captioned == 3
+    assert made == [1]
 
 
 def test_sidecar_keywords_are_indexed_and_searched(tmp_path: Path, captioner) -> None:

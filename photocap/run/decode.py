@@ -12,19 +12,17 @@ decoders' own complaints on stderr, run at a lower priority, and never outlive t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin on Python 3.10
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from photocap.image import DecodedPhoto, DecodeFailure, decode_photo
 
@@ -38,84 +36,12 @@ DECODER_CRASHED = "the decoder crashed on this file (corrupt, or out of memory)"
 CRASH_ENV = "PHOTOCAP_TEST_CRASH_DECODER"
 
 
-# This worker's pool's gate (:meth:`DecodeGate.shared`), set by :func:`_init_worker`; None: none.
-_GATE: tuple[Any, Any, Any] | None = None
-
-
 def _decode_in_worker(path: str, *args: object) -> DecodedPhoto | DecodeFailure:
-    """:func:`decode_photo` in a worker process, once its pool's gate lets it, with the CPU
-    time it took (and the tests' crash hook)."""
-    with through_gate(_GATE):
-        crash = os.environ.get(CRASH_ENV)
-        if crash and crash in os.path.basename(path):
-            os.kill(os.getpid(), signal.SIGSEGV)
-        started = time.process_time()  # this process only: a worker decodes one photo at once
-        result = decode_photo(path, *args)  # type: ignore[arg-type]
-        if isinstance(result, DecodedPhoto):
-            result = dataclasses.replace(result, cpu_s=time.process_time() - started)
-        return result
-
-
-# How often a worker waiting at its pool's gate looks again (~0.2 % of a core per waiting
-# worker; a decode takes 3-300 ms).
-_GATE_POLL_S = 0.005
-
-
-@contextlib.contextmanager
-def through_gate(gate: tuple[Any, Any, Any] | None) -> Iterator[None]:
-    """In a worker: wait until fewer workers decode than the gate's limit, then count this one
-    in while the block runs (``None``: no gate)."""
-    if gate is None:
-        yield
-        return
-    lock, limit, active = gate
-    while True:
-        with lock:
-            if active.value < limit.value:
-                active.value += 1
-                break
-        time.sleep(_GATE_POLL_S)
-    try:
-        yield
-    finally:
-        with lock:
-            active.value -= 1
-
-
-class DecodeGate:
-    """How many of a pool's workers decode at once (:meth:`set_limit`), the others waiting.
-
-    The workers share a limit and a count of those decoding: a worker waits while as many
-    decode as the limit allows (:func:`through_gate`). A lower limit takes effect as decodes
-    finish (none is interrupted); a higher one within a few milliseconds. Waiting workers poll
-    rather than sleep on a condition: a multiprocessing condition's notify waits for every
-    sleeper to wake, and one killed while asleep (a SIGTERM to the process group, the OOM
-    killer) would hang whoever notifies, the run included. This process writes the limit
-    without the workers' lock, so nothing a worker holds can stop it. A worker that dies while
-    counted in leaves the count one too high: the pool is replaced then (a crash or a hang),
-    and its gate with it.
-    """
-
-    def __init__(self, workers: int, context: Any) -> None:
-        self.workers = max(1, workers)
-        self._lock = context.Lock()
-        self._limit = context.RawValue("i", self.workers)
-        self._active = context.RawValue("i", 0)
-        self.limit = self.workers
-
-    def shared(self) -> tuple[Any, Any, Any]:
-        """What the workers are given (:func:`make_pool`) to pass through the gate."""
-        return self._lock, self._limit, self._active
-
-    @property
-    def active(self) -> int:
-        """Workers decoding now."""
-        return int(self._active.value)
-
-    def set_limit(self, limit: int) -> None:
-        """Let at most ``limit`` workers (1 to all of them) decode at once from now on."""
-        self.limit = max(1, min(self.workers, limit))
-        self._limit.value = self.limit  # an aligned int: read whole by the workers
+    """:func:`decode_photo` in a worker process (and the tests' crash hook)."""
+    crash = os.environ.get(CRASH_ENV)
+    if crash and crash in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_photo(path, *args)  # type: ignore[arg-type]
 
 
 def submit_decode(
@@ -189,26 +115,16 @@ def done_future(result: DecodedPhoto | DecodeFailure) -> Future[DecodedPhoto | D
     return future
 
 
-def make_pool(workers: int, gate: DecodeGate | None = None) -> ProcessPoolExecutor:
-    """A pool of ``workers`` decode processes; with ``gate`` (made by :func:`make_gate` for
-    this pool), as many of them decode at once as the gate lets."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=_context(),
-        initializer=_init_worker,
-        initargs=(os.getpid(), gate.shared() if gate is not None else None),
-    )
-
-
-def make_gate(workers: int) -> DecodeGate:
-    """A gate for a new pool of ``workers`` (every worker let through until told otherwise)."""
-    return DecodeGate(workers, _context())
-
-
-def _context() -> Any:
+def make_pool(workers: int) -> ProcessPoolExecutor:
     # fork where available: workers start instantly and do not re-import the CLI's __main__.
     # They never touch torch, so forking after torch was imported is safe.
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
+    )
 
 
 # How often a decode worker checks that its parent is still alive (where the kernel cannot
@@ -216,9 +132,7 @@ def _context() -> Any:
 _PARENT_CHECK_S = 1.0
 
 
-def _init_worker(parent: int, gate: tuple[Any, Any, Any] | None = None) -> None:
-    global _GATE
-    _GATE = gate
+def _init_worker(parent: int) -> None:
     # Ctrl-C goes to the whole process group; the parent decides how to stop, workers just
     # finish their current photo instead of dying with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

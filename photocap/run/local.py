@@ -11,9 +11,7 @@ Read :meth:`LocalRun.events` top to bottom:
    (:func:`~photocap.run.plan.decide_decoded`) or is the RAW of a pair
    (:mod:`~photocap.run.pairs`) skips the model.
 3. **caption** (:func:`~photocap.run.caption.caption_batch`): a batch at a time, the model
-   given the cores the decode workers leave, and as many workers decoding beside it as the
-   measured decode and model costs call for (:class:`~photocap.run.caption.CoreShare`,
-   :class:`~photocap.run.decode.DecodeGate`).
+   given the cores the decode workers leave (:class:`~photocap.run.caption.CoreShare`).
 4. **write** (:func:`~photocap.run.write.write_files`): the batch's file writes (XMP, EXIF:
    parsing, atomic writes, fsyncs) run on ONE background thread while this thread decodes and
    captions the next batch.
@@ -101,10 +99,6 @@ class LocalRun:
         self.write_thread: ThreadPoolExecutor | None = None
         self.dropped = False  # a captioned batch was dropped because of the stop flag
         self.model_used = False  # a batch went to the model (the summary names its encoder)
-        workers = options.workers
-        self.workers = workers if workers is not None else usable_cores()  # decode processes
-        # The cores shared between decoding and the model (a CPU run): measured costs decide.
-        self.share = CoreShare(captioner, self.workers)
 
     # -------------------------------------------------------------- top level
 
@@ -204,13 +198,12 @@ class LocalRun:
             self.finished = True
             return
         batch_size = max(1, self.options.batch_size)
-        workers = self.workers
+        workers = self.options.workers if self.options.workers is not None else usable_cores()
         # Enough in flight to keep every worker busy while the model works on the next batch,
         # few enough that memory stays flat (~150 KB per decoded photo).
         max_in_flight = 2 * batch_size + 2 * max(workers, 1)
-        share = self.share
-        gate = decode.make_gate(workers) if workers > 0 else None
-        pool = decode.make_pool(workers, gate) if workers > 0 else None
+        pool = decode.make_pool(workers) if workers > 0 else None
+        cores = CoreShare(self.captioner, workers)
         try:
             pending: deque[tuple[Work, Future[DecodedPhoto | DecodeFailure]]] = deque()
             queue = iter(work)
@@ -228,11 +221,6 @@ class LocalRun:
                     break
                 if pending and len(batch) < batch_size:
                     item, future = pending.popleft()
-                    if gate is not None and not future.done():
-                        # This thread waits for a decode: the model has nothing to do, so
-                        # every worker may decode (and a photo never waits at the gate while
-                        # its decode timeout runs).
-                        gate.set_limit(workers)
                     try:
                         result = future.result(timeout=self.options.decode_timeout_s)
                     except (BrokenProcessPool, FutureTimeout):
@@ -253,8 +241,7 @@ class LocalRun:
                         # No fork while the model loads on its thread: a child forked
                         # mid-import could inherit a lock held by that thread.
                         self.captioner.prepare(wait=True)
-                        gate = decode.make_gate(workers)
-                        pool = decode.make_pool(workers, gate)
+                        pool = decode.make_pool(workers)
                         for lost in suspects:
                             alone = decode.decode_alone(
                                 lost.photo.path, self.captioner.preset, self.options
@@ -276,9 +263,7 @@ class LocalRun:
                         break
                     # Every torch thread when no worker is decoding (decoding is ahead, or
                     # done: the last batches), else the cores the workers leave.
-                    share.set_for_batch(decoding=any(not f.done() for _, f in pending))
-                    if gate is not None:  # while the model works, the measured costs decide
-                        gate.set_limit(share.decode_limit())
+                    cores.set_for_batch(decoding=any(not f.done() for _, f in pending))
                     yield from self._caption_batch(batch)
                     if self.dropped:
                         break
@@ -296,13 +281,11 @@ class LocalRun:
             self.finished = True
             yield Progress("caption", self.done, self.total)
         finally:
-            if gate is not None:  # the photos a worker holds decode side by side, not in turn
-                gate.set_limit(workers)
             decode.close_pool(pool)
             # No model load left running when the run ends (a thread inside torch or OpenVINO
             # at interpreter exit aborts the process): a stop waits for it to finish.
             self.captioner.prepare(wait=True, started_only=True)
-            share.restore()
+            cores.restore()
 
     def _submit(
         self, pool: ProcessPoolExecutor | None, path: Path
@@ -320,8 +303,6 @@ class LocalRun:
         self, item: Work, result: DecodedPhoto | DecodeFailure, batch: list[Ready]
     ) -> None:
         """Queue a failure or a carry for ``item``, or add it to the next model batch."""
-        if isinstance(result, DecodedPhoto):
-            self.share.note_decode(result.cpu_s)  # what decoding costs, against the model
         if item.embed is not None:  # its caption stands: decoded for its vector only
             assert item.row is not None
             if isinstance(result, DecodeFailure):  # the caption is kept, not failed
@@ -360,11 +341,9 @@ class LocalRun:
         """Caption ``batch``; once the previous batch's writes are done, hand its writes off."""
         try:
             self.model_used = True
-            started = time.process_time()  # this process's threads: the model's, the writer's
             jobs = caption_batch(
                 batch, self.captioner, self.model_id, self.options.beam_size, self.options.force
             )
-            self.share.note_model(time.process_time() - started)
         except (RuntimeError, ValueError) as err:  # e.g. CUDA out of memory: fail the batch, go on
             message = f"captioning failed: {one_line(err, 200)}"
             kept = []  # photos decoded for their vector only: their captions stand
