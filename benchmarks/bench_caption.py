@@ -99,8 +99,9 @@ def bench_naive(files: list[Path], captioner: Any, db_path: Path) -> dict[str, A
 
 
 def bench_end_to_end(
-    library: Path, workdir: Path, args: argparse.Namespace, count: int
-) -> dict[str, Any]:
+    library: Path, workdir: Path, args: argparse.Namespace, count: int,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The real CLI in a subprocess, on a fresh index; XMP sidecars removed afterwards."""
     db = workdir / "e2e.db"
     db.unlink(missing_ok=True)
@@ -112,8 +113,8 @@ def bench_end_to_end(
         cmd += ["--workers", str(args.workers)]
     if args.model:
         cmd += ["--model", str(args.model)]
-    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
-    run = run_timed(cmd, env=env, sample_memory=True)
+    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    run = run_timed(cmd, env={**env, **(extra_env or {})}, sample_memory=True)
     _remove_sidecars(library)
     if run["rc"] != 0:
         raise SystemExit(f"photocap caption failed ({run['rc']}):\n{run['stderr'][-3000:]}")
@@ -134,15 +135,29 @@ def bench_marginal(
     """The CLI's marginal rate: wall seconds for the first ``small`` and ``large`` photos
     (``--rounds`` runs each, interleaved), the difference's photos/s. Start-up (imports, the
     model load, which happens inside the run since it is lazy, the first batch's wait) is
-    paid by both sizes and cancels."""
+    paid by both sizes and cancels: both run the encoder the larger run would pick (a run of
+    fewer than ``runtime.MIN_PHOTOS`` keeps it on torch, a larger one compiles OpenVINO), set
+    through ``PHOTOCAP_RUNTIME`` unless it is set already."""
+    from photocap.runtime import RUNTIME_ENV, wants_runtime
+
+    pinned = {} if os.environ.get(RUNTIME_ENV) else {
+        RUNTIME_ENV: "openvino" if wants_runtime(large) else "torch"}  # fmt: skip
     walls: dict[int, list[float]] = {small: [], large: []}
+    captioned: dict[int, set[int]] = {small: set(), large: set()}
     for r in range(args.rounds):
         for n in (small, large) if r % 2 == 0 else (large, small):
-            walls[n].append(bench_end_to_end(library, workdir, args, n)["wall_s"])
+            run = bench_end_to_end(library, workdir, args, n, pinned)
+            walls[n].append(run["wall_s"])
+            captioned[n].add(run["photos"])
+    if any(len(c) != 1 for c in captioned.values()):
+        raise SystemExit(f"runs of one size captioned different counts: {captioned}")
+    done_small, done_large = (next(iter(captioned[n])) for n in (small, large))
     t_small, t_large = (statistics.median(walls[n]) for n in (small, large))
-    rate = (large - small) / (t_large - t_small) if t_large > t_small else float("nan")
-    return {"counts": [small, large], "walls": {str(n): w for n, w in walls.items()},
-            "photos_per_s": rate}  # fmt: skip
+    more = done_large - done_small  # photos captioned, not asked for (failures, other types)
+    rate = more / (t_large - t_small) if t_large > t_small and more > 0 else float("nan")
+    return {"counts": [small, large], "captioned": [done_small, done_large],
+            "walls": {str(n): w for n, w in walls.items()}, "photos_per_s": rate,
+            "env": pinned}  # fmt: skip
 
 
 def _remove_sidecars(library: Path) -> None:
@@ -178,7 +193,9 @@ def bench_stages(
     for path in sample:
         decode_photo(path, preset)
     stages["decode_1_process"] = {"seconds": time.perf_counter() - t0, "photos": len(sample)}
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    from photocap.run.caption import usable_cores
+
+    workers = args.workers if args.workers is not None else usable_cores()  # as the CLI
     t0 = time.perf_counter()
     if workers > 0:
         with _make_pool(workers) as pool:
@@ -307,7 +324,9 @@ def run_all(library: Path, workdir: Path, args: argparse.Namespace, skip: set[st
     if "e2e" not in skip:
         results["photocap"] = bench_end_to_end(library, workdir, args, len(files))
         small = len(files) // 5 if args.marginal_from is None else args.marginal_from
-        if 0 < small < len(files):
+        if small >= len(files):
+            raise SystemExit(f"--marginal-from {small} must be below --count {len(files)}")
+        if small > 0:
             results["marginal"] = bench_marginal(library, workdir, args, small, len(files))
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -363,10 +382,12 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                      f"wall {d['wall_s']:.1f} s"])  # fmt: skip
     if "marginal" in results:
         d = results["marginal"]
-        small, large = d["counts"]
+        small, large = d["captioned"]
+        pinned = ", ".join(f"{k}={v}" for k, v in d["env"].items())
         rows.append([f"**photocap caption, marginal** (start-up excluded: {small} -> {large})",
                      large - small, d["photos_per_s"], 1e3 / d["photos_per_s"],
-                     f"medians of {len(d['walls'][str(large)])} runs a size"])  # fmt: skip
+                     f"medians of {len(d['walls'][str(d['counts'][1])])} runs a size"
+                     + (f"; {pinned} for both" if pinned else "")])  # fmt: skip
     for name, st in results.get("stages", {}).items():
         extra = ", ".join(f"{k} {v}" for k, v in st.items()
                           if k in ("workers", "batch", "beam", "writers"))  # fmt: skip

@@ -119,7 +119,7 @@ def main() -> None:
 
     from make_library import nested_libraries
 
-    schedules = tuple(dict.fromkeys(args.ways.split(",")))  # in order, each once
+    schedules = tuple(dict.fromkeys(w for w in args.ways.split(",") if w))  # in order, once
     if unknown := set(schedules) - set(WAYS):
         parser.error(f"unknown ways: {', '.join(sorted(unknown))} (known: {', '.join(WAYS)})")
     walls: dict[tuple[str, int], list[float]] = {
@@ -138,7 +138,9 @@ def main() -> None:
         photos = [f for f in libs[large].iterdir() if f.suffix in (".jpg", ".tif")]
         costs = stage_costs(sorted(photos), args)
 
-    cores = len(os.sched_getaffinity(0))
+    from photocap.run.caption import usable_cores
+
+    cores = usable_cores()
     on_torch = ("before", "threads")
     ideal = {way: cores * 1000 / (costs["decode_ms"] + costs[
         "model_ms" if way in on_torch else "model_openvino_ms"]) for way in WAYS}  # fmt: skip

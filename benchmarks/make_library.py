@@ -106,6 +106,8 @@ def nested_libraries(
     library sizes."""
     import os
 
+    if kind not in ("jpeg", "tiff"):
+        raise ValueError(f"kind must be jpeg or tiff, not {kind!r}")
     width, height = (int(v) for v in size.lower().split("x"))
     if kind == "tiff":
         generate(work / "all", 0, size=(width, height), tiff=max(counts))
