@@ -377,7 +377,7 @@ def caption(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per model batch."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Decode processes [default: number of cores; 0 = none]."
+        None, "--workers", min=0, help="Decode processes [default: the usable cores; 0 = none]."
     ),
     beam_size: int = typer.Option(
         DEFAULT_BEAM_SIZE,

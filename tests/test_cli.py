@@ -102,7 +102,7 @@ def test_help_text_is_shown_whole() -> None:
     # line breaks would break the sentence in the middle of the terminal line.
     result = runner.invoke(app, ["caption", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.output.split())
-    assert "[default: number of cores; 0 = none]" in text
+    assert "[default: the usable cores; 0 = none]" in text
     assert "[default: $PHOTOCAP_MODEL, else the default model]" in text
     assert "are skipped, moved or renamed photos keep their caption" in result.output
 
